@@ -1,0 +1,235 @@
+//! [`Body`]: a payload as a stream of byte chunks, with a cheap in-memory variant.
+
+use std::fmt;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Error, Result};
+
+/// Size of the chunks [`Body::from_reader`] and [`Body::from_file`] read.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// A payload: either bytes in memory or a stream of chunks, so no provider needs to hold a large
+/// payload whole.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use stowage_core::Body;
+/// let body = Body::from("hello");
+/// assert_eq!(&body.into_bytes().await.unwrap()[..], b"hello");
+/// # });
+/// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub struct Body {
+    inner: Inner,
+}
+
+enum Inner {
+    Bytes(Bytes),
+    Stream {
+        stream: BoxStream<'static, Result<Bytes>>,
+        size_hint: Option<u64>,
+    },
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Body::from_bytes(Bytes::new())
+    }
+
+    /// A body over bytes in memory.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        Body {
+            inner: Inner::Bytes(bytes.into()),
+        }
+    }
+
+    /// A body over a stream of chunks; `size_hint` is the exact size when known.
+    pub fn from_stream(
+        stream: impl Stream<Item = Result<Bytes>> + Send + 'static,
+        size_hint: Option<u64>,
+    ) -> Self {
+        Body {
+            inner: Inner::Stream {
+                stream: stream.boxed(),
+                size_hint,
+            },
+        }
+    }
+
+    /// A body read from an async reader in [`CHUNK_SIZE`] chunks.
+    pub fn from_reader(reader: impl AsyncRead + Send + Unpin + 'static, size_hint: Option<u64>) -> Self {
+        let stream = stream::try_unfold(reader, |mut reader| async move {
+            let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+            while buf.len() < CHUNK_SIZE {
+                let n = reader
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| Error::io("reading payload", e))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some((buf.freeze(), reader)))
+            }
+        });
+        Body::from_stream(stream, size_hint)
+    }
+
+    /// A body streamed from a file.
+    pub async fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let len = file.metadata().await.ok().map(|m| m.len());
+        Ok(Body::from_reader(file, len))
+    }
+
+    /// The exact size, when known without reading.
+    pub fn size_hint(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Bytes(b) => Some(b.len() as u64),
+            Inner::Stream { size_hint, .. } => *size_hint,
+        }
+    }
+
+    /// The bytes, if this body is in memory (no I/O needed).
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.inner {
+            Inner::Bytes(b) => Some(b),
+            Inner::Stream { .. } => None,
+        }
+    }
+
+    /// The next chunk, `None` at the end. In-memory bodies yield one chunk (none if empty).
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        match &mut self.inner {
+            Inner::Bytes(b) => {
+                if b.is_empty() {
+                    None
+                } else {
+                    Some(Ok(std::mem::take(b)))
+                }
+            }
+            Inner::Stream { stream, .. } => stream.next().await,
+        }
+    }
+
+    /// Reads the whole body into memory. Use for small payloads only.
+    pub async fn into_bytes(self) -> Result<Bytes> {
+        match self.inner {
+            Inner::Bytes(b) => Ok(b),
+            Inner::Stream { mut stream, size_hint } => {
+                let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(64 << 20) as usize);
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&chunk?);
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
+    /// The body as a stream of chunks.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
+        match self.inner {
+            Inner::Bytes(b) if b.is_empty() => stream::empty().boxed(),
+            Inner::Bytes(b) => stream::once(async move { Ok(b) }).boxed(),
+            Inner::Stream { stream, .. } => stream,
+        }
+    }
+
+    /// Copies the whole body into an async writer, returning the byte count.
+    pub async fn write_to(
+        mut self,
+        writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let mut n = 0u64;
+        while let Some(chunk) = self.next_chunk().await {
+            let chunk = chunk?;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("writing payload", e))?;
+            n += chunk.len() as u64;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| Error::io("writing payload", e))?;
+        Ok(n)
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.inner {
+            Inner::Bytes(b) => {
+                if b.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(std::mem::take(b))))
+                }
+            }
+            Inner::Stream { stream, .. } => stream.as_mut().poll_next(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Bytes(b) => write!(f, "Body::Bytes({} bytes)", b.len()),
+            Inner::Stream { size_hint, .. } => write!(f, "Body::Stream(size_hint: {size_hint:?})"),
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(value: Bytes) -> Self {
+        Body::from_bytes(value)
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(value: Vec<u8>) -> Self {
+        Body::from_bytes(value)
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(value: &'static [u8]) -> Self {
+        Body::from_bytes(Bytes::from_static(value))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(value: &'static str) -> Self {
+        Body::from_bytes(Bytes::from_static(value.as_bytes()))
+    }
+}
+
+impl From<String> for Body {
+    fn from(value: String) -> Self {
+        Body::from_bytes(value)
+    }
+}

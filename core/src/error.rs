@@ -1,0 +1,275 @@
+//! The one error type of stowage, with a stable [`ErrorKind`] for every variant.
+
+use std::path::PathBuf;
+
+/// Result alias used across stowage.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Boxed source error carried by [`Error::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Every error stowage returns. Each variant names what it is about, and its `Display` reads as
+/// a sentence a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key broke the key rules; rejected before any I/O.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given (lossy for display).
+        key: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// A namespace name broke the namespace rules.
+    #[error("invalid namespace {namespace:?}: {reason} (namespaces match [a-z0-9][a-z0-9_-]{{0,62}})")]
+    InvalidNamespace {
+        /// The namespace as given.
+        namespace: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// An argument other than a key or namespace was invalid (a range, a query, a cursor).
+    #[error("invalid input: {message}")]
+    InvalidInput {
+        /// What was wrong and what is expected.
+        message: String,
+    },
+    /// No live record (or no such version) exists.
+    #[error("{}", not_found_message(namespace, key, *version))]
+    NotFound {
+        /// Namespace searched.
+        namespace: String,
+        /// Key looked up.
+        key: String,
+        /// The version asked for, if one was.
+        version: Option<u64>,
+    },
+    /// A precondition failed: the record changed (or exists, or is absent) since the caller
+    /// looked. Nothing was written.
+    #[error("conflict on {namespace}/{key}: expected {expected}, but the current version is {}; nothing was written", current.map(|v| v.to_string()).unwrap_or_else(|| "none (absent)".into()))]
+    Conflict {
+        /// Namespace of the record.
+        namespace: String,
+        /// Key of the record.
+        key: String,
+        /// What the caller asked for (e.g. "version 3", "absent").
+        expected: String,
+        /// The current latest version, `None` if the key has none.
+        current: Option<u64>,
+    },
+    /// A configuration value was wrong.
+    #[error("invalid config{}: field `{field}`: {message}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default())]
+    InvalidConfig {
+        /// The file (or provider) the config came from, if known.
+        source_name: Option<String>,
+        /// Dotted path of the field (e.g. `storage.config.path`).
+        field: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// The provider does not support this operation; see `capabilities()`.
+    #[error("operation `{operation}` is not supported by provider `{provider}`")]
+    Unsupported {
+        /// Operation name.
+        operation: String,
+        /// Provider name.
+        provider: String,
+    },
+    /// A provider of that name is registered already.
+    #[error("a provider named `{name}` is already registered{}", origin.as_ref().map(|o| format!(" (by {o})")).unwrap_or_default())]
+    ProviderExists {
+        /// Provider name.
+        name: String,
+        /// Where the existing one came from (file or "built-in"), when known.
+        origin: Option<String>,
+    },
+    /// No provider of that name is registered.
+    #[error("unknown provider `{name}`; known providers: {}", if known.is_empty() { "(none)".to_string() } else { known.join(", ") })]
+    UnknownProvider {
+        /// The name asked for.
+        name: String,
+        /// The names that do exist.
+        known: Vec<String>,
+    },
+    /// Stored data failed a check (hash, checksum, schema).
+    #[error("corrupt data in provider `{provider}`: {message}")]
+    Corrupt {
+        /// Provider name.
+        provider: String,
+        /// What is corrupt, and where.
+        message: String,
+    },
+    /// Another process holds the store.
+    #[error("store at {} is locked: {message}", path.display())]
+    Locked {
+        /// The lock file or store root.
+        path: PathBuf,
+        /// Who holds it and what to do.
+        message: String,
+    },
+    /// A local I/O error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend (server, database, library) failed.
+    #[error("provider `{provider}` failed: {message}")]
+    Backend {
+        /// Provider name.
+        provider: String,
+        /// What failed, naming the endpoint/file where possible.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A plugin library was refused at load time.
+    #[error("plugin {}: {message}", path.display())]
+    Plugin {
+        /// The library file.
+        path: PathBuf,
+        /// Why it was refused and what to do.
+        message: String,
+    },
+    /// A plugin panicked; it is poisoned and refuses further calls.
+    #[error("provider `{provider}` panicked: {message}")]
+    Panicked {
+        /// Provider name.
+        provider: String,
+        /// The panic message.
+        message: String,
+    },
+}
+
+fn not_found_message(namespace: &str, key: &str, version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("record {namespace}/{key} has no version {v}"),
+        None => format!("record {namespace}/{key} not found"),
+    }
+}
+
+/// The stable kind of an [`Error`]; what callers match on and what crosses the plugin ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::InvalidKey`].
+    InvalidKey,
+    /// See [`Error::InvalidNamespace`].
+    InvalidNamespace,
+    /// See [`Error::InvalidInput`].
+    InvalidInput,
+    /// See [`Error::NotFound`].
+    NotFound,
+    /// See [`Error::Conflict`].
+    Conflict,
+    /// See [`Error::InvalidConfig`].
+    InvalidConfig,
+    /// See [`Error::Unsupported`].
+    Unsupported,
+    /// See [`Error::ProviderExists`].
+    ProviderExists,
+    /// See [`Error::UnknownProvider`].
+    UnknownProvider,
+    /// See [`Error::Corrupt`].
+    Corrupt,
+    /// See [`Error::Locked`].
+    Locked,
+    /// See [`Error::Io`].
+    Io,
+    /// See [`Error::Backend`].
+    Backend,
+    /// See [`Error::Plugin`].
+    Plugin,
+    /// See [`Error::Panicked`].
+    Panicked,
+}
+
+impl Error {
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidKey { .. } => ErrorKind::InvalidKey,
+            Error::InvalidNamespace { .. } => ErrorKind::InvalidNamespace,
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::ProviderExists { .. } => ErrorKind::ProviderExists,
+            Error::UnknownProvider { .. } => ErrorKind::UnknownProvider,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Backend { .. } => ErrorKind::Backend,
+            Error::Plugin { .. } => ErrorKind::Plugin,
+            Error::Panicked { .. } => ErrorKind::Panicked,
+        }
+    }
+
+    /// `Unsupported` for `operation` on `provider`.
+    pub fn unsupported(operation: impl Into<String>, provider: impl Into<String>) -> Self {
+        Error::Unsupported {
+            operation: operation.into(),
+            provider: provider.into(),
+        }
+    }
+
+    /// `NotFound` for a record (and optionally a version).
+    pub fn not_found(namespace: &crate::Namespace, key: &crate::Key, version: Option<u64>) -> Self {
+        Error::NotFound {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version,
+        }
+    }
+
+    /// `Io` with a context naming what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// `Backend` with a message and source.
+    pub fn backend(
+        provider: impl Into<String>,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            provider: provider.into(),
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// `Corrupt` for `provider`.
+    pub fn corrupt(provider: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Corrupt {
+            provider: provider.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `InvalidInput` with a message.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            message: message.into(),
+        }
+    }
+
+    /// `InvalidConfig` about `field`.
+    pub fn invalid_config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            source_name: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

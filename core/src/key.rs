@@ -1,0 +1,264 @@
+//! Validated names: [`Namespace`] (the tenant) and [`Key`] (a record's path-like name).
+//!
+//! Both are checked when built, so every backend receives only names that follow the rules and
+//! a hostile name is refused before any I/O.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// A tenant: every operation runs inside exactly one. Matches `[a-z0-9][a-z0-9_-]{0,62}`.
+///
+/// ```
+/// use stowage_core::Namespace;
+/// assert!(Namespace::new("acme-1").is_ok());
+/// assert!(Namespace::new("Acme").is_err());
+/// assert_eq!(Namespace::default().as_str(), "default");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// The namespace used when none is named.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Validates `name` as a namespace.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        let fail = |reason: &str| Error::InvalidNamespace {
+            namespace: name.clone(),
+            reason: reason.to_string(),
+        };
+        let bytes = name.as_bytes();
+        if bytes.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if bytes.len() > 63 {
+            return Err(fail("it is longer than 63 bytes"));
+        }
+        if !(bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit()) {
+            return Err(fail("it must start with a lowercase letter or a digit"));
+        }
+        if let Some(c) = bytes
+            .iter()
+            .find(|&&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'))
+        {
+            return Err(fail(&format!(
+                "character {:?} is not allowed",
+                char::from(*c)
+            )));
+        }
+        Ok(Namespace(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace(Self::DEFAULT.to_string())
+    }
+}
+
+impl TryFrom<String> for Namespace {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        Namespace::new(value)
+    }
+}
+
+impl From<Namespace> for String {
+    fn from(value: Namespace) -> Self {
+        value.0
+    }
+}
+
+impl std::str::FromStr for Namespace {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Namespace::new(s)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({:?})", self.0)
+    }
+}
+
+impl AsRef<str> for Namespace {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A record's name: path-like UTF-8, 1–1024 bytes, `/`-separated segments, none empty, none
+/// `.` or `..`, no leading `/`, no NUL, control character or `\`. Compared byte-exactly.
+///
+/// ```
+/// use stowage_core::Key;
+/// assert!(Key::new("tapes/2025/a.json").is_ok());
+/// for bad in ["", "/abs", "a//b", "../etc/passwd", "a/./b", "a\\b", "nul\0"] {
+///     assert!(Key::new(bad).is_err(), "{bad:?}");
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Key(String);
+
+impl Key {
+    /// Validates `key`.
+    pub fn new(key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        if let Some(reason) = key_problem(&key) {
+            return Err(Error::InvalidKey { key, reason });
+        }
+        Ok(Key(key))
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key's `/`-separated segments.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+/// Why `key` is not a valid key, or `None` if it is.
+fn key_problem(key: &str) -> Option<String> {
+    if key.is_empty() {
+        return Some("a key must not be empty".into());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Some(format!(
+            "a key is at most {MAX_KEY_LEN} bytes, this one is {}",
+            key.len()
+        ));
+    }
+    if key.starts_with('/') {
+        return Some("a key must not start with `/` (keys are relative)".into());
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "a key must not contain control characters (found U+{:04X})",
+            c as u32
+        ));
+    }
+    if key.contains('\\') {
+        return Some("a key must not contain `\\`; use `/` to separate segments".into());
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Some("a key must not contain an empty segment (`//` or a trailing `/`)".into()),
+            "." | ".." => {
+                return Some(format!("a key must not contain a `{segment}` segment"))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+impl TryFrom<String> for Key {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        Key::new(value)
+    }
+}
+
+impl TryFrom<&str> for Key {
+    type Error = Error;
+    fn try_from(value: &str) -> Result<Self> {
+        Key::new(value)
+    }
+}
+
+impl From<Key> for String {
+    fn from(value: Key) -> Self {
+        value.0
+    }
+}
+
+impl std::str::FromStr for Key {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Key::new(s)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", self.0)
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_rules() {
+        for good in ["a", "a/b", "a.b/c..d/.hidden", "ünï/cødé", &"x".repeat(1024)] {
+            assert!(Key::new(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            ".",
+            "..",
+            "../x",
+            "a/../b",
+            "a/.",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            "a\u{7f}",
+            &"x".repeat(1025),
+        ] {
+            let err = Key::new(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidKey, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn namespaces_follow_the_rules() {
+        for good in ["default", "a", "0", "acme_1-x", &"a".repeat(63)] {
+            assert!(Namespace::new(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "-a", "_a", "A", "a/b", "a.b", "..", &"a".repeat(64)] {
+            assert!(Namespace::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! # stowage-core
+//!
+//! The core of stowage, a framework for pluggable record storage: the data model ([`Key`],
+//! [`Namespace`], [`Metadata`], [`RecordInfo`], [`Body`]), the [`StorageBackend`] trait every
+//! provider implements, the [`StorageProviderFactory`] that makes backends from config, the
+//! [`Registry`] of factories, the TOML [`StowageConfig`], and the [`Stowage`] builder and
+//! namespace-scoped handles applications use. This crate names no concrete provider.
+//!
+//! ```
+//! # async fn demo() -> stowage_core::Result<()> {
+//! use stowage_core::{Metadata, Stowage};
+//! // Built-in providers come from `stowage-providers` (here, the in-memory one).
+//! let store = Stowage::builder()
+//!     .with_storage("memory", serde_json::json!({}))
+//!     .build()
+//!     .await?;
+//! let tenant = store.namespace("acme")?;
+//! let info = tenant.put("notes/hello.txt", "hi", Metadata::new()).await?;
+//! assert_eq!(info.version, 1);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod backend;
+mod body;
+mod config;
+mod error;
+mod factory;
+mod hash;
+mod key;
+mod model;
+mod query;
+mod registry;
+mod stowage;
+
+pub use backend::StorageBackend;
+pub use body::{Body, CHUNK_SIZE};
+pub use config::{PluginsConfig, StorageConfig, StowageConfig};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use factory::{parse_config, ProviderOrigin, StorageProviderFactory};
+pub use hash::{ContentHash, ContentHasher};
+pub use key::{Key, Namespace, MAX_KEY_LEN};
+pub use model::{
+    ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions, ListOptions,
+    Metadata, NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp, VerifyProblem,
+    VerifyReport, Version,
+};
+pub use query::{compare_json, AttrFilter, CursorPos, Order, Query, TimeRange};
+pub use registry::{BuiltinProvider, Registry};
+pub use stowage::{NamespaceHandle, Stowage, StowageBuilder};
+
+/// Re-exported so provider crates use the same `inventory` and `async_trait` as the core.
+pub use async_trait::async_trait;
+pub use inventory;

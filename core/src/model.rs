@@ -1,0 +1,393 @@
+//! The data model: metadata, record info, write modes, options, pages, capabilities, reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::ContentHash;
+use crate::key::{Key, Namespace};
+
+/// A record's version number: starts at 1, +1 per write (put, delete, restore) of that key.
+pub type Version = u64;
+
+/// A point in time with microsecond precision, written as RFC 3339 (`2025-01-02T03:04:05.000006Z`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn from_micros(micros: i64) -> Self {
+        Timestamp(micros)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(&self) -> i64 {
+        self.0
+    }
+
+    /// Converts a `SystemTime`.
+    pub fn from_system_time(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(d.as_micros() as i64),
+            Err(e) => Timestamp(-(e.duration().as_micros() as i64)),
+        }
+    }
+
+    /// Converts to a `SystemTime`.
+    pub fn to_system_time(&self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_micros(self.0 as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_micros(self.0.unsigned_abs())
+        }
+    }
+
+    /// Parses RFC 3339 (`2025-01-02T03:04:05Z`, fractional seconds and offsets-free forms).
+    pub fn parse_rfc3339(s: &str) -> Result<Self> {
+        humantime::parse_rfc3339_weak(s)
+            .map(Self::from_system_time)
+            .map_err(|e| {
+                Error::invalid_input(format!(
+                    "time {s:?} is not RFC 3339 (like 2025-01-02T03:04:05Z): {e}"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_micros(self.to_system_time())
+        )
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl TryFrom<String> for Timestamp {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        Timestamp::parse_rfc3339(&value)
+    }
+}
+
+impl From<Timestamp> for String {
+    fn from(value: Timestamp) -> Self {
+        value.to_string()
+    }
+}
+
+/// What a caller attaches to a payload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Metadata {
+    /// MIME type of the payload (e.g. `application/json`).
+    pub content_type: Option<String>,
+    /// A set of labels; `search` can require all of several.
+    pub tags: BTreeSet<String>,
+    /// Named JSON values; `search` filters on equality and ranges.
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+impl Metadata {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Adds a tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.insert(tag.into());
+        self
+    }
+
+    /// Sets an attribute.
+    pub fn with_attribute(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.attributes.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A field whose concurrent values a merging provider kept (see `automerge`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// JSON-pointer-like path of the field (e.g. `/title`).
+    pub path: String,
+    /// Every concurrent value, the winning one first.
+    pub values: Vec<serde_json::Value>,
+}
+
+/// What `head`, `list`, `search`, `versions` and writes return about one version of a record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordInfo {
+    /// The namespace the record lives in.
+    pub namespace: Namespace,
+    /// The record's key.
+    pub key: Key,
+    /// This version's number.
+    pub version: Version,
+    /// Hash of this version's payload (for a tombstone: of the payload it deleted).
+    pub hash: ContentHash,
+    /// Payload size in bytes.
+    pub size: u64,
+    /// When the key's first version was written.
+    pub created_at: Timestamp,
+    /// When this version was written.
+    pub updated_at: Timestamp,
+    /// Set on a tombstone: when the record was deleted.
+    pub deleted_at: Option<Timestamp>,
+    /// The metadata of this version.
+    pub metadata: Metadata,
+    /// Concurrent values kept by a merging provider; empty elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+}
+
+impl RecordInfo {
+    /// Whether this version is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
+    /// The flat JSON form the CLI prints (`{namespace, key, version, hash, size, content_type,
+    /// tags, attributes, created_at, updated_at, deleted_at}`, plus `conflicts` when non-empty).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "namespace": self.namespace,
+            "key": self.key,
+            "version": self.version,
+            "hash": self.hash,
+            "size": self.size,
+            "content_type": self.metadata.content_type,
+            "tags": self.metadata.tags,
+            "attributes": self.metadata.attributes,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deleted_at": self.deleted_at,
+        });
+        if !self.conflicts.is_empty() {
+            v["conflicts"] = serde_json::to_value(&self.conflicts).unwrap_or_default();
+        }
+        v
+    }
+}
+
+/// How a put treats what is already stored under the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutMode {
+    /// Write a new version whatever is there.
+    #[default]
+    Overwrite,
+    /// Write only if the key has no live version (absent or deleted).
+    Create,
+    /// Write only if the key's latest version is exactly this one.
+    IfVersion(Version),
+    /// "My writer read this version": a merging provider merges the change against it; every
+    /// other provider treats it as [`PutMode::IfVersion`].
+    Base(Version),
+}
+
+/// A byte range `[start, end)` of a payload; `end: None` reads to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte (inclusive).
+    pub start: u64,
+    /// End (exclusive); `None` means the end of the payload.
+    pub end: Option<u64>,
+}
+
+impl ByteRange {
+    /// Clamps the range to a payload of `size` bytes, returning `(offset, length)`; an empty
+    /// or inverted range is `InvalidInput`.
+    pub fn resolve(&self, size: u64) -> Result<(u64, u64)> {
+        let end = self.end.unwrap_or(size).min(size);
+        if let Some(e) = self.end {
+            if e < self.start {
+                return Err(Error::invalid_input(format!(
+                    "range {}..{e} ends before it starts",
+                    self.start
+                )));
+            }
+        }
+        if self.start > size {
+            return Err(Error::invalid_input(format!(
+                "range starts at byte {} but the payload has {size} bytes",
+                self.start
+            )));
+        }
+        Ok((self.start, end.saturating_sub(self.start)))
+    }
+}
+
+/// Options of `get`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// A specific version; `None` for the latest live one.
+    pub version: Option<Version>,
+    /// Only these bytes.
+    pub range: Option<ByteRange>,
+}
+
+/// Options of `delete`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Delete only if the latest version is this one.
+    pub if_version: Option<Version>,
+}
+
+/// Options of `list`: records in byte order of key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only keys starting with this (byte-wise; need not end at a `/`).
+    pub prefix: Option<String>,
+    /// Only keys strictly after this one.
+    pub start_after: Option<String>,
+    /// At most this many records per page.
+    pub limit: Option<usize>,
+    /// Include records whose latest version is a tombstone (shown as that tombstone).
+    pub include_deleted: bool,
+    /// The `next` cursor of a previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of results and the cursor for the next one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The results of this page.
+    pub items: Vec<T>,
+    /// Opaque cursor for the next page; `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            items: Vec::new(),
+            next: None,
+        }
+    }
+}
+
+/// What a provider really supports. Callers ask; the conformance kit chooses tests by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    /// Old versions stay readable (`get` with a version, `versions`).
+    pub versions: bool,
+    /// `delete` writes a tombstone.
+    pub delete: bool,
+    /// `restore` undeletes.
+    pub restore: bool,
+    /// `purge` removes a key for good.
+    pub purge: bool,
+    /// `search` with [`crate::Query`].
+    pub search: bool,
+    /// `search` reads every record (no index): say so to the user.
+    pub search_is_scan: bool,
+    /// `get` with a byte range reads only those bytes.
+    pub range_reads: bool,
+    /// `PutMode::Create` is atomic.
+    pub create_only: bool,
+    /// `PutMode::IfVersion` is atomic: of racing writers exactly one wins per version.
+    pub if_version: bool,
+    /// `PutMode::Base` merges instead of checking (a merging provider).
+    pub merge: bool,
+    /// Payloads are stored once per hash (dedup across keys and namespaces).
+    pub dedup: bool,
+    /// `gc` reclaims unreferenced payloads.
+    pub gc: bool,
+    /// `verify` re-hashes stored payloads.
+    pub verify: bool,
+    /// `namespaces` lists the namespaces that hold records.
+    pub list_namespaces: bool,
+    /// Replicas can be synced (`sync`).
+    pub sync: bool,
+    /// Data survives the process (not in memory only).
+    pub durable: bool,
+}
+
+/// What `gc` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Payload blobs removed.
+    pub blobs_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Payload blobs still referenced and kept.
+    pub blobs_kept: u64,
+}
+
+/// A problem `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProblem {
+    /// Namespace of an affected record, if the problem maps to one.
+    pub namespace: Option<String>,
+    /// Key of an affected record.
+    pub key: Option<String>,
+    /// Version of an affected record.
+    pub version: Option<Version>,
+    /// The payload hash involved.
+    pub hash: Option<ContentHash>,
+    /// `missing`, `corrupt`, or another short word.
+    pub problem: String,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// What `verify` checked and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Record versions checked.
+    pub records_checked: u64,
+    /// Payload blobs re-hashed.
+    pub blobs_checked: u64,
+    /// Payload bytes re-hashed.
+    pub bytes_checked: u64,
+    /// Everything wrong; empty when the store is sound.
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was found wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Receives progress of long operations (`verify`, `gc`, `copy`); the CLI shows a bar.
+pub trait Progress: Send + Sync {
+    /// The total amount of work, once known.
+    fn set_total(&self, total: u64);
+    /// `n` more units done.
+    fn inc(&self, n: u64);
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn set_total(&self, _total: u64) {}
+    fn inc(&self, _n: u64) {}
+}

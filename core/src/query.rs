@@ -1,0 +1,381 @@
+//! [`Query`] for `search`, and the shared filtering, ordering and cursor logic that scanning
+//! providers call instead of re-writing it (indexed providers translate the same rules into
+//! their query language and use the same cursor format).
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{ListOptions, Page, RecordInfo, Timestamp};
+
+/// A filter on one attribute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AttrFilter {
+    /// The attribute equals this JSON value exactly.
+    Eq {
+        /// Attribute name.
+        name: String,
+        /// Required value.
+        value: serde_json::Value,
+    },
+    /// The attribute lies in `[min, max)`: numbers compare numerically, strings (such as RFC 3339
+    /// times) byte-wise; a value of another type does not match.
+    Range {
+        /// Attribute name.
+        name: String,
+        /// Inclusive lower bound.
+        min: Option<serde_json::Value>,
+        /// Exclusive upper bound.
+        max: Option<serde_json::Value>,
+    },
+}
+
+impl AttrFilter {
+    /// Whether `value` (the record's attribute, if it has one) passes.
+    pub fn accepts(&self, value: Option<&serde_json::Value>) -> bool {
+        let Some(value) = value else { return false };
+        match self {
+            AttrFilter::Eq { value: want, .. } => json_eq(value, want),
+            AttrFilter::Range { min, max, .. } => {
+                let lower_ok = min
+                    .as_ref()
+                    .is_none_or(|m| matches!(compare_json(value, m), Some(Ordering::Greater | Ordering::Equal)));
+                let upper_ok = max
+                    .as_ref()
+                    .is_none_or(|m| matches!(compare_json(value, m), Some(Ordering::Less)));
+                lower_ok && upper_ok
+            }
+        }
+    }
+
+    /// The attribute this filter is on.
+    pub fn name(&self) -> &str {
+        match self {
+            AttrFilter::Eq { name, .. } | AttrFilter::Range { name, .. } => name,
+        }
+    }
+}
+
+/// Equality that treats `1` and `1.0` as equal.
+fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+        _ => a == b,
+    }
+}
+
+/// Orders two JSON scalars of the same kind; `None` for mixed or non-scalar kinds.
+pub fn compare_json(a: &serde_json::Value, b: &serde_json::Value) -> Option<Ordering> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+/// A time window `[since, until)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeRange {
+    /// Inclusive start.
+    pub since: Option<Timestamp>,
+    /// Exclusive end.
+    pub until: Option<Timestamp>,
+}
+
+impl TimeRange {
+    /// Whether `t` lies in the window.
+    pub fn contains(&self, t: Timestamp) -> bool {
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
+
+    /// Whether the window is unbounded.
+    pub fn is_unbounded(&self) -> bool {
+        self.since.is_none() && self.until.is_none()
+    }
+}
+
+/// What `search` results are ordered by (ties broken by key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Key, byte-wise.
+    #[default]
+    Key,
+    /// `created_at`.
+    Created,
+    /// `updated_at`.
+    Updated,
+}
+
+/// A search over the latest version of every record of a namespace.
+///
+/// ```
+/// use stowage_core::{Query, AttrFilter};
+/// let q = Query::new().prefix("tapes/").tag("prod").attr_eq("status", 200).limit(10);
+/// assert_eq!(q.tags.len(), 1);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Query {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Records carrying every one of these tags.
+    pub tags: BTreeSet<String>,
+    /// Every attribute filter must pass.
+    pub attributes: Vec<AttrFilter>,
+    /// Exact content type.
+    pub content_type: Option<String>,
+    /// Window on `created_at`.
+    pub created: TimeRange,
+    /// Window on `updated_at`.
+    pub updated: TimeRange,
+    /// Result order.
+    pub order: Order,
+    /// Reverse the order.
+    pub descending: bool,
+    /// Page size; `None` for everything.
+    pub limit: Option<usize>,
+    /// The `next` cursor of a previous page.
+    pub cursor: Option<String>,
+    /// Also match records whose latest version is a tombstone.
+    pub include_deleted: bool,
+}
+
+/// Where a cursor points: after the record with this sort value and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorPos {
+    /// The time sort value (for `Created`/`Updated` order).
+    pub time: Option<Timestamp>,
+    /// The key.
+    pub key: String,
+}
+
+impl Query {
+    /// An empty query (matches every live record).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires a key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Requires a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.insert(tag.into());
+        self
+    }
+
+    /// Requires an attribute to equal a value.
+    pub fn attr_eq(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.attributes.push(AttrFilter::Eq {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Requires an attribute in `[min, max)`.
+    pub fn attr_range(
+        mut self,
+        name: impl Into<String>,
+        min: Option<serde_json::Value>,
+        max: Option<serde_json::Value>,
+    ) -> Self {
+        self.attributes.push(AttrFilter::Range {
+            name: name.into(),
+            min,
+            max,
+        });
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Sets the order.
+    pub fn order_by(mut self, order: Order, descending: bool) -> Self {
+        self.order = order;
+        self.descending = descending;
+        self
+    }
+
+    /// Whether `info` passes every filter (ignores order, limit and cursor).
+    pub fn matches(&self, info: &RecordInfo) -> bool {
+        if info.is_deleted() && !self.include_deleted {
+            return false;
+        }
+        if let Some(p) = &self.prefix {
+            if !info.key.as_str().as_bytes().starts_with(p.as_bytes()) {
+                return false;
+            }
+        }
+        if !self.tags.iter().all(|t| info.metadata.tags.contains(t)) {
+            return false;
+        }
+        if let Some(ct) = &self.content_type {
+            if info.metadata.content_type.as_deref() != Some(ct.as_str()) {
+                return false;
+            }
+        }
+        if !self.created.contains(info.created_at) || !self.updated.contains(info.updated_at) {
+            return false;
+        }
+        self.attributes
+            .iter()
+            .all(|f| f.accepts(info.metadata.attributes.get(f.name())))
+    }
+
+    fn sort_time(&self, info: &RecordInfo) -> Option<Timestamp> {
+        match self.order {
+            Order::Key => None,
+            Order::Created => Some(info.created_at),
+            Order::Updated => Some(info.updated_at),
+        }
+    }
+
+    /// Compares two records in this query's result order.
+    pub fn compare(&self, a: &RecordInfo, b: &RecordInfo) -> Ordering {
+        let ord = self
+            .sort_time(a)
+            .cmp(&self.sort_time(b))
+            .then_with(|| a.key.as_str().as_bytes().cmp(b.key.as_str().as_bytes()));
+        if self.descending {
+            ord.reverse()
+        } else {
+            ord
+        }
+    }
+
+    /// The cursor that resumes after `info`.
+    pub fn cursor_for(&self, info: &RecordInfo) -> String {
+        match self.sort_time(info) {
+            None => format!("k:{}", hex::encode(info.key.as_str())),
+            Some(t) => format!("t:{}:{}", t.as_micros(), hex::encode(info.key.as_str())),
+        }
+    }
+
+    /// Decodes this query's cursor, if it has one.
+    pub fn decode_cursor(&self) -> Result<Option<CursorPos>> {
+        let Some(c) = &self.cursor else {
+            return Ok(None);
+        };
+        let bad = || Error::invalid_input(format!("search cursor {c:?} is not one this query returned"));
+        let pos = if let Some(k) = c.strip_prefix("k:") {
+            if self.order != Order::Key {
+                return Err(bad());
+            }
+            CursorPos { time: None, key: decode_hex_key(k).ok_or_else(bad)? }
+        } else if let Some(rest) = c.strip_prefix("t:") {
+            if self.order == Order::Key {
+                return Err(bad());
+            }
+            let (t, k) = rest.split_once(':').ok_or_else(bad)?;
+            CursorPos {
+                time: Some(Timestamp::from_micros(t.parse().map_err(|_| bad())?)),
+                key: decode_hex_key(k).ok_or_else(bad)?,
+            }
+        } else {
+            return Err(bad());
+        };
+        Ok(Some(pos))
+    }
+
+    /// Whether `info` comes strictly after the cursor position in this query's order.
+    pub fn is_after(&self, info: &RecordInfo, pos: &CursorPos) -> bool {
+        let ord = self
+            .sort_time(info)
+            .cmp(&pos.time)
+            .then_with(|| info.key.as_str().as_bytes().cmp(pos.key.as_bytes()));
+        if self.descending {
+            ord == Ordering::Less
+        } else {
+            ord == Ordering::Greater
+        }
+    }
+
+    /// Filters, orders and pages `candidates` (latest versions, any order): the whole search
+    /// for a provider that scans.
+    pub fn apply(&self, candidates: impl IntoIterator<Item = RecordInfo>) -> Result<Page<RecordInfo>> {
+        let pos = self.decode_cursor()?;
+        let mut items: Vec<RecordInfo> = candidates
+            .into_iter()
+            .filter(|i| self.matches(i))
+            .filter(|i| pos.as_ref().is_none_or(|p| self.is_after(i, p)))
+            .collect();
+        items.sort_by(|a, b| self.compare(a, b));
+        let mut next = None;
+        if let Some(limit) = self.limit {
+            if items.len() > limit {
+                items.truncate(limit);
+                next = items.last().map(|i| self.cursor_for(i));
+            }
+        }
+        Ok(Page { items, next })
+    }
+}
+
+fn decode_hex_key(h: &str) -> Option<String> {
+    String::from_utf8(hex::decode(h).ok()?).ok()
+}
+
+impl ListOptions {
+    /// The cursor that resumes a listing after `key`.
+    pub fn cursor_for(key: &str) -> String {
+        format!("k:{}", hex::encode(key))
+    }
+
+    /// The exclusive lower bound on keys: the later of `start_after` and the cursor.
+    pub fn lower_bound(&self) -> Result<Option<String>> {
+        let from_cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                c.strip_prefix("k:")
+                    .and_then(decode_hex_key)
+                    .ok_or_else(|| Error::invalid_input(format!("list cursor {c:?} is not one a listing returned")))?,
+            ),
+        };
+        Ok(match (from_cursor, self.start_after.clone()) {
+            (Some(a), Some(b)) => Some(if a.as_bytes() >= b.as_bytes() { a } else { b }),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Whether `key` passes the prefix and lower bound (computed by [`Self::lower_bound`]).
+    pub fn accepts_key(&self, key: &str, lower_bound: Option<&str>) -> bool {
+        self.prefix
+            .as_ref()
+            .is_none_or(|p| key.as_bytes().starts_with(p.as_bytes()))
+            && lower_bound.is_none_or(|b| key.as_bytes() > b.as_bytes())
+    }
+
+    /// Filters, orders and pages `latest` (the latest version of each key, any order): the whole
+    /// listing for a provider that scans.
+    pub fn apply(&self, latest: impl IntoIterator<Item = RecordInfo>) -> Result<Page<RecordInfo>> {
+        let bound = self.lower_bound()?;
+        let mut items: Vec<RecordInfo> = latest
+            .into_iter()
+            .filter(|i| self.include_deleted || !i.is_deleted())
+            .filter(|i| self.accepts_key(i.key.as_str(), bound.as_deref()))
+            .collect();
+        items.sort_by(|a, b| a.key.as_str().as_bytes().cmp(b.key.as_str().as_bytes()));
+        let mut next = None;
+        if let Some(limit) = self.limit {
+            if items.len() > limit {
+                items.truncate(limit);
+                next = items.last().map(|i| Self::cursor_for(i.key.as_str()));
+            }
+        }
+        Ok(Page { items, next })
+    }
+}

@@ -1,0 +1,1 @@
+//! The `automerge` provider (being written).

@@ -1,0 +1,1 @@
+//! The `sqlite` provider (being written).

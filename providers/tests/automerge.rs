@@ -1,0 +1,1 @@
+//! Tests of the `automerge` provider (being written).
