@@ -25,14 +25,19 @@
 mod backend;
 mod body;
 mod config;
+pub mod copy;
 mod error;
 mod factory;
 mod hash;
 mod key;
+mod metrics;
 mod model;
+pub mod plugin;
 mod query;
 mod registry;
 mod stowage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use backend::StorageBackend;
 pub use body::{Body, CHUNK_SIZE};
@@ -41,6 +46,8 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{parse_config, ProviderOrigin, StorageProviderFactory};
 pub use hash::{ContentHash, ContentHasher};
 pub use key::{Key, Namespace, MAX_KEY_LEN};
+pub use metrics::{Metrics, OperationStats, PayloadBytes};
+pub use plugin::{load_plugins, PluginDescription, PluginLibrary};
 pub use model::{
     ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions, ListOptions,
     Metadata, NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp, VerifyProblem,

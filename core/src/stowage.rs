@@ -20,6 +20,7 @@ use crate::model::{
     PutMode, RecordInfo, VerifyReport, Version,
 };
 use crate::query::Query;
+use crate::metrics::{Metrics, PayloadBytes};
 use crate::registry::Registry;
 
 /// A configured store.
@@ -44,6 +45,7 @@ struct Inner {
     backend: Arc<dyn StorageBackend>,
     default_namespace: Namespace,
     init: OnceCell<()>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Stowage {
@@ -59,6 +61,7 @@ impl Stowage {
                 backend,
                 default_namespace: Namespace::default(),
                 init: OnceCell::new(),
+                metrics: None,
             }),
         }
     }
@@ -103,28 +106,54 @@ impl Stowage {
             .map(|_| ())
     }
 
-    /// Runs one backend call: lazy initialize, then the call inside a `tracing` span naming the
-    /// provider, namespace, operation and key, with its outcome and duration.
+    /// The metrics this store feeds, if any were attached.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// Runs one backend call — the one place every call of an application passes through: lazy
+    /// initialize, then the call inside a `tracing` span (target `stowage_core`, name
+    /// `stowage.call`) with fields provider, namespace, operation, key, bytes, outcome and
+    /// micros, and the optional [`Metrics`] counters.
     pub async fn call<T, F, Fut>(&self, operation: &'static str, ns: Option<&Namespace>, key: Option<&Key>, f: F) -> Result<T>
     where
+        T: PayloadBytes,
         F: FnOnce(Arc<dyn StorageBackend>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let span = tracing::debug_span!(
-            "stowage",
+        let span = tracing::info_span!(
+            "stowage.call",
             provider = self.provider(),
             operation,
             namespace = ns.map(|n| n.as_str()),
             key = key.map(|k| k.as_str()),
+            bytes = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            micros = tracing::field::Empty,
         );
         async {
             self.initialize().await?;
             let started = Instant::now();
             let result = f(self.inner.backend.clone()).await;
             let micros = started.elapsed().as_micros() as u64;
-            match &result {
-                Ok(_) => tracing::debug!(micros, outcome = "ok", "{operation}"),
-                Err(e) => tracing::debug!(micros, outcome = ?e.kind(), error = %e, "{operation}"),
+            let span = tracing::Span::current();
+            span.record("micros", micros);
+            let outcome = match &result {
+                Ok(value) => {
+                    let bytes = value.payload_bytes();
+                    span.record("bytes", bytes);
+                    span.record("outcome", "ok");
+                    tracing::debug!("{operation} ok");
+                    Ok(bytes)
+                }
+                Err(e) => {
+                    span.record("outcome", tracing::field::debug(e.kind()));
+                    tracing::debug!(error = %e, "{operation} failed");
+                    Err(e.kind())
+                }
+            };
+            if let Some(m) = &self.inner.metrics {
+                m.record(self.provider(), operation, outcome, micros);
             }
             result
         }
@@ -164,7 +193,9 @@ pub struct StowageBuilder {
     storage: Option<(String, serde_json::Value)>,
     config: Option<StowageConfig>,
     config_file: Option<PathBuf>,
+    plugin_files: Vec<PathBuf>,
     namespace: Option<String>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StowageBuilder {
@@ -186,9 +217,22 @@ impl StowageBuilder {
         self
     }
 
+    /// Loads a plugin library before the provider is chosen (beside the config's `[plugins]`);
+    /// its providers join the registry.
+    pub fn load_plugin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.plugin_files.push(path.into());
+        self
+    }
+
     /// Uses an already-parsed config.
     pub fn config(mut self, config: StowageConfig) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Feeds these counters from every call of the store.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -221,6 +265,9 @@ impl StowageBuilder {
     pub async fn build(self) -> Result<Stowage> {
         let config = self.resolve_config()?;
         let registry = self.registry.clone().unwrap_or_else(Registry::global);
+        let mut plugins = config.plugins.clone();
+        plugins.paths.extend(self.plugin_files.iter().cloned());
+        crate::plugin::load_plugins(&registry, &plugins)?;
         let default_namespace = match &self.namespace {
             Some(ns) => Namespace::new(ns.clone())?,
             None => config.storage.namespace.clone(),
@@ -254,6 +301,7 @@ impl StowageBuilder {
                 backend,
                 default_namespace,
                 init: OnceCell::new(),
+                metrics: self.metrics,
             }),
         })
     }

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use stowage_core::{Error, Registry, Result, StorageProviderFactory};
 
+#[cfg(any(feature = "fs", feature = "automerge"))]
+mod atomic_file;
 #[cfg(feature = "automerge")]
 pub mod automerge;
 #[cfg(feature = "fs")]

@@ -1,1 +1,508 @@
-//! Tests of the `s3` provider (being written).
+//! Tests of the `s3` provider against a real S3-protocol server (moto) on 127.0.0.1.
+//!
+//! Run `scripts/s3-server start` first (it writes `target/s3-server.env`), and
+//! `scripts/s3-server stop` after. Without that file or `STOWAGE_TEST_S3_ENDPOINT` these tests
+//! fail, saying so; `STOWAGE_SKIP_S3=1` skips them explicitly (printing that it did).
+//!
+//! Each test works under its own `root` prefix in the shared bucket, so they run in parallel
+//! and `gc` in one never sees another's blobs. The fault test starts a moto of its own, with
+//! moto's request recorder on, because it kills and restarts that server.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use stowage_core::{Body, ContentHash, ErrorKind, GetOptions, ListOptions, Metadata, PutMode, Stowage};
+use stowage_providers::s3::{factory, operator, S3Config};
+
+/// Connection details of the test server.
+#[derive(Clone, Debug)]
+struct Server {
+    endpoint: String,
+    bucket: String,
+    region: String,
+    access_key_id: String,
+    secret_access_key: String,
+    python: Option<String>,
+}
+
+fn env_file() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("s3-server.env")
+}
+
+/// The server to test against; `None` only when `STOWAGE_SKIP_S3=1` says to skip.
+fn server() -> Option<Server> {
+    if std::env::var("STOWAGE_SKIP_S3").as_deref() == Ok("1") {
+        eprintln!("s3 test SKIPPED: STOWAGE_SKIP_S3=1 is set");
+        return None;
+    }
+    let mut vars: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("STOWAGE_TEST_S3_")).collect();
+    if !vars.contains_key("STOWAGE_TEST_S3_ENDPOINT") {
+        let path = env_file();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "no S3 test server: STOWAGE_TEST_S3_ENDPOINT is unset and {} cannot be read ({e}). \
+                 Run `scripts/s3-server start` first (and `scripts/s3-server stop` after), \
+                 or set STOWAGE_SKIP_S3=1 to skip the s3 tests on purpose.",
+                path.display()
+            )
+        });
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                vars.entry(k.trim().to_string()).or_insert_with(|| v.trim().to_string());
+            }
+        }
+    }
+    let get = |k: &str, default: &str| vars.get(k).cloned().unwrap_or_else(|| default.to_string());
+    Some(Server {
+        endpoint: get("STOWAGE_TEST_S3_ENDPOINT", ""),
+        bucket: get("STOWAGE_TEST_S3_BUCKET", "stowage-test"),
+        region: get("STOWAGE_TEST_S3_REGION", "us-east-1"),
+        access_key_id: get("STOWAGE_TEST_S3_ACCESS_KEY_ID", "stowage-test"),
+        secret_access_key: get("STOWAGE_TEST_S3_SECRET_ACCESS_KEY", "stowage-test-secret"),
+        python: vars.get("STOWAGE_TEST_S3_PYTHON").cloned(),
+    })
+}
+
+/// A root prefix no other test (or earlier run) uses.
+fn unique_root(label: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t/{label}-{nanos}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn config(server: &Server, root: &str) -> Value {
+    json!({
+        "bucket": server.bucket,
+        "endpoint": server.endpoint,
+        "region": server.region,
+        "root": root,
+        "access_key_id": server.access_key_id,
+        "secret_access_key": server.secret_access_key,
+        "timeout_ms": 60_000,
+        "retries": 2,
+        "part_size_mib": 5,
+    })
+}
+
+async fn store(config: Value) -> Stowage {
+    let backend = factory().create(config).await.expect("creating the s3 backend");
+    Stowage::from_backend(backend)
+}
+
+/// Paths of every object under `prefix` of the store's root, read with a raw OpenDAL operator.
+async fn objects(config: &Value, prefix: &str) -> Vec<String> {
+    let op = operator(&S3Config::parse(config).unwrap()).unwrap();
+    let mut paths: Vec<String> = op
+        .list_with(prefix)
+        .recursive(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path().to_string())
+        .filter(|p| !p.ends_with('/'))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A body streamed in 1 MiB chunks (no size hint), so the provider cannot see its size.
+fn streamed(data: Arc<Vec<u8>>) -> Body {
+    let chunks = (0..data.len()).step_by(1 << 20).map(move |i| {
+        let end = (i + (1 << 20)).min(data.len());
+        Ok(Bytes::copy_from_slice(&data[i..end]))
+    });
+    Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()), None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_kit_passes() {
+    let Some(server) = server() else { return };
+    let report = stowage_core::testkit::run_all(factory(), config(&server, &unique_root("ck"))).await;
+    eprintln!("s3 conformance: passed {:?}, skipped {:?}", report.passed(), report.skipped());
+    report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_and_dedup_across_namespaces() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("layout"));
+    let store = store(cfg.clone()).await;
+    let payload = pattern(1, 100_000);
+    let hash = ContentHash::of(&payload);
+    for ns in ["alpha", "beta"] {
+        let handle = store.namespace(ns).unwrap();
+        handle.put("same/bytes", payload.clone(), Metadata::new()).await.unwrap();
+        handle.put("same/bytes", payload.clone(), Metadata::new()).await.unwrap();
+    }
+    assert_eq!(objects(&cfg, "blobs/").await, vec![format!("blobs/{}", hash.to_hex())], "one blob for four versions");
+    let key_hex = hex::encode("same/bytes");
+    assert_eq!(
+        objects(&cfg, "meta/alpha/").await,
+        vec![
+            format!("meta/alpha/{key_hex}/00000000000000000001.json"),
+            format!("meta/alpha/{key_hex}/00000000000000000002.json"),
+        ]
+    );
+    let report = store.backend().gc(&stowage_core::NoProgress).await.unwrap();
+    assert_eq!((report.blobs_removed, report.blobs_kept), (0, 1));
+    assert!(objects(&cfg, "staging/").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payload_streams_through_multipart_and_ranges() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("large"));
+    let store = store(cfg.clone()).await;
+    let handle = store.namespace("big").unwrap();
+    let data = Arc::new(pattern(2, 23 * 1024 * 1024 + 17));
+    let info = handle.put("blob", streamed(data.clone()), Metadata::new()).await.unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(info.hash, ContentHash::of(&data));
+    let (_, body) = handle.get_with("blob", GetOptions::default()).await.unwrap();
+    let back = body.into_bytes().await.unwrap();
+    assert!(back[..] == data[..], "23 MiB payload did not read back byte-exact");
+    let range = stowage_core::ByteRange { start: 6 * 1024 * 1024 - 3, end: Some(6 * 1024 * 1024 + 5) };
+    let (_, body) = handle
+        .get_with("blob", GetOptions { version: None, range: Some(range) })
+        .await
+        .unwrap();
+    let part = body.into_bytes().await.unwrap();
+    assert_eq!(&part[..], &data[6 * 1024 * 1024 - 3..6 * 1024 * 1024 + 5]);
+    assert!(objects(&cfg, "staging/").await.is_empty(), "the staging object was not removed");
+    // Dedup of a large payload: the second upload finds blobs/<hash> and copies nothing.
+    handle.put("blob-again", streamed(data.clone()), Metadata::new()).await.unwrap();
+    assert_eq!(objects(&cfg, "blobs/").await.len(), 1);
+    let report = store.backend().verify(&stowage_core::NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.blobs_checked, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_body_leaves_nothing_behind() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("abort"));
+    let store = store(cfg.clone()).await;
+    let handle = store.namespace("n").unwrap();
+    handle.put("k", "first", Metadata::new()).await.unwrap();
+    // 12 MiB arrive (two parts uploaded), then the caller's stream fails.
+    let chunks = (0..12)
+        .map(|i| Ok(Bytes::from(pattern(i, 1 << 20))))
+        .chain(std::iter::once(Err(stowage_core::Error::io(
+            "reading the caller's file",
+            std::io::Error::other("disk gone"),
+        ))));
+    let err = handle
+        .put("k", Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()), None), Metadata::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("disk gone"), "{err}");
+    let versions = handle.versions("k").await.unwrap();
+    assert_eq!(versions.len(), 1, "a failed upload created a version");
+    assert_eq!(objects(&cfg, "blobs/").await.len(), 1, "a failed upload left a blob");
+    assert!(objects(&cfg, "staging/").await.is_empty(), "a failed upload left a staging object");
+    let (_, body) = handle.get_with("k", GetOptions::default()).await.unwrap();
+    assert_eq!(&body.into_bytes().await.unwrap()[..], b"first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_overwrites_lose_no_update() {
+    let Some(server) = server() else { return };
+    let store = Arc::new(store(config(&server, &unique_root("race"))).await);
+    let writers: Vec<_> = (0..16u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let handle = store.namespace("race").unwrap();
+                handle
+                    .put_with("hot", format!("writer {i}"), Metadata::new(), PutMode::Overwrite)
+                    .await
+                    .unwrap()
+                    .version
+            })
+        })
+        .collect();
+    let mut got: Vec<u64> = Vec::new();
+    for w in writers {
+        got.push(w.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (1..=16).collect::<Vec<_>>(), "each writer must get its own version");
+    let handle = store.namespace("race").unwrap();
+    let versions: Vec<u64> = handle.versions("hot").await.unwrap().iter().map(|r| r.version).collect();
+    assert_eq!(versions, (1..=16).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_follow_key_byte_order() {
+    let Some(server) = server() else { return };
+    let store = store(config(&server, &unique_root("list"))).await;
+    let handle = store.namespace("l").unwrap();
+    let keys = ["a", "a/b", "a0", "ab", "b", "b/\u{e9}t\u{e9}", "c"];
+    for k in keys.iter().rev() {
+        handle.put(k, *k, Metadata::new()).await.unwrap();
+    }
+    handle.delete("b", stowage_core::DeleteOptions::default()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .backend()
+            .list(
+                &stowage_core::Namespace::new("l").unwrap(),
+                ListOptions { limit: Some(2), cursor: cursor.clone(), ..ListOptions::default() },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|r| r.key.to_string()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["a", "a/b", "a0", "ab", "b/\u{e9}t\u{e9}", "c"]);
+    let prefixed = store
+        .backend()
+        .list(
+            &stowage_core::Namespace::new("l").unwrap(),
+            ListOptions { prefix: Some("a".into()), start_after: Some("a/b".into()), ..ListOptions::default() },
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = prefixed.items.iter().map(|r| r.key.to_string()).collect();
+    assert_eq!(got, vec!["a0", "ab"]);
+}
+
+// ---- errors: each names the endpoint and the bucket ----
+
+fn assert_backend_error(err: &stowage_core::Error, endpoint: &str, bucket: &str, also: &str) {
+    let text = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{text}");
+    assert!(text.contains(endpoint), "error does not name the endpoint {endpoint}: {text}");
+    assert!(text.contains(bucket), "error does not name the bucket {bucket}: {text}");
+    assert!(text.contains(also), "error does not say {also:?}: {text}");
+    assert!(!text.contains("stowage-test-secret"), "error leaks the secret: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_is_a_clear_error_after_retries() {
+    let Some(server) = server() else { return };
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut cfg = config(&server, "down");
+    cfg["endpoint"] = json!(endpoint);
+    cfg["retries"] = json!(2);
+    let store = store(cfg).await;
+    let err = store.namespace("n").unwrap().put("k", "v", Metadata::new()).await.unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "after 2 retries");
+    assert!(err.to_string().contains("is it running"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bucket_is_named() {
+    let Some(server) = server() else { return };
+    let mut cfg = config(&server, "x");
+    cfg["bucket"] = json!("no-such-bucket-for-stowage");
+    let store = store(cfg).await;
+    let err = store.namespace("n").unwrap().head("k", None).await.unwrap_err();
+    assert_backend_error(&err, &server.endpoint, "no-such-bucket-for-stowage", "does not exist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out() {
+    let Some(server) = server() else { return };
+    // Accepts connections and never answers: only the timeout can end the request.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let _keeper = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(16).flatten() {
+            held.push(conn);
+        }
+    });
+    let mut cfg = config(&server, "silent");
+    cfg["endpoint"] = json!(endpoint);
+    cfg["timeout_ms"] = json!(300);
+    cfg["retries"] = json!(1);
+    let store = store(cfg).await;
+    let err = store.namespace("n").unwrap().head("k", None).await.unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "timeout_ms = 300");
+}
+
+// ---- fault: the server killed in the middle of a large upload ----
+
+/// A moto server of this test's own, recording every request to a file so a restart can
+/// replay them (moto keeps objects in memory only).
+struct OwnServer {
+    python: String,
+    port: u16,
+    recording: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    fn start(python: &str, dir: &std::path::Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = OwnServer {
+            python: python.to_string(),
+            port,
+            recording: dir.join("moto-recording.jsonl"),
+            child: None,
+        };
+        s.spawn();
+        http(port, "PUT", "/fault-bucket").expect("creating the bucket");
+        s
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .env("MOTO_ENABLE_RECORDING", "True")
+            .env("MOTO_RECORDER_FILEPATH", &self.recording)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto (scripts/s3-server start installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(self.port, "GET", "/moto-api/").is_err() {
+            assert!(Instant::now() < deadline, "moto did not come up on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no shutdown, requests in flight are cut.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts on the same port and replays the recorded requests.
+    fn restart(&mut self) {
+        self.spawn();
+        http(self.port, "POST", "/moto-api/recorder/replay-recording").expect("replaying the recording");
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One plain HTTP/1.0 request with an empty body; the status code.
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n")?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {answer:.80}")))?;
+    if code >= 400 {
+        return Err(std::io::Error::other(format!("{method} {path} answered {code}")));
+    }
+    Ok(code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_upload_keeps_the_earlier_version() {
+    let Some(server) = server() else { return };
+    let python = server.python.clone().unwrap_or_else(|| "python3".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let mut own = OwnServer::start(&python, dir.path());
+    let endpoint = own.endpoint();
+    let mut cfg = config(&server, "fault");
+    cfg["endpoint"] = json!(endpoint);
+    cfg["bucket"] = json!("fault-bucket");
+    cfg["retries"] = json!(1);
+    cfg["timeout_ms"] = json!(10_000);
+
+    let first = pattern(7, 3 * 1024 * 1024 + 5);
+    {
+        let store = store(cfg.clone()).await;
+        let handle = store.namespace("f").unwrap();
+        let info = handle.put("tape", first.clone(), Metadata::new().with_tag("v1")).await.unwrap();
+        assert_eq!(info.version, 1);
+
+        // 40 MiB in 1 MiB chunks; after 17 MiB the server is killed, the rest keeps coming.
+        let (reached, killed) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let (reached2, killed2) = (reached.clone(), killed.clone());
+        let chunks = futures::stream::unfold(0u64, move |i| {
+            let (reached, killed) = (reached2.clone(), killed2.clone());
+            async move {
+                if i == 40 {
+                    return None;
+                }
+                if i == 17 {
+                    reached.notify_one();
+                    killed.notified().await;
+                }
+                Some((Ok(Bytes::from(pattern(100 + i, 1 << 20))), i + 1))
+            }
+        });
+        let upload = tokio::spawn({
+            let store_handle = store.namespace("f").unwrap();
+            async move { store_handle.put("tape", Body::from_stream(chunks, None), Metadata::new()).await }
+        });
+        reached.notified().await;
+        own.kill();
+        killed.notify_one();
+        let err = upload.await.unwrap().expect_err("the upload must fail when the server dies");
+        assert_backend_error(&err, &endpoint, "fault-bucket", "retries");
+    }
+
+    own.restart();
+    let store = store(cfg.clone()).await;
+    let handle = store.namespace("f").unwrap();
+    let versions = handle.versions("tape").await.unwrap();
+    assert_eq!(versions.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1], "an orphan version is visible");
+    let (info, body) = handle.get_with("tape", GetOptions::default()).await.unwrap();
+    assert!(info.metadata.tags.contains("v1"));
+    assert!(body.into_bytes().await.unwrap() == first, "version 1 does not read back byte-exact");
+    let listed = handle.list(ListOptions::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].version, 1);
+    assert_eq!(objects(&cfg, "blobs/").await, vec![format!("blobs/{}", ContentHash::of(&first).to_hex())]);
+    assert!(objects(&cfg, "staging/").await.is_empty(), "a half-uploaded payload is visible");
+    // The store works on: the next write is version 2.
+    let again = handle.put("tape", "after restart", Metadata::new()).await.unwrap();
+    assert_eq!(again.version, 2);
+}

@@ -1,0 +1,225 @@
+//! `stowage get KEY`: streams a payload to stdout or to a file.
+//!
+//! A file is written beside its target under a temporary name and renamed into place only once
+//! the whole payload arrived, so a failed get never leaves a half-written output file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use stowage_core::{ByteRange, Error, GetOptions, Key, RecordInfo, Result, Version};
+use tokio::io::AsyncWriteExt;
+
+use crate::context::Context;
+use crate::output::human_size;
+
+/// Arguments of `stowage get`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Record key.
+    pub key: String,
+    /// Read this version instead of the latest.
+    #[arg(long, value_name = "N")]
+    pub version: Option<Version>,
+    /// Only bytes A through B inclusive (`A-B`), or from A to the end (`A-`), as in HTTP.
+    #[arg(long, value_name = "A-B")]
+    pub range: Option<RangeArg>,
+    /// Write to FILE instead of stdout (`-` is stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// An inclusive HTTP-style byte range `A-B` or `A-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeArg(pub ByteRange);
+
+impl FromStr for RangeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let expected =
+            || format!("expected A-B (bytes A to B inclusive) or A- (A to the end), got {s:?}");
+        let (a, b) = s.split_once('-').ok_or_else(expected)?;
+        let start: u64 = a.trim().parse().map_err(|_| expected())?;
+        let end = if b.trim().is_empty() {
+            None
+        } else {
+            let last: u64 = b.trim().parse().map_err(|_| expected())?;
+            if last < start {
+                return Err(format!("range {s:?} ends before it starts"));
+            }
+            Some(last.checked_add(1).ok_or_else(expected)?)
+        };
+        Ok(RangeArg(ByteRange { start, end }))
+    }
+}
+
+/// Reads the record and streams its bytes out.
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let key = Key::new(args.key)?;
+    let options = GetOptions {
+        version: args.version,
+        range: args.range.map(|r| r.0),
+    };
+    let handle = ctx.handle().await?;
+    let (info, body) = handle.get_with(key.as_str(), options).await?;
+    match args.output.filter(|p| p.as_os_str() != "-") {
+        None => {
+            let mut stdout = tokio::io::stdout();
+            body.write_to(&mut stdout).await?;
+            Ok(())
+        }
+        Some(target) => {
+            let written = write_file_atomically(&target, body).await?;
+            report_file(ctx, &info, &target, written)
+        }
+    }
+}
+
+fn report_file(ctx: &Context, info: &RecordInfo, target: &Path, written: u64) -> Result<()> {
+    if ctx.out.is_json() {
+        return ctx.out.json_line(&info.to_json());
+    }
+    ctx.out.note(&format!(
+        "got {}/{} v{} {} -> {}",
+        info.namespace,
+        info.key,
+        info.version,
+        human_size(written),
+        target.display()
+    ))
+}
+
+/// A temporary file beside the target, removed on drop unless renamed into place.
+struct PartialFile {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: the file may never have been created.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Result<u64> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target.file_name().ok_or_else(|| {
+        Error::invalid_input(format!("output {} names no file", target.display()))
+    })?;
+    if target.is_dir() {
+        return Err(Error::invalid_input(format!(
+            "output {} is a directory; name a file",
+            target.display()
+        )));
+    }
+    let mut partial = None;
+    for attempt in 0..100u32 {
+        let candidate = dir.join(format!(
+            ".{}.stowage-{}-{attempt}.part",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        match tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+            .await
+        {
+            Ok(file) => {
+                partial = Some((
+                    file,
+                    PartialFile {
+                        path: candidate,
+                        done: false,
+                    },
+                ));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("creating a temporary file in {}", dir.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    let (mut file, mut guard) = partial.ok_or_else(|| {
+        Error::invalid_input(format!(
+            "could not create a temporary file in {}: too many leftovers named .{}.stowage-*",
+            dir.display(),
+            name.to_string_lossy()
+        ))
+    })?;
+    let written = body.write_to(&mut file).await?;
+    file.sync_all()
+        .await
+        .map_err(|e| Error::io(format!("flushing {}", guard.path.display()), e))?;
+    file.shutdown()
+        .await
+        .map_err(|e| Error::io(format!("closing {}", guard.path.display()), e))?;
+    drop(file);
+    tokio::fs::rename(&guard.path, target).await.map_err(|e| {
+        Error::io(
+            format!("moving {} to {}", guard.path.display(), target.display()),
+            e,
+        )
+    })?;
+    guard.done = true;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(s: &str) -> ByteRange {
+        s.parse::<RangeArg>().unwrap().0
+    }
+
+    #[test]
+    fn ranges_are_inclusive_like_http() {
+        assert_eq!(
+            range("0-9"),
+            ByteRange {
+                start: 0,
+                end: Some(10)
+            }
+        );
+        assert_eq!(
+            range("5-5"),
+            ByteRange {
+                start: 5,
+                end: Some(6)
+            }
+        );
+        assert_eq!(
+            range("100-"),
+            ByteRange {
+                start: 100,
+                end: None
+            }
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        for bad in [
+            "",
+            "5",
+            "-5",
+            "a-b",
+            "9-3",
+            "1-2-3",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            assert!(bad.parse::<RangeArg>().is_err(), "{bad:?}");
+        }
+    }
+}

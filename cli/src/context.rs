@@ -1,0 +1,153 @@
+//! What every command shares: the global options, the chosen config, the opened store, the
+//! output printer and the progress bar.
+//!
+//! Nothing here touches storage until a command asks for it with [`Context::handle`] or
+//! [`Context::store`], so a command validates its keys first and a hostile key never creates
+//! a data directory.
+
+use std::path::{Path, PathBuf};
+
+use stowage_core::{Error, Namespace, NamespaceHandle, Result, Stowage, StowageConfig};
+
+use crate::output::Output;
+use crate::progress::BarProgress;
+
+/// Name of the environment variable naming a config file.
+pub const CONFIG_ENV: &str = "STOWAGE_CONFIG";
+
+/// Name of the config file looked for in the working directory.
+pub const LOCAL_CONFIG: &str = "stowage.toml";
+
+/// Options accepted by every command.
+#[derive(clap::Args, Debug)]
+pub struct GlobalArgs {
+    /// Config file (default: $STOWAGE_CONFIG, else ./stowage.toml, else SQLite at
+    /// ./stowage-data/stowage.db).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Namespace to work in (overrides the config's `storage.namespace`).
+    #[arg(long, global = true, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only requested data and errors (no confirmations, hints or progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Trace every backend call to stderr (-vv: also provider internals).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+}
+
+/// Turns on `tracing` output to stderr for `-v` (or `$RUST_LOG` when set and no `-v` given).
+pub fn init_tracing(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match global.verbose {
+        0 => match std::env::var("RUST_LOG") {
+            Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
+            _ => return,
+        },
+        1 => EnvFilter::new("stowage_core=debug"),
+        _ => EnvFilter::new("stowage_core=trace,stowage_providers=debug,stowage=debug"),
+    };
+    // Fails only if a subscriber is already set, which cannot happen in this binary.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Where the config came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config FILE`.
+    Flag(PathBuf),
+    /// `$STOWAGE_CONFIG`.
+    Env(PathBuf),
+    /// `./stowage.toml`.
+    Local(PathBuf),
+    /// `StowageConfig::embedded_default()`.
+    Embedded,
+}
+
+/// Shared state of one invocation.
+pub struct Context {
+    /// The printer for this invocation's output mode.
+    pub out: Output,
+    config_flag: Option<PathBuf>,
+    namespace: Option<Namespace>,
+    quiet: bool,
+    json: bool,
+}
+
+impl Context {
+    /// Checks the global options (the namespace is validated here, before any storage).
+    pub fn new(global: GlobalArgs) -> Result<Self> {
+        let namespace = global.namespace.map(Namespace::new).transpose()?;
+        Ok(Context {
+            out: Output::new(global.json, global.quiet),
+            config_flag: global.config,
+            namespace,
+            quiet: global.quiet,
+            json: global.json,
+        })
+    }
+
+    /// Which config file applies: `--config`, `$STOWAGE_CONFIG`, `./stowage.toml`, or none.
+    pub fn config_source(&self) -> ConfigSource {
+        if let Some(path) = &self.config_flag {
+            return ConfigSource::Flag(path.clone());
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+            return ConfigSource::Env(PathBuf::from(path));
+        }
+        let local = Path::new(LOCAL_CONFIG);
+        if local.is_file() {
+            return ConfigSource::Local(local.to_path_buf());
+        }
+        ConfigSource::Embedded
+    }
+
+    /// Reads and parses the config that applies (no storage is touched).
+    pub fn load_config(&self) -> Result<StowageConfig> {
+        let (path, named_by) = match self.config_source() {
+            ConfigSource::Embedded => return Ok(StowageConfig::embedded_default()),
+            ConfigSource::Flag(p) => (p, "--config"),
+            ConfigSource::Env(p) => (p, "$STOWAGE_CONFIG"),
+            ConfigSource::Local(p) => (p, "the working directory"),
+        };
+        if !path.exists() {
+            return Err(Error::invalid_input(format!(
+                "config file {} (named by {named_by}) does not exist; create it or name another",
+                path.display()
+            )));
+        }
+        StowageConfig::from_file(&path)
+    }
+
+    /// Builds the store from the config (validating the provider's config first); the backend
+    /// itself is initialized at its first operation.
+    pub async fn store(&self) -> Result<Stowage> {
+        let config = self.load_config()?;
+        let mut builder = Stowage::builder()
+            .registry(stowage_core::Registry::global())
+            .config(config);
+        if let Some(ns) = &self.namespace {
+            builder = builder.namespace(ns.as_str());
+        }
+        builder.build().await
+    }
+
+    /// The store scoped to the chosen namespace (`--namespace`, else the config's).
+    pub async fn handle(&self) -> Result<NamespaceHandle> {
+        Ok(self.store().await?.default_namespace())
+    }
+
+    /// A progress bar for long work, drawn only on a terminal and never with `-q` or `--json`.
+    pub fn progress(&self, label: &'static str) -> BarProgress {
+        let visible =
+            !self.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        BarProgress::new(label, visible)
+    }
+}

@@ -1,0 +1,621 @@
+//! The record commands end to end, run as the real binary against the embedded default store
+//! (SQLite at ./stowage-data/stowage.db inside a temporary working directory).
+
+mod sandbox;
+
+use sandbox::{all_bytes, Sandbox};
+use serde_json::Value;
+
+/// Larger than one streaming chunk (256 KiB) so chunk boundaries are crossed.
+const BIG: usize = 600 * 1024 + 17;
+
+#[test]
+fn default_store_round_trips_every_byte_value_via_file_and_stdin() {
+    let sb = Sandbox::new();
+    let payload = all_bytes(BIG);
+    let input = sb.write("in.bin", &payload);
+
+    let run = sb.ok(&["put", "bin/file.bin", input.to_str().unwrap()]);
+    assert!(
+        sb.join("stowage-data/stowage.db").exists(),
+        "embedded default store not created"
+    );
+    let line = run.text();
+    assert!(
+        line.starts_with("put default/bin/file.bin v1 blake3:"),
+        "{line}"
+    );
+    assert!(line.contains("KiB"), "{line}");
+
+    sb.ok(&["get", "bin/file.bin", "-o", "out.bin"]);
+    assert_eq!(std::fs::read(sb.join("out.bin")).unwrap(), payload);
+
+    let run = sb.run_with_stdin(&["put", "bin/stdin.bin", "-"], &payload);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = sb.run_with_stdin(&["put", "bin/stdin-implicit.bin"], &payload[..1000]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let got = sb.ok(&["get", "bin/stdin.bin"]);
+    assert_eq!(got.stdout, payload, "stdout round trip differs");
+    let got = sb.ok(&["get", "bin/stdin-implicit.bin", "-o", "-"]);
+    assert_eq!(got.stdout, &payload[..1000]);
+
+    // Same bytes, same hash, whichever way they came in.
+    let a = sb.ok(&["--json", "head", "bin/file.bin"]).json();
+    let b = sb.ok(&["--json", "head", "bin/stdin.bin"]).json();
+    assert_eq!(a["hash"], b["hash"]);
+    assert_eq!(a["size"], BIG as u64);
+
+    // An empty payload is a record too.
+    let run = sb.run_with_stdin(&["put", "empty"], b"");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = sb.ok(&["get", "empty"]);
+    assert!(got.stdout.is_empty());
+}
+
+#[test]
+fn json_output_has_exactly_the_record_fields_with_their_types() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(
+        &[
+            "--json",
+            "put",
+            "notes/a.txt",
+            "--tag",
+            "red",
+            "--tag",
+            "blue",
+            "--attr",
+            "n=200",
+            "--attr",
+            "s=ok",
+            "--attr",
+            "q=\"007\"",
+            "--attr",
+            "flag=true",
+            "--content-type",
+            "text/plain",
+        ],
+        b"hello world!",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rec = run.json();
+    let mut fields: Vec<&str> = rec
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "attributes",
+            "content_type",
+            "created_at",
+            "deleted_at",
+            "hash",
+            "key",
+            "namespace",
+            "size",
+            "tags",
+            "updated_at",
+            "version"
+        ]
+    );
+    assert_eq!(rec["namespace"], "default");
+    assert_eq!(rec["key"], "notes/a.txt");
+    assert_eq!(rec["version"], 1);
+    assert_eq!(rec["size"], 12);
+    let hash = rec["hash"].as_str().unwrap();
+    assert!(
+        hash.starts_with("blake3:") && hash.len() == 7 + 64,
+        "{hash}"
+    );
+    assert_eq!(rec["content_type"], "text/plain");
+    assert_eq!(rec["tags"], serde_json::json!(["blue", "red"]));
+    assert_eq!(rec["attributes"]["n"], 200);
+    assert!(rec["attributes"]["n"].is_u64());
+    assert_eq!(rec["attributes"]["s"], "ok");
+    assert_eq!(rec["attributes"]["q"], "007");
+    assert_eq!(rec["attributes"]["flag"], true);
+    assert!(rec["deleted_at"].is_null());
+    for t in ["created_at", "updated_at"] {
+        let s = rec[t].as_str().unwrap();
+        assert!(
+            humantime::parse_rfc3339(s).is_ok(),
+            "{t} = {s:?} is not RFC 3339"
+        );
+    }
+
+    // head, ls, versions print the same object.
+    let head = sb.ok(&["--json", "head", "notes/a.txt"]).json();
+    assert_eq!(head, rec);
+    assert_eq!(sb.ok(&["--json", "ls"]).json(), rec);
+    assert_eq!(sb.ok(&["--json", "versions", "notes/a.txt"]).json(), rec);
+
+    // A tombstone carries deleted_at.
+    let tomb = sb.ok(&["--json", "rm", "notes/a.txt"]).json();
+    assert_eq!(tomb["version"], 2);
+    assert!(humantime::parse_rfc3339(tomb["deleted_at"].as_str().unwrap()).is_ok());
+    assert_eq!(tomb["created_at"], rec["created_at"]);
+}
+
+#[test]
+fn stale_if_version_is_a_conflict_and_changes_nothing() {
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "k"], b"one");
+    sb.run_with_stdin(&["put", "k"], b"two");
+
+    let run = sb.run_with_stdin(&["put", "k", "--if-version", "1"], b"three");
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    sandbox::assert_one_error_line(&run.stderr);
+    assert!(
+        run.stderr.contains("conflict") && run.stderr.contains("k"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sb.ok(&["get", "k"]).stdout, b"two");
+    assert_eq!(sb.ok(&["--json", "head", "k"]).json()["version"], 2);
+
+    let run = sb.run_with_stdin(&["put", "k", "--base-version", "1"], b"three");
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(sb.ok(&["get", "k"]).stdout, b"two");
+
+    let run = sb.run_with_stdin(&["--json", "put", "k", "--if-version", "2"], b"three");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["version"], 3);
+    assert_eq!(sb.ok(&["get", "k"]).stdout, b"three");
+
+    // A precondition on a key that does not exist yet is a conflict too.
+    let run = sb.run_with_stdin(&["put", "new", "--if-version", "1"], b"x");
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    sb.fails(&["get", "new"], 3);
+}
+
+#[test]
+fn if_absent_refuses_an_existing_key_but_not_a_deleted_one() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(&["put", "k", "--if-absent"], b"first");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = sb.run_with_stdin(&["put", "k", "--if-absent"], b"second");
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    sandbox::assert_one_error_line(&run.stderr);
+    assert_eq!(sb.ok(&["get", "k"]).stdout, b"first");
+
+    sb.ok(&["rm", "k"]);
+    let run = sb.run_with_stdin(&["--json", "put", "k", "--if-absent"], b"third");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["version"], 3);
+
+    // Two preconditions at once are a usage error.
+    let run = sb.run_with_stdin(&["put", "k", "--if-absent", "--if-version", "3"], b"x");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
+fn missing_records_exit_3() {
+    let sb = Sandbox::new();
+    let run = sb.fails(&["get", "nope"], 3);
+    assert!(run.stderr.contains("nope"), "{}", run.stderr);
+    sb.fails(&["head", "nope"], 3);
+    sb.fails(&["rm", "nope"], 3);
+    sb.fails(&["versions", "nope"], 3);
+    sb.fails(&["purge", "nope"], 3);
+    sb.run_with_stdin(&["put", "k"], b"x");
+    let run = sb.fails(&["get", "k", "--version", "9"], 3);
+    assert!(run.stderr.contains('9'), "{}", run.stderr);
+    sb.fails(&["head", "k", "--version", "9"], 3);
+}
+
+#[test]
+fn rm_restore_versions_purge_gc_verify() {
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "doc"], b"version one");
+    sb.run_with_stdin(&["put", "doc"], b"version two");
+    sb.run_with_stdin(&["put", "other"], b"kept");
+
+    // rm with a stale precondition changes nothing.
+    sb.fails(&["rm", "doc", "--if-version", "1"], 4);
+    assert_eq!(sb.ok(&["get", "doc"]).stdout, b"version two");
+
+    let run = sb.ok(&["rm", "doc", "--if-version", "2"]);
+    assert!(
+        run.text().contains("deleted default/doc v3"),
+        "{}",
+        run.text()
+    );
+    sb.fails(&["get", "doc"], 3);
+    sb.fails(&["rm", "doc"], 3);
+    assert_eq!(
+        sb.ok(&["get", "doc", "--version", "1"]).stdout,
+        b"version one"
+    );
+    let keys: Vec<String> = sb
+        .ok(&["--json", "ls"])
+        .json_lines()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["other"]);
+    let with_deleted = sb.ok(&["--json", "ls", "--deleted"]).json_lines();
+    assert_eq!(with_deleted.len(), 2);
+    assert!(with_deleted[0]["deleted_at"].is_string());
+    assert!(sb.ok(&["ls", "--deleted"]).text().contains("(deleted)"));
+
+    let versions = sb.ok(&["--json", "versions", "doc"]).json_lines();
+    let numbers: Vec<u64> = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert!(versions[2]["deleted_at"].is_string());
+    let text = sb.ok(&["versions", "doc"]).text();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().nth(2).unwrap().contains("deleted"), "{text}");
+
+    let restored = sb
+        .ok(&["--json", "restore", "doc", "--version", "1"])
+        .json();
+    assert_eq!(restored["version"], 4);
+    assert!(restored["deleted_at"].is_null());
+    assert_eq!(sb.ok(&["get", "doc"]).stdout, b"version one");
+
+    let run = sb.ok(&["--json", "purge", "doc"]);
+    assert_eq!(run.json()["versions_removed"], 4);
+    sb.fails(&["versions", "doc"], 3);
+    sb.fails(&["get", "doc", "--version", "1"], 3);
+    assert_eq!(sb.ok(&["get", "other"]).stdout, b"kept");
+
+    // "version one" and "version two" are no longer referenced; "kept" is.
+    let gc = sb.ok(&["--json", "gc"]).json();
+    assert_eq!(gc["blobs_removed"], 2, "{gc}");
+    assert_eq!(gc["bytes_freed"], 22, "{gc}");
+    assert!(gc["blobs_kept"].as_u64().unwrap() >= 1, "{gc}");
+    let again = sb.ok(&["--json", "gc"]).json();
+    assert_eq!(again["blobs_removed"], 0, "{again}");
+    let text = sb.ok(&["gc"]).text();
+    assert!(text.starts_with("gc: removed 0"), "{text}");
+
+    let report = sb.ok(&["--json", "verify"]).json();
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert!(report["records_checked"].as_u64().unwrap() >= 1, "{report}");
+    let text = sb.ok(&["verify"]).text();
+    assert!(text.contains("no problems"), "{text}");
+
+    // After a purge the key starts again at version 1.
+    let run = sb.run_with_stdin(&["--json", "put", "doc"], b"fresh");
+    assert_eq!(run.json()["version"], 1);
+}
+
+#[test]
+fn ls_pages_with_limit_and_after_and_filters_by_prefix() {
+    let sb = Sandbox::new();
+    for key in ["a", "b/1", "b/2", "b/3", "c"] {
+        let run = sb.run_with_stdin(&["put", key], key.as_bytes());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let all = sb.ok(&["ls"]).text();
+    let keys: Vec<&str> = all
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "b/1", "b/2", "b/3", "c"]);
+    assert!(all.lines().all(|l| l.contains("v1")), "{all}");
+    assert!(all.lines().nth(1).unwrap().contains("3 B"), "{all}");
+
+    let page = sb.ok(&["ls", "--limit", "2"]);
+    let text = page.text();
+    let keys: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "b/1"]);
+    assert!(page.stderr.contains("--after b/1"), "{}", page.stderr);
+
+    let next = sb
+        .ok(&["--json", "ls", "--limit", "2", "--after", "b/1"])
+        .json_lines();
+    let keys: Vec<&str> = next.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["b/2", "b/3"]);
+    let last = sb.ok(&["--json", "ls", "--limit", "2", "--after", "b/3"]);
+    assert_eq!(last.json_lines().len(), 1);
+    assert!(
+        last.stderr.is_empty(),
+        "no hint on the last page: {}",
+        last.stderr
+    );
+
+    let prefixed = sb.ok(&["--json", "ls", "b/"]).json_lines();
+    let keys: Vec<&str> = prefixed
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["b/1", "b/2", "b/3"]);
+    assert!(sb.ok(&["ls", "zzz"]).stdout.is_empty());
+
+    // -q hides the paging hint but not the data.
+    let quiet = sb.ok(&["-q", "ls", "--limit", "1"]);
+    assert_eq!(quiet.text().lines().count(), 1);
+    assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
+
+    sb.fails(&["ls", "--limit", "0"], 2);
+}
+
+fn keys_of(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn search_filters_by_tag_attr_range_type_prefix_and_time() {
+    let sb = Sandbox::new();
+    let put = |args: &[&str]| {
+        let mut full = vec!["--json", "put"];
+        full.extend_from_slice(args);
+        let run = sb.run_with_stdin(&full, b"{}");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json()
+    };
+    let first = put(&[
+        "t/a",
+        "--tag",
+        "prod",
+        "--attr",
+        "status=200",
+        "--content-type",
+        "application/json",
+    ]);
+    put(&[
+        "t/b",
+        "--tag",
+        "prod",
+        "--tag",
+        "eu",
+        "--attr",
+        "status=404",
+    ]);
+    put(&[
+        "t/c",
+        "--tag",
+        "dev",
+        "--attr",
+        "status=500",
+        "--attr",
+        "who=ann",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let last = put(&["u/d", "--tag", "prod", "--attr", "status=\"200\""]);
+
+    let q = |args: &[&str]| {
+        let mut full = vec!["--json", "search"];
+        full.extend_from_slice(args);
+        keys_of(&sb.ok(&full).json_lines())
+    };
+    assert_eq!(q(&[]), ["t/a", "t/b", "t/c", "u/d"]);
+    assert_eq!(q(&["--tag", "prod"]), ["t/a", "t/b", "u/d"]);
+    assert_eq!(q(&["--tag", "prod", "--tag", "eu"]), ["t/b"]);
+    // 200 (a number) is not "200" (a string).
+    assert_eq!(q(&["--attr", "status=200"]), ["t/a"]);
+    assert_eq!(q(&["--attr", "status=\"200\""]), ["u/d"]);
+    assert_eq!(q(&["--attr", "who=ann"]), ["t/c"]);
+    assert_eq!(q(&["--attr-min", "status=300"]), ["t/b", "t/c"]);
+    assert_eq!(
+        q(&["--attr-min", "status=200", "--attr-max", "status=500"]),
+        ["t/a", "t/b"]
+    );
+    assert_eq!(q(&["--content-type", "application/json"]), ["t/a"]);
+    assert_eq!(q(&["--prefix", "t/", "--tag", "prod"]), ["t/a", "t/b"]);
+    assert_eq!(
+        q(&["--order", "key", "--desc"]),
+        ["u/d", "t/c", "t/b", "t/a"]
+    );
+    assert_eq!(
+        q(&["--order", "updated", "--desc", "--limit", "1"]),
+        ["u/d"]
+    );
+    assert_eq!(q(&["--limit", "2"]), ["t/a", "t/b"]);
+
+    let last_time = last["updated_at"].as_str().unwrap();
+    assert_eq!(q(&["--since", last_time]), ["u/d"]);
+    let until = q(&["--until", last_time]);
+    assert_eq!(until, ["t/a", "t/b", "t/c"]);
+    assert_eq!(
+        q(&[
+            "--since",
+            first["updated_at"].as_str().unwrap(),
+            "--until",
+            last_time
+        ])
+        .len(),
+        3
+    );
+
+    // Deleted records are hidden unless asked for.
+    sb.ok(&["rm", "t/c"]);
+    assert_eq!(q(&["--tag", "dev"]), Vec::<String>::new());
+    assert_eq!(q(&["--tag", "dev", "--deleted"]), ["t/c"]);
+
+    let text = sb.ok(&["search", "--tag", "eu"]).text();
+    assert!(text.starts_with("t/b") && text.contains("v1"), "{text}");
+
+    let run = sb.fails(&["search", "--since", "yesterday"], 2);
+    assert!(run.stderr.contains("yesterday"), "{}", run.stderr);
+    sb.fails(&["search", "--attr", "novalue"], 2);
+    sb.fails(&["search", "--order", "size"], 2);
+}
+
+#[test]
+fn get_reads_inclusive_byte_ranges() {
+    let sb = Sandbox::new();
+    let payload = all_bytes(BIG);
+    let file = sb.write("in.bin", &payload);
+    sb.ok(&["put", "blob", file.to_str().unwrap()]);
+
+    assert_eq!(
+        sb.ok(&["get", "blob", "--range", "2-5"]).stdout,
+        &payload[2..6]
+    );
+    assert_eq!(
+        sb.ok(&["get", "blob", "--range", "0-0"]).stdout,
+        &payload[..1]
+    );
+    let tail_start = BIG - 300_000;
+    let tail = sb.ok(&["get", "blob", "--range", &format!("{tail_start}-")]);
+    assert_eq!(tail.stdout, &payload[tail_start..]);
+    // Across a chunk boundary (256 KiB).
+    let run = sb.ok(&["get", "blob", "--range", "262100-262200"]);
+    assert_eq!(run.stdout, &payload[262100..262201]);
+    // An end past the payload is clamped, as in HTTP.
+    let run = sb.ok(&[
+        "get",
+        "blob",
+        "--range",
+        &format!("{}-{}", BIG - 3, BIG + 100),
+    ]);
+    assert_eq!(run.stdout, &payload[BIG - 3..]);
+
+    sb.ok(&["get", "blob", "--range", "10-19", "-o", "part.bin"]);
+    assert_eq!(
+        std::fs::read(sb.join("part.bin")).unwrap(),
+        &payload[10..20]
+    );
+
+    sb.fails(&["get", "blob", "--range", "9-3"], 2);
+    sb.fails(&["get", "blob", "--range", "abc"], 2);
+    sb.fails(&["get", "blob", "--range", &format!("{}-", BIG + 10)], 2);
+}
+
+#[test]
+fn get_to_a_file_is_all_or_nothing() {
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "k"], b"payload bytes");
+    sb.ok(&["get", "k", "-o", "out.txt"]);
+    assert_eq!(std::fs::read(sb.join("out.txt")).unwrap(), b"payload bytes");
+
+    let run = sb.ok(&["--json", "get", "k", "-o", "out2.txt"]);
+    assert_eq!(run.json()["key"], "k");
+    let run = sb.ok(&["get", "k", "--output", "out3.txt"]);
+    assert!(run.text().contains("-> out3.txt"), "{}", run.text());
+
+    // A failed get leaves an existing target untouched and no temporary file behind.
+    sb.write("keep.txt", b"precious");
+    sb.fails(&["get", "missing", "-o", "keep.txt"], 3);
+    assert_eq!(std::fs::read(sb.join("keep.txt")).unwrap(), b"precious");
+    sb.fails(&["get", "missing", "-o", "never.txt"], 3);
+    assert!(!sb.join("never.txt").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An existing target is replaced whole.
+    sb.ok(&["get", "k", "-o", "keep.txt"]);
+    assert_eq!(
+        std::fs::read(sb.join("keep.txt")).unwrap(),
+        b"payload bytes"
+    );
+
+    // A directory is not a file.
+    std::fs::create_dir(sb.join("adir")).unwrap();
+    sb.fails(&["get", "k", "-o", "adir"], 2);
+}
+
+#[test]
+fn namespaces_are_isolated() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(
+        &["--namespace", "alpha", "--json", "put", "shared/key"],
+        b"from alpha",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["namespace"], "alpha");
+    let run = sb.run_with_stdin(&["put", "shared/key", "--namespace", "beta"], b"from beta");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.text().starts_with("put beta/shared/key v1"),
+        "{}",
+        run.text()
+    );
+
+    assert_eq!(
+        sb.ok(&["--namespace", "alpha", "get", "shared/key"]).stdout,
+        b"from alpha"
+    );
+    assert_eq!(
+        sb.ok(&["--namespace", "beta", "get", "shared/key"]).stdout,
+        b"from beta"
+    );
+    sb.fails(&["get", "shared/key"], 3);
+    sb.fails(&["--namespace", "gamma", "head", "shared/key"], 3);
+    assert!(sb.ok(&["ls"]).stdout.is_empty());
+    assert!(sb.ok(&["--namespace", "gamma", "search"]).stdout.is_empty());
+
+    sb.ok(&["--namespace", "alpha", "rm", "shared/key"]);
+    assert_eq!(
+        sb.ok(&["--namespace", "beta", "get", "shared/key"]).stdout,
+        b"from beta"
+    );
+    sb.fails(&["--namespace", "beta", "purge", "other"], 3);
+    sb.ok(&["--namespace", "alpha", "purge", "shared/key"]);
+    assert_eq!(
+        sb.ok(&["--namespace", "beta", "get", "shared/key"]).stdout,
+        b"from beta"
+    );
+}
+
+#[test]
+fn quiet_hides_confirmations_and_verbose_traces_backend_calls() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(&["-q", "put", "k"], b"x");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.is_empty() && run.stderr.is_empty(), "{run:?}");
+
+    let run = sb.run_with_stdin(&["-v", "put", "k"], b"y");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.text().starts_with("put default/k v2"), "{}", run.text());
+    assert!(
+        run.stderr.contains("put") && run.stderr.contains("provider"),
+        "{}",
+        run.stderr
+    );
+
+    // Without -v nothing is traced.
+    let run = sb.ok(&["head", "k"]);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert!(run.text().contains("version:      2"), "{}", run.text());
+}
+
+#[test]
+fn a_reader_closing_stdout_early_is_not_an_error() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    let sb = Sandbox::new();
+    let file = sb.write("in.bin", all_bytes(BIG));
+    sb.ok(&["put", "blob", file.to_str().unwrap()]);
+    // Like `stowage get blob | head -c 10`: far more than a pipe buffer, then the reader leaves.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["get", "blob"])
+        .current_dir(sb.path())
+        .env_remove("STOWAGE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(first, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,445 @@
+//! The conformance kit: one suite of behaviours every provider runs to prove it keeps the
+//! [`StorageBackend`](crate::StorageBackend) contract — built-ins, plugins and third-party
+//! providers alike (enable the `testkit` feature of `stowage-core` in `[dev-dependencies]`).
+//!
+//! Each behaviour is a public `async fn(&Stowage) -> BehaviourResult` (for example
+//! [`round_trip_empty`], [`versions_numbering`], [`race_if_version`]). It opens its own fresh
+//! namespace (`ck-<label>-<random>`), so behaviours do not see each other's records and one store
+//! can run them all, or be reused across runs. It reads [`Stowage::capabilities`] first and
+//! returns [`Outcome::Skipped`] with the reason when the provider rules it out — a skip is
+//! reported, never a silent pass. A [`Failure`] names the step and what differed.
+//!
+//! ## Using it from a provider's tests
+//!
+//! One test per behaviour, each with a fresh store from an async expression evaluated once per
+//! test (the tests build their own tokio runtime, so the provider crate needs no tokio
+//! dev-dependency for this):
+//!
+//! ```ignore
+//! // tests/my_provider.rs
+//! mod conformance {
+//!     stowage_core::conformance_tests!(async {
+//!         let backend = my_provider::MyFactory.create(serde_json::json!({})).await.unwrap();
+//!         stowage_core::Stowage::from_backend(backend)
+//!     });
+//! }
+//! ```
+//!
+//! This expands to `#[test] fn round_trip_empty()`, `#[test] fn race_if_version()`, … so
+//! `cargo test` names the behaviour that failed, and prints a `SKIPPED` line for the ones the
+//! provider's capabilities rule out.
+//!
+//! Or everything in one test, from a factory and its config (what plugin and CLI checks use):
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn conformance() {
+//!     let report = stowage_core::testkit::run_all(my_provider::factory(), serde_json::json!({})).await;
+//!     report.assert_passed();
+//! }
+//! ```
+//!
+//! [`run_all`] validates the config, creates the backend, checks the factory and the backend
+//! agree on capabilities, then runs every behaviour one after another and returns a
+//! [`ConformanceReport`] (use [`ConformanceReport::assert_passed`]).
+//!
+//! ## What the behaviours assume
+//!
+//! - The behaviours about `gc` and dedup count what `gc` removes. They sweep the store first,
+//!   so a store reused across runs is fine, but no other writer may purge on the same store
+//!   while they run (the macro gives each test its own store; `run_all` runs one at a time).
+//! - Operations on a key that has no version (never written, or purged) are `NotFound`:
+//!   `get`, `head`, `delete`, `restore`, `versions` and `purge` alike.
+//! - The search behaviours need distinct timestamps, so they pause a few milliseconds between
+//!   writes; the runtime needs its timer enabled.
+
+mod blobs;
+mod check;
+mod conditional;
+mod fixture;
+mod isolation;
+mod keys;
+mod listing;
+mod roundtrip;
+mod search;
+mod versions;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::factory::StorageProviderFactory;
+use crate::stowage::Stowage;
+
+pub use check::{BehaviourResult, Failure, Outcome};
+pub use fixture::{all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body};
+pub use blobs::{
+    dedup_across_keys_and_namespaces, gc_and_verify_clean, namespaces_listed,
+    unsupported_operations_say_so,
+};
+pub use conditional::{
+    delete_if_version, put_base_without_merge, put_create, put_if_version, race_base_merge,
+    race_if_version,
+};
+pub use isolation::namespace_isolation;
+pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
+pub use listing::{list_pagination, list_prefix_and_start_after};
+pub use roundtrip::{
+    byte_ranges, metadata_round_trip, round_trip_all_byte_values, round_trip_empty,
+    round_trip_large_streamed, round_trip_one_byte,
+};
+pub use search::{search_filters, search_ordering, search_time_windows};
+pub use versions::{
+    old_versions_readable, purge, restore_default_version, restore_specific_version, tombstones,
+    version_numbering,
+};
+
+/// Runs one behaviour against a store.
+pub type BehaviourFn = for<'a> fn(&'a Stowage) -> BoxFuture<'a, BehaviourResult>;
+
+/// A named behaviour of the suite.
+#[derive(Clone, Copy)]
+pub struct Behaviour {
+    /// The behaviour's name (also the name of its function and of its generated test).
+    pub name: &'static str,
+    /// Runs it.
+    pub run: BehaviourFn,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour").field("name", &self.name).finish()
+    }
+}
+
+/// Calls back `$callback!{ ($args) name, name, … }` with every behaviour's name: the one list
+/// both [`behaviours`] and [`conformance_tests!`](crate::conformance_tests) are made from.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_behaviours {
+    ($callback:ident; $($args:tt)*) => {
+        $crate::$callback! {
+            ($($args)*)
+            round_trip_empty,
+            round_trip_one_byte,
+            round_trip_all_byte_values,
+            round_trip_large_streamed,
+            metadata_round_trip,
+            byte_ranges,
+            version_numbering,
+            old_versions_readable,
+            tombstones,
+            restore_default_version,
+            restore_specific_version,
+            purge,
+            put_create,
+            put_if_version,
+            put_base_without_merge,
+            delete_if_version,
+            race_if_version,
+            race_base_merge,
+            list_pagination,
+            list_prefix_and_start_after,
+            search_filters,
+            search_time_windows,
+            search_ordering,
+            hostile_keys_rejected,
+            long_and_unicode_keys,
+            namespace_isolation,
+            dedup_across_keys_and_namespaces,
+            gc_and_verify_clean,
+            namespaces_listed,
+            unsupported_operations_say_so
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_table {
+    (() $($name:ident),*) => {
+        /// Every behaviour of the suite, in the order [`run_all`] runs them.
+        pub fn behaviours() -> Vec<Behaviour> {
+            vec![$(Behaviour {
+                name: stringify!($name),
+                run: |store| Box::pin($crate::testkit::$name(store)),
+            }),*]
+        }
+    };
+}
+
+__conformance_behaviours!(__conformance_table;);
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test_fns {
+    (($make:expr) $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::testkit::run_test(
+                    stringify!($name),
+                    |store| ::std::boxed::Box::pin($crate::testkit::$name(store)),
+                    $make,
+                );
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per behaviour of the conformance kit, each running against a
+/// fresh store made by the given async expression (evaluated once per test).
+///
+/// Put it in a module of its own so the generated names do not collide with other tests:
+///
+/// ```ignore
+/// mod conformance {
+///     stowage_core::conformance_tests!(async {
+///         stowage_core::Stowage::builder()
+///             .with_storage("memory", serde_json::json!({}))
+///             .build()
+///             .await
+///             .expect("creating the store")
+///     });
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr $(,)?) => {
+        $crate::__conformance_behaviours!(__conformance_test_fns; $make);
+    };
+}
+
+/// What one behaviour did.
+#[derive(Debug)]
+pub struct BehaviourReport {
+    /// The behaviour's name.
+    pub name: &'static str,
+    /// Passed, skipped (with the reason) or failed (with what differed).
+    pub result: BehaviourResult,
+}
+
+/// What a run of the suite found, behaviour by behaviour.
+#[derive(Debug)]
+#[must_use = "a conformance report passes nothing until it is checked: call assert_passed()"]
+pub struct ConformanceReport {
+    /// The provider under test.
+    pub provider: String,
+    /// One entry per behaviour, in run order.
+    pub results: Vec<BehaviourReport>,
+}
+
+impl ConformanceReport {
+    /// Behaviours that passed.
+    pub fn passed(&self) -> Vec<&'static str> {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.result, Ok(Outcome::Passed)))
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// Behaviours skipped, with the reason.
+    pub fn skipped(&self) -> Vec<(&'static str, &str)> {
+        self.results
+            .iter()
+            .filter_map(|r| match &r.result {
+                Ok(Outcome::Skipped(reason)) => Some((r.name, reason.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Behaviours that failed, with what differed.
+    pub fn failures(&self) -> Vec<(&'static str, &Failure)> {
+        self.results
+            .iter()
+            .filter_map(|r| r.result.as_ref().err().map(|f| (r.name, f)))
+            .collect()
+    }
+
+    /// Whether no behaviour failed.
+    pub fn is_success(&self) -> bool {
+        self.results.iter().all(|r| r.result.is_ok())
+    }
+
+    /// Prints a summary and every skip to stderr (unbuffered, so it shows even when the test
+    /// passes), then panics listing every failure.
+    pub fn assert_passed(&self) {
+        let mut summary = format!(
+            "conformance of provider `{}`: {} passed, {} skipped, {} failed\n",
+            self.provider,
+            self.passed().len(),
+            self.skipped().len(),
+            self.failures().len()
+        );
+        for (name, reason) in self.skipped() {
+            summary.push_str(&format!("  SKIP {name}: {reason}\n"));
+        }
+        write_unbuffered(&summary);
+        let failures = self.failures();
+        if !failures.is_empty() {
+            let list: Vec<String> = failures
+                .iter()
+                .map(|(name, f)| format!("  {name}: {f}"))
+                .collect();
+            panic!(
+                "provider `{}` failed {} conformance behaviour(s):\n{}",
+                self.provider,
+                failures.len(),
+                list.join("\n")
+            );
+        }
+    }
+}
+
+impl std::fmt::Display for ConformanceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "conformance of provider `{}`: {} passed, {} skipped, {} failed",
+            self.provider,
+            self.passed().len(),
+            self.skipped().len(),
+            self.failures().len()
+        )?;
+        for r in &self.results {
+            match &r.result {
+                Ok(Outcome::Passed) => writeln!(f, "  PASS {}", r.name)?,
+                Ok(Outcome::Skipped(reason)) => writeln!(f, "  SKIP {}: {reason}", r.name)?,
+                Err(failure) => writeln!(f, "  FAIL {}: {failure}", r.name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one behaviour, turning a panic inside the provider into a [`Failure`].
+pub async fn run_behaviour(store: &Stowage, behaviour: Behaviour) -> BehaviourReport {
+    let result = std::panic::AssertUnwindSafe((behaviour.run)(store))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(Failure::new(format!(
+                "panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+    BehaviourReport {
+        name: behaviour.name,
+        result,
+    }
+}
+
+/// Runs every behaviour against `store`, one after another.
+pub async fn run_behaviours(store: &Stowage) -> ConformanceReport {
+    let mut results = Vec::new();
+    for behaviour in behaviours() {
+        results.push(run_behaviour(store, behaviour).await);
+    }
+    ConformanceReport {
+        provider: store.provider().to_string(),
+        results,
+    }
+}
+
+/// Validates `config` with `factory`, creates a store, checks the factory and the backend agree
+/// on what they support, then runs every behaviour the capabilities allow.
+pub async fn run_all(factory: Arc<dyn StorageProviderFactory>, config: serde_json::Value) -> ConformanceReport {
+    let provider = factory.name().to_string();
+    let setup = |result: BehaviourResult| ConformanceReport {
+        provider: provider.clone(),
+        results: vec![BehaviourReport {
+            name: "create_store",
+            result,
+        }],
+    };
+    if !factory.config_schema().is_object() {
+        return setup(Err(Failure::new(
+            "config_schema() must be a JSON Schema object".to_string(),
+        )));
+    }
+    if let Err(e) = factory.validate(&config) {
+        return setup(Err(Failure::new(format!(
+            "validate() refused the config {config}: {e}"
+        ))));
+    }
+    let backend = match factory.create(config.clone()).await {
+        Ok(b) => b,
+        Err(e) => {
+            return setup(Err(Failure::new(format!(
+                "create() failed with config {config}: {e}"
+            ))))
+        }
+    };
+    let store = Stowage::from_backend(backend);
+    let mut report = run_behaviours(&store).await;
+    let agree = if store.provider() != factory.name() {
+        Err(Failure::new(format!(
+            "the backend says it is provider `{}`, its factory is `{}`",
+            store.provider(),
+            factory.name()
+        )))
+    } else if store.capabilities() != factory.capabilities() {
+        Err(Failure::new(format!(
+            "the factory announces {:?} but the backend reports {:?}",
+            factory.capabilities(),
+            store.capabilities()
+        )))
+    } else {
+        Ok(Outcome::Passed)
+    };
+    report.results.insert(
+        0,
+        BehaviourReport {
+            name: "factory_matches_backend",
+            result: agree,
+        },
+    );
+    report
+}
+
+/// The body of each test [`conformance_tests!`](crate::conformance_tests) generates: builds a
+/// runtime, makes the store, runs the behaviour, prints a skip, panics on a failure.
+#[doc(hidden)]
+pub fn run_test(
+    name: &'static str,
+    run: BehaviourFn,
+    make_store: impl std::future::Future<Output = Stowage>,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime for the conformance test");
+    let (provider, report) = runtime.block_on(async {
+        let store = make_store.await;
+        let report = run_behaviour(&store, Behaviour { name, run }).await;
+        (store.provider().to_string(), report)
+    });
+    match report.result {
+        Ok(Outcome::Passed) => {}
+        Ok(Outcome::Skipped(reason)) => write_unbuffered(&format!(
+            "conformance behaviour `{name}` SKIPPED for provider `{provider}`: {reason}\n"
+        )),
+        Err(failure) => panic!("conformance behaviour `{name}` failed for provider `{provider}`: {failure}"),
+    }
+}
+
+/// Writes straight to the process's stderr: the test harness captures `eprintln!` of passing
+/// tests, and a skip must stay visible.
+fn write_unbuffered(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,256 @@
+//! Payloads and metadata come back exactly as written: sizes from empty to a streamed 8 MiB,
+//! every byte value, metadata with nested JSON, and byte ranges.
+
+use serde_json::json;
+
+use super::check::{ensure, ensure_eq, expect_err, BehaviourResult, Failure, Outcome, Step};
+use super::fixture::{fresh_namespace, hash_body, pattern, read_body, streamed_body};
+use crate::body::Body;
+use crate::error::ErrorKind;
+use crate::hash::ContentHash;
+use crate::model::{ByteRange, GetOptions, ListOptions, Metadata, RecordInfo};
+use crate::stowage::{NamespaceHandle, Stowage};
+
+/// Checks the info a put returned, then that `head`, `get` and `list` return the same info and
+/// the same bytes.
+async fn check_round_trip(
+    handle: &NamespaceHandle,
+    key: &str,
+    payload: &[u8],
+    metadata: Metadata,
+) -> Result<RecordInfo, Failure> {
+    let what = format!("put of {} bytes under {key:?}", payload.len());
+    let info = handle
+        .put(key, payload.to_vec(), metadata.clone())
+        .await
+        .step(&what)?;
+    check_new_info(&info, handle, key, ContentHash::of(payload), payload.len() as u64, &what)?;
+    ensure_eq!(info.metadata, metadata, "{what}: metadata of the returned info");
+
+    let head = handle.head(key, None).await.step(format!("head {key:?}"))?;
+    ensure_eq!(head, info, "head {key:?} after {what} must return what the put returned");
+
+    let (got, body) = handle.get(key).await.step(format!("get {key:?}"))?;
+    ensure_eq!(got, info, "get {key:?}: info");
+    let bytes = read_body(body, &format!("get {key:?}")).await?;
+    ensure!(
+        bytes == payload,
+        "get {key:?}: payload differs from what was put ({} bytes read, {} written; first difference at byte {:?})",
+        bytes.len(),
+        payload.len(),
+        bytes.iter().zip(payload).position(|(a, b)| a != b)
+    );
+
+    let page = handle
+        .list(ListOptions {
+            prefix: Some(key.to_string()),
+            ..Default::default()
+        })
+        .await
+        .step(format!("list with prefix {key:?}"))?;
+    let listed: Vec<&RecordInfo> = page.items.iter().filter(|i| i.key.as_str() == key).collect();
+    ensure_eq!(listed, vec![&info], "list with prefix {key:?}: the record");
+    Ok(info)
+}
+
+/// The fields of the first version of a key, as a put returned them.
+fn check_new_info(
+    info: &RecordInfo,
+    handle: &NamespaceHandle,
+    key: &str,
+    hash: ContentHash,
+    size: u64,
+    what: &str,
+) -> Result<(), Failure> {
+    ensure_eq!(info.namespace, *handle.namespace(), "{what}: namespace of the returned info");
+    ensure_eq!(info.key.as_str(), key, "{what}: key of the returned info");
+    ensure_eq!(info.version, 1, "{what}: the first version of a key");
+    ensure_eq!(info.hash, hash, "{what}: hash of the returned info");
+    ensure_eq!(info.size, size, "{what}: size of the returned info");
+    ensure_eq!(info.deleted_at, None, "{what}: deleted_at of a live record");
+    ensure_eq!(
+        info.created_at,
+        info.updated_at,
+        "{what}: created_at and updated_at of a key's first version"
+    );
+    Ok(())
+}
+
+/// An empty payload is a record like any other (hash of zero bytes, size 0).
+pub async fn round_trip_empty(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "rt-empty")?;
+    check_round_trip(&ns, "empty", b"", Metadata::new()).await?;
+    // An empty body that streams (no chunks at all) must give the same record.
+    let info = ns
+        .put(
+            "empty-stream",
+            Body::from_stream(futures::stream::empty(), None),
+            Metadata::new(),
+        )
+        .await
+        .step("put of an empty stream")?;
+    ensure_eq!(info.size, 0, "put of an empty stream: size");
+    ensure_eq!(info.hash, ContentHash::of(b""), "put of an empty stream: hash");
+    Ok(Outcome::Passed)
+}
+
+/// A one-byte payload round-trips.
+pub async fn round_trip_one_byte(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "rt-one")?;
+    check_round_trip(&ns, "one", b"\x00", Metadata::new()).await?;
+    check_round_trip(&ns, "one-ff", b"\xff", Metadata::new()).await?;
+    Ok(Outcome::Passed)
+}
+
+/// Every byte value 0..=255 round-trips in order (no text re-encoding, no NUL truncation).
+pub async fn round_trip_all_byte_values(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "rt-bytes")?;
+    let all: Vec<u8> = (0..=255u8).collect();
+    check_round_trip(&ns, "bytes/ascending", &all, Metadata::new()).await?;
+    let reversed: Vec<u8> = (0..=255u8).rev().collect();
+    check_round_trip(&ns, "bytes/descending", &reversed, Metadata::new()).await?;
+    let binary = pattern(7, 64 * 1024 + 3);
+    check_round_trip(&ns, "bytes/pattern", &binary, Metadata::new()).await?;
+    Ok(Outcome::Passed)
+}
+
+/// An 8 MiB payload streamed in 64 KiB chunks (with and without a size hint) is stored with the
+/// right hash and size, and streams back intact.
+pub async fn round_trip_large_streamed(store: &Stowage) -> BehaviourResult {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let ns = fresh_namespace(store, "rt-large")?;
+    for (key, chunk, hint) in [("large/hinted", 64 * 1024, true), ("large/unhinted", 100_000, false)] {
+        let seed = rand::random::<u64>();
+        let (body, hash) = streamed_body(seed, SIZE, chunk, hint);
+        let what = format!("streamed put of 8 MiB under {key:?} (size hint: {hint})");
+        let info = ns.put(key, body, Metadata::new()).await.step(&what)?;
+        check_new_info(&info, &ns, key, hash, SIZE as u64, &what)?;
+        let (got, body) = ns.get(key).await.step(format!("get {key:?}"))?;
+        ensure_eq!(got, info, "get {key:?}: info");
+        let (read_hash, read_size) = hash_body(body, &format!("get {key:?}")).await?;
+        ensure_eq!(read_size, SIZE as u64, "get {key:?}: bytes streamed back");
+        ensure_eq!(read_hash, hash, "get {key:?}: hash of the bytes streamed back");
+    }
+    Ok(Outcome::Passed)
+}
+
+/// Content type, tags and attributes (including nested JSON, numbers, booleans, null, unicode)
+/// come back exactly, from every operation that returns metadata.
+pub async fn metadata_round_trip(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "rt-meta")?;
+    let rich = Metadata::new()
+        .with_content_type("application/json; charset=utf-8")
+        .with_tag("prod")
+        .with_tag("tapes")
+        .with_tag("ünïcode tag")
+        .with_attribute("status", 200)
+        .with_attribute("ratio", 0.25)
+        .with_attribute("negative", -17)
+        .with_attribute("ok", true)
+        .with_attribute("nothing", serde_json::Value::Null)
+        .with_attribute("when", "2025-01-02T03:04:05Z")
+        .with_attribute("name", "日本語 \"quoted\" \\ back")
+        .with_attribute(
+            "nested",
+            json!({"a": [1, 2, {"b": null}], "c": {"d": "e"}, "empty": {}, "list": []}),
+        );
+    check_round_trip(&ns, "meta/rich", b"{}", rich.clone()).await?;
+    check_round_trip(&ns, "meta/none", b"x", Metadata::new()).await?;
+    let only_type = Metadata::new().with_content_type("text/plain");
+    check_round_trip(&ns, "meta/type-only", b"y", only_type).await?;
+
+    // A new version carries its own metadata, not a merge with the previous one.
+    let second = Metadata::new().with_tag("second");
+    let v2 = ns
+        .put("meta/rich", "[]", second.clone())
+        .await
+        .step("second put of meta/rich")?;
+    ensure_eq!(v2.metadata, second, "second put of meta/rich: metadata must replace, not merge");
+    let head = ns.head("meta/rich", None).await.step("head meta/rich")?;
+    ensure_eq!(head.metadata, second, "head meta/rich after the second put: metadata");
+    if store.capabilities().versions {
+        let old = ns
+            .head("meta/rich", Some(1))
+            .await
+            .step("head meta/rich version 1")?;
+        ensure_eq!(old.metadata, rich, "head meta/rich version 1: metadata of the old version");
+    }
+    Ok(Outcome::Passed)
+}
+
+/// Byte ranges: `[start, end)`, open end, end past the payload (clamped), ranges of old
+/// versions, and a start past the payload or an end before the start are `InvalidInput`.
+pub async fn byte_ranges(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "ranges")?;
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let info = ns
+        .put("ranged", payload.clone(), Metadata::new())
+        .await
+        .step("put ranged")?;
+    let cases: [(u64, Option<u64>); 6] = [
+        (0, Some(10)),
+        (100, Some(200)),
+        (4000, None),
+        (0, None),
+        (4095, Some(4096)),
+        (4090, Some(10_000)),
+    ];
+    for (start, end) in cases {
+        let what = format!("get ranged with range {start}..{end:?}");
+        let (got, body) = ns
+            .get_with(
+                "ranged",
+                GetOptions {
+                    version: None,
+                    range: Some(ByteRange { start, end }),
+                },
+            )
+            .await
+            .step(&what)?;
+        ensure_eq!(got, info, "{what}: the info describes the whole record");
+        let bytes = read_body(body, &what).await?;
+        let stop = end.unwrap_or(4096).min(4096) as usize;
+        ensure!(
+            bytes == payload[start as usize..stop],
+            "{what}: expected bytes {start}..{stop} ({} bytes), got {} bytes that differ",
+            stop - start as usize,
+            bytes.len()
+        );
+    }
+    for (start, end) in [(5000u64, None), (5000, Some(6000)), (20, Some(10))] {
+        expect_err(
+            ns.get_with(
+                "ranged",
+                GetOptions {
+                    version: None,
+                    range: Some(ByteRange { start, end }),
+                },
+            )
+            .await,
+            ErrorKind::InvalidInput,
+            format!("get ranged with the invalid range {start}..{end:?}"),
+        )?;
+    }
+    if store.capabilities().versions {
+        ns.put("ranged", "new version", Metadata::new())
+            .await
+            .step("second put of ranged")?;
+        let what = "get ranged version 1 with range 10..20";
+        let (got, body) = ns
+            .get_with(
+                "ranged",
+                GetOptions {
+                    version: Some(1),
+                    range: Some(ByteRange {
+                        start: 10,
+                        end: Some(20),
+                    }),
+                },
+            )
+            .await
+            .step(what)?;
+        ensure_eq!(got.version, 1, "{what}: version");
+        ensure_eq!(read_body(body, what).await?, payload[10..20].to_vec(), "{what}: bytes");
+    }
+    Ok(Outcome::Passed)
+}

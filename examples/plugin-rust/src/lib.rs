@@ -1,0 +1,78 @@
+//! `kv`: a versioned, content-addressed key-value provider on [redb], shipped as a drop-in
+//! stowage plugin (`libstowage_plugin_kv.so`).
+//!
+//! Plugin authors write exactly what a built-in provider writes, a [`StorageProviderFactory`]
+//! and a [`StorageBackend`], and end the crate with one line:
+//! `stowage_core::export_plugin!(KvFactory);`. No `extern "C"`, no `unsafe`.
+//!
+//! ```toml
+//! [storage]
+//! provider = "kv"
+//! [storage.config]
+//! path = "data/kv.redb"
+//! [plugins]
+//! paths = ["plugins/libstowage_plugin_kv.so"]
+//! ```
+
+mod backend;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use stowage_core::{async_trait, parse_config, Capabilities, Result, StorageBackend, StorageProviderFactory};
+
+pub use backend::KvBackend;
+
+/// The provider name configs select.
+pub const PROVIDER: &str = "kv";
+
+/// `[storage.config]` of the `kv` provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvConfig {
+    /// The redb database file; created (with its folder) when absent.
+    pub path: std::path::PathBuf,
+}
+
+/// Makes [`KvBackend`]s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KvFactory;
+
+#[async_trait]
+impl StorageProviderFactory for KvFactory {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn description(&self) -> &str {
+        "versioned key-value store in one redb file (example plugin)"
+    }
+
+    fn config_schema(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": { "path": { "type": "string", "description": "the redb database file" } },
+            "required": ["path"],
+            "additionalProperties": false
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        backend::CAPABILITIES
+    }
+
+    fn validate(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: KvConfig = parse_config(PROVIDER, config)?;
+        if cfg.path.as_os_str().is_empty() {
+            return Err(stowage_core::Error::invalid_config("storage.config.path", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, config: serde_json::Value) -> Result<Arc<dyn StorageBackend>> {
+        let cfg: KvConfig = parse_config(PROVIDER, &config)?;
+        Ok(Arc::new(KvBackend::open(cfg.path).await?))
+    }
+}
+
+stowage_core::export_plugin!(KvFactory);

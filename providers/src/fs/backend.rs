@@ -1,0 +1,936 @@
+//! [`FsBackend`]: the `fs` provider's [`StorageBackend`].
+//!
+//! Writes: the payload is streamed into `blobs/` first (concurrently, outside any lock), then
+//! the metadata change is queued to this backend's commit thread. The commit thread takes
+//! everything queued (group commit), locks the root against other processes, catches up with
+//! records they appended, checks each change's precondition against the now-current index,
+//! appends all resulting records in one write, fsyncs the log once, and reads its own records
+//! back into the index through the same path replay uses. Only then are the writers answered.
+//!
+//! Reads: a `stat` of the log tells whether another process appended (or compacted); if so the
+//! new records are read before the index is consulted.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stowage_core::{
+    Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key,
+    ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result,
+    StorageBackend, Timestamp, Version, VerifyProblem, VerifyReport,
+};
+use tokio::sync::{oneshot, OnceCell};
+
+use super::blob_store::{BlobStore, SMALL_READ};
+use super::config::FsConfig;
+use super::index::Index;
+use super::index_log::{self, Damage, DamageKind, LogRecord, VersionRecord, HEADER_LEN};
+use super::lock::{BlobPins, WriterLock};
+use super::PROVIDER;
+use crate::atomic_file::{self, AtomicFile, Durability};
+
+/// The most changes one group commit takes from the queue.
+const MAX_BATCH: usize = 1024;
+/// The log is compacted when its garbage exceeds its live data and this many bytes.
+const COMPACT_MIN_GARBAGE: u64 = 256 * 1024;
+/// Temporary files older than this are leftovers of a crashed writer.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// Prefix of the files a corrupt log tail is saved to before it is cut off.
+pub(crate) const DAMAGED_PREFIX: &str = "index.log.damaged-";
+
+/// The `fs` provider's backend: one root directory, usable by several processes at once.
+///
+/// ```no_run
+/// # async fn demo() -> stowage_core::Result<()> {
+/// use stowage_core::{Body, Key, Metadata, Namespace, PutMode, StorageBackend};
+/// use stowage_providers::fs::{FsBackend, FsConfig};
+/// let config = FsConfig::from_json(&serde_json::json!({"root": "data"}))?;
+/// let store = FsBackend::open(config).await?;
+/// let info = store
+///     .put(&Namespace::default(), &Key::new("a.txt")?, Body::from("hi"), Metadata::new(), PutMode::Overwrite)
+///     .await?;
+/// assert_eq!(info.version, 1);
+/// # Ok(()) }
+/// ```
+pub struct FsBackend {
+    config: FsConfig,
+    opened: OnceCell<Opened>,
+}
+
+struct Opened {
+    core: Arc<Core>,
+    commits: mpsc::Sender<Intent>,
+}
+
+/// What `compact` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Log size before.
+    pub bytes_before: u64,
+    /// Log size after.
+    pub bytes_after: u64,
+}
+
+struct Core {
+    root: PathBuf,
+    log_path: PathBuf,
+    durability: Durability,
+    blobs: BlobStore,
+    writer_lock: WriterLock,
+    pins: BlobPins,
+    state: RwLock<LogState>,
+}
+
+/// The index and how far into which log file it has read.
+struct LogState {
+    file: File,
+    ino: u64,
+    offset: u64,
+    index: Index,
+    /// Damage this process found and repaired, for `recovery_notes`.
+    notes: Vec<String>,
+}
+
+enum Op {
+    Put {
+        hash: ContentHash,
+        size: u64,
+        metadata: Metadata,
+        mode: PutMode,
+    },
+    Delete {
+        if_version: Option<Version>,
+    },
+    Restore {
+        version: Option<Version>,
+    },
+    Purge,
+    Compact,
+}
+
+enum Outcome {
+    Info(Box<RecordInfo>),
+    Purged(u64),
+    Compacted(CompactReport),
+}
+
+struct Intent {
+    ns: Namespace,
+    key: Option<Key>,
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+impl FsBackend {
+    /// A backend over `config.root`, opened lazily by the first operation (or `initialize`).
+    pub fn new(config: FsConfig) -> Self {
+        FsBackend {
+            config,
+            opened: OnceCell::new(),
+        }
+    }
+
+    /// Opens (creating if needed) the store at `config.root`: replays its index log, cutting
+    /// off a torn or corrupt tail.
+    pub async fn open(config: FsConfig) -> Result<Self> {
+        let backend = Self::new(config);
+        backend.opened().await?;
+        Ok(backend)
+    }
+
+    /// The configuration this backend was made with.
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// Damage to the index log this process found and repaired (torn or corrupt tails), one
+    /// sentence each; also logged with `tracing::warn!`.
+    pub async fn recovery_notes(&self) -> Result<Vec<String>> {
+        let core = self.core().await?;
+        Ok(core.read_state().notes.clone())
+    }
+
+    /// Rewrites the index log with only live records (also done automatically when garbage
+    /// from purges outweighs live data).
+    pub async fn compact(&self) -> Result<CompactReport> {
+        match self.submit(Namespace::default(), None, Op::Compact).await? {
+            Outcome::Compacted(r) => Ok(r),
+            _ => Err(Error::backend(PROVIDER, "commit thread answered compact with another outcome", "internal")),
+        }
+    }
+
+    /// Reads records other processes appended since the last operation.
+    pub async fn refresh(&self) -> Result<()> {
+        self.core().await?.refresh()
+    }
+
+    async fn opened(&self) -> Result<&Opened> {
+        self.opened
+            .get_or_try_init(|| async {
+                let config = self.config.clone();
+                let core = tokio::task::spawn_blocking(move || Core::open(&config))
+                    .await
+                    .map_err(|e| Error::backend(PROVIDER, "opening the store failed", e))??;
+                let core = Arc::new(core);
+                let (tx, rx) = mpsc::channel::<Intent>();
+                let worker = core.clone();
+                std::thread::Builder::new()
+                    .name("stowage-fs-commit".into())
+                    .spawn(move || worker.commit_loop(rx))
+                    .map_err(|e| Error::io("starting the fs commit thread", e))?;
+                Ok(Opened { core, commits: tx })
+            })
+            .await
+    }
+
+    async fn core(&self) -> Result<&Arc<Core>> {
+        Ok(&self.opened().await?.core)
+    }
+
+    async fn submit(&self, ns: Namespace, key: Option<Key>, op: Op) -> Result<Outcome> {
+        let opened = self.opened().await?;
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::backend(PROVIDER, "the fs commit thread stopped; re-open the store", "commit thread gone");
+        opened
+            .commits
+            .send(Intent { ns, key, op, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn write(&self, ns: &Namespace, key: &Key, op: Op) -> Result<RecordInfo> {
+        match self.submit(ns.clone(), Some(key.clone()), op).await? {
+            Outcome::Info(info) => Ok(*info),
+            _ => Err(Error::backend(PROVIDER, "commit thread answered a write with another outcome", "internal")),
+        }
+    }
+
+    /// The version `version` (default: latest) of `key`, `NotFound` if absent or a tombstone.
+    async fn find(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        let core = self.core().await?;
+        core.refresh()?;
+        let state = core.read_state();
+        let versions = state.index.versions(ns, key).unwrap_or(&[]);
+        let found = match version {
+            None => versions.last(),
+            Some(v) => versions.iter().find(|i| i.version == v),
+        };
+        match found {
+            Some(info) if !info.is_deleted() => Ok(info.clone()),
+            _ => Err(Error::not_found(ns, key, version)),
+        }
+    }
+}
+
+impl Core {
+    fn open(config: &FsConfig) -> Result<Core> {
+        let root = config.root.clone();
+        fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("creating the store directory {}", root.display()), e))?;
+        let durability = Durability::from_fsync(config.fsync());
+        let blobs = BlobStore::new(&root, durability);
+        blobs.prepare()?;
+        let writer_lock = WriterLock::open(&root.join("lock"))?;
+        let pins = BlobPins::open(&root.join("gc.lock"))?;
+        let log_path = root.join("index.log");
+        // A lock of its own (another open file) because `writer_lock` moves into `Core` below.
+        let open_lock = WriterLock::open(&root.join("lock"))?;
+        let guard = open_lock.lock()?;
+        match fs::symlink_metadata(&log_path) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(_) => {
+                return Err(Error::corrupt(
+                    PROVIDER,
+                    format!("{} is not a regular file (a symlink?); the fs provider never follows links out of its root", log_path.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                atomic_file::write_atomic(&log_path, &index_log::header(), durability)
+                    .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+            }
+            Err(e) => return Err(Error::io(format!("checking {}", log_path.display()), e)),
+        }
+        let (file, ino) = open_log(&log_path)?;
+        let core = Core {
+            root,
+            log_path,
+            durability,
+            blobs,
+            writer_lock,
+            pins,
+            state: RwLock::new(LogState {
+                file,
+                ino,
+                offset: HEADER_LEN,
+                index: Index::default(),
+                notes: Vec::new(),
+            }),
+        };
+        {
+            let mut state = core.write_state();
+            core.catch_up(&mut state, true)?;
+            tracing::debug!(
+                root = %core.root.display(),
+                versions = state.index.version_count(),
+                log_bytes = state.offset,
+                "opened fs store"
+            );
+        }
+        drop(guard);
+        if let Err(e) = atomic_file::remove_stale_tmp_files(core.blobs.tmp_dir(), STALE_TMP_AGE) {
+            tracing::warn!(dir = %core.blobs.tmp_dir().display(), error = %e, "could not clean stale temporary files");
+        }
+        Ok(core)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, LogState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, LogState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Catches up with records appended (or a compaction done) by another process. Never
+    /// repairs: a tail that looks torn may be another process's append in progress.
+    fn refresh(&self) -> Result<()> {
+        let meta = fs::metadata(&self.log_path)
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
+        {
+            let state = self.read_state();
+            if state.ino == inode(&meta) && state.offset == meta.len() {
+                return Ok(());
+            }
+        }
+        let mut state = self.write_state();
+        self.catch_up(&mut state, false)
+    }
+
+    /// Reads new records into the index. With `repair` (only under the writer lock, when no
+    /// other process can be appending) a damaged tail is saved aside and cut off.
+    fn catch_up(&self, state: &mut LogState, repair: bool) -> Result<()> {
+        let path_ino = fs::metadata(&self.log_path)
+            .map(|m| inode(&m))
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
+        let mut len = state
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?
+            .len();
+        if path_ino != state.ino || len < state.offset {
+            // Compacted (a new file) or shrunk by hand: start over from the current file.
+            let (file, ino) = open_log(&self.log_path)?;
+            len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?
+                .len();
+            state.file = file;
+            state.ino = ino;
+            state.offset = HEADER_LEN;
+            state.index = Index::default();
+        }
+        if len == state.offset {
+            return Ok(());
+        }
+        let index = &mut state.index;
+        let end = index_log::scan(&state.file, state.offset, len, |record, frame| index.apply(record, frame))
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
+        state.offset = end.offset;
+        if let (Some(damage), true) = (end.damage, repair) {
+            let note = self.cut_damage(&damage)?;
+            tracing::warn!(log = %self.log_path.display(), "{note}");
+            state.notes.push(note);
+        }
+        Ok(())
+    }
+
+    /// Saves a corrupt tail beside the log and truncates the log before it; returns what was
+    /// done, as a sentence.
+    fn cut_damage(&self, damage: &Damage) -> Result<String> {
+        let io_err = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+        let mut note = format!("index log {}: {damage}", self.log_path.display());
+        if let DamageKind::Corrupt(_) = damage.kind {
+            let saved = self
+                .root
+                .join(format!("{DAMAGED_PREFIX}{}", Timestamp::now().as_micros()));
+            let mut tail = Vec::with_capacity(damage.bytes as usize);
+            {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = File::open(&self.log_path).map_err(|e| io_err("opening", e))?;
+                f.seek(SeekFrom::Start(damage.offset)).map_err(|e| io_err("reading", e))?;
+                f.take(damage.bytes).read_to_end(&mut tail).map_err(|e| io_err("reading", e))?;
+            }
+            atomic_file::write_atomic(&saved, &tail, Durability::Sync)
+                .map_err(|e| Error::io(format!("saving the damaged log tail to {}", saved.display()), e))?;
+            note.push_str(&format!(
+                "; the records in it are lost from the index: the bytes were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
+                saved.display()
+            ));
+        } else {
+            note.push_str("; cut off (no acknowledged write is lost)");
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.log_path)
+            .map_err(|e| io_err("opening", e))?;
+        file.set_len(damage.offset).map_err(|e| io_err("truncating", e))?;
+        if self.durability == Durability::Sync {
+            file.sync_all().map_err(|e| io_err("syncing", e))?;
+        }
+        Ok(note)
+    }
+
+    fn commit_loop(self: Arc<Self>, rx: mpsc::Receiver<Intent>) {
+        let mut append: Option<(u64, File)> = None;
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(intent) => batch.push(intent),
+                    Err(_) => break,
+                }
+            }
+            let (requests, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|i| ((i.ns, i.key, i.op), i.reply))
+                .unzip();
+            let outcomes = match self.commit_batch(requests, &mut append) {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    let message = e.to_string();
+                    let kind_io = matches!(e, Error::Io { .. });
+                    let first = Err(e);
+                    let mut all = vec![first];
+                    for _ in 1..replies.len() {
+                        all.push(Err(if kind_io {
+                            Error::io(message.clone(), std::io::Error::other("group commit failed"))
+                        } else {
+                            Error::backend(PROVIDER, message.clone(), "group commit failed")
+                        }));
+                    }
+                    all
+                }
+            };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// One group commit; returns one outcome per request, in order.
+    fn commit_batch(
+        &self,
+        requests: Vec<(Namespace, Option<Key>, Op)>,
+        append: &mut Option<(u64, File)>,
+    ) -> Result<Vec<Result<Outcome>>> {
+        let _guard = self.writer_lock.lock()?;
+        self.catch_up(&mut self.write_state(), true)?;
+        let now = Timestamp::now();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut buf = Vec::new();
+        let mut compact = false;
+        {
+            let state = self.read_state();
+            let mut touched: HashMap<(Namespace, Key), Vec<RecordInfo>> = HashMap::new();
+            for (ns, key, op) in requests {
+                let Some(key) = key else {
+                    compact = true;
+                    outcomes.push(None);
+                    continue;
+                };
+                let versions = touched
+                    .entry((ns.clone(), key.clone()))
+                    .or_insert_with(|| state.index.versions(&ns, &key).map(<[_]>::to_vec).unwrap_or_default());
+                let mut trial = versions.clone();
+                let outcome = decide(&ns, &key, op, &mut trial, now).and_then(|(record, outcome)| {
+                    index_log::encode(&record, &mut buf).map_err(|e| Error::invalid_input(format!("{ns}/{key}: {e}")))?;
+                    Ok(outcome)
+                });
+                if outcome.is_ok() {
+                    *versions = trial;
+                }
+                outcomes.push(Some(outcome));
+            }
+        }
+        if !buf.is_empty() {
+            self.append(&buf, append)?;
+            self.catch_up(&mut self.write_state(), true)?;
+        }
+        let mut state = self.write_state();
+        let live = state.index.live_bytes();
+        let garbage = state.offset - HEADER_LEN - live;
+        if compact || (garbage > live && garbage >= COMPACT_MIN_GARBAGE) {
+            let report = self.compact(&mut state)?;
+            for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *outcome = Some(Ok(Outcome::Compacted(report)));
+            }
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Appends `buf` at the end of the log and makes it durable; on failure the log is cut back
+    /// so no partial record stays. Called under the writer lock.
+    fn append(&self, buf: &[u8], append: &mut Option<(u64, File)>) -> Result<()> {
+        let (ino, before) = {
+            let state = self.read_state();
+            (state.ino, state.offset)
+        };
+        if append.as_ref().is_none_or(|(i, _)| *i != ino) {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&self.log_path)
+                .map_err(|e| Error::io(format!("opening {} for appending", self.log_path.display()), e))?;
+            *append = Some((ino, file));
+        }
+        let (_, file) = append.as_mut().expect("append handle just opened");
+        let written = file.write_all(buf).and_then(|()| {
+            if self.durability == Durability::Sync {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            let _ = file.set_len(before);
+            *append = None;
+            return Err(Error::io(format!("appending to {}", self.log_path.display()), e));
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log with one record per existing version. Under the writer lock.
+    fn compact(&self, state: &mut LogState) -> Result<CompactReport> {
+        let bytes_before = state.offset;
+        let io_err = |e| Error::io(format!("compacting {}", self.log_path.display()), e);
+        let mut file = AtomicFile::create_in(&self.root, self.durability).map_err(io_err)?;
+        let mut buf = index_log::header().to_vec();
+        for info in state.index.all_versions() {
+            index_log::encode(&LogRecord::Version(VersionRecord::from_info(info)), &mut buf).map_err(io_err)?;
+            if buf.len() >= 1 << 20 {
+                file.write_all(&buf).map_err(io_err)?;
+                buf.clear();
+            }
+        }
+        file.write_all(&buf).map_err(io_err)?;
+        file.commit(&self.log_path).map_err(io_err)?;
+        self.catch_up(state, true)?;
+        let bytes_after = state.offset;
+        tracing::info!(log = %self.log_path.display(), bytes_before, bytes_after, "compacted the index log");
+        Ok(CompactReport {
+            bytes_before,
+            bytes_after,
+        })
+    }
+}
+
+fn open_log(path: &Path) -> Result<(File, u64)> {
+    let mut file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let ino = inode(
+        &file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+    );
+    match index_log::check_header(&mut file) {
+        Ok(Ok(())) => Ok((file, ino)),
+        Ok(Err(why)) => Err(Error::corrupt(
+            PROVIDER,
+            format!("{} cannot be read: {why}", path.display()),
+        )),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+#[cfg(unix)]
+fn inode(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ino()
+}
+
+#[cfg(not(unix))]
+fn inode(meta: &fs::Metadata) -> u64 {
+    // Without inode numbers a compaction by another process is noticed by the creation time of
+    // the replaced file.
+    meta.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<Version>) -> Error {
+    Error::Conflict {
+        namespace: ns.to_string(),
+        key: key.to_string(),
+        expected,
+        current,
+    }
+}
+
+/// Decides one change against `versions` (the key's versions, updated in place on success):
+/// the record to append and the answer to give.
+fn decide(
+    ns: &Namespace,
+    key: &Key,
+    op: Op,
+    versions: &mut Vec<RecordInfo>,
+    now: Timestamp,
+) -> Result<(LogRecord, Outcome)> {
+    let latest = versions.last();
+    let current = latest.map(|l| l.version);
+    let next = current.map_or(1, |v| v + 1);
+    let created_at = versions.first().map_or(now, |f| f.created_at);
+    let info = match op {
+        Op::Put {
+            hash,
+            size,
+            metadata,
+            mode,
+        } => {
+            match mode {
+                PutMode::Overwrite => {}
+                PutMode::Create => {
+                    if latest.is_some_and(|l| !l.is_deleted()) {
+                        return Err(conflict(ns, key, "absent".into(), current));
+                    }
+                }
+                PutMode::IfVersion(v) | PutMode::Base(v) => {
+                    if current.unwrap_or(0) != v {
+                        return Err(conflict(ns, key, format!("version {v}"), current));
+                    }
+                }
+            }
+            RecordInfo {
+                namespace: ns.clone(),
+                key: key.clone(),
+                version: next,
+                hash,
+                size,
+                created_at,
+                updated_at: now,
+                deleted_at: None,
+                metadata,
+                conflicts: Vec::new(),
+            }
+        }
+        Op::Delete { if_version } => {
+            let live = latest
+                .filter(|l| !l.is_deleted())
+                .ok_or_else(|| Error::not_found(ns, key, None))?;
+            if let Some(v) = if_version {
+                if live.version != v {
+                    return Err(conflict(ns, key, format!("version {v}"), current));
+                }
+            }
+            RecordInfo {
+                version: next,
+                created_at,
+                updated_at: now,
+                deleted_at: Some(now),
+                ..live.clone()
+            }
+        }
+        Op::Restore { version } => {
+            let source = match version {
+                Some(v) => versions.iter().find(|i| i.version == v && !i.is_deleted()),
+                None => versions.iter().rev().find(|i| !i.is_deleted()),
+            }
+            .ok_or_else(|| Error::not_found(ns, key, version))?;
+            RecordInfo {
+                version: next,
+                created_at,
+                updated_at: now,
+                deleted_at: None,
+                ..source.clone()
+            }
+        }
+        Op::Purge => {
+            if versions.is_empty() {
+                return Err(Error::not_found(ns, key, None));
+            }
+            let removed = versions.len() as u64;
+            versions.clear();
+            return Ok((
+                LogRecord::Purge {
+                    ns: ns.clone(),
+                    k: key.clone(),
+                },
+                Outcome::Purged(removed),
+            ));
+        }
+        Op::Compact => unreachable!("compaction requests carry no key"),
+    };
+    versions.push(info.clone());
+    Ok((LogRecord::Version(VersionRecord::from_info(&info)), Outcome::Info(Box::new(info))))
+}
+
+fn blob_error(core: &Core, info: &RecordInfo, e: std::io::Error) -> Error {
+    let path = core.blobs.path_of(&info.hash);
+    let what = format!("{}/{} version {}", info.namespace, info.key, info.version);
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::corrupt(
+            PROVIDER,
+            format!("the payload of {what} ({}) is missing: {} does not exist; run `stowage verify`", info.hash, path.display()),
+        ),
+        std::io::ErrorKind::InvalidData => Error::corrupt(
+            PROVIDER,
+            format!("the payload of {what} in {} is damaged ({e}); run `stowage verify`", path.display()),
+        ),
+        _ => Error::io(format!("reading the payload of {what} from {}", path.display()), e),
+    }
+}
+
+#[async_trait]
+impl StorageBackend for FsBackend {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        super::capabilities()
+    }
+
+    async fn initialize(&self) -> Result<()> {
+        self.opened().await.map(|_| ())
+    }
+
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
+        let core = self.core().await?;
+        // The pin keeps a concurrent `gc` (in any process) from deleting the blob between
+        // writing it and committing the record that references it.
+        let _pin = match core.pins.try_pin()? {
+            Some(pin) => pin,
+            None => {
+                let pins = core.pins.clone();
+                tokio::task::spawn_blocking(move || pins.pin())
+                    .await
+                    .map_err(|e| Error::backend(PROVIDER, "waiting for gc failed", e))??
+            }
+        };
+        let (hash, size) = core.blobs.write_body(body).await?;
+        self.write(
+            ns,
+            key,
+            Op::Put {
+                hash,
+                size,
+                metadata,
+                mode,
+            },
+        )
+        .await
+    }
+
+    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+        let info = self.find(ns, key, options.version).await?;
+        let core = self.core().await?;
+        let (offset, len) = options
+            .range
+            .unwrap_or(ByteRange { start: 0, end: None })
+            .resolve(info.size)?;
+        let whole = (offset == 0 && len == info.size).then_some(info.size);
+        let body = if len <= SMALL_READ {
+            Body::from_bytes(
+                core.blobs
+                    .read_small(&info.hash, offset, len, whole)
+                    .map_err(|e| blob_error(core, &info, e))?,
+            )
+        } else {
+            let what = format!("{}/{} version {}", info.namespace, info.key, info.version);
+            core.blobs
+                .read_stream(&info.hash, offset, len, whole, what)
+                .await
+                .map_err(|e| blob_error(core, &info, e))?
+        };
+        Ok((info, body))
+    }
+
+    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        self.find(ns, key, version).await
+    }
+
+    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+        self.write(
+            ns,
+            key,
+            Op::Delete {
+                if_version: options.if_version,
+            },
+        )
+        .await
+    }
+
+    async fn list(&self, ns: &Namespace, options: ListOptions) -> Result<Page<RecordInfo>> {
+        let core = self.core().await?;
+        core.refresh()?;
+        let state = core.read_state();
+        state.index.list(ns, &options)
+    }
+
+    async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
+        let core = self.core().await?;
+        core.refresh()?;
+        let state = core.read_state();
+        state.index.search(ns, query)
+    }
+
+    async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        let core = self.core().await?;
+        core.refresh()?;
+        let state = core.read_state();
+        match state.index.versions(ns, key) {
+            Some(v) => Ok(v.to_vec()),
+            None => Err(Error::not_found(ns, key, None)),
+        }
+    }
+
+    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        self.write(ns, key, Op::Restore { version }).await
+    }
+
+    async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        match self.submit(ns.clone(), Some(key.clone()), Op::Purge).await? {
+            Outcome::Purged(n) => Ok(n),
+            _ => Err(Error::backend(PROVIDER, "commit thread answered purge with another outcome", "internal")),
+        }
+    }
+
+    async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let core = self.core().await?.clone();
+        let pins = core.pins.clone();
+        // Waits until no write in any process is between storing a blob and committing it.
+        let exclusive = tokio::task::spawn_blocking(move || pins.exclusive())
+            .await
+            .map_err(|e| Error::backend(PROVIDER, "waiting for writers failed", e))??;
+        core.refresh()?;
+        let referenced = core.read_state().index.referenced_hashes();
+        let store = core.blobs.clone();
+        let stored = tokio::task::spawn_blocking(move || store.list_all())
+            .await
+            .map_err(|e| Error::backend(PROVIDER, "listing blobs failed", e))?
+            .map_err(|e| Error::io("listing the payload blobs", e))?;
+        progress.set_total(stored.len() as u64);
+        let mut report = GcReport::default();
+        for chunk in stored.chunks(256) {
+            let doomed: Vec<(ContentHash, u64)> = chunk
+                .iter()
+                .filter(|(h, _)| !referenced.contains(h))
+                .copied()
+                .collect();
+            report.blobs_kept += (chunk.len() - doomed.len()) as u64;
+            let store = core.blobs.clone();
+            let (removed, freed) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+                let (mut removed, mut freed) = (0, 0);
+                for (hash, size) in doomed {
+                    match store.remove(&hash) {
+                        Ok(()) => {
+                            removed += 1;
+                            freed += size;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(Error::io(format!("removing {}", store.path_of(&hash).display()), e))
+                        }
+                    }
+                }
+                Ok((removed, freed))
+            })
+            .await
+            .map_err(|e| Error::backend(PROVIDER, "removing blobs failed", e))??;
+            report.blobs_removed += removed;
+            report.bytes_freed += freed;
+            progress.inc(chunk.len() as u64);
+        }
+        drop(exclusive);
+        Ok(report)
+    }
+
+    async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let core = self.core().await?.clone();
+        core.refresh()?;
+        let mut by_hash: HashMap<ContentHash, (u64, Vec<(String, String, Version)>)> = HashMap::new();
+        let mut report = VerifyReport::default();
+        {
+            let state = core.read_state();
+            for info in state.index.all_versions() {
+                report.records_checked += 1;
+                by_hash
+                    .entry(info.hash)
+                    .or_insert_with(|| (info.size, Vec::new()))
+                    .1
+                    .push((info.namespace.to_string(), info.key.to_string(), info.version));
+            }
+        }
+        for entry in fs::read_dir(&core.root).map_err(|e| Error::io(format!("listing {}", core.root.display()), e))? {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", core.root.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(DAMAGED_PREFIX) {
+                report.problems.push(VerifyProblem {
+                    namespace: None,
+                    key: None,
+                    version: None,
+                    hash: None,
+                    problem: "log-corrupt".into(),
+                    detail: format!(
+                        "the index log had a corrupt tail, cut off and saved to {}; records in it are lost from the index; delete the file once inspected",
+                        entry.path().display()
+                    ),
+                });
+            }
+        }
+        progress.set_total(by_hash.len() as u64);
+        let mut hashes: Vec<_> = by_hash.into_iter().collect();
+        hashes.sort_by_key(|h| h.0);
+        for (hash, (size, refs)) in hashes {
+            let store = core.blobs.clone();
+            let found = tokio::task::spawn_blocking(move || store.rehash(&hash))
+                .await
+                .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
+            let path = core.blobs.path_of(&hash);
+            let problem = match found {
+                Ok(None) => Some(("missing", format!("{} does not exist", path.display()))),
+                Ok(Some((got, n))) => {
+                    report.blobs_checked += 1;
+                    report.bytes_checked += n;
+                    (got != hash || n != size).then(|| {
+                        (
+                            "corrupt",
+                            format!("{} holds {n} bytes hashing to {got}; expected {size} bytes hashing to {hash}", path.display()),
+                        )
+                    })
+                }
+                Err(e) => Some(("unreadable", format!("{}: {e}", path.display()))),
+            };
+            if let Some((what, detail)) = problem {
+                for (ns, key, version) in refs {
+                    report.problems.push(VerifyProblem {
+                        namespace: Some(ns),
+                        key: Some(key),
+                        version: Some(version),
+                        hash: Some(hash),
+                        problem: what.into(),
+                        detail: detail.clone(),
+                    });
+                }
+            }
+            progress.inc(1);
+        }
+        Ok(report)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let core = self.core().await?;
+        core.refresh()?;
+        let state = core.read_state();
+        Ok(state.index.namespaces())
+    }
+}

@@ -1,0 +1,310 @@
+//! [`BlobStore`]: payloads as content-addressed files, `blobs/ab/cdef…` (the first two hex
+//! digits of the blake3 hash name a fan-out directory, the other 62 the file).
+//!
+//! A payload is streamed into a temporary file under `tmp/` while it is hashed, then made
+//! durable and linked to its hash name (see [`crate::atomic_file`]); if that name exists the
+//! content is there already and the copy is dropped (dedup). File names come only from
+//! hashes, never from keys, so no key can name a path.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::PROVIDER;
+use crate::atomic_file::{AtomicFile, Durability};
+
+/// Payloads up to this size are read in one call on the calling task: a page-cache read of a
+/// few KiB costs less than a hop to a blocking thread.
+pub(crate) const SMALL_READ: u64 = 64 * 1024;
+
+/// Chunks buffered between an incoming stream and the blocking writer (bounds memory).
+const WRITE_QUEUE: usize = 4;
+
+/// Content-addressed payload files.
+#[derive(Clone, Debug)]
+pub(crate) struct BlobStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+    durability: Durability,
+}
+
+enum WriteMsg {
+    Chunk(Bytes),
+    Finish,
+}
+
+impl BlobStore {
+    /// The blob store of the store at `root`.
+    pub(crate) fn new(root: &Path, durability: Durability) -> Self {
+        BlobStore {
+            dir: root.join("blobs"),
+            tmp: root.join("tmp"),
+            durability,
+        }
+    }
+
+    /// The temporary-file directory.
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Creates `blobs/`, its 256 fan-out directories and `tmp/`, refusing any that is a
+    /// symlink (which could lead writes out of the root). Blocking.
+    pub(crate) fn prepare(&self) -> Result<()> {
+        real_dir(&self.dir)?;
+        real_dir(&self.tmp)?;
+        let mut created = false;
+        for i in 0..=255u8 {
+            created |= real_dir(&self.dir.join(hex::encode([i])))?;
+        }
+        if created && self.durability == Durability::Sync {
+            crate::atomic_file::sync_dir(&self.dir)
+                .map_err(|e| Error::io(format!("syncing {}", self.dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Where the blob of `hash` lives.
+    pub(crate) fn path_of(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Stores an in-memory payload. Blocking.
+    pub(crate) fn write_bytes(&self, bytes: &[u8]) -> Result<(ContentHash, u64)> {
+        let hash = ContentHash::of(bytes);
+        let dest = self.path_of(&hash);
+        // Already stored: the content is the name, so there is nothing to write.
+        if dest.is_file() {
+            return Ok((hash, bytes.len() as u64));
+        }
+        let mut file = AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io(format!("writing {}", file.tmp_path().display()), e))?;
+        file.commit_if_absent(&dest)
+            .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
+        Ok((hash, bytes.len() as u64))
+    }
+
+    /// Stores a payload, streaming it to disk while hashing it; returns its hash and size.
+    pub(crate) async fn write_body(&self, body: Body) -> Result<(ContentHash, u64)> {
+        if let Some(bytes) = body.as_bytes() {
+            let bytes = bytes.clone();
+            let store = self.clone();
+            return tokio::task::spawn_blocking(move || store.write_bytes(&bytes))
+                .await
+                .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteMsg>(WRITE_QUEUE);
+        let store = self.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<(ContentHash, u64)> {
+            let mut file = AtomicFile::create_in(&store.tmp, store.durability).map_err(|e| store.tmp_error(e))?;
+            let mut hasher = ContentHasher::new();
+            loop {
+                match rx.blocking_recv() {
+                    Some(WriteMsg::Chunk(chunk)) => {
+                        hasher.update(&chunk);
+                        file.write_all(&chunk).map_err(|e| store.tmp_error(e))?;
+                    }
+                    Some(WriteMsg::Finish) => break,
+                    // The payload stream failed: dropping `file` removes the partial copy.
+                    None => return Err(Error::invalid_input("payload stream ended with an error")),
+                }
+            }
+            let (hash, size) = hasher.finish();
+            let dest = store.path_of(&hash);
+            file.commit_if_absent(&dest)
+                .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
+            Ok((hash, size))
+        });
+        let mut body = body;
+        let mut failed = None;
+        while let Some(chunk) = body.next_chunk().await {
+            match chunk {
+                Ok(chunk) => {
+                    if tx.send(WriteMsg::Chunk(chunk)).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            let _ = tx.send(WriteMsg::Finish).await;
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
+        match failed {
+            Some(e) => Err(e),
+            None => written,
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a small blob in one call; with `expect` set (a whole
+    /// payload read), checks the content against its hash and size.
+    pub(crate) fn read_small(
+        &self,
+        hash: &ContentHash,
+        offset: u64,
+        len: u64,
+        expect: Option<u64>,
+    ) -> io::Result<Bytes> {
+        let path = self.path_of(hash);
+        let mut file = fs::File::open(&path)?;
+        let mut buf = vec![0u8; len as usize];
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        file.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(io::ErrorKind::InvalidData, "the blob file is shorter than its recorded size")
+            } else {
+                e
+            }
+        })?;
+        if let Some(size) = expect {
+            let mut extra = [0u8; 1];
+            if file.read(&mut extra)? != 0 || ContentHash::of(&buf) != *hash || buf.len() as u64 != size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the blob's content no longer matches its hash",
+                ));
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Streams `len` bytes at `offset`; with `expect` set (a whole payload read), the stream
+    /// ends with an error instead of its end if the content does not match its hash.
+    pub(crate) async fn read_stream(
+        &self,
+        hash: &ContentHash,
+        offset: u64,
+        len: u64,
+        expect: Option<u64>,
+        what: String,
+    ) -> io::Result<Body> {
+        let path = self.path_of(hash);
+        let mut file = tokio::fs::File::open(&path).await?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).await?;
+        }
+        let body = Body::from_reader(file.take(len), Some(len));
+        let Some(size) = expect else { return Ok(body) };
+        let expected = *hash;
+        let stream = futures::stream::unfold(
+            (body.into_stream(), Some(ContentHasher::new())),
+            move |(mut inner, hasher)| {
+                let what = what.clone();
+                async move {
+                    let mut hasher = hasher?;
+                    match inner.next().await {
+                        Some(Ok(chunk)) => {
+                            hasher.update(&chunk);
+                            Some((Ok(chunk), (inner, Some(hasher))))
+                        }
+                        Some(Err(e)) => Some((Err(e), (inner, None))),
+                        None => {
+                            let (got, n) = hasher.finish();
+                            if got == expected && n == size {
+                                None
+                            } else {
+                                let err = Error::corrupt(
+                                    PROVIDER,
+                                    format!("payload of {what} read back as {n} bytes hashing to {got}, not {expected}; run `stowage verify`"),
+                                );
+                                Some((Err(err), (inner, None)))
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Body::from_stream(stream, Some(len)))
+    }
+
+    /// Re-hashes a blob; `None` if it is missing. Blocking.
+    pub(crate) fn rehash(&self, hash: &ContentHash) -> io::Result<Option<(ContentHash, u64)>> {
+        let mut file = match fs::File::open(self.path_of(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut hasher = ContentHasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(Some(hasher.finish()))
+    }
+
+    /// Every stored blob and its file size. Blocking.
+    pub(crate) fn list_all(&self) -> io::Result<Vec<(ContentHash, u64)>> {
+        let mut out = Vec::new();
+        for i in 0..=255u8 {
+            let fan = hex::encode([i]);
+            let dir = self.dir.join(&fan);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let Ok(hash) = ContentHash::from_hex(&format!("{fan}{name}")) else {
+                    continue; // not a blob (e.g. a stray file); never deleted by gc
+                };
+                out.push((hash, entry.metadata()?.len()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a blob. Blocking.
+    pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
+        fs::remove_file(self.path_of(hash))
+    }
+
+    fn tmp_error(&self, e: io::Error) -> Error {
+        Error::io(format!("writing a payload under {}", self.tmp.display()), e)
+    }
+}
+
+/// Makes sure `dir` is a real directory (not a symlink), creating it if missing; returns
+/// whether it was created.
+fn real_dir(dir: &Path) -> Result<bool> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => Ok(false),
+        Ok(_) => Err(Error::corrupt(
+            PROVIDER,
+            format!(
+                "{} is a symlink or not a directory; the fs provider never follows links out of its root: replace it with a directory",
+                dir.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::create_dir(dir) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => real_dir(dir),
+                Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
+            }
+        }
+        Err(e) => Err(Error::io(format!("checking {}", dir.display()), e)),
+    }
+}

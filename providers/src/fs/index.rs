@@ -1,0 +1,322 @@
+//! The in-memory index: every version of every key, per namespace, in key order, plus a tag
+//! index, so `list`, `search`, `head` and `versions` never touch a payload file.
+//!
+//! The index is only ever changed by applying [`LogRecord`]s read from the index log, whether
+//! at open, when catching up with another process, or after this process's own append: one
+//! path, so what a process serves is exactly what the log says.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+
+use stowage_core::{
+    ContentHash, Key, ListOptions, Namespace, Order, Page, Query, RecordInfo, Result,
+};
+
+use super::index_log::LogRecord;
+
+/// Every version of one key, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct KeyState {
+    /// The versions, oldest first (tombstones included).
+    pub versions: Vec<RecordInfo>,
+    /// Log bytes of the records behind `versions` (freed by a purge).
+    log_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct NsIndex {
+    keys: BTreeMap<String, KeyState>,
+    /// tag → keys whose latest version (tombstones included) carries it.
+    tags: HashMap<String, BTreeSet<String>>,
+}
+
+impl NsIndex {
+    fn untag(&mut self, key: &str, info: &RecordInfo) {
+        for tag in &info.metadata.tags {
+            if let Some(keys) = self.tags.get_mut(tag) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+    }
+
+    fn tag(&mut self, key: &str, info: &RecordInfo) {
+        for tag in &info.metadata.tags {
+            self.tags.entry(tag.clone()).or_default().insert(key.to_string());
+        }
+    }
+}
+
+/// The whole index.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    namespaces: BTreeMap<Namespace, NsIndex>,
+    /// Log bytes describing versions that still exist; the rest of the log is garbage.
+    live_bytes: u64,
+    versions: u64,
+}
+
+impl Index {
+    /// Applies one log record of `frame_len` bytes. A version that does not follow its key's
+    /// latest one is refused: the log is then not one this provider wrote.
+    pub(crate) fn apply(&mut self, record: LogRecord, frame_len: u64) -> Result<(), String> {
+        match record {
+            LogRecord::Version(r) => {
+                let info = r.into_info();
+                let ns = self.namespaces.entry(info.namespace.clone()).or_default();
+                let key = info.key.as_str().to_string();
+                let state = ns.keys.entry(key.clone()).or_default();
+                let expected = state.versions.last().map_or(1, |l| l.version + 1);
+                if info.version != expected {
+                    let found = info.version;
+                    if state.versions.is_empty() {
+                        ns.keys.remove(&key);
+                    }
+                    return Err(format!(
+                        "version {found} of {}/{key} does not follow version {}",
+                        info.namespace,
+                        expected - 1
+                    ));
+                }
+                let previous = state.versions.last().cloned();
+                state.log_bytes += frame_len;
+                state.versions.push(info.clone());
+                if let Some(prev) = previous {
+                    ns.untag(&key, &prev);
+                }
+                ns.tag(&key, &info);
+                self.live_bytes += frame_len;
+                self.versions += 1;
+            }
+            LogRecord::Purge { ns, k } => {
+                if let Some(nsi) = self.namespaces.get_mut(&ns) {
+                    if let Some(state) = nsi.keys.remove(k.as_str()) {
+                        if let Some(latest) = state.versions.last() {
+                            nsi.untag(k.as_str(), latest);
+                        }
+                        self.live_bytes -= state.log_bytes;
+                        self.versions -= state.versions.len() as u64;
+                    }
+                    if nsi.keys.is_empty() {
+                        self.namespaces.remove(&ns);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Log bytes of records that still describe a version.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Number of versions (all keys, all namespaces).
+    pub(crate) fn version_count(&self) -> u64 {
+        self.versions
+    }
+
+    /// Every version of `key`, oldest first; `None` if the key has none.
+    pub(crate) fn versions(&self, ns: &Namespace, key: &Key) -> Option<&[RecordInfo]> {
+        self.namespaces
+            .get(ns)?
+            .keys
+            .get(key.as_str())
+            .map(|s| s.versions.as_slice())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every version in the store, namespace by namespace, key by key, oldest first.
+    pub(crate) fn all_versions(&self) -> impl Iterator<Item = &RecordInfo> {
+        self.namespaces
+            .values()
+            .flat_map(|ns| ns.keys.values())
+            .flat_map(|s| s.versions.iter())
+    }
+
+    /// Hashes referenced by any version (tombstones reference what they deleted, so a
+    /// `restore` can bring it back).
+    pub(crate) fn referenced_hashes(&self) -> HashSet<ContentHash> {
+        self.all_versions().map(|i| i.hash).collect()
+    }
+
+    /// Namespaces with at least one key.
+    pub(crate) fn namespaces(&self) -> Vec<Namespace> {
+        self.namespaces
+            .iter()
+            .filter(|(_, nsi)| !nsi.keys.is_empty())
+            .map(|(ns, _)| ns.clone())
+            .collect()
+    }
+
+    /// The latest version of each key, walking the key order from the listing's bounds.
+    pub(crate) fn list(&self, ns: &Namespace, options: &ListOptions) -> Result<Page<RecordInfo>> {
+        let Some(nsi) = self.namespaces.get(ns) else {
+            return options.apply(Vec::new());
+        };
+        let bound = options.lower_bound()?;
+        let prefix = options.prefix.as_deref();
+        let start = start_bound(prefix, bound.as_deref());
+        let want = options.limit.map(|l| l.saturating_add(1));
+        let mut out = Vec::new();
+        for (key, state) in nsi.keys.range::<str, _>((start, Bound::Unbounded)) {
+            if prefix.is_some_and(|p| !key.as_bytes().starts_with(p.as_bytes())) {
+                break;
+            }
+            if !options.accepts_key(key, bound.as_deref()) {
+                continue;
+            }
+            let Some(latest) = state.versions.last() else { continue };
+            if latest.is_deleted() && !options.include_deleted {
+                continue;
+            }
+            out.push(latest.clone());
+            if want.is_some_and(|w| out.len() >= w) {
+                break;
+            }
+        }
+        options.apply(out)
+    }
+
+    /// Runs `query`: candidates come from the tag index (the rarest required tag) or the key
+    /// range of the prefix; only matching records are cloned.
+    pub(crate) fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
+        let pos = query.decode_cursor()?;
+        let Some(nsi) = self.namespaces.get(ns) else {
+            return query.apply(Vec::new());
+        };
+        let latest = |key: &str| nsi.keys.get(key).and_then(|s| s.versions.last());
+        let candidates: Box<dyn Iterator<Item = &RecordInfo> + '_> = if query.tags.is_empty() {
+            let prefix = query.prefix.as_deref();
+            Box::new(
+                nsi.keys
+                    .range::<str, _>((start_bound(prefix, None), Bound::Unbounded))
+                    .take_while(move |(k, _)| {
+                        prefix.is_none_or(|p| k.as_bytes().starts_with(p.as_bytes()))
+                    })
+                    .filter_map(|(_, s)| s.versions.last()),
+            )
+        } else {
+            let mut rarest: Option<&BTreeSet<String>> = None;
+            for tag in &query.tags {
+                match nsi.tags.get(tag) {
+                    None => return query.apply(Vec::new()),
+                    Some(keys) if rarest.is_none_or(|r| keys.len() < r.len()) => rarest = Some(keys),
+                    Some(_) => {}
+                }
+            }
+            Box::new(rarest.into_iter().flatten().filter_map(move |k| latest(k)))
+        };
+        // Key order ascending is the order both candidate sources yield, so the page can stop
+        // at limit + 1 matches; other orders need every match sorted.
+        let early_stop = query.order == Order::Key && !query.descending;
+        let want = query.limit.map(|l| l.saturating_add(1)).filter(|_| early_stop);
+        let mut out = Vec::new();
+        for info in candidates {
+            if !query.matches(info) {
+                continue;
+            }
+            if early_stop && pos.as_ref().is_some_and(|p| !query.is_after(info, p)) {
+                continue;
+            }
+            out.push(info.clone());
+            if want.is_some_and(|w| out.len() >= w) {
+                break;
+            }
+        }
+        query.apply(out)
+    }
+}
+
+fn start_bound<'a>(prefix: Option<&'a str>, after: Option<&'a str>) -> Bound<&'a str> {
+    match (prefix, after) {
+        (Some(p), Some(a)) if p.as_bytes() > a.as_bytes() => Bound::Included(p),
+        (_, Some(a)) => Bound::Excluded(a),
+        (Some(p), None) => Bound::Included(p),
+        (None, None) => Bound::Unbounded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::index_log::VersionRecord;
+    use super::*;
+    use stowage_core::Metadata;
+
+    fn put(idx: &mut Index, key: &str, v: u64, tags: &[&str]) -> Result<(), String> {
+        let mut m = Metadata::new();
+        for t in tags {
+            m = m.with_tag(*t);
+        }
+        idx.apply(
+            LogRecord::Version(VersionRecord {
+                ns: Namespace::default(),
+                k: Key::new(key).unwrap(),
+                v,
+                h: ContentHash::of(key.as_bytes()),
+                s: 1,
+                c: 0,
+                u: 0,
+                d: None,
+                m,
+            }),
+            100,
+        )
+    }
+
+    #[test]
+    fn versions_must_follow_and_purge_frees_bytes() {
+        let mut idx = Index::default();
+        put(&mut idx, "a", 1, &["x"]).unwrap();
+        put(&mut idx, "a", 2, &["y"]).unwrap();
+        assert!(put(&mut idx, "a", 4, &[]).is_err());
+        assert!(put(&mut idx, "b", 2, &[]).is_err());
+        assert!(idx.versions(&Namespace::default(), &Key::new("b").unwrap()).is_none());
+        assert_eq!(idx.live_bytes(), 200);
+        let q = Query::new().tag("x");
+        assert!(idx.search(&Namespace::default(), &q).unwrap().items.is_empty());
+        let q = Query::new().tag("y");
+        assert_eq!(idx.search(&Namespace::default(), &q).unwrap().items.len(), 1);
+        idx.apply(
+            LogRecord::Purge {
+                ns: Namespace::default(),
+                k: Key::new("a").unwrap(),
+            },
+            50,
+        )
+        .unwrap();
+        assert_eq!(idx.live_bytes(), 0);
+        assert_eq!(idx.version_count(), 0);
+        assert!(idx.search(&Namespace::default(), &q).unwrap().items.is_empty());
+        put(&mut idx, "a", 1, &[]).unwrap();
+    }
+
+    #[test]
+    fn list_pages_match_the_shared_rules() {
+        let mut idx = Index::default();
+        for k in ["a/1", "a/2", "a/3", "b/1", "ab"] {
+            put(&mut idx, k, 1, &["t"]).unwrap();
+        }
+        let ns = Namespace::default();
+        let mut opts = ListOptions {
+            prefix: Some("a/".into()),
+            limit: Some(2),
+            ..Default::default()
+        };
+        let p1 = idx.list(&ns, &opts).unwrap();
+        assert_eq!(p1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        opts.cursor = p1.next;
+        let p2 = idx.list(&ns, &opts).unwrap();
+        assert_eq!(p2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/3"]);
+        assert!(p2.next.is_none());
+        let q = Query::new().tag("t").limit(2);
+        let s1 = idx.search(&ns, &q).unwrap();
+        assert_eq!(s1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        let mut q2 = q.clone();
+        q2.cursor = s1.next;
+        let s2 = idx.search(&ns, &q2).unwrap();
+        assert_eq!(s2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/3", "ab"]);
+    }
+}

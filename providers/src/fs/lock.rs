@@ -1,0 +1,168 @@
+//! The two advisory file locks that let several processes share one root:
+//!
+//! - [`WriterLock`] (`root/lock`, exclusive): held for each write transaction (catch up with
+//!   the log, check preconditions, append, fsync), so appends from two processes never
+//!   interleave and a precondition is checked against every committed write.
+//! - [`BlobPins`] (`root/gc.lock`): a writer holds it *shared* from writing a payload blob
+//!   until the record that references it is committed; `gc` holds it *exclusive*, so it
+//!   never deletes a blob that a write in flight (in any process) is about to reference.
+//!
+//! Both are `flock`-style locks (`std::fs::File::lock`): released by the OS when a process
+//! dies, so a crashed writer never leaves the store locked.
+
+// `File::lock` and friends are stable since Rust 1.89; the `fs` feature needs that toolchain
+// even though the workspace's declared minimum is older.
+#![allow(clippy::incompatible_msrv)]
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use stowage_core::{Error, Result};
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+}
+
+fn lock_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Locked {
+        path: path.to_path_buf(),
+        message: format!("could not take the lock ({e}); is the root on a file system without locks (some network mounts)?"),
+    }
+}
+
+/// The exclusive lock serialising write transactions across processes.
+#[derive(Debug)]
+pub(crate) struct WriterLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl WriterLock {
+    /// Opens (creating if needed) the lock file; does not lock yet.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        Ok(WriterLock {
+            file: open_lock_file(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Blocks until this process holds the lock; it is released when the guard drops.
+    pub(crate) fn lock(&self) -> Result<WriterGuard<'_>> {
+        self.file.lock().map_err(|e| lock_error(&self.path, e))?;
+        Ok(WriterGuard { lock: self })
+    }
+}
+
+/// Proof of holding the [`WriterLock`].
+#[derive(Debug)]
+pub(crate) struct WriterGuard<'a> {
+    lock: &'a WriterLock,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.file.unlock();
+    }
+}
+
+/// Shared pins on payload blobs for writes in flight, against an exclusive `gc`.
+///
+/// One process-wide shared lock is taken when the first write starts and released when the last
+/// one ends (a count), because `flock` locks belong to the open file, not to a task.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobPins {
+    inner: Arc<PinsInner>,
+}
+
+#[derive(Debug)]
+struct PinsInner {
+    file: File,
+    path: PathBuf,
+    count: Mutex<u64>,
+}
+
+impl BlobPins {
+    /// Opens (creating if needed) the gc lock file.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        Ok(BlobPins {
+            inner: Arc::new(PinsInner {
+                file: open_lock_file(path)?,
+                path: path.to_path_buf(),
+                count: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// Pins without waiting, when that is possible (no `gc` running); `None` means a blocking
+    /// [`BlobPins::pin`] is needed.
+    pub(crate) fn try_pin(&self) -> Result<Option<BlobPin>> {
+        let mut count = self.inner.count.lock().unwrap_or_else(|e| e.into_inner());
+        if *count == 0 {
+            match self.inner.file.try_lock_shared() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(&self.inner.path, e)),
+            }
+        }
+        *count += 1;
+        Ok(Some(BlobPin { pins: self.clone() }))
+    }
+
+    /// Pins, waiting for a running `gc` to finish. Blocking: call off the async runtime.
+    pub(crate) fn pin(&self) -> Result<BlobPin> {
+        let mut count = self.inner.count.lock().unwrap_or_else(|e| e.into_inner());
+        if *count == 0 {
+            self.inner
+                .file
+                .lock_shared()
+                .map_err(|e| lock_error(&self.inner.path, e))?;
+        }
+        *count += 1;
+        Ok(BlobPin { pins: self.clone() })
+    }
+
+    /// Waits until no write in any process holds a pin, and keeps new ones out until the guard
+    /// drops. Blocking: call off the async runtime.
+    pub(crate) fn exclusive(&self) -> Result<ExclusiveBlobs> {
+        // A separate open file: flock treats it as another owner, so this waits for this
+        // process's own shared pin too.
+        let file = open_lock_file(&self.inner.path)?;
+        file.lock().map_err(|e| lock_error(&self.inner.path, e))?;
+        Ok(ExclusiveBlobs { file })
+    }
+}
+
+/// A pin held by one write in flight.
+#[derive(Debug)]
+pub(crate) struct BlobPin {
+    pins: BlobPins,
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let mut count = self.pins.inner.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count -= 1;
+        if *count == 0 {
+            let _ = self.pins.inner.file.unlock();
+        }
+    }
+}
+
+/// Held by `gc` while it deletes blobs.
+#[derive(Debug)]
+pub(crate) struct ExclusiveBlobs {
+    file: File,
+}
+
+impl Drop for ExclusiveBlobs {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}

@@ -1,0 +1,750 @@
+//! [`S3Backend`]: the `StorageBackend` over an OpenDAL S3 operator.
+//!
+//! Concurrency control is the version claim: a write reads the key's latest version `v` (a
+//! listing of the key's metadata prefix), checks the write's precondition against it, and
+//! creates `meta/.../<v+1>.json` with `If-None-Match: *`. Of writers racing for `v+1` the
+//! server lets exactly one create it; a loser re-reads and retries (`Overwrite`, and `Create`
+//! while the key stays absent) or reports `Conflict` (`IfVersion`, `Base`). The metadata object
+//! is written only after its payload blob is complete, so a version never points at a missing
+//! or partial payload.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use opendal::Operator;
+use stowage_core::{
+    Body, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key, ListOptions, Metadata, Namespace,
+    Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend, Timestamp, Version, VerifyProblem,
+    VerifyReport,
+};
+
+use super::blob::BlobStore;
+use super::config::S3Config;
+use super::error::{is_not_found, is_precondition_failed, Target};
+use super::layout::{
+    after_key, decode_meta, encode_meta, hash_of_blob_path, key_dir, key_prefix_prefix, meta_path, namespace_prefix,
+    parse_meta_path, MetaName, BLOBS, META, STAGING,
+};
+use super::PROVIDER;
+
+/// Metadata objects fetched at once by list, search, gc and verify.
+const FETCH_CONCURRENCY: usize = 16;
+/// Cached metadata objects before the cache starts over (each is a few hundred bytes).
+const CACHE_LIMIT: usize = 100_000;
+/// Staging objects older than this are leftovers of a crashed upload; gc removes them.
+const STAGING_GRACE: Duration = Duration::from_secs(3600);
+/// Claims a writer may lose in a row before giving up (each loss means another writer won).
+const MAX_CLAIM_ATTEMPTS: usize = 10_000;
+
+/// What the `s3` provider supports.
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities {
+        versions: true,
+        delete: true,
+        restore: true,
+        purge: true,
+        search: true,
+        search_is_scan: true,
+        range_reads: true,
+        create_only: true,
+        if_version: true,
+        merge: false,
+        dedup: true,
+        gc: true,
+        verify: true,
+        list_namespaces: true,
+        sync: false,
+        durable: true,
+    }
+}
+
+/// A metadata object seen in a listing.
+#[derive(Clone, Debug)]
+struct Listed {
+    name: MetaName,
+    etag: Option<String>,
+}
+
+/// Immutable metadata objects by path and ETag (a purged-and-rewritten version has the same
+/// path but another ETag), and the latest version last seen per key (a listing hint).
+#[derive(Default)]
+struct MetaCache {
+    records: Mutex<HashMap<String, (String, RecordInfo)>>,
+    latest: Mutex<HashMap<String, Version>>,
+}
+
+impl MetaCache {
+    fn get(&self, path: &str, etag: &str) -> Option<RecordInfo> {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.get(path).filter(|(e, _)| e == etag).map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, path: String, etag: String, record: RecordInfo) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.len() >= CACHE_LIMIT {
+            records.clear();
+        }
+        records.insert(path, (etag, record));
+    }
+
+    fn latest_hint(&self, dir: &str) -> Option<Version> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied()
+    }
+
+    fn set_latest_hint(&self, dir: &str, version: Option<Version>) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        match version {
+            Some(v) => {
+                if latest.len() >= CACHE_LIMIT {
+                    latest.clear();
+                }
+                latest.insert(dir.to_string(), v);
+            }
+            None => {
+                latest.remove(dir);
+            }
+        }
+    }
+}
+
+/// One configured `s3` store.
+pub struct S3Backend {
+    op: Operator,
+    target: Target,
+    blobs: BlobStore,
+    cache: MetaCache,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl S3Backend {
+    /// A backend over an operator built from `cfg` (no I/O).
+    pub(crate) fn new(op: Operator, cfg: &S3Config) -> Arc<Self> {
+        let target = Target::of(cfg);
+        Arc::new(S3Backend {
+            blobs: BlobStore::new(op.clone(), target.clone(), cfg.part_size()),
+            op,
+            target,
+            cache: MetaCache::default(),
+        })
+    }
+
+    /// Lists metadata objects under `prefix` (recursively), after `start_after` if given.
+    async fn list_meta(&self, ns: &Namespace, prefix: &str, start_after: Option<&str>) -> Result<Vec<Listed>> {
+        let ns_prefix = namespace_prefix(ns);
+        let mut lister = self.op.lister_with(prefix).recursive(true);
+        if let Some(after) = start_after {
+            lister = lister.start_after(after);
+        }
+        let lister = lister
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {prefix}"), e))?;
+        lister
+            .try_filter_map(|entry| {
+                let listed = parse_meta_path(&ns_prefix, entry.path()).map(|name| Listed {
+                    name,
+                    etag: entry.metadata().etag().map(str::to_string),
+                });
+                async move { Ok(listed) }
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {prefix}"), e))
+    }
+
+    /// The key's latest metadata object, if it has any version.
+    async fn latest_name(&self, ns: &Namespace, key: &Key) -> Result<Option<Listed>> {
+        let dir = key_dir(ns, key.as_str());
+        // A hint `v` lets the listing start at `v`: whatever is there (v and newer, however the
+        // key changed meanwhile) its maximum is the latest. Nothing there means fewer versions
+        // than the hint (a purge): fall back to the whole listing.
+        if let Some(v) = self.cache.latest_hint(&dir).filter(|v| *v >= 2) {
+            let after = meta_path(ns, key.as_str(), v - 1);
+            let found = self.list_meta(ns, &dir, Some(&after)).await?;
+            if let Some(last) = found.into_iter().max_by_key(|l| l.name.version) {
+                self.cache.set_latest_hint(&dir, Some(last.name.version));
+                return Ok(Some(last));
+            }
+        }
+        let all = self.list_meta(ns, &dir, None).await?;
+        let last = all.into_iter().max_by_key(|l| l.name.version);
+        self.cache.set_latest_hint(&dir, last.as_ref().map(|l| l.name.version));
+        Ok(last)
+    }
+
+    /// Every metadata object of the key, oldest first.
+    async fn all_names(&self, ns: &Namespace, key: &Key) -> Result<Vec<Listed>> {
+        let dir = key_dir(ns, key.as_str());
+        let mut all = self.list_meta(ns, &dir, None).await?;
+        all.sort_by_key(|l| l.name.version);
+        self.cache.set_latest_hint(&dir, all.last().map(|l| l.name.version));
+        Ok(all)
+    }
+
+    /// Reads a listed metadata object (from the cache when its ETag is known and matches);
+    /// `None` if it was purged or replaced since the listing.
+    async fn fetch(&self, ns: &Namespace, listed: &Listed) -> Result<Option<RecordInfo>> {
+        if let Some(etag) = &listed.etag {
+            if let Some(hit) = self.cache.get(&listed.name.path, etag) {
+                return Ok(Some(hit));
+            }
+        }
+        let name = &listed.name;
+        self.read_meta(ns, &name.path, &name.key_hex, name.version, listed.etag.as_deref())
+            .await
+    }
+
+    /// Reads and decodes a metadata object; `None` if it does not exist (or, with `etag`, no
+    /// longer has that ETag). Reading with `If-Match` is what makes caching by ETag sound.
+    async fn read_meta(
+        &self,
+        ns: &Namespace,
+        path: &str,
+        key_hex: &str,
+        version: Version,
+        etag: Option<&str>,
+    ) -> Result<Option<RecordInfo>> {
+        let mut read = self.op.read_with(path);
+        if let Some(etag) = etag {
+            read = read.if_match(etag);
+        }
+        let bytes = match read.await {
+            Ok(bytes) => bytes,
+            Err(e) if is_not_found(&e) || is_precondition_failed(&e) => return Ok(None),
+            Err(e) => return Err(self.target.error(format_args!("reading metadata {path}"), e)),
+        };
+        let record = decode_meta(path, &bytes.to_bytes(), ns, key_hex, version)?;
+        if let Some(etag) = etag {
+            self.cache.put(path.to_string(), etag.to_string(), record.clone());
+        }
+        Ok(Some(record))
+    }
+
+    /// The latest version of the key (tombstone or not), if any.
+    async fn latest(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
+        for _ in 0..3 {
+            let Some(listed) = self.latest_name(ns, key).await? else {
+                return Ok(None);
+            };
+            if let Some(record) = self.fetch(ns, &listed).await? {
+                return Ok(Some(record));
+            }
+            // Purged between the listing and the read: look again.
+        }
+        Ok(None)
+    }
+
+    /// One version of the key.
+    async fn version(&self, ns: &Namespace, key: &Key, version: Version) -> Result<RecordInfo> {
+        let path = meta_path(ns, key.as_str(), version);
+        self.read_meta(ns, &path, &hex::encode(key.as_str()), version, None)
+            .await?
+            .ok_or_else(|| Error::not_found(ns, key, Some(version)))
+    }
+
+    /// Creates metadata object `record.version` unless it exists; `false` if another writer
+    /// claimed that version first.
+    async fn claim(&self, record: &RecordInfo) -> Result<bool> {
+        let path = meta_path(&record.namespace, record.key.as_str(), record.version);
+        let bytes = encode_meta(record)?;
+        match self.op.write_with(&path, bytes).if_not_exists(true).await {
+            Ok(meta) => {
+                if let Some(etag) = meta.etag() {
+                    self.cache.put(path, etag.to_string(), record.clone());
+                }
+                let dir = key_dir(&record.namespace, record.key.as_str());
+                self.cache.set_latest_hint(&dir, Some(record.version));
+                Ok(true)
+            }
+            Err(e) if is_precondition_failed(&e) => Ok(false),
+            Err(e) => Err(self.target.error(format_args!("writing metadata {path}"), e)),
+        }
+    }
+
+    /// Writes the next version of `key`: reads the latest, lets `build` check the precondition
+    /// and make the new record from it, and claims `latest + 1`; repeats while other writers
+    /// win the claim and `build` still accepts.
+    async fn write_next(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        mut build: impl FnMut(Option<&RecordInfo>, Version, Timestamp) -> Result<RecordInfo>,
+    ) -> Result<RecordInfo> {
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
+            let latest = self.latest(ns, key).await?;
+            let next = latest.as_ref().map_or(1, |r| r.version + 1);
+            let record = build(latest.as_ref(), next, Timestamp::now())?;
+            if self.claim(&record).await? {
+                return Ok(record);
+            }
+        }
+        Err(Error::Backend {
+            provider: PROVIDER.to_string(),
+            message: format!(
+                "writing {ns}/{key}: lost the version claim {MAX_CLAIM_ATTEMPTS} times in a row to other writers at {} (bucket `{}`)",
+                self.target.endpoint(),
+                self.target.bucket()
+            ),
+            source: None,
+        })
+    }
+
+    /// Every latest record of the namespace whose key starts with `prefix` and is after
+    /// `lower`, in key order, until `want` pass `keep` (all when `None`).
+    async fn scan_latest(
+        &self,
+        ns: &Namespace,
+        prefix: Option<&str>,
+        lower: Option<&str>,
+        want: Option<usize>,
+        keep: impl Fn(&RecordInfo) -> bool,
+    ) -> Result<Vec<RecordInfo>> {
+        let ns_prefix = namespace_prefix(ns);
+        let hex_prefix = hex::encode(prefix.unwrap_or(""));
+        // Every object of a key with this prefix sorts after the bare hex prefix.
+        let mut start_after = prefix.filter(|p| !p.is_empty()).map(|p| key_prefix_prefix(ns, p));
+        if let Some(lower) = lower {
+            let bound = after_key(ns, lower);
+            if start_after.as_ref().is_none_or(|s| bound > *s) {
+                start_after = Some(bound);
+            }
+        }
+        let mut lister = self.op.lister_with(&ns_prefix).recursive(true);
+        if let Some(after) = &start_after {
+            lister = lister.start_after(after);
+        }
+        let mut lister = lister
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
+        let mut out = Vec::new();
+        let mut batch: Vec<Listed> = Vec::new();
+        let mut current: Option<Listed> = None;
+        let mut exhausted = false;
+        while !exhausted && want.is_none_or(|w| out.len() < w) {
+            // Gather one batch of keys' latest names, then fetch their metadata concurrently.
+            while batch.len() < FETCH_CONCURRENCY * 2 {
+                let Some(entry) = lister.next().await else {
+                    exhausted = true;
+                    break;
+                };
+                let entry = entry.map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
+                let Some(name) = parse_meta_path(&ns_prefix, entry.path()) else {
+                    continue;
+                };
+                if !name.key_hex.starts_with(&hex_prefix) {
+                    if name.key_hex.as_str() > hex_prefix.as_str() {
+                        exhausted = true;
+                        break;
+                    }
+                    continue;
+                }
+                let listed = Listed {
+                    name,
+                    etag: entry.metadata().etag().map(str::to_string),
+                };
+                match &current {
+                    Some(c) if c.name.key_hex == listed.name.key_hex => {
+                        if listed.name.version > c.name.version {
+                            current = Some(listed);
+                        }
+                    }
+                    _ => {
+                        if let Some(done) = current.replace(listed) {
+                            batch.push(done);
+                        }
+                    }
+                }
+            }
+            if exhausted {
+                batch.extend(current.take());
+            }
+            let fetched: Vec<Option<RecordInfo>> = futures::stream::iter(batch.drain(..))
+                .map(|listed| async move { self.fetch(ns, &listed).await })
+                .buffered(FETCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for record in fetched.into_iter().flatten() {
+                if keep(&record) {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every metadata object of the store (all namespaces), for gc and verify.
+    async fn all_meta(&self) -> Result<Vec<RecordInfo>> {
+        let names: Vec<(Namespace, Listed)> = self
+            .op
+            .lister_with(META)
+            .recursive(true)
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {META}"), e))?
+            .map_err(|e| self.target.error(format_args!("listing {META}"), e))
+            .try_filter_map(|entry| async move {
+                let path = entry.path();
+                let parsed = path
+                    .strip_prefix(META)
+                    .and_then(|rest| rest.split_once('/'))
+                    .and_then(|(ns, _)| Namespace::new(ns).ok())
+                    .and_then(|ns| {
+                        let name = parse_meta_path(&namespace_prefix(&ns), path)?;
+                        Some((
+                            ns,
+                            Listed {
+                                name,
+                                etag: entry.metadata().etag().map(str::to_string),
+                            },
+                        ))
+                    });
+                Ok(parsed)
+            })
+            .try_collect()
+            .await?;
+        let records: Vec<Option<RecordInfo>> = futures::stream::iter(names)
+            .map(|(ns, listed)| async move { self.fetch(&ns, &listed).await })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(records.into_iter().flatten().collect())
+    }
+
+    /// Every object under `prefix` with its size and age, for gc and verify.
+    async fn all_objects(&self, prefix: &str) -> Result<Vec<(String, u64, Option<i64>)>> {
+        self.op
+            .lister_with(prefix)
+            .recursive(true)
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {prefix}"), e))?
+            .map_err(|e| self.target.error(format_args!("listing {prefix}"), e))
+            .try_filter_map(|entry| async move {
+                let meta = entry.metadata();
+                let keep = !entry.path().ends_with('/');
+                Ok(keep.then(|| {
+                    (
+                        entry.path().to_string(),
+                        meta.content_length(),
+                        meta.last_modified().map(|t| t.timestamp_micros()),
+                    )
+                }))
+            })
+            .try_collect()
+            .await
+    }
+
+    fn live_or_not_found(ns: &Namespace, key: &Key, record: Option<RecordInfo>, version: Option<Version>) -> Result<RecordInfo> {
+        match record {
+            Some(r) if !r.is_deleted() => Ok(r),
+            _ => Err(Error::not_found(ns, key, version)),
+        }
+    }
+}
+
+fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<&RecordInfo>) -> Error {
+    Error::Conflict {
+        namespace: ns.to_string(),
+        key: key.to_string(),
+        expected,
+        current: current.map(|r| r.version),
+    }
+}
+
+/// Checks a put's precondition against the latest version.
+fn check_put_mode(ns: &Namespace, key: &Key, mode: PutMode, latest: Option<&RecordInfo>) -> Result<()> {
+    match mode {
+        PutMode::Overwrite => Ok(()),
+        PutMode::Create => match latest {
+            Some(r) if !r.is_deleted() => Err(conflict(ns, key, "no live version".into(), latest)),
+            _ => Ok(()),
+        },
+        PutMode::IfVersion(v) | PutMode::Base(v) => {
+            let current = latest.map_or(0, |r| r.version);
+            if current == v {
+                Ok(())
+            } else {
+                Err(conflict(ns, key, format!("version {v}"), latest))
+            }
+        }
+    }
+}
+
+fn new_record(
+    ns: &Namespace,
+    key: &Key,
+    latest: Option<&RecordInfo>,
+    version: Version,
+    now: Timestamp,
+    content: (ContentHash, u64, Metadata),
+    deleted_at: Option<Timestamp>,
+) -> RecordInfo {
+    RecordInfo {
+        namespace: ns.clone(),
+        key: key.clone(),
+        version,
+        hash: content.0,
+        size: content.1,
+        created_at: latest.map_or(now, |r| r.created_at),
+        updated_at: now,
+        deleted_at,
+        metadata: content.2,
+        conflicts: Vec::new(),
+    }
+}
+
+#[async_trait]
+impl StorageBackend for S3Backend {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn initialize(&self) -> Result<()> {
+        // One cheap listing proves the endpoint answers, the bucket exists and the credentials
+        // are accepted, so the first real call does not fail with a less clear message.
+        let lister = self
+            .op
+            .lister_with(META)
+            .limit(1)
+            .await
+            .map_err(|e| self.target.error("checking the bucket", e))?;
+        let _first: Vec<_> = lister
+            .take(1)
+            .try_collect()
+            .await
+            .map_err(|e| self.target.error("checking the bucket", e))?;
+        Ok(())
+    }
+
+    async fn put(&self, ns: &Namespace, key: &Key, body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
+        // A conditional put checks first so a conflict costs no upload; an overwrite learns the
+        // latest version while the payload uploads.
+        let (hash, size) = if mode == PutMode::Overwrite {
+            let (stored, _warm) = futures::join!(self.blobs.put(body), self.latest_name(ns, key));
+            stored?
+        } else {
+            let latest = self.latest(ns, key).await?;
+            check_put_mode(ns, key, mode, latest.as_ref())?;
+            self.blobs.put(body).await?
+        };
+        self.write_next(ns, key, |latest, version, now| {
+            check_put_mode(ns, key, mode, latest)?;
+            Ok(new_record(ns, key, latest, version, now, (hash, size, metadata.clone()), None))
+        })
+        .await
+    }
+
+    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+        let record = match options.version {
+            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?,
+            None => Self::live_or_not_found(ns, key, self.latest(ns, key).await?, None)?,
+        };
+        let range = options.range.map(|r| r.resolve(record.size)).transpose()?;
+        let body = self.blobs.read(record.hash, record.size, range).await?;
+        Ok((record, body))
+    }
+
+    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        match version {
+            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v)),
+            None => Self::live_or_not_found(ns, key, self.latest(ns, key).await?, None),
+        }
+    }
+
+    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+        self.write_next(ns, key, |latest, version, now| {
+            let live = match latest {
+                Some(r) if !r.is_deleted() => r,
+                _ => return Err(Error::not_found(ns, key, None)),
+            };
+            if let Some(v) = options.if_version {
+                if live.version != v {
+                    return Err(conflict(ns, key, format!("version {v}"), latest));
+                }
+            }
+            let content = (live.hash, live.size, live.metadata.clone());
+            Ok(new_record(ns, key, latest, version, now, content, Some(now)))
+        })
+        .await
+    }
+
+    async fn list(&self, ns: &Namespace, options: ListOptions) -> Result<Page<RecordInfo>> {
+        let lower = options.lower_bound()?;
+        let include_deleted = options.include_deleted;
+        let want = options.limit.map(|l| l.saturating_add(1));
+        let latest = self
+            .scan_latest(ns, options.prefix.as_deref(), lower.as_deref(), want, |r| include_deleted || !r.is_deleted())
+            .await?;
+        options.apply(latest)
+    }
+
+    async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
+        let candidates = self
+            .scan_latest(ns, query.prefix.as_deref(), None, None, |r| query.matches(r))
+            .await?;
+        query.apply(candidates)
+    }
+
+    async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        let names = self.all_names(ns, key).await?;
+        if names.is_empty() {
+            return Err(Error::not_found(ns, key, None));
+        }
+        let records: Vec<Option<RecordInfo>> = futures::stream::iter(names)
+            .map(|listed| async move { self.fetch(ns, &listed).await })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(records.into_iter().flatten().collect())
+    }
+
+    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        let source = match version {
+            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?,
+            None => {
+                let names = self.all_names(ns, key).await?;
+                let mut found = None;
+                for listed in names.iter().rev() {
+                    if let Some(r) = self.fetch(ns, listed).await? {
+                        if !r.is_deleted() {
+                            found = Some(r);
+                            break;
+                        }
+                    }
+                }
+                found.ok_or_else(|| Error::not_found(ns, key, None))?
+            }
+        };
+        self.write_next(ns, key, |latest, next, now| {
+            let content = (source.hash, source.size, source.metadata.clone());
+            Ok(new_record(ns, key, latest, next, now, content, None))
+        })
+        .await
+    }
+
+    async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        let names = self.all_names(ns, key).await?;
+        if names.is_empty() {
+            return Err(Error::not_found(ns, key, None));
+        }
+        // Oldest first: an interrupted purge leaves the newest versions, never resurrects an
+        // old one as the latest.
+        for listed in &names {
+            self.op
+                .delete(&listed.name.path)
+                .await
+                .map_err(|e| self.target.error(format_args!("deleting metadata {}", listed.name.path), e))?;
+        }
+        self.cache.set_latest_hint(&key_dir(ns, key.as_str()), None);
+        Ok(names.len() as u64)
+    }
+
+    async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let referenced: HashSet<ContentHash> = self.all_meta().await?.into_iter().map(|r| r.hash).collect();
+        let blobs = self.all_objects(BLOBS).await?;
+        let staging = self.all_objects(STAGING).await?;
+        progress.set_total((blobs.len() + staging.len()) as u64);
+        let mut report = GcReport::default();
+        for (path, size, _) in blobs {
+            let unreferenced = hash_of_blob_path(&path).is_some_and(|h| !referenced.contains(&h));
+            if unreferenced {
+                match self.op.delete(&path).await {
+                    Ok(()) => {
+                        report.blobs_removed += 1;
+                        report.bytes_freed += size;
+                    }
+                    Err(e) => return Err(self.target.error(format_args!("deleting payload {path}"), e)),
+                }
+            } else {
+                report.blobs_kept += 1;
+            }
+            progress.inc(1);
+        }
+        let cutoff = Timestamp::now().as_micros() - STAGING_GRACE.as_micros() as i64;
+        for (path, size, modified) in staging {
+            if modified.is_some_and(|m| m < cutoff) {
+                self.op
+                    .delete(&path)
+                    .await
+                    .map_err(|e| self.target.error(format_args!("deleting leftover {path}"), e))?;
+                report.bytes_freed += size;
+            }
+            progress.inc(1);
+        }
+        Ok(report)
+    }
+
+    async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let records = self.all_meta().await?;
+        let mut by_hash: HashMap<ContentHash, Vec<&RecordInfo>> = HashMap::new();
+        for r in &records {
+            by_hash.entry(r.hash).or_default().push(r);
+        }
+        progress.set_total(by_hash.len() as u64);
+        let mut report = VerifyReport {
+            records_checked: records.len() as u64,
+            ..VerifyReport::default()
+        };
+        let mut hashes: Vec<&ContentHash> = by_hash.keys().collect();
+        hashes.sort();
+        for hash in hashes {
+            let path = super::layout::blob_path(hash);
+            let users = &by_hash[hash];
+            let found = self.blobs.rehash(&path).await?;
+            let problem = match found {
+                None => Some(("missing", format!("payload {path} is missing"))),
+                Some((got, size)) => {
+                    report.blobs_checked += 1;
+                    report.bytes_checked += size;
+                    if got != *hash {
+                        Some(("corrupt", format!("payload {path} hashes to {got}")))
+                    } else {
+                        users
+                            .iter()
+                            .find(|r| r.size != size)
+                            .map(|r| ("size", format!("payload {path} has {size} bytes but version {} says {}", r.version, r.size)))
+                    }
+                }
+            };
+            if let Some((word, detail)) = problem {
+                for r in users {
+                    report.problems.push(VerifyProblem {
+                        namespace: Some(r.namespace.to_string()),
+                        key: Some(r.key.to_string()),
+                        version: Some(r.version),
+                        hash: Some(*hash),
+                        problem: word.to_string(),
+                        detail: detail.clone(),
+                    });
+                }
+            }
+            progress.inc(1);
+        }
+        Ok(report)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let entries = self
+            .op
+            .list(META)
+            .await
+            .map_err(|e| self.target.error(format_args!("listing {META}"), e))?;
+        let mut out: Vec<Namespace> = entries
+            .iter()
+            .filter_map(|e| e.path().strip_prefix(META)?.strip_suffix('/'))
+            .filter_map(|ns| Namespace::new(ns).ok())
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
+        Ok(out)
+    }
+}

@@ -1,0 +1,227 @@
+//! [`BlobStore`]: content-addressed payloads at `blobs/<hash>`, written once per hash.
+//!
+//! A payload of at most one part is hashed in memory and written with one conditional create
+//! (`If-None-Match: *`: a 412 means the same bytes are there already). A larger one streams
+//! into a multipart upload of a staging object while it is hashed (no payload is held whole),
+//! and is then server-side copied to `blobs/<hash>` unless that exists; the staging object is
+//! removed either way. A failed upload is aborted, so a half-written payload is never visible
+//! under `blobs/`.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use opendal::{Buffer, Operator};
+use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
+
+use super::error::{is_not_found, is_precondition_failed, Target};
+use super::layout::{blob_path, staging_path};
+use super::PROVIDER;
+
+/// How many parts of one upload are in flight at once (memory: about this + 1 parts).
+const UPLOAD_CONCURRENCY: usize = 2;
+
+/// Payload blobs of one store.
+#[derive(Clone, Debug)]
+pub(crate) struct BlobStore {
+    op: Operator,
+    target: Target,
+    part_size: usize,
+}
+
+/// What went wrong while streaming into a writer: the caller's body or the server.
+enum UploadError {
+    Body(Error),
+    Server(opendal::Error),
+}
+
+impl BlobStore {
+    /// A blob store over `op` with multipart parts of `part_size` bytes.
+    pub(crate) fn new(op: Operator, target: Target, part_size: usize) -> Self {
+        BlobStore { op, target, part_size }
+    }
+
+    /// Stores `body` (streamed) and returns its hash and size.
+    pub(crate) async fn put(&self, mut body: Body) -> Result<(ContentHash, u64)> {
+        if let Some(bytes) = body.as_bytes() {
+            if bytes.len() <= self.part_size {
+                let hash = ContentHash::of(bytes);
+                let size = bytes.len() as u64;
+                self.put_small(&hash, Buffer::from(bytes.clone())).await?;
+                return Ok((hash, size));
+            }
+        }
+        let mut hasher = ContentHasher::new();
+        let mut head: Vec<Bytes> = Vec::new();
+        let mut buffered = 0usize;
+        while buffered <= self.part_size {
+            match body.next_chunk().await {
+                None => {
+                    let (hash, size) = hasher.finish();
+                    self.put_small(&hash, Buffer::from(head)).await?;
+                    return Ok((hash, size));
+                }
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    hasher.update(&chunk);
+                    buffered += chunk.len();
+                    head.push(chunk);
+                }
+            }
+        }
+        self.put_large(head, body, hasher).await
+    }
+
+    async fn put_small(&self, hash: &ContentHash, bytes: Buffer) -> Result<()> {
+        let path = blob_path(hash);
+        match self.op.write_with(&path, bytes).if_not_exists(true).await {
+            Ok(_) => Ok(()),
+            // Same name, same bytes: the payload is stored already (dedup).
+            Err(e) if is_precondition_failed(&e) => Ok(()),
+            Err(e) => Err(self.target.error(format_args!("uploading payload {path}"), e)),
+        }
+    }
+
+    async fn put_large(&self, head: Vec<Bytes>, mut body: Body, mut hasher: ContentHasher) -> Result<(ContentHash, u64)> {
+        let staging = staging_path();
+        let mut writer = self
+            .op
+            .writer_with(&staging)
+            .chunk(self.part_size)
+            .concurrent(UPLOAD_CONCURRENCY)
+            .await
+            .map_err(|e| self.target.error(format_args!("starting the upload of {staging}"), e))?;
+        let streamed: std::result::Result<(), UploadError> = async {
+            for chunk in head {
+                writer.write(chunk).await.map_err(UploadError::Server)?;
+            }
+            while let Some(chunk) = body.next_chunk().await {
+                let chunk = chunk.map_err(UploadError::Body)?;
+                hasher.update(&chunk);
+                writer.write(chunk).await.map_err(UploadError::Server)?;
+            }
+            writer.close().await.map_err(UploadError::Server)?;
+            Ok(())
+        }
+        .await;
+        if let Err(failure) = streamed {
+            // Best effort: with the server gone the abort fails too, and the bucket's
+            // lifecycle rule for incomplete multipart uploads reclaims the parts.
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(target: "stowage_providers::s3", %staging, error = %abort, "aborting a failed multipart upload failed");
+            }
+            return Err(match failure {
+                UploadError::Body(e) => e,
+                UploadError::Server(e) => self.target.error(format_args!("uploading payload to {staging}"), e),
+            });
+        }
+        let (hash, size) = hasher.finish();
+        let result = self.commit_staging(&staging, &hash).await;
+        if let Err(e) = self.op.delete(&staging).await {
+            tracing::warn!(target: "stowage_providers::s3", %staging, error = %e, "removing a staging object failed; gc removes it later");
+        }
+        result.map(|()| (hash, size))
+    }
+
+    async fn commit_staging(&self, staging: &str, hash: &ContentHash) -> Result<()> {
+        let path = blob_path(hash);
+        match self.op.stat(&path).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.target.error(format_args!("checking payload {path}"), e)),
+        }
+        self.op
+            .copy(staging, &path)
+            .await
+            .map_err(|e| self.target.error(format_args!("copying {staging} to {path}"), e))
+    }
+
+    /// Streams the payload `hash` of `size` bytes, or bytes `[offset, offset + len)` of it.
+    /// A whole read is re-hashed on the fly and ends in `Corrupt` if the bytes differ.
+    pub(crate) async fn read(&self, hash: ContentHash, size: u64, range: Option<(u64, u64)>) -> Result<Body> {
+        let (offset, len) = range.unwrap_or((0, size));
+        if len == 0 {
+            return Ok(Body::empty());
+        }
+        let path = blob_path(&hash);
+        let reader = self
+            .op
+            .reader(&path)
+            .await
+            .map_err(|e| self.read_error(&path, e))?;
+        let stream = reader
+            .into_bytes_stream(offset..offset + len)
+            .await
+            .map_err(|e| self.read_error(&path, e))?;
+        let target = self.target.clone();
+        let stream_path = path.clone();
+        let stream = stream.map(move |r| {
+            r.map_err(|e| {
+                Error::Backend {
+                    provider: PROVIDER.to_string(),
+                    message: format!(
+                        "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
+                        target.endpoint(),
+                        target.bucket()
+                    ),
+                    source: Some(Box::new(e)),
+                }
+            })
+        });
+        if range.is_some() {
+            return Ok(Body::from_stream(stream, Some(len)));
+        }
+        let checked = futures::stream::unfold(Some((stream, ContentHasher::new())), move |state| {
+            let path = path.clone();
+            async move {
+                let (mut stream, mut hasher) = state?;
+                match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), Some((stream, hasher))))
+                    }
+                    Some(Err(e)) => Some((Err(e), None)),
+                    None => {
+                        let (got, got_size) = hasher.finish();
+                        if got == hash && got_size == size {
+                            None
+                        } else {
+                            let msg = format!("payload {path} should be {hash} ({size} bytes) but reads as {got} ({got_size} bytes); run verify");
+                            Some((Err(Error::corrupt(PROVIDER, msg)), None))
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Body::from_stream(checked, Some(size)))
+    }
+
+    fn read_error(&self, path: &str, e: opendal::Error) -> Error {
+        if is_not_found(&e) {
+            Error::corrupt(PROVIDER, format!("payload {path} is missing from bucket `{}` although a version references it; run verify", self.target.bucket()))
+        } else {
+            self.target.error(format_args!("reading payload {path}"), e)
+        }
+    }
+
+    /// Re-hashes a stored blob: `None` if it is missing, else its real hash and size.
+    pub(crate) async fn rehash(&self, path: &str) -> Result<Option<(ContentHash, u64)>> {
+        let reader = match self.op.reader(path).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.target.error(format_args!("reading payload {path}"), e)),
+        };
+        let mut stream = match reader.into_bytes_stream(..).await {
+            Ok(s) => s,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.target.error(format_args!("reading payload {path}"), e)),
+        };
+        let mut hasher = ContentHasher::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => hasher.update(&chunk),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(format!("reading payload {path} from bucket `{}`", self.target.bucket()), e)),
+            }
+        }
+        Ok(Some(hasher.finish()))
+    }
+}

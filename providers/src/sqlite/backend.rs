@@ -1,0 +1,617 @@
+//! [`SqliteBackend`]: the [`StorageBackend`] over one SQLite database file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::Row;
+use stowage_core::{
+    async_trait, Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport,
+    GetOptions, Key, ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo,
+    Result, StorageBackend, Timestamp, VerifyReport, Version,
+};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::blobs::{self, chunk_count, BlobRef, ChunkReader, Payload};
+use super::config::SqliteConfig;
+use super::error::map_err;
+use super::records::{decode, encode_metadata, RECORD_COLUMNS};
+use super::search::{list_statement, page_rows, search_statement};
+use super::{schema, PROVIDER};
+
+/// A put of a payload that fits one chunk, as a single round trip: the version row is written
+/// only if the precondition holds (`mode` 0 overwrite, 1 create, 2 if-version `expected`); the
+/// blob and its chunk only if the version was written and the hash is new (`changes()` chains
+/// them). The `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
+/// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
+/// (numbered ones would be re-bound from the start in every statement).
+const PUT_SMALL_SQL: &str = "
+BEGIN IMMEDIATE;
+INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+    SELECT p.ns, p.key, coalesce(l.version, 0) + 1, p.hash, p.size, coalesce(l.created_at, p.now),
+           p.now, NULL, p.metadata
+    FROM (SELECT ? AS ns, ? AS key, ? AS hash, ? AS size, ? AS now, ? AS metadata, ? AS mode,
+                 ? AS expected) p
+    LEFT JOIN latest l ON l.ns = p.ns AND l.key = p.key
+    WHERE CASE p.mode WHEN 0 THEN 1
+                      WHEN 1 THEN l.version IS NULL OR l.deleted_at IS NOT NULL
+                      ELSE coalesce(l.version, 0) = p.expected END
+    RETURNING version, created_at;
+INSERT INTO blobs (hash, size, chunk_size, chunk_count)
+    SELECT ?, ?, ?, ? WHERE changes() > 0
+    ON CONFLICT (hash) DO NOTHING;
+INSERT INTO chunks (blob_id, idx, data)
+    SELECT last_insert_rowid(), 0, ? WHERE changes() > 0 AND ? > 0;
+COMMIT;
+";
+
+/// Record, blob and (for `?3` = the chunk holding the first byte wanted) that chunk, in one read.
+const GET_LATEST_SQL: &str = "
+SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
+       b.id, b.chunk_size, c.data
+FROM latest r
+LEFT JOIN blobs b ON b.hash = r.hash
+LEFT JOIN chunks c ON c.blob_id = b.id AND c.idx = ?3 / b.chunk_size AND r.deleted_at IS NULL
+WHERE r.ns = ?1 AND r.key = ?2";
+
+const GET_VERSION_SQL: &str = "
+SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
+       b.id, b.chunk_size, c.data
+FROM versions r
+LEFT JOIN blobs b ON b.hash = r.hash
+LEFT JOIN chunks c ON c.blob_id = b.id AND c.idx = ?3 / b.chunk_size AND r.deleted_at IS NULL
+WHERE r.ns = ?1 AND r.key = ?2 AND r.version = ?4";
+
+/// The `sqlite` provider's backend: one database file, a connection pool, and a lock that lets
+/// this process's writers take turns without busy-waiting on SQLite's file lock.
+pub struct SqliteBackend {
+    config: SqliteConfig,
+    path: Arc<PathBuf>,
+    pool: OnceCell<SqlitePool>,
+    writer: Mutex<()>,
+}
+
+/// A connection running a hand-written transaction: if dropped before it is known to be
+/// finished (a cancelled future, a failed rollback), it is closed rather than returned to the
+/// pool, which makes SQLite roll the transaction back.
+struct TxnConn {
+    conn: PoolConnection<Sqlite>,
+    settled: bool,
+}
+
+impl Drop for TxnConn {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl TxnConn {
+    /// After a failed statement: undo whatever the transaction did.
+    async fn roll_back(&mut self) {
+        // "no transaction is active" is the only expected failure and means there is nothing
+        // to undo; any other leaves `settled` false so the connection is discarded.
+        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.settled = true,
+            Err(e) if e.to_string().contains("no transaction") => self.settled = true,
+            Err(_) => {}
+        }
+    }
+}
+
+impl SqliteBackend {
+    /// A backend for `config`; nothing is opened until the first operation.
+    pub fn new(config: SqliteConfig) -> Self {
+        SqliteBackend {
+            path: Arc::new(config.path.clone()),
+            config,
+            pool: OnceCell::new(),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The connection pool, opening and migrating the database on first use.
+    pub async fn pool(&self) -> Result<&SqlitePool> {
+        self.pool
+            .get_or_try_init(|| schema::open(&self.config))
+            .await
+    }
+
+    fn fail(&self, doing: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+        let doing = doing.to_string();
+        move |e| map_err(&self.path, &doing, e)
+    }
+
+    async fn latest_version(&self, pool: &SqlitePool, ns: &Namespace, key: &Key) -> Result<Option<(u64, bool)>> {
+        let row: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT version, deleted_at FROM latest WHERE ns = ?1 AND key = ?2")
+                .bind(ns.as_str())
+                .bind(key.as_str())
+                .fetch_optional(pool)
+                .await
+                .map_err(self.fail("reading the latest version"))?;
+        Ok(row.map(|(v, d)| (v as u64, d.is_some())))
+    }
+
+    fn conflict(ns: &Namespace, key: &Key, mode: PutMode, current: Option<u64>) -> Error {
+        let expected = match mode {
+            PutMode::Create => "no live version".to_string(),
+            PutMode::IfVersion(v) | PutMode::Base(v) => format!("version {v}"),
+            PutMode::Overwrite => "any version".to_string(),
+        };
+        Error::Conflict {
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            expected,
+            current,
+        }
+    }
+
+    async fn put_small(
+        &self,
+        pool: &SqlitePool,
+        ns: &Namespace,
+        key: &Key,
+        data: Bytes,
+        metadata: &str,
+        mode: PutMode,
+    ) -> Result<Option<(u64, i64, i64)>> {
+        let hash = ContentHash::of(&data);
+        let size = data.len() as u64;
+        let now = Timestamp::now().as_micros();
+        let (mode_code, expected) = mode_code(mode);
+        let chunk_size = self.config.chunk_size();
+        let _turn = self.writer.lock().await;
+        let conn = pool
+            .acquire()
+            .await
+            .map_err(self.fail("getting a connection"))?;
+        let mut conn = TxnConn {
+            conn,
+            settled: false,
+        };
+        let result = sqlx::query(PUT_SMALL_SQL)
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .bind(&hash.as_bytes()[..])
+            .bind(size as i64)
+            .bind(now)
+            .bind(metadata)
+            .bind(mode_code)
+            .bind(expected)
+            .bind(&hash.as_bytes()[..])
+            .bind(size as i64)
+            .bind(chunk_size as i64)
+            .bind(chunk_count(size, chunk_size))
+            .bind(&data[..])
+            .bind(chunk_count(size, chunk_size))
+            .fetch_all(&mut *conn.conn)
+            .await;
+        match result {
+            Ok(rows) => {
+                conn.settled = true;
+                Ok(rows
+                    .first()
+                    .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1), now)))
+            }
+            Err(e) => {
+                conn.roll_back().await;
+                Err(map_err(&self.path, "writing a record", e))
+            }
+        }
+    }
+
+    async fn put_large(
+        &self,
+        pool: &SqlitePool,
+        ns: &Namespace,
+        key: &Key,
+        prefix: Bytes,
+        rest: Body,
+        metadata: &str,
+        mode: PutMode,
+    ) -> Result<std::result::Result<(u64, i64, i64, ContentHash, u64), Option<u64>>> {
+        let _turn = self.writer.lock().await;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(self.fail("locking the database for a write"))?;
+        let latest: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT version, created_at, deleted_at FROM latest WHERE ns = ?1 AND key = ?2",
+        )
+        .bind(ns.as_str())
+        .bind(key.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.fail("reading the latest version"))?;
+        let current = latest.map(|l| l.0 as u64);
+        let allowed = match mode {
+            PutMode::Overwrite => true,
+            PutMode::Create => latest.is_none_or(|l| l.2.is_some()),
+            PutMode::IfVersion(v) | PutMode::Base(v) => current.unwrap_or(0) == v,
+        };
+        if !allowed {
+            return Ok(Err(current));
+        }
+        let (hash, size) =
+            blobs::write_streamed(&mut tx, &self.path, self.config.chunk_size(), prefix, rest).await?;
+        let now = Timestamp::now().as_micros();
+        let version = current.unwrap_or(0) + 1;
+        let created_at = latest.map(|l| l.1).unwrap_or(now);
+        sqlx::query(
+            "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+        )
+        .bind(ns.as_str())
+        .bind(key.as_str())
+        .bind(version as i64)
+        .bind(&hash.as_bytes()[..])
+        .bind(size as i64)
+        .bind(created_at)
+        .bind(now)
+        .bind(metadata)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.fail("writing a record"))?;
+        tx.commit().await.map_err(self.fail("committing a record"))?;
+        Ok(Ok((version, created_at, now, hash, size)))
+    }
+
+    fn decode_one(&self, ns: &Namespace, row: &SqliteRow) -> Result<RecordInfo> {
+        decode(ns, row, &self.path)
+    }
+
+    async fn read_info(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        let pool = self.pool().await?;
+        let row = match version {
+            None => sqlx::query(&format!(
+                "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = ?1 AND key = ?2"
+            ))
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .fetch_optional(pool)
+            .await,
+            Some(v) => sqlx::query(&format!(
+                "SELECT {RECORD_COLUMNS} FROM versions WHERE ns = ?1 AND key = ?2 AND version = ?3"
+            ))
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .bind(v as i64)
+            .fetch_optional(pool)
+            .await,
+        }
+        .map_err(self.fail("reading a record"))?;
+        let info = match row {
+            Some(row) => self.decode_one(ns, &row)?,
+            None => return Err(Error::not_found(ns, key, version)),
+        };
+        if info.is_deleted() {
+            return Err(Error::not_found(ns, key, version));
+        }
+        Ok(info)
+    }
+}
+
+fn mode_code(mode: PutMode) -> (i64, i64) {
+    match mode {
+        PutMode::Overwrite => (0, 0),
+        PutMode::Create => (1, 0),
+        PutMode::IfVersion(v) | PutMode::Base(v) => (2, v as i64),
+    }
+}
+
+#[async_trait]
+impl StorageBackend for SqliteBackend {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        super::capabilities()
+    }
+
+    async fn initialize(&self) -> Result<()> {
+        self.pool().await.map(|_| ())
+    }
+
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
+        let pool = self.pool().await?;
+        let meta_json = encode_metadata(&metadata)?;
+        let written = match blobs::classify(body, self.config.chunk_size()).await? {
+            Payload::Small(data) => {
+                let hash = ContentHash::of(&data);
+                let size = data.len() as u64;
+                self.put_small(pool, ns, key, data, &meta_json, mode)
+                    .await?
+                    .map(|(v, c, u)| (v, c, u, hash, size))
+                    .ok_or(None)
+            }
+            Payload::Large { prefix, rest } => {
+                self.put_large(pool, ns, key, prefix, rest, &meta_json, mode)
+                    .await?
+            }
+        };
+        match written {
+            Ok((version, created_at, updated_at, hash, size)) => Ok(RecordInfo {
+                namespace: ns.clone(),
+                key: key.clone(),
+                version,
+                hash,
+                size,
+                created_at: Timestamp::from_micros(created_at),
+                updated_at: Timestamp::from_micros(updated_at),
+                deleted_at: None,
+                metadata,
+                conflicts: Vec::new(),
+            }),
+            Err(known) => {
+                let current = match known {
+                    Some(v) => Some(v),
+                    None => self.latest_version(pool, ns, key).await?.map(|(v, _)| v),
+                };
+                Err(Self::conflict(ns, key, mode, current))
+            }
+        }
+    }
+
+    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+        let pool = self.pool().await?;
+        let start = options.range.map(|r| r.start).unwrap_or(0);
+        let query = match options.version {
+            None => sqlx::query(GET_LATEST_SQL),
+            Some(_) => sqlx::query(GET_VERSION_SQL),
+        };
+        let row = query
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .bind(start as i64)
+            .bind(options.version.map(|v| v as i64))
+            .fetch_optional(pool)
+            .await
+            .map_err(self.fail("reading a record"))?;
+        let Some(row) = row else {
+            return Err(Error::not_found(ns, key, options.version));
+        };
+        let info = self.decode_one(ns, &row)?;
+        if info.is_deleted() {
+            return Err(Error::not_found(ns, key, options.version));
+        }
+        let label = format!("{ns}/{key} version {}", info.version);
+        let blob_id: Option<i64> = row.get(8);
+        let Some(blob_id) = blob_id else {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!(
+                    "the payload of {label} ({}) is missing from {}; run `stowage verify`",
+                    info.hash,
+                    self.path.display()
+                ),
+            ));
+        };
+        let blob = BlobRef {
+            id: blob_id,
+            chunk_size: row.get::<i64, _>(9) as u64,
+            size: info.size,
+            hash: info.hash,
+        };
+        let (offset, len) = match options.range {
+            None => (0, info.size),
+            Some(range) => ByteRange::resolve(&range, info.size)?,
+        };
+        let first: Option<Vec<u8>> = row.get(10);
+        let reader = ChunkReader {
+            pool: pool.clone(),
+            path: self.path.clone(),
+            label,
+            blob,
+            start: offset,
+            len,
+            first: first.map(Bytes::from),
+        };
+        Ok((info, reader.into_body()))
+    }
+
+    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        self.read_info(ns, key, version).await
+    }
+
+    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+        let pool = self.pool().await?;
+        let now = Timestamp::now().as_micros();
+        let row = {
+            let _turn = self.writer.lock().await;
+            sqlx::query(&format!(
+                "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+                 SELECT ns, key, version + 1, hash, size, created_at, ?3, ?3, metadata FROM latest
+                 WHERE ns = ?1 AND key = ?2 AND deleted_at IS NULL AND (?4 IS NULL OR version = ?4)
+                 RETURNING {RECORD_COLUMNS}"
+            ))
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .bind(now)
+            .bind(options.if_version.map(|v| v as i64))
+            .fetch_optional(pool)
+            .await
+            .map_err(self.fail("deleting a record"))?
+        };
+        if let Some(row) = row {
+            return self.decode_one(ns, &row);
+        }
+        match self.latest_version(pool, ns, key).await? {
+            Some((current, false)) => Err(Error::Conflict {
+                namespace: ns.to_string(),
+                key: key.to_string(),
+                expected: format!("version {}", options.if_version.unwrap_or(current)),
+                current: Some(current),
+            }),
+            _ => Err(Error::not_found(ns, key, None)),
+        }
+    }
+
+    async fn list(&self, ns: &Namespace, options: ListOptions) -> Result<Page<RecordInfo>> {
+        let pool = self.pool().await?;
+        let stmt = list_statement(ns.as_str(), &options)?;
+        let rows = stmt
+            .bind()
+            .fetch_all(pool)
+            .await
+            .map_err(self.fail("listing records"))?;
+        let (rows, more) = page_rows(rows, options.limit);
+        let items = rows
+            .iter()
+            .map(|r| self.decode_one(ns, r))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if more {
+            items.last().map(|i| ListOptions::cursor_for(i.key.as_str()))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
+        let pool = self.pool().await?;
+        let (stmt, exact) = search_statement(ns.as_str(), query)?;
+        let rows = stmt
+            .bind()
+            .fetch_all(pool)
+            .await
+            .map_err(self.fail("searching records"))?;
+        if !exact {
+            let items = rows
+                .iter()
+                .map(|r| self.decode_one(ns, r))
+                .collect::<Result<Vec<_>>>()?;
+            return query.apply(items);
+        }
+        let (rows, more) = page_rows(rows, query.limit);
+        let items = rows
+            .iter()
+            .map(|r| self.decode_one(ns, r))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if more {
+            items.last().map(|i| query.cursor_for(i))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        let pool = self.pool().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} FROM versions WHERE ns = ?1 AND key = ?2 ORDER BY version"
+        ))
+        .bind(ns.as_str())
+        .bind(key.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(self.fail("reading versions"))?;
+        if rows.is_empty() {
+            return Err(Error::not_found(ns, key, None));
+        }
+        rows.iter().map(|r| self.decode_one(ns, r)).collect()
+    }
+
+    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+        let pool = self.pool().await?;
+        let now = Timestamp::now().as_micros();
+        let row = {
+            let _turn = self.writer.lock().await;
+            sqlx::query(&format!(
+                "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+                 SELECT s.ns, s.key, l.version + 1, s.hash, s.size, l.created_at, ?3, NULL, s.metadata
+                 FROM versions s JOIN latest l ON l.ns = s.ns AND l.key = s.key
+                 WHERE s.ns = ?1 AND s.key = ?2 AND s.deleted_at IS NULL
+                   AND s.version = coalesce(?4, (SELECT max(version) FROM versions
+                        WHERE ns = ?1 AND key = ?2 AND deleted_at IS NULL))
+                 RETURNING {RECORD_COLUMNS}"
+            ))
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .bind(now)
+            .bind(version.map(|v| v as i64))
+            .fetch_optional(pool)
+            .await
+            .map_err(self.fail("restoring a record"))?
+        };
+        match row {
+            Some(row) => self.decode_one(ns, &row),
+            None => Err(Error::not_found(ns, key, version)),
+        }
+    }
+
+    async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        let pool = self.pool().await?;
+        let _turn = self.writer.lock().await;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(self.fail("locking the database to purge"))?;
+        let removed = sqlx::query("DELETE FROM versions WHERE ns = ?1 AND key = ?2")
+            .bind(ns.as_str())
+            .bind(key.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(self.fail("purging a record"))?
+            .rows_affected();
+        for table in ["latest", "tags", "attrs"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE ns = ?1 AND key = ?2"))
+                .bind(ns.as_str())
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(self.fail("purging a record"))?;
+        }
+        tx.commit().await.map_err(self.fail("committing a purge"))?;
+        if removed == 0 {
+            return Err(Error::not_found(ns, key, None));
+        }
+        Ok(removed)
+    }
+
+    async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let pool = self.pool().await?;
+        let _turn = self.writer.lock().await;
+        blobs::gc(pool, &self.path, progress).await
+    }
+
+    async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let pool = self.pool().await?;
+        blobs::verify(pool, &self.path, progress).await
+    }
+
+    async fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let pool = self.pool().await?;
+        let names: Vec<String> = sqlx::query_scalar("SELECT DISTINCT ns FROM latest ORDER BY ns")
+            .fetch_all(pool)
+            .await
+            .map_err(self.fail("listing namespaces"))?;
+        names
+            .into_iter()
+            .map(|n| {
+                Namespace::new(n.clone()).map_err(|e| {
+                    Error::corrupt(
+                        PROVIDER,
+                        format!("stored namespace {n:?} in {} is invalid ({e})", self.path.display()),
+                    )
+                })
+            })
+            .collect()
+    }
+}

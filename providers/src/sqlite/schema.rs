@@ -1,0 +1,321 @@
+//! The database schema, its migrations, and opening a file safely: a file that is not a stowage
+//! database (another application's, a newer stowage's, damaged, or no SQLite at all) is refused
+//! with an error naming it, before anything is written into it.
+
+use std::path::Path;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Executor, Row};
+use stowage_core::{Error, Result};
+
+use super::config::{SqliteConfig, Synchronous};
+use super::error::map_err;
+
+/// `PRAGMA application_id` of a stowage database: the bytes `STOW`.
+pub const APPLICATION_ID: i64 = 0x5354_4f57;
+
+/// One schema step: applied in a transaction together with the `user_version` it leads to.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The `PRAGMA user_version` after this step.
+    pub version: i64,
+    /// What the step does.
+    pub description: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every schema step, oldest first. Append only: a released step never changes.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "payload blobs and chunks, versions, latest, tags, attributes",
+        sql: r#"
+CREATE TABLE blobs (
+    id          INTEGER PRIMARY KEY,
+    hash        BLOB UNIQUE,
+    size        INTEGER NOT NULL,
+    chunk_size  INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL
+);
+CREATE TABLE chunks (
+    blob_id INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    idx     INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (blob_id, idx)
+);
+CREATE TABLE versions (
+    ns         TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    hash       BLOB NOT NULL REFERENCES blobs(hash) DEFERRABLE INITIALLY DEFERRED,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER,
+    metadata   TEXT NOT NULL,
+    PRIMARY KEY (ns, key, version)
+) WITHOUT ROWID;
+CREATE INDEX versions_by_hash ON versions(hash);
+CREATE TABLE latest (
+    ns           TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    hash         BLOB NOT NULL,
+    size         INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    deleted_at   INTEGER,
+    content_type TEXT,
+    metadata     TEXT NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE tags (
+    ns  TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (ns, tag, key)
+) WITHOUT ROWID;
+CREATE INDEX tags_by_key ON tags(ns, key);
+CREATE TABLE attrs (
+    ns   TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    num  REAL,
+    str  TEXT,
+    json TEXT,
+    PRIMARY KEY (ns, key, name)
+) WITHOUT ROWID;
+CREATE TRIGGER versions_track_latest AFTER INSERT ON versions
+BEGIN
+    INSERT INTO latest (ns, key, version, hash, size, created_at, updated_at, deleted_at,
+                        content_type, metadata)
+    VALUES (NEW.ns, NEW.key, NEW.version, NEW.hash, NEW.size, NEW.created_at, NEW.updated_at,
+            NEW.deleted_at, json_extract(NEW.metadata, '$.content_type'), NEW.metadata)
+    ON CONFLICT (ns, key) DO UPDATE SET
+        version = excluded.version, hash = excluded.hash, size = excluded.size,
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        deleted_at = excluded.deleted_at, content_type = excluded.content_type,
+        metadata = excluded.metadata
+    WHERE excluded.version > latest.version;
+    DELETE FROM tags WHERE ns = NEW.ns AND key = NEW.key;
+    INSERT INTO tags (ns, key, tag)
+        SELECT NEW.ns, NEW.key, value FROM json_each(NEW.metadata, '$.tags');
+    DELETE FROM attrs WHERE ns = NEW.ns AND key = NEW.key;
+    INSERT INTO attrs (ns, key, name, kind, num, str, json)
+        SELECT NEW.ns, NEW.key, key,
+            CASE type WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number'
+                      WHEN 'true' THEN 'bool' WHEN 'false' THEN 'bool'
+                      WHEN 'text' THEN 'string' ELSE type END,
+            CASE type WHEN 'integer' THEN CAST(value AS REAL) WHEN 'real' THEN value
+                      WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 END,
+            CASE type WHEN 'text' THEN value END,
+            CASE WHEN type IN ('array', 'object') THEN value END
+        FROM json_each(NEW.metadata, '$.attributes');
+END;
+"#,
+    },
+    Migration {
+        version: 2,
+        description: "search indexes on times, content type and attribute values",
+        sql: r#"
+CREATE INDEX latest_by_created ON latest(ns, created_at, key);
+CREATE INDEX latest_by_updated ON latest(ns, updated_at, key);
+CREATE INDEX latest_by_content_type ON latest(ns, content_type, key);
+CREATE INDEX attrs_by_num ON attrs(ns, name, kind, num, key);
+CREATE INDEX attrs_by_str ON attrs(ns, name, str, key);
+"#,
+    },
+];
+
+/// The schema version this build writes: the last migration's.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// What a database file holds, judged before touching it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DbState {
+    /// No tables and no application id: a new file, safe to set up.
+    Fresh,
+    /// A stowage database at this schema version.
+    Stowage(i64),
+    /// Something else; the text says what was found.
+    Foreign(String),
+}
+
+async fn inspect(conn: &mut SqliteConnection) -> std::result::Result<DbState, sqlx::Error> {
+    let app_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+        .fetch_one(&mut *conn)
+        .await?;
+    let user_version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(if app_id == APPLICATION_ID {
+        DbState::Stowage(user_version)
+    } else if app_id != 0 {
+        DbState::Foreign(format!("application_id {app_id:#x}"))
+    } else if tables.is_empty() {
+        DbState::Fresh
+    } else {
+        let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
+        if tables.len() > 5 {
+            shown.push("…");
+        }
+        DbState::Foreign(format!("tables {}", shown.join(", ")))
+    })
+}
+
+fn refuse(path: &Path, state: &DbState) -> Option<Error> {
+    let file = path.display();
+    match state {
+        DbState::Fresh => None,
+        DbState::Stowage(v) if *v <= SCHEMA_VERSION => None,
+        DbState::Stowage(v) => Some(Error::invalid_config(
+            "storage.config.path",
+            format!(
+                "{file} was written by a newer stowage (schema version {v}; this build knows up to {SCHEMA_VERSION}); upgrade stowage to open it"
+            ),
+        )),
+        DbState::Foreign(found) => Some(Error::invalid_config(
+            "storage.config.path",
+            format!(
+                "{file} is a SQLite database of another application ({found}); stowage leaves it untouched: choose a new file"
+            ),
+        )),
+    }
+}
+
+/// Connection options shared by the set-up connection and the pool. `journal_mode` is left out
+/// on purpose: switching a file to WAL writes to it, which must wait until it is known to be ours.
+fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(&config.path)
+        .create_if_missing(true)
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout())
+        .synchronous(match config.synchronous.unwrap_or_default() {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        })
+        .analysis_limit(400)
+}
+
+/// Opens (creating if needed) the database of `config`, refuses a file that is not a stowage
+/// database, applies pending migrations in one transaction, and returns the pool.
+pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
+    let path = config.path.as_path();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| {
+            Error::io(format!("creating directory {} for the database", parent.display()), e)
+        })?;
+    }
+    let options = connect_options(config);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| map_err(path, "opening the database", e))?;
+    let result = set_up(&mut conn, path).await;
+    // Closing flushes nothing we need; a failure here cannot lose data.
+    let _ = conn.close().await;
+    result?;
+    Ok(SqlitePoolOptions::new()
+        .max_connections(config.max_connections())
+        .min_connections(0)
+        .connect_lazy_with(options))
+}
+
+async fn set_up(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    let state = inspect(conn)
+        .await
+        .map_err(|e| map_err(path, "reading the schema", e))?;
+    if let Some(err) = refuse(path, &state) {
+        return Err(err);
+    }
+    if state == DbState::Fresh {
+        // Must precede the first table; lets `gc` hand freed pages back to the file system.
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_err(path, "setting auto_vacuum", e))?;
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_err(path, "switching to WAL mode", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::backend(
+            super::PROVIDER,
+            format!("database {} refused WAL mode (it stays in {mode} mode); is it on a network file system?", path.display()),
+            std::io::Error::other("journal_mode is not wal"),
+        ));
+    }
+    migrate(conn, path).await?;
+    sqlx::query("PRAGMA optimize = 0x10002")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_err(path, "optimizing the query planner", e))?;
+    Ok(())
+}
+
+/// Applies every migration newer than the file's `user_version`, all in one write transaction,
+/// so concurrent openers apply each step exactly once and a failure leaves the file as it was.
+async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| map_err(path, "locking the database for migration", e))?;
+    // Re-read under the lock: another process may have set the file up meanwhile.
+    let state = inspect(&mut tx)
+        .await
+        .map_err(|e| map_err(path, "reading the schema", e))?;
+    if let Some(err) = refuse(path, &state) {
+        return Err(err);
+    }
+    let current = match state {
+        DbState::Stowage(v) => v,
+        _ => 0,
+    };
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for step in MIGRATIONS {
+        if step.version <= current {
+            continue;
+        }
+        tx.execute(step.sql)
+            .await
+            .map_err(|e| map_err(path, &format!("applying migration {} ({})", step.version, step.description), e))?;
+    }
+    // PRAGMA values cannot be bound; both are compile-time integers.
+    let record = format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    );
+    tx.execute(record.as_str())
+    .await
+    .map_err(|e| map_err(path, "recording the schema version", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| map_err(path, "committing the migration", e))?;
+    Ok(())
+}
+
+/// Reads a database's schema version (`PRAGMA user_version`) without changing the file; for
+/// tools and tests.
+pub async fn schema_version_of(path: &Path) -> Result<i64> {
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| map_err(path, "opening the database", e))?;
+    let row = sqlx::query("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| map_err(path, "reading the schema version", e))?;
+    let _ = conn.close().await;
+    Ok(row.get::<i64, _>(0))
+}

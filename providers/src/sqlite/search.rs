@@ -1,0 +1,278 @@
+//! `list` and `search` as SQL over the `latest`, `tags` and `attrs` tables, giving the same
+//! results, order and cursors as [`ListOptions::apply`] and [`Query::apply`].
+
+use std::fmt::Write as _;
+
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::query::Query as SqlxQuery;
+use sqlx::Sqlite;
+use stowage_core::{AttrFilter, ListOptions, Order, Query, Result};
+
+use super::records::{RECORD_COLUMNS, RECORD_COLUMNS_R};
+
+/// A value bound to a numbered parameter.
+#[derive(Clone, Debug)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+/// SQL text with its numbered parameters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Statement {
+    /// The SQL, using `?N` placeholders.
+    pub text: String,
+    params: Vec<Param>,
+}
+
+impl Statement {
+    /// Adds a parameter, returning its placeholder.
+    fn param(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("?{}", self.params.len())
+    }
+
+    /// The sqlx query with every parameter bound.
+    pub(crate) fn bind(&self) -> SqlxQuery<'_, Sqlite, SqliteArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for p in &self.params {
+            q = match p {
+                Param::Text(s) => q.bind(s.as_str()),
+                Param::Int(i) => q.bind(*i),
+                Param::Real(f) => q.bind(*f),
+            };
+        }
+        q
+    }
+}
+
+/// The least string greater than every string starting with `prefix` (byte-wise, which for
+/// UTF-8 is code point order), or `None` when no such string exists.
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        while next <= char::MAX as u32 {
+            if let Some(c) = char::from_u32(next) {
+                chars.push(c);
+                return Some(chars.into_iter().collect());
+            }
+            next += 1;
+        }
+    }
+    None
+}
+
+fn push_prefix(sql: &mut Statement, column: &str, prefix: &str) {
+    if prefix.is_empty() {
+        return;
+    }
+    let lo = sql.param(Param::Text(prefix.to_string()));
+    let _ = write!(sql.text, " AND {column} >= {lo}");
+    if let Some(hi) = prefix_upper_bound(prefix) {
+        let hi = sql.param(Param::Text(hi));
+        let _ = write!(sql.text, " AND {column} < {hi}");
+    }
+}
+
+/// The listing statement; the caller fetches `limit + 1` rows to learn whether a next page exists.
+pub(crate) fn list_statement(ns: &str, options: &ListOptions) -> Result<Statement> {
+    let mut sql = Statement::default();
+    let ns = sql.param(Param::Text(ns.to_string()));
+    let _ = write!(sql.text, "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = {ns}");
+    if !options.include_deleted {
+        sql.text.push_str(" AND deleted_at IS NULL");
+    }
+    if let Some(p) = &options.prefix {
+        push_prefix(&mut sql, "key", p);
+    }
+    if let Some(bound) = options.lower_bound()? {
+        let b = sql.param(Param::Text(bound));
+        let _ = write!(sql.text, " AND key > {b}");
+    }
+    sql.text.push_str(" ORDER BY key");
+    if let Some(limit) = options.limit {
+        let l = sql.param(Param::Int(limit.saturating_add(1).min(i64::MAX as usize) as i64));
+        let _ = write!(sql.text, " LIMIT {l}");
+    }
+    Ok(sql)
+}
+
+/// The search statement, and whether it is exact. An exact statement applies every filter,
+/// the order, the cursor and `limit + 1`; an inexact one (equality on a JSON array or object,
+/// which SQL cannot compare the way [`Query`] does) returns a superset for [`Query::apply`].
+pub(crate) fn search_statement(ns: &str, query: &Query) -> Result<(Statement, bool)> {
+    let cursor = query.decode_cursor()?;
+    let mut sql = Statement::default();
+    let mut exact = true;
+    let ns_p = sql.param(Param::Text(ns.to_string()));
+    let _ = write!(sql.text, "SELECT {RECORD_COLUMNS_R} FROM latest r WHERE r.ns = {ns_p}");
+    if !query.include_deleted {
+        sql.text.push_str(" AND r.deleted_at IS NULL");
+    }
+    if let Some(p) = &query.prefix {
+        push_prefix(&mut sql, "r.key", p);
+    }
+    if let Some(ct) = &query.content_type {
+        let p = sql.param(Param::Text(ct.clone()));
+        let _ = write!(sql.text, " AND r.content_type = {p}");
+    }
+    for (column, range) in [("r.created_at", &query.created), ("r.updated_at", &query.updated)] {
+        if let Some(since) = range.since {
+            let p = sql.param(Param::Int(since.as_micros()));
+            let _ = write!(sql.text, " AND {column} >= {p}");
+        }
+        if let Some(until) = range.until {
+            let p = sql.param(Param::Int(until.as_micros()));
+            let _ = write!(sql.text, " AND {column} < {p}");
+        }
+    }
+    for tag in &query.tags {
+        let p = sql.param(Param::Text(tag.clone()));
+        let _ = write!(
+            sql.text,
+            " AND r.key IN (SELECT t.key FROM tags t WHERE t.ns = {ns_p} AND t.tag = {p})"
+        );
+    }
+    for filter in &query.attributes {
+        let name = sql.param(Param::Text(filter.name().to_string()));
+        let cond = match filter {
+            AttrFilter::Eq { value, .. } => {
+                let (cond, is_exact) = eq_condition(&mut sql, value);
+                exact &= is_exact;
+                cond
+            }
+            AttrFilter::Range { min, max, .. } => {
+                let mut parts = Vec::new();
+                if let Some(min) = min {
+                    parts.push(bound_condition(&mut sql, min, ">="));
+                }
+                if let Some(max) = max {
+                    parts.push(bound_condition(&mut sql, max, "<"));
+                }
+                if parts.is_empty() {
+                    "1".to_string()
+                } else {
+                    parts.join(" AND ")
+                }
+            }
+        };
+        let _ = write!(
+            sql.text,
+            " AND r.key IN (SELECT a.key FROM attrs a WHERE a.ns = {ns_p} AND a.name = {name} AND {cond})"
+        );
+    }
+    let time_column = match query.order {
+        Order::Key => None,
+        Order::Created => Some("r.created_at"),
+        Order::Updated => Some("r.updated_at"),
+    };
+    let (cmp, dir) = if query.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    if let Some(pos) = cursor {
+        let k = sql.param(Param::Text(pos.key));
+        match (time_column, pos.time) {
+            (Some(col), Some(t)) => {
+                let t = sql.param(Param::Int(t.as_micros()));
+                let _ = write!(sql.text, " AND ({col}, r.key) {cmp} ({t}, {k})");
+            }
+            _ => {
+                let _ = write!(sql.text, " AND r.key {cmp} {k}");
+            }
+        }
+    }
+    match time_column {
+        Some(col) => {
+            let _ = write!(sql.text, " ORDER BY {col} {dir}, r.key {dir}");
+        }
+        None => {
+            let _ = write!(sql.text, " ORDER BY r.key {dir}");
+        }
+    }
+    if exact {
+        if let Some(limit) = query.limit {
+            let l = sql.param(Param::Int(limit.saturating_add(1).min(i64::MAX as usize) as i64));
+            let _ = write!(sql.text, " LIMIT {l}");
+        }
+    }
+    Ok((sql, exact))
+}
+
+/// The SQL condition (on `attrs a`) for "equals `value`", and whether it is exact.
+fn eq_condition(sql: &mut Statement, value: &serde_json::Value) -> (String, bool) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => {
+                let p = sql.param(Param::Real(f));
+                (format!("a.kind = 'number' AND a.num = {p}"), true)
+            }
+            None => ("a.kind = 'number'".into(), false),
+        },
+        Value::String(s) => {
+            let p = sql.param(Param::Text(s.clone()));
+            (format!("a.kind = 'string' AND a.str = {p}"), true)
+        }
+        Value::Bool(b) => {
+            let p = sql.param(Param::Real(if *b { 1.0 } else { 0.0 }));
+            (format!("a.kind = 'bool' AND a.num = {p}"), true)
+        }
+        Value::Null => ("a.kind = 'null'".into(), true),
+        Value::Array(_) => ("a.kind = 'array'".into(), false),
+        Value::Object(_) => ("a.kind = 'object'".into(), false),
+    }
+}
+
+/// The SQL condition (on `attrs a`) for "compares `op` to `bound`", following
+/// [`stowage_core::compare_json`]: only a value of the bound's kind can pass.
+fn bound_condition(sql: &mut Statement, bound: &serde_json::Value, op: &str) -> String {
+    use serde_json::Value;
+    match bound {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => {
+                let p = sql.param(Param::Real(f));
+                format!("a.kind = 'number' AND a.num {op} {p}")
+            }
+            None => "0".into(),
+        },
+        Value::String(s) => {
+            let p = sql.param(Param::Text(s.clone()));
+            format!("a.kind = 'string' AND a.str {op} {p}")
+        }
+        Value::Bool(b) => {
+            let p = sql.param(Param::Real(if *b { 1.0 } else { 0.0 }));
+            format!("a.kind = 'bool' AND a.num {op} {p}")
+        }
+        Value::Null | Value::Array(_) | Value::Object(_) => "0".into(),
+    }
+}
+
+/// Applies the page rule every provider shares: keep `limit` rows, and if more came back the
+/// cursor resumes after the last one kept.
+pub(crate) fn page_rows(mut rows: Vec<SqliteRow>, limit: Option<usize>) -> (Vec<SqliteRow>, bool) {
+    match limit {
+        Some(limit) if rows.len() > limit => {
+            rows.truncate(limit);
+            (rows, true)
+        }
+        _ => (rows, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn upper_bound_is_the_next_code_point() {
+        assert_eq!(prefix_upper_bound("a/b").as_deref(), Some("a/c"));
+        assert_eq!(prefix_upper_bound("").as_deref(), None);
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+    }
+}

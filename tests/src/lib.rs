@@ -1,0 +1,5 @@
+//! Cross-crate integration tests of stowage live in `tests/` (one file per subject:
+//! `plugins*.rs`, …) and benchmarks in `benches/`; this library is intentionally empty.
+//!
+//! The plugin tests load real shared libraries from `target/plugins/`, built by
+//! `scripts/build-plugin-fixtures` before `cargo test`.
