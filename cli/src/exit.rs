@@ -160,7 +160,10 @@ mod tests {
         let rendered = "error: unexpected argument '--limt' found\n\n  tip: a similar argument \
                         exists: '--limit'\n\nUsage: stowage ls [OPTIONS]\n";
         let line = one_line_usage_error(rendered);
-        assert!(line.starts_with("unexpected argument '--limt' found; tip:"), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--limt' found; tip:"),
+            "{line}"
+        );
         assert!(line.ends_with("usage: stowage ls [OPTIONS]"), "{line}");
     }
 

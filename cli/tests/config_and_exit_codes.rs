@@ -42,6 +42,14 @@ fn providers_lists_sqlite_and_memory_with_capabilities() {
     );
     // Listing providers opens no store.
     assert!(!sb.has_default_data_dir());
+
+    // It does load the plugins the config names, so a missing one is reported by name.
+    sb.write(
+        "stowage.toml",
+        "[storage]\nprovider = \"sqlite\"\n[plugins]\npaths = [\"plugins/libmissing.so\"]\n",
+    );
+    let run = sb.fails(&["providers"], 1);
+    assert!(run.stderr.contains("libmissing.so"), "{}", run.stderr);
 }
 
 #[test]

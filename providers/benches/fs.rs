@@ -1,2 +1,399 @@
-//! Benchmarks (being written).
-fn main() {}
+//! Benchmarks of the `fs` provider, each beside its baselines in the same run:
+//!
+//! - `fs_put_4KiB`: stowage put (fsync always / never) vs raw tmp + write + rename (with and
+//!   without fsyncs), OpenDAL's fs service and object_store's `LocalFileSystem`;
+//! - `fs_get_4KiB`: stowage get vs `std::fs::read`, OpenDAL and object_store;
+//! - `fs_group_commit`: 64 durable puts by 1 writer vs by 16 concurrent writers;
+//! - `fs_100k`: opening a store of 100 000 records, searching it by tag, listing a page;
+//! - peak RSS of a 1 GiB put + get, measured in a child process (`VmHWM`), printed first
+//!   (set `STOWAGE_FS_BENCH_SKIP_RSS=1` to skip it).
+//!
+//! Run: `cargo bench -p stowage-providers --no-default-features --features fs --bench fs`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use stowage_core::{
+    Body, ContentHasher, GetOptions, Key, ListOptions, Metadata, Namespace, PutMode, Query,
+    StorageBackend,
+};
+use stowage_providers::fs::{FsBackend, FsConfig};
+
+const SIZE: usize = 4096;
+const RSS_CHILD: &str = "STOWAGE_FS_BENCH_RSS_CHILD";
+const GIB: u64 = 1 << 30;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn fs_store(root: &Path, fsync: &str) -> FsBackend {
+    FsBackend::new(FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": fsync })).unwrap())
+}
+
+/// A 4 KiB payload unique to `n`, so nothing is deduplicated away.
+fn payload(n: u64) -> Bytes {
+    let mut v = vec![0xA5u8; SIZE];
+    v[..8].copy_from_slice(&n.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn raw_put(dir: &Path, n: u64, data: &[u8], fsync: bool, dir_fsync: bool) {
+    let tmp = dir.join(format!(".tmp-{n}"));
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(data).unwrap();
+    if fsync {
+        f.sync_all().unwrap();
+    }
+    drop(f);
+    std::fs::rename(&tmp, dir.join(format!("f-{n}"))).unwrap();
+    if dir_fsync {
+        std::fs::File::open(dir).unwrap().sync_all().unwrap();
+    }
+}
+
+fn opendal_fs(root: &Path) -> opendal::Operator {
+    let builder = opendal::services::Fs::default().root(root.to_str().unwrap());
+    opendal::Operator::new(builder).unwrap().finish()
+}
+
+fn object_store_fs(root: &Path) -> object_store::local::LocalFileSystem {
+    object_store::local::LocalFileSystem::new_with_prefix(root).unwrap()
+}
+
+fn put_4k(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = AtomicU64::new(0);
+    let next = || counter.fetch_add(1, Ordering::Relaxed);
+    let ns = Namespace::default();
+    let mut g = c.benchmark_group("fs_put_4KiB");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+
+    let raw_dir = dir.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    g.bench_function("raw tmp+fsync+rename", |b| b.iter(|| raw_put(&raw_dir, next(), &payload(0), true, false)));
+    g.bench_function("raw tmp+fsync+rename+dir fsync", |b| {
+        b.iter(|| raw_put(&raw_dir, next(), &payload(0), true, true))
+    });
+    g.bench_function("raw tmp+rename (no fsync)", |b| b.iter(|| raw_put(&raw_dir, next(), &payload(0), false, false)));
+
+    for fsync in ["always", "never"] {
+        let store = fs_store(&dir.path().join(format!("stowage-{fsync}")), fsync);
+        rt.block_on(store.initialize()).unwrap();
+        g.bench_function(BenchmarkId::new("stowage fs", format!("fsync={fsync}")), |b| {
+            b.to_async(&rt).iter(|| async {
+                let n = next();
+                let key = Key::new(format!("k/{n}")).unwrap();
+                store
+                    .put(&ns, &key, Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+
+    let op = opendal_fs(&dir.path().join("opendal"));
+    g.bench_function("opendal fs", |b| {
+        b.to_async(&rt).iter(|| async {
+            let n = next();
+            op.write(&format!("k/{n}"), payload(n)).await.unwrap()
+        })
+    });
+    let os = object_store_fs(&std::fs::create_dir_all(dir.path().join("object_store")).map(|_| dir.path().join("object_store")).unwrap());
+    g.bench_function("object_store LocalFileSystem", |b| {
+        b.to_async(&rt).iter(|| async {
+            use object_store::ObjectStore;
+            let n = next();
+            os.put(&object_store::path::Path::from(format!("k/{n}")), payload(n).into())
+                .await
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn get_4k(c: &mut Criterion) {
+    const OBJECTS: u64 = 256;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::default();
+    let store = fs_store(&dir.path().join("stowage"), "never");
+    let raw_dir = dir.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    let op = opendal_fs(&dir.path().join("opendal"));
+    std::fs::create_dir_all(dir.path().join("object_store")).unwrap();
+    let os = object_store_fs(&dir.path().join("object_store"));
+    let keys: Vec<Key> = (0..OBJECTS).map(|n| Key::new(format!("k/{n}")).unwrap()).collect();
+    rt.block_on(async {
+        use object_store::ObjectStore;
+        for n in 0..OBJECTS {
+            store
+                .put(&ns, &keys[n as usize], Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
+                .await
+                .unwrap();
+            raw_put(&raw_dir, n, &payload(n), false, false);
+            op.write(&format!("k/{n}"), payload(n)).await.unwrap();
+            os.put(&object_store::path::Path::from(format!("k/{n}")), payload(n).into())
+                .await
+                .unwrap();
+        }
+    });
+    let raw_paths: Vec<PathBuf> = (0..OBJECTS).map(|n| raw_dir.join(format!("f-{n}"))).collect();
+    let counter = AtomicU64::new(0);
+    let next = || (counter.fetch_add(1, Ordering::Relaxed) % OBJECTS) as usize;
+
+    let mut g = c.benchmark_group("fs_get_4KiB");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.bench_function("raw std::fs::read", |b| b.iter(|| std::fs::read(&raw_paths[next()]).unwrap()));
+    g.bench_function("stowage fs", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (_, body) = store.get(&ns, &keys[next()], GetOptions::default()).await.unwrap();
+            body.into_bytes().await.unwrap()
+        })
+    });
+    g.bench_function("opendal fs", |b| {
+        b.to_async(&rt)
+            .iter(|| async { op.read(&format!("k/{}", next())).await.unwrap().to_bytes() })
+    });
+    g.bench_function("object_store LocalFileSystem", |b| {
+        b.to_async(&rt).iter(|| async {
+            use object_store::ObjectStore;
+            os.get(&object_store::path::Path::from(format!("k/{}", next())))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// 64 durable puts, by `writers` concurrent tasks.
+async fn put_batch(store: &Arc<FsBackend>, writers: u64, base: u64) {
+    const BATCH: u64 = 64;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let ns = Namespace::default();
+                for i in 0..BATCH / writers {
+                    let n = base + w * 1000 + i;
+                    let key = Key::new(format!("w{w}/{n}")).unwrap();
+                    store
+                        .put(&ns, &key, Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn group_commit(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fs_store(dir.path(), "always"));
+    rt.block_on(store.initialize()).unwrap();
+    let counter = AtomicU64::new(1);
+    let mut g = c.benchmark_group("fs_group_commit");
+    g.throughput(Throughput::Elements(64));
+    for writers in [1u64, 16] {
+        g.bench_function(BenchmarkId::new("64 durable puts", format!("{writers} writers")), |b| {
+            b.to_async(&rt).iter(|| {
+                let base = counter.fetch_add(1, Ordering::Relaxed) * 1_000_000;
+                let store = store.clone();
+                async move { put_batch(&store, writers, base).await }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn store_100k(c: &mut Criterion) {
+    const RECORDS: u64 = 100_000;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let started = Instant::now();
+    rt.block_on(async {
+        let store = Arc::new(fs_store(&root, "never"));
+        let tasks: Vec<_> = (0..16u64)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let ns = Namespace::default();
+                    for i in (w..RECORDS).step_by(16) {
+                        // 1 000 distinct payloads: the index, not the blobs, is what is measured.
+                        let meta = Metadata::new()
+                            .with_content_type("application/json")
+                            .with_tag(format!("t{}", i % 100))
+                            .with_attribute("n", i);
+                        let key = Key::new(format!("records/{:02}/{i:06}", i % 97)).unwrap();
+                        store
+                            .put(&ns, &key, Body::from(payload(i % 1000)), meta, PutMode::Overwrite)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    eprintln!(
+        "built a {RECORDS}-record store in {:.1?} (index log {} bytes)",
+        started.elapsed(),
+        std::fs::metadata(root.join("index.log")).unwrap().len()
+    );
+    let mut g = c.benchmark_group("fs_100k");
+    g.bench_function("open (replay index log)", |b| {
+        b.to_async(&rt).iter(|| async { FsBackend::open(FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap()).await.unwrap() })
+    });
+    let store = rt.block_on(FsBackend::open(FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap())).unwrap();
+    let ns = Namespace::default();
+    g.bench_function("search tag (1 000 of 100 000 match)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let page = store.search(&ns, &Query::new().tag("t7")).await.unwrap();
+            assert_eq!(page.items.len(), 1000);
+        })
+    });
+    g.bench_function("search tag + limit 50", |b| {
+        b.to_async(&rt).iter(|| async {
+            let page = store.search(&ns, &Query::new().tag("t7").limit(50)).await.unwrap();
+            assert_eq!(page.items.len(), 50);
+        })
+    });
+    g.bench_function("search attr range (scan, 100 match)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let q = Query::new().attr_range("n", Some(5000.into()), Some(5100.into()));
+            let page = store.search(&ns, &q).await.unwrap();
+            assert_eq!(page.items.len(), 100);
+        })
+    });
+    g.bench_function("list first page of 100", |b| {
+        b.to_async(&rt).iter(|| async {
+            let opts = ListOptions {
+                prefix: Some("records/42/".into()),
+                limit: Some(100),
+                ..Default::default()
+            };
+            store.list(&ns, opts).await.unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// Peak resident memory of this process so far, in KiB.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// In a child process: 1 GiB put (streamed from a generator) and get (streamed, hashed).
+fn rss_child(root: &str) {
+    let rt = runtime();
+    rt.block_on(async {
+        let store = fs_store(Path::new(root), "always");
+        store.initialize().await.unwrap();
+        let before = vm_hwm_kib();
+        const CHUNK: u64 = 1 << 20;
+        let stream = futures::stream::iter(0..GIB / CHUNK).map(|i| {
+            let mut chunk = vec![(i % 251) as u8; CHUNK as usize];
+            chunk[..8].copy_from_slice(&i.to_le_bytes());
+            Ok::<_, stowage_core::Error>(Bytes::from(chunk))
+        });
+        let ns = Namespace::default();
+        let key = Key::new("big").unwrap();
+        let t = Instant::now();
+        let info = store
+            .put(&ns, &key, Body::from_stream(stream, Some(GIB)), Metadata::new(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let put_time = t.elapsed();
+        let t = Instant::now();
+        let (_, mut body) = store.get(&ns, &key, GetOptions::default()).await.unwrap();
+        let mut hasher = ContentHasher::new();
+        while let Some(chunk) = body.next_chunk().await {
+            hasher.update(&chunk.unwrap());
+        }
+        let get_time = t.elapsed();
+        assert_eq!(hasher.finish(), (info.hash, GIB));
+        println!(
+            "RSS before={before} peak={} put_ms={} get_ms={}",
+            vm_hwm_kib(),
+            put_time.as_millis(),
+            get_time.as_millis()
+        );
+    });
+}
+
+fn rss_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(RSS_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "rss child failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("RSS ")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (before, peak, put_ms, get_ms) = (field("before"), field("peak"), field("put_ms"), field("get_ms"));
+    println!(
+        "fs 1 GiB put + get: peak RSS {:.1} MiB (before the transfer {:.1} MiB); put {:.2} s ({:.0} MiB/s), get {:.2} s ({:.0} MiB/s)",
+        peak as f64 / 1024.0,
+        before as f64 / 1024.0,
+        put_ms as f64 / 1000.0,
+        1024.0 * 1000.0 / put_ms.max(1) as f64,
+        get_ms as f64 / 1000.0,
+        1024.0 * 1000.0 / get_ms.max(1) as f64,
+    );
+}
+
+use futures::StreamExt;
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = put_4k, get_4k, group_commit, store_100k
+}
+
+fn main() {
+    if let Ok(root) = std::env::var(RSS_CHILD) {
+        rss_child(&root);
+        return;
+    }
+    let listing = std::env::args().any(|a| a == "--list");
+    if std::env::var_os("STOWAGE_FS_BENCH_SKIP_RSS").is_none() && !listing {
+        rss_parent();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

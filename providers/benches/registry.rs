@@ -43,7 +43,15 @@ impl StorageProviderFactory for Named {
 }
 
 const FILLERS: [&str; 9] = [
-    "sqlite", "fs", "s3", "automerge", "redis", "postgres", "azure-blob", "gcs", "plugin-kv",
+    "sqlite",
+    "fs",
+    "s3",
+    "automerge",
+    "redis",
+    "postgres",
+    "azure-blob",
+    "gcs",
+    "plugin-kv",
 ];
 
 fn registry_lookup(c: &mut Criterion) {
@@ -59,11 +67,16 @@ fn registry_lookup(c: &mut Criterion) {
         .collect();
 
     let mut group = c.benchmark_group("registry_get_10_providers");
-    group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     group.bench_function("baseline_hashmap_get", |b| {
         b.iter(|| baseline.get(black_box("memory")).cloned())
     });
-    group.bench_function("registry_get", |b| b.iter(|| registry.get(black_box("memory")).unwrap()));
+    group.bench_function("registry_get", |b| {
+        b.iter(|| registry.get(black_box("memory")).unwrap())
+    });
     group.bench_function("registry_get_unknown", |b| {
         b.iter(|| registry.get(black_box("nope")).is_err())
     });
@@ -71,27 +84,39 @@ fn registry_lookup(c: &mut Criterion) {
 }
 
 fn memory_put_get(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Stowage::from_backend(Arc::new(MemoryBackend::new()));
     let tenant = store.namespace("bench").unwrap();
     let payload = Bytes::from(vec![7u8; 4096]);
     let keys: Vec<String> = (0..1024).map(|i| format!("records/{i:04}")).collect();
     runtime.block_on(async {
         for key in &keys {
-            tenant.put(key, payload.clone(), Metadata::new()).await.unwrap();
+            tenant
+                .put(key, payload.clone(), Metadata::new())
+                .await
+                .unwrap();
         }
     });
     let baseline: RwLock<HashMap<String, Bytes>> = RwLock::new(HashMap::new());
 
     let mut group = c.benchmark_group("memory_4kib");
-    group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Bytes(4096));
     let mut i = 0usize;
     group.bench_function("baseline_hash_and_insert", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
             let hash = ContentHash::of(&payload);
-            baseline.write().unwrap().insert(keys[i].clone(), payload.clone());
+            baseline
+                .write()
+                .unwrap()
+                .insert(keys[i].clone(), payload.clone());
             hash
         })
     });

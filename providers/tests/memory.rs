@@ -8,7 +8,7 @@ use stowage_core::testkit::{self, Outcome};
 use stowage_core::{
     async_trait, Body, Capabilities, ContentHash, DeleteOptions, ErrorKind, GcReport, GetOptions,
     Key, ListOptions, Metadata, Namespace, NoProgress, Page, Progress, PutMode, Query, RecordInfo,
-    Result, StorageBackend, StorageProviderFactory, Stowage, VerifyReport, Version,
+    Result, StorageBackend, Stowage, VerifyReport, Version,
 };
 use stowage_providers::memory::{self, MemoryBackend};
 
@@ -29,8 +29,13 @@ async fn run_all_passes_and_reports_skips() {
     assert_eq!(report.provider, "memory");
     assert_eq!(report.results.len(), testkit::behaviours().len() + 1);
     let skipped: Vec<&str> = report.skipped().iter().map(|(name, _)| *name).collect();
-    assert_eq!(skipped, ["race_base_merge", "unsupported_operations_say_so"]);
-    assert!(report.to_string().contains("SKIP race_base_merge: capabilities().merge is false"));
+    assert_eq!(
+        skipped,
+        ["race_base_merge", "unsupported_operations_say_so"]
+    );
+    assert!(report
+        .to_string()
+        .contains("SKIP race_base_merge: capabilities().merge is false"));
 }
 
 #[tokio::test]
@@ -48,25 +53,39 @@ fn config_is_an_empty_object() {
     assert!(factory.description().contains("not durable"));
     factory.validate(&serde_json::json!({})).unwrap();
     factory.validate(&serde_json::Value::Null).unwrap();
-    let err = factory.validate(&serde_json::json!({"path": "/tmp/x"})).unwrap_err();
+    let err = factory
+        .validate(&serde_json::json!({"path": "/tmp/x"}))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     let message = err.to_string();
-    assert!(message.contains("path") && message.contains("memory"), "{message}");
-    let err = factory.validate(&serde_json::json!(["not", "an", "object"])).unwrap_err();
+    assert!(
+        message.contains("path") && message.contains("memory"),
+        "{message}"
+    );
+    let err = factory
+        .validate(&serde_json::json!(["not", "an", "object"]))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     let schema = factory.config_schema();
     assert_eq!(schema["type"], "object");
     assert_eq!(schema["additionalProperties"], false);
     let caps = factory.capabilities();
     assert!(!caps.durable && !caps.merge && !caps.sync);
-    assert!(caps.versions && caps.search && caps.dedup && caps.gc && caps.verify && caps.if_version);
+    assert!(
+        caps.versions && caps.search && caps.dedup && caps.gc && caps.verify && caps.if_version
+    );
 }
 
 #[tokio::test]
 async fn each_create_is_a_new_empty_store() {
     let factory = memory::factory();
     let first = Stowage::from_backend(factory.create(serde_json::json!({})).await.unwrap());
-    first.namespace("a").unwrap().put("k", "v", Metadata::new()).await.unwrap();
+    first
+        .namespace("a")
+        .unwrap()
+        .put("k", "v", Metadata::new())
+        .await
+        .unwrap();
     let second = Stowage::from_backend(factory.create(serde_json::json!({})).await.unwrap());
     let err = second.namespace("a").unwrap().get("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -94,7 +113,11 @@ async fn identical_payloads_are_stored_once() {
     let report = store.gc(&NoProgress).await.unwrap();
     assert_eq!(
         report,
-        GcReport { blobs_removed: 2, bytes_freed: 21, blobs_kept: 0 }
+        GcReport {
+            blobs_removed: 2,
+            bytes_freed: 21,
+            blobs_kept: 0
+        }
     );
     assert_eq!(backend.blob_count(), 0);
     assert!(store.namespaces().await.unwrap().is_empty());
@@ -145,7 +168,9 @@ async fn progress_is_reported() {
     let store = Stowage::from_backend(Arc::new(MemoryBackend::new()));
     let ns = store.namespace("p").unwrap();
     for i in 0..5 {
-        ns.put(&format!("k{i}"), format!("v{i}"), Metadata::new()).await.unwrap();
+        ns.put(&format!("k{i}"), format!("v{i}"), Metadata::new())
+            .await
+            .unwrap();
     }
     let count = Count::default();
     store.verify(&count).await.unwrap();
@@ -204,28 +229,59 @@ impl StorageBackend for Broken {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn put(&self, ns: &Namespace, key: &Key, body: Body, mut metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
-        let mode = if self.defect == Defect::IgnoresPreconditions { PutMode::Overwrite } else { mode };
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        mut metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
+        let mode = if self.defect == Defect::IgnoresPreconditions {
+            PutMode::Overwrite
+        } else {
+            mode
+        };
         if self.defect == Defect::DropsAttributes {
             metadata.attributes.clear();
         }
         let s = shared();
-        self.inner.put(self.ns(ns, &s), key, body, metadata, mode).await
+        self.inner
+            .put(self.ns(ns, &s), key, body, metadata, mode)
+            .await
     }
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let s = shared();
         let (info, body) = self.inner.get(self.ns(ns, &s), key, options).await?;
         if self.defect == Defect::TruncatesReads {
             let bytes = body.into_bytes().await?;
-            return Ok((info, Body::from_bytes(bytes.slice(..bytes.len().min(1 << 20)))));
+            return Ok((
+                info,
+                Body::from_bytes(bytes.slice(..bytes.len().min(1 << 20))),
+            ));
         }
         Ok((info, body))
     }
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let s = shared();
         self.inner.head(self.ns(ns, &s), key, version).await
     }
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let s = shared();
         let ns = self.ns(ns, &s);
         if self.defect == Defect::HardDeletes {
@@ -256,7 +312,12 @@ impl StorageBackend for Broken {
         let s = shared();
         self.inner.versions(self.ns(ns, &s), key).await
     }
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let s = shared();
         self.inner.restore(self.ns(ns, &s), key, version).await
     }
@@ -282,7 +343,10 @@ impl StorageBackend for Broken {
 /// Runs the behaviours against a store with `defect` and requires each of `caught` to fail
 /// (and the failure to say what differed).
 async fn kit_catches(defect: Defect, caught: &[&str]) {
-    let store = Stowage::from_backend(Arc::new(Broken { inner: MemoryBackend::new(), defect }));
+    let store = Stowage::from_backend(Arc::new(Broken {
+        inner: MemoryBackend::new(),
+        defect,
+    }));
     let report = testkit::run_behaviours(&store).await;
     let failed: Vec<&str> = report.failures().iter().map(|(name, _)| *name).collect();
     for name in caught {
@@ -292,7 +356,10 @@ async fn kit_catches(defect: Defect, caught: &[&str]) {
         );
     }
     for (name, failure) in report.failures() {
-        assert!(!failure.message().is_empty(), "{name} failed without saying why");
+        assert!(
+            !failure.message().is_empty(),
+            "{name} failed without saying why"
+        );
     }
 }
 
@@ -300,7 +367,12 @@ async fn kit_catches(defect: Defect, caught: &[&str]) {
 async fn kit_catches_ignored_preconditions() {
     kit_catches(
         Defect::IgnoresPreconditions,
-        &["put_create", "put_if_version", "put_base_without_merge", "race_if_version"],
+        &[
+            "put_create",
+            "put_if_version",
+            "put_base_without_merge",
+            "race_if_version",
+        ],
     )
     .await;
 }
@@ -312,12 +384,24 @@ async fn kit_catches_shared_namespaces() {
 
 #[tokio::test]
 async fn kit_catches_unsorted_lists() {
-    kit_catches(Defect::ListsBackwards, &["list_pagination", "list_prefix_and_start_after", "long_and_unicode_keys"]).await;
+    kit_catches(
+        Defect::ListsBackwards,
+        &[
+            "list_pagination",
+            "list_prefix_and_start_after",
+            "long_and_unicode_keys",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn kit_catches_hard_deletes() {
-    kit_catches(Defect::HardDeletes, &["tombstones", "restore_default_version"]).await;
+    kit_catches(
+        Defect::HardDeletes,
+        &["tombstones", "restore_default_version"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -327,7 +411,11 @@ async fn kit_catches_truncated_reads() {
 
 #[tokio::test]
 async fn kit_catches_dropped_attributes() {
-    kit_catches(Defect::DropsAttributes, &["metadata_round_trip", "search_filters"]).await;
+    kit_catches(
+        Defect::DropsAttributes,
+        &["metadata_round_trip", "search_filters"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -356,10 +444,22 @@ async fn a_panicking_provider_is_a_failure_not_a_crash() {
         fn capabilities(&self) -> Capabilities {
             Capabilities::default()
         }
-        async fn put(&self, _: &Namespace, _: &Key, _: Body, _: Metadata, _: PutMode) -> Result<RecordInfo> {
+        async fn put(
+            &self,
+            _: &Namespace,
+            _: &Key,
+            _: Body,
+            _: Metadata,
+            _: PutMode,
+        ) -> Result<RecordInfo> {
             panic!("put exploded")
         }
-        async fn get(&self, ns: &Namespace, key: &Key, _: GetOptions) -> Result<(RecordInfo, Body)> {
+        async fn get(
+            &self,
+            ns: &Namespace,
+            key: &Key,
+            _: GetOptions,
+        ) -> Result<(RecordInfo, Body)> {
             Err(stowage_core::Error::not_found(ns, key, None))
         }
         async fn head(&self, ns: &Namespace, key: &Key, _: Option<Version>) -> Result<RecordInfo> {
@@ -375,7 +475,10 @@ async fn a_panicking_provider_is_a_failure_not_a_crash() {
     assert_eq!(name, "round_trip_empty");
     assert!(failure.message().contains("put exploded"), "{failure}");
     // Behaviours the capabilities rule out are skipped, visibly.
-    assert!(report.skipped().iter().any(|(name, _)| *name == "tombstones"));
+    assert!(report
+        .skipped()
+        .iter()
+        .any(|(name, _)| *name == "tombstones"));
     assert!(!report.is_success());
 }
 

@@ -157,7 +157,19 @@ async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Resul
             name.to_string_lossy()
         ))
     })?;
-    let written = body.write_to(&mut file).await?;
+    // On Ctrl-C return an error instead of dying, so the guard removes the partial file.
+    let written = tokio::select! {
+        result = body.write_to(&mut file) => result?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(Error::io(
+                format!("writing {}", target.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "interrupted; the partial file was removed and the target left as it was",
+                ),
+            ));
+        }
+    };
     file.sync_all()
         .await
         .map_err(|e| Error::io(format!("flushing {}", guard.path.display()), e))?;

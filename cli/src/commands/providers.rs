@@ -8,9 +8,13 @@ use crate::context::Context;
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
-/// Lists the providers of the global registry (built-ins and any registered in this process).
+/// Lists the providers of the global registry: the built-ins plus the plugins named by the
+/// config that applies (its `[plugins]` section is loaded; its `[storage]` is not opened).
 pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
-    let factories = Registry::global().factories();
+    let registry = Registry::global();
+    let config = ctx.load_config()?;
+    stowage_core::load_plugins(&registry, &config.plugins)?;
+    let factories = registry.factories();
     for factory in &factories {
         let caps = factory.capabilities();
         if ctx.out.is_json() {

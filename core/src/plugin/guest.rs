@@ -125,7 +125,6 @@ fn export(
         .map(|factory| FactoryState {
             name: factory.name().to_string(),
             factory,
-            poisoned: AtomicBool::new(false),
         })
         .collect();
     let providers: Box<[StowageProviderVTable]> = factories
@@ -194,7 +193,6 @@ static BACKEND_VTABLE: StowageBackendVTable = StowageBackendVTable {
 struct FactoryState {
     name: String,
     factory: Arc<dyn StorageProviderFactory>,
-    poisoned: AtomicBool,
 }
 
 struct Instance {
@@ -234,8 +232,8 @@ fn error_status(error: &Error) -> StowageStatus {
 
 /// Runs one entry point: refuses if poisoned, turns an error into its status and a panic into
 /// `PANICKED` (poisoning `poisoned`).
-fn guarded(poisoned: &AtomicBool, provider: &str, f: impl FnOnce() -> Result<()>) -> StowageStatus {
-    if poisoned.load(Ordering::Acquire) {
+fn guarded(poisoned: Option<&AtomicBool>, provider: &str, f: impl FnOnce() -> Result<()>) -> StowageStatus {
+    if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
         return error_status(&Error::Panicked {
             provider: provider.to_string(),
             message: "it panicked earlier and refuses further calls; create a new backend".into(),
@@ -247,19 +245,27 @@ fn guarded(poisoned: &AtomicBool, provider: &str, f: impl FnOnce() -> Result<()>
             message: StowageOwned::EMPTY,
         },
         Ok(Err(e)) => {
-            if matches!(e, Error::Panicked { .. }) {
-                poisoned.store(true, Ordering::Release);
+            if let (Error::Panicked { .. }, Some(p)) = (&e, poisoned) {
+                p.store(true, Ordering::Release);
             }
             error_status(&e)
         }
         Err(payload) => {
-            poisoned.store(true, Ordering::Release);
+            if let Some(p) = poisoned {
+                p.store(true, Ordering::Release);
+            }
             error_status(&Error::Panicked {
                 provider: provider.to_string(),
                 message: panic_message(&*payload),
             })
         }
     }
+}
+
+/// [`guarded`] for a factory call: a panic is reported but poisons nothing (it leaves no
+/// instance behind; the next `create` makes a fresh one).
+fn guarded_factory(state: &FactoryState, f: impl FnOnce() -> Result<()>) -> StowageStatus {
+    guarded(None, &state.name, f)
 }
 
 unsafe extern "C" fn free_boxed(ptr: *mut u8, len: usize) {
@@ -373,20 +379,20 @@ unsafe extern "C" fn factory_config_schema(factory: *const c_void, out: *mut Sto
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
     // SAFETY: `out` is the host's out-parameter, valid for the call.
-    guarded(&state.poisoned, &state.name, || unsafe { output_json(out, &state.factory.config_schema()) })
+    guarded_factory(state, || unsafe { output_json(out, &state.factory.config_schema()) })
 }
 
 unsafe extern "C" fn factory_capabilities(factory: *const c_void, out: *mut StowageOwned) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
     // SAFETY: `out` is the host's out-parameter, valid for the call.
-    guarded(&state.poisoned, &state.name, || unsafe { output_json(out, &state.factory.capabilities()) })
+    guarded_factory(state, || unsafe { output_json(out, &state.factory.capabilities()) })
 }
 
 unsafe extern "C" fn factory_validate(factory: *const c_void, config: StowageBytes) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
-    guarded(&state.poisoned, &state.name, || {
+    guarded_factory(state, || {
         // SAFETY: `config` is borrowed input valid for the call.
         let config: serde_json::Value = unsafe { input_json(config, "config")? };
         state.factory.validate(&config)
@@ -400,7 +406,7 @@ unsafe extern "C" fn factory_create(
 ) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
-    guarded(&state.poisoned, &state.name, || {
+    guarded_factory(state, || {
         // SAFETY: `config` is borrowed input valid for the call.
         let config: serde_json::Value = unsafe { input_json(config, "config")? };
         let backend = runtime().block_on(state.factory.create(config))?;
@@ -432,7 +438,7 @@ unsafe extern "C" fn instance_release(instance: *mut c_void) {
 unsafe fn with_instance(instance: *mut c_void, f: impl FnOnce(&Instance) -> Result<()>) -> StowageStatus {
     // SAFETY: forwarded from the caller.
     let inst = unsafe { instance_ref(instance) };
-    guarded(&inst.poisoned, &inst.provider, || f(inst))
+    guarded(Some(&inst.poisoned), &inst.provider, || f(inst))
 }
 
 unsafe extern "C" fn instance_capabilities(instance: *mut c_void, out: *mut StowageOwned) -> StowageStatus {
@@ -505,7 +511,7 @@ unsafe extern "C" fn put_write(writer: *mut c_void, chunk: StowageBytes) -> Stow
     let w = unsafe { &mut *(writer as *mut Writer) };
     let poisoned = w.poisoned.clone();
     let provider = w.provider.clone();
-    guarded(&poisoned, &provider, || {
+    guarded(Some(&poisoned), &provider, || {
         // SAFETY: `chunk` is borrowed input valid for the call.
         let chunk = Bytes::copy_from_slice(unsafe { input(chunk) });
         let Some(sender) = &w.chunks else {
@@ -530,7 +536,7 @@ unsafe extern "C" fn put_finish(writer: *mut c_void, out_info: *mut StowageOwned
     let mut w = unsafe { Box::from_raw(writer as *mut Writer) };
     let poisoned = w.poisoned.clone();
     let provider = w.provider.clone();
-    guarded(&poisoned, &provider, || {
+    guarded(Some(&poisoned), &provider, || {
         let info = w.join()?;
         // SAFETY: the host's out-parameter, valid for the call.
         unsafe { output_json(out_info, &info) }
@@ -586,7 +592,7 @@ unsafe extern "C" fn get_read(reader: *mut c_void, out_chunk: *mut StowageOwned)
     let r = unsafe { &mut *(reader as *mut Reader) };
     let poisoned = r.poisoned.clone();
     let provider = r.provider.clone();
-    guarded(&poisoned, &provider, || {
+    guarded(Some(&poisoned), &provider, || {
         let chunk = runtime().block_on(async {
             // An empty chunk would read as the end of the payload: skip it.
             loop {

@@ -82,12 +82,7 @@ pub(crate) trait Step<T> {
 
 impl<T> Step<T> for crate::Result<T> {
     fn step(self, what: impl fmt::Display) -> std::result::Result<T, Failure> {
-        self.map_err(|e| {
-            Failure::new(format!(
-                "{what}: unexpected error ({:?}): {e}",
-                e.kind()
-            ))
-        })
+        self.map_err(|e| Failure::new(format!("{what}: unexpected error ({:?}): {e}", e.kind())))
     }
 }
 

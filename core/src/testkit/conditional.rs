@@ -3,18 +3,36 @@
 
 use std::collections::BTreeSet;
 
-use super::check::{ensure, ensure_eq, expect_conflict, expect_err, BehaviourResult, Failure, Outcome, Step};
+use super::check::{
+    ensure, ensure_eq, expect_conflict, expect_err, BehaviourResult, Failure, Outcome, Step,
+};
 use super::fixture::{fresh_namespace, read_body};
 use crate::error::{Error, ErrorKind};
 use crate::model::{DeleteOptions, Metadata, PutMode, RecordInfo};
 use crate::stowage::{NamespaceHandle, Stowage};
 
 /// Requires the latest version of `key` to be `expected` exactly, with `payload`.
-async fn unchanged(ns: &NamespaceHandle, key: &str, expected: &RecordInfo, payload: &[u8], after: &str) -> Result<(), Failure> {
-    let (info, body) = ns.get(key).await.step(format!("get {key:?} after {after}"))?;
-    ensure_eq!(info, *expected, "{key:?} after {after} (a failed precondition writes nothing)");
+async fn unchanged(
+    ns: &NamespaceHandle,
+    key: &str,
+    expected: &RecordInfo,
+    payload: &[u8],
+    after: &str,
+) -> Result<(), Failure> {
+    let (info, body) = ns
+        .get(key)
+        .await
+        .step(format!("get {key:?} after {after}"))?;
+    ensure_eq!(
+        info,
+        *expected,
+        "{key:?} after {after} (a failed precondition writes nothing)"
+    );
     let bytes = read_body(body, &format!("get {key:?} after {after}")).await?;
-    ensure!(bytes == payload, "{key:?} after {after}: the payload changed although the write was refused");
+    ensure!(
+        bytes == payload,
+        "{key:?} after {after}: the payload changed although the write was refused"
+    );
     Ok(())
 }
 
@@ -23,7 +41,9 @@ async fn unchanged(ns: &NamespaceHandle, key: &str, expected: &RecordInfo, paylo
 pub async fn put_create(store: &Stowage) -> BehaviourResult {
     let caps = store.capabilities();
     if !caps.create_only {
-        return Ok(Outcome::Skipped("capabilities().create_only is false".into()));
+        return Ok(Outcome::Skipped(
+            "capabilities().create_only is false".into(),
+        ));
     }
     let ns = fresh_namespace(store, "create")?;
     let v1 = ns
@@ -32,29 +52,49 @@ pub async fn put_create(store: &Stowage) -> BehaviourResult {
         .step("Create on an absent key")?;
     ensure_eq!(v1.version, 1, "Create on an absent key: version");
     expect_conflict(
-        ns.put_with("doc", "second", Metadata::new().with_tag("x"), PutMode::Create).await,
+        ns.put_with(
+            "doc",
+            "second",
+            Metadata::new().with_tag("x"),
+            PutMode::Create,
+        )
+        .await,
         Some(1),
         "Create on an existing key",
     )?;
     unchanged(&ns, "doc", &v1, b"first", "a refused Create").await?;
     if caps.versions {
-        let n = ns.versions("doc").await.step("versions after a refused Create")?.len();
+        let n = ns
+            .versions("doc")
+            .await
+            .step("versions after a refused Create")?
+            .len();
         ensure_eq!(n, 1, "number of versions after a refused Create");
     }
     if caps.delete {
-        ns.delete("doc", DeleteOptions::default()).await.step("delete doc")?;
+        ns.delete("doc", DeleteOptions::default())
+            .await
+            .step("delete doc")?;
         let v3 = ns
             .put_with("doc", "third", Metadata::new(), PutMode::Create)
             .await
             .step("Create on a deleted key")?;
-        ensure_eq!(v3.version, 3, "Create on a deleted key: version (after the tombstone)");
+        ensure_eq!(
+            v3.version,
+            3,
+            "Create on a deleted key: version (after the tombstone)"
+        );
     }
     Ok(Outcome::Passed)
 }
 
 /// Shared by `IfVersion` and (on non-merging providers) `Base`: stale and absent versions
 /// conflict with the current version and write nothing; the right one writes; tombstones count.
-async fn check_version_precondition(store: &Stowage, label: &str, mode: fn(u64) -> PutMode) -> BehaviourResult {
+async fn check_version_precondition(
+    store: &Stowage,
+    label: &str,
+    mode: fn(u64) -> PutMode,
+) -> BehaviourResult {
     let caps = store.capabilities();
     let ns = fresh_namespace(store, label)?;
     let name = format!("{:?}", mode(1));
@@ -63,25 +103,39 @@ async fn check_version_precondition(store: &Stowage, label: &str, mode: fn(u64) 
         None,
         format!("{name} on an absent key"),
     )?;
-    expect_err(ns.head("doc", None).await, ErrorKind::NotFound, format!("head after a refused {name} on an absent key"))?;
+    expect_err(
+        ns.head("doc", None).await,
+        ErrorKind::NotFound,
+        format!("head after a refused {name} on an absent key"),
+    )?;
 
-    let v1 = ns.put("doc", "one", Metadata::new()).await.step("put doc")?;
+    let v1 = ns
+        .put("doc", "one", Metadata::new())
+        .await
+        .step("put doc")?;
     let v2 = ns
         .put_with("doc", "two", Metadata::new(), mode(1))
         .await
         .step(format!("{name} with the current version"))?;
     ensure_eq!(v2.version, 2, "{name} with the current version: version");
-    ensure_eq!(v2.created_at, v1.created_at, "{name} with the current version: created_at");
+    ensure_eq!(
+        v2.created_at,
+        v1.created_at,
+        "{name} with the current version: created_at"
+    );
     for stale in [1u64, 3, 0] {
         expect_conflict(
-            ns.put_with("doc", "stale", Metadata::new(), mode(stale)).await,
+            ns.put_with("doc", "stale", Metadata::new(), mode(stale))
+                .await,
             Some(2),
             format!("{:?} when the current version is 2", mode(stale)),
         )?;
     }
     unchanged(&ns, "doc", &v2, b"two", &format!("refused {name} writes")).await?;
     if caps.delete {
-        ns.delete("doc", DeleteOptions::default()).await.step("delete doc")?;
+        ns.delete("doc", DeleteOptions::default())
+            .await
+            .step("delete doc")?;
         expect_conflict(
             ns.put_with("doc", "x", Metadata::new(), mode(2)).await,
             Some(3),
@@ -99,7 +153,9 @@ async fn check_version_precondition(store: &Stowage, label: &str, mode: fn(u64) 
 /// `IfVersion(v)` writes only when the latest version (tombstones count) is exactly `v`.
 pub async fn put_if_version(store: &Stowage) -> BehaviourResult {
     if !store.capabilities().if_version {
-        return Ok(Outcome::Skipped("capabilities().if_version is false".into()));
+        return Ok(Outcome::Skipped(
+            "capabilities().if_version is false".into(),
+        ));
     }
     check_version_precondition(store, "ifver", PutMode::IfVersion).await
 }
@@ -113,7 +169,9 @@ pub async fn put_base_without_merge(store: &Stowage) -> BehaviourResult {
         ));
     }
     if !caps.if_version {
-        return Ok(Outcome::Skipped("capabilities().if_version is false".into()));
+        return Ok(Outcome::Skipped(
+            "capabilities().if_version is false".into(),
+        ));
     }
     check_version_precondition(store, "base", PutMode::Base).await
 }
@@ -123,23 +181,49 @@ pub async fn put_base_without_merge(store: &Stowage) -> BehaviourResult {
 pub async fn delete_if_version(store: &Stowage) -> BehaviourResult {
     let caps = store.capabilities();
     if !(caps.delete && caps.if_version) {
-        return Ok(Outcome::Skipped("needs capabilities().delete and .if_version".into()));
+        return Ok(Outcome::Skipped(
+            "needs capabilities().delete and .if_version".into(),
+        ));
     }
     let ns = fresh_namespace(store, "delver")?;
-    ns.put("doc", "one", Metadata::new()).await.step("put #1 of doc")?;
-    let v2 = ns.put("doc", "two", Metadata::new()).await.step("put #2 of doc")?;
+    ns.put("doc", "one", Metadata::new())
+        .await
+        .step("put #1 of doc")?;
+    let v2 = ns
+        .put("doc", "two", Metadata::new())
+        .await
+        .step("put #2 of doc")?;
     expect_conflict(
-        ns.delete("doc", DeleteOptions { if_version: Some(1) }).await,
+        ns.delete(
+            "doc",
+            DeleteOptions {
+                if_version: Some(1),
+            },
+        )
+        .await,
         Some(2),
         "delete with if_version 1 when the current version is 2",
     )?;
     unchanged(&ns, "doc", &v2, b"two", "a refused conditional delete").await?;
     let tomb = ns
-        .delete("doc", DeleteOptions { if_version: Some(2) })
+        .delete(
+            "doc",
+            DeleteOptions {
+                if_version: Some(2),
+            },
+        )
         .await
         .step("delete with the current if_version")?;
-    ensure_eq!(tomb.version, 3, "conditional delete: the tombstone's version");
-    expect_err(ns.get("doc").await, ErrorKind::NotFound, "get after a conditional delete")?;
+    ensure_eq!(
+        tomb.version,
+        3,
+        "conditional delete: the tombstone's version"
+    );
+    expect_err(
+        ns.get("doc").await,
+        ErrorKind::NotFound,
+        "get after a conditional delete",
+    )?;
     Ok(Outcome::Passed)
 }
 
@@ -151,10 +235,14 @@ const STEPS: u64 = 4;
 /// winner's payload.
 pub async fn race_if_version(store: &Stowage) -> BehaviourResult {
     if !store.capabilities().if_version {
-        return Ok(Outcome::Skipped("capabilities().if_version is false".into()));
+        return Ok(Outcome::Skipped(
+            "capabilities().if_version is false".into(),
+        ));
     }
     let ns = fresh_namespace(store, "race")?;
-    ns.put("contended", "start", Metadata::new()).await.step("put the contended key")?;
+    ns.put("contended", "start", Metadata::new())
+        .await
+        .step("put the contended key")?;
     for v in 1..=STEPS {
         let mut tasks = Vec::with_capacity(WRITERS);
         for w in 0..WRITERS {
@@ -162,7 +250,12 @@ pub async fn race_if_version(store: &Stowage) -> BehaviourResult {
             tasks.push(tokio::spawn(async move {
                 let payload = format!("step {v} writer {w}");
                 let result = ns
-                    .put_with("contended", payload.clone(), Metadata::new(), PutMode::IfVersion(v))
+                    .put_with(
+                        "contended",
+                        payload.clone(),
+                        Metadata::new(),
+                        PutMode::IfVersion(v),
+                    )
                     .await;
                 (payload, result)
             }));
@@ -195,7 +288,14 @@ pub async fn race_if_version(store: &Stowage) -> BehaviourResult {
         );
         let (payload, info) = &winners[0];
         ensure_eq!(info.version, v + 1, "step {v}: the winner's version");
-        unchanged(&ns, "contended", info, payload.as_bytes(), &format!("race step {v}")).await?;
+        unchanged(
+            &ns,
+            "contended",
+            info,
+            payload.as_bytes(),
+            &format!("race step {v}"),
+        )
+        .await?;
     }
     Ok(Outcome::Passed)
 }
@@ -211,7 +311,9 @@ pub async fn race_base_merge(store: &Stowage) -> BehaviourResult {
     }
     let ns = fresh_namespace(store, "merge")?;
     let json = || Metadata::new().with_content_type("application/json");
-    ns.put("doc", r#"{"base":true}"#, json()).await.step("put the base document")?;
+    ns.put("doc", r#"{"base":true}"#, json())
+        .await
+        .step("put the base document")?;
     let mut tasks = Vec::with_capacity(WRITERS);
     for w in 0..WRITERS {
         let ns = ns.clone();
@@ -248,6 +350,10 @@ pub async fn race_base_merge(store: &Stowage) -> BehaviourResult {
         "merging Base(1) writes lost fields {lost:?}; the merged version {} is {merged}",
         info.version
     );
-    ensure_eq!(merged.get("base"), Some(&serde_json::Value::Bool(true)), "the base field of the merged document");
+    ensure_eq!(
+        merged.get("base"),
+        Some(&serde_json::Value::Bool(true)),
+        "the base field of the merged document"
+    );
     Ok(Outcome::Passed)
 }

@@ -37,7 +37,12 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// A body that yields `total` pattern bytes in `chunk`-sized chunks, generated lazily so the
 /// whole payload is never in memory on the writing side; returns the expected hash too.
-pub fn streamed_body(seed: u64, total: usize, chunk: usize, with_size_hint: bool) -> (Body, ContentHash) {
+pub fn streamed_body(
+    seed: u64,
+    total: usize,
+    chunk: usize,
+    with_size_hint: bool,
+) -> (Body, ContentHash) {
     let mut hasher = ContentHasher::new();
     let mut offset = 0;
     while offset < total {
@@ -78,7 +83,10 @@ pub async fn read_body(body: Body, what: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// Lists every key of a handle's namespace (following cursors), tombstones included or not.
-pub async fn all_keys(handle: &NamespaceHandle, include_deleted: bool) -> Result<Vec<String>, Failure> {
+pub async fn all_keys(
+    handle: &NamespaceHandle,
+    include_deleted: bool,
+) -> Result<Vec<String>, Failure> {
     let items = handle
         .list_all(crate::ListOptions {
             include_deleted,

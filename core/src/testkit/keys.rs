@@ -42,24 +42,55 @@ fn hostile_keys() -> Vec<String> {
 pub async fn hostile_keys_rejected(store: &Stowage) -> BehaviourResult {
     let ns = fresh_namespace(store, "hostile")?;
     for key in hostile_keys() {
-        let shown = if key.len() > 40 { format!("a {}-byte key", key.len()) } else { format!("{key:?}") };
+        let shown = if key.len() > 40 {
+            format!("a {}-byte key", key.len())
+        } else {
+            format!("{key:?}")
+        };
         let kind = ErrorKind::InvalidKey;
-        expect_err(ns.put(&key, "x", Metadata::new()).await, kind, format!("put {shown}"))?;
-        expect_err(ns.put_with(&key, "x", Metadata::new(), PutMode::Create).await, kind, format!("put Create {shown}"))?;
+        expect_err(
+            ns.put(&key, "x", Metadata::new()).await,
+            kind,
+            format!("put {shown}"),
+        )?;
+        expect_err(
+            ns.put_with(&key, "x", Metadata::new(), PutMode::Create)
+                .await,
+            kind,
+            format!("put Create {shown}"),
+        )?;
         expect_err(ns.get(&key).await, kind, format!("get {shown}"))?;
         expect_err(
-            ns.get_with(&key, GetOptions { version: Some(1), range: None }).await,
+            ns.get_with(
+                &key,
+                GetOptions {
+                    version: Some(1),
+                    range: None,
+                },
+            )
+            .await,
             kind,
             format!("get version 1 of {shown}"),
         )?;
         expect_err(ns.head(&key, None).await, kind, format!("head {shown}"))?;
-        expect_err(ns.delete(&key, DeleteOptions::default()).await, kind, format!("delete {shown}"))?;
+        expect_err(
+            ns.delete(&key, DeleteOptions::default()).await,
+            kind,
+            format!("delete {shown}"),
+        )?;
         expect_err(ns.versions(&key).await, kind, format!("versions {shown}"))?;
-        expect_err(ns.restore(&key, None).await, kind, format!("restore {shown}"))?;
+        expect_err(
+            ns.restore(&key, None).await,
+            kind,
+            format!("restore {shown}"),
+        )?;
         expect_err(ns.purge(&key).await, kind, format!("purge {shown}"))?;
     }
     let left = all_keys(&ns, true).await?;
-    ensure!(left.is_empty(), "records appeared after refused hostile keys: {left:?}");
+    ensure!(
+        left.is_empty(),
+        "records appeared after refused hostile keys: {left:?}"
+    );
     if store.capabilities().list_namespaces {
         let namespaces = store.namespaces().await.step("namespaces()")?;
         ensure!(
@@ -98,24 +129,51 @@ pub async fn long_and_unicode_keys(store: &Stowage) -> BehaviourResult {
         "case".to_string(),
     ];
     for key in &keys {
-        ensure!(key.len() <= MAX_KEY_LEN, "kit bug: key of {} bytes", key.len());
+        ensure!(
+            key.len() <= MAX_KEY_LEN,
+            "kit bug: key of {} bytes",
+            key.len()
+        );
         ns.put(key, key.clone(), Metadata::new())
             .await
             .step(format!("put a {}-byte key {:?}", key.len(), truncate(key)))?;
     }
-    ensure_eq!(keys[0].len(), MAX_KEY_LEN, "kit bug: length of the long key");
-    ensure_eq!(keys[1].len(), MAX_KEY_LEN, "kit bug: length of the many-segment key");
+    ensure_eq!(
+        keys[0].len(),
+        MAX_KEY_LEN,
+        "kit bug: length of the long key"
+    );
+    ensure_eq!(
+        keys[1].len(),
+        MAX_KEY_LEN,
+        "kit bug: length of the many-segment key"
+    );
     for key in &keys {
         let what = format!("get {:?}", truncate(key));
         let (info, body) = ns.get(key).await.step(&what)?;
-        ensure_eq!(info.key.as_str(), key.as_str(), "{what}: key of the returned info");
+        ensure_eq!(
+            info.key.as_str(),
+            key.as_str(),
+            "{what}: key of the returned info"
+        );
         let bytes = read_body(body, &what).await?;
-        ensure!(bytes == key.as_bytes(), "{what}: payload belongs to another key: {:?}", String::from_utf8_lossy(&bytes));
+        ensure!(
+            bytes == key.as_bytes(),
+            "{what}: payload belongs to another key: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
     }
     keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    ensure_eq!(all_keys(&ns, false).await?, keys, "list of the unicode and long keys (byte order)");
+    ensure_eq!(
+        all_keys(&ns, false).await?,
+        keys,
+        "list of the unicode and long keys (byte order)"
+    );
     let pfx = ns
-        .list_all(ListOptions { prefix: Some("e\u{301}".into()), ..Default::default() })
+        .list_all(ListOptions {
+            prefix: Some("e\u{301}".into()),
+            ..Default::default()
+        })
         .await
         .step("list with the decomposed prefix")?;
     ensure_eq!(
@@ -123,23 +181,38 @@ pub async fn long_and_unicode_keys(store: &Stowage) -> BehaviourResult {
         vec!["e\u{301}".to_string()],
         "list with prefix \"e\\u{{301}}\" (no unicode normalisation)"
     );
-    let long = keys.iter().find(|k| k.starts_with('\u{e9}') && k.len() == MAX_KEY_LEN).cloned();
+    let long = keys
+        .iter()
+        .find(|k| k.starts_with('\u{e9}') && k.len() == MAX_KEY_LEN)
+        .cloned();
     let long = long.ok_or_else(|| Failure::new("kit bug: long key missing"))?;
     if caps.versions {
-        ns.put(&long, "v2", Metadata::new()).await.step("second put of the long key")?;
+        ns.put(&long, "v2", Metadata::new())
+            .await
+            .step("second put of the long key")?;
         let versions = ns.versions(&long).await.step("versions of the long key")?;
         ensure_eq!(versions.len(), 2, "versions of the long key");
     }
     if caps.delete {
-        ns.delete(&long, DeleteOptions::default()).await.step("delete the long key")?;
-        expect_err(ns.get(&long).await, ErrorKind::NotFound, "get the long key after delete")?;
+        ns.delete(&long, DeleteOptions::default())
+            .await
+            .step("delete the long key")?;
+        expect_err(
+            ns.get(&long).await,
+            ErrorKind::NotFound,
+            "get the long key after delete",
+        )?;
         if caps.restore {
             ns.restore(&long, None).await.step("restore the long key")?;
         }
     }
     if caps.purge {
         ns.purge(&long).await.step("purge the long key")?;
-        expect_err(ns.head(&long, None).await, ErrorKind::NotFound, "head the long key after purge")?;
+        expect_err(
+            ns.head(&long, None).await,
+            ErrorKind::NotFound,
+            "head the long key after purge",
+        )?;
     }
     Ok(Outcome::Passed)
 }

@@ -11,9 +11,30 @@ use crate::stowage::{NamespaceHandle, Stowage};
 /// Keys chosen so byte order differs from naive orders: case, `-`/`.`/`/`/`_` around the
 /// separator, a decomposed and a precomposed `é`, CJK, an emoji, digits.
 const KEYS: &[&str] = &[
-    "0", "9/9", "A/x", "B", "Z", "a", "a-b", "a.b", "a/b", "a/b/c", "a/bc", "a0", "a_b", "ab",
-    "abc/d", "b", "e\u{301}", "z", "zz/\u{fc}", "~tilde", "\u{e9}", "\u{e9}t\u{e9}/x",
-    "\u{65e5}\u{672c}", "\u{1f980}",
+    "0",
+    "9/9",
+    "A/x",
+    "B",
+    "Z",
+    "a",
+    "a-b",
+    "a.b",
+    "a/b",
+    "a/b/c",
+    "a/bc",
+    "a0",
+    "a_b",
+    "ab",
+    "abc/d",
+    "b",
+    "e\u{301}",
+    "z",
+    "zz/\u{fc}",
+    "~tilde",
+    "\u{e9}",
+    "\u{e9}t\u{e9}/x",
+    "\u{65e5}\u{672c}",
+    "\u{1f980}",
 ];
 
 /// Writes every key of [`KEYS`] (one of them twice); returns the keys in byte order.
@@ -33,7 +54,11 @@ async fn populate(ns: &NamespaceHandle) -> Result<Vec<String>, Failure> {
 
 /// Follows cursors from `options`, requiring every page to respect the limit and to move
 /// forward; returns every key in the order the pages gave them.
-async fn page_through(ns: &NamespaceHandle, mut options: ListOptions, total_hint: usize) -> Result<Vec<String>, Failure> {
+async fn page_through(
+    ns: &NamespaceHandle,
+    mut options: ListOptions,
+    total_hint: usize,
+) -> Result<Vec<String>, Failure> {
     let mut keys = Vec::new();
     let mut seen = HashSet::new();
     // Bounded so a cursor that never advances fails instead of looping forever.
@@ -41,16 +66,26 @@ async fn page_through(ns: &NamespaceHandle, mut options: ListOptions, total_hint
         let what = format!("list page {page_no} with {options:?}");
         let page = ns.list(options.clone()).await.step(&what)?;
         if let Some(limit) = options.limit {
-            ensure!(page.items.len() <= limit, "{what}: {} items exceed the limit {limit}", page.items.len());
+            ensure!(
+                page.items.len() <= limit,
+                "{what}: {} items exceed the limit {limit}",
+                page.items.len()
+            );
         }
         for item in &page.items {
             let key = item.key.to_string();
-            ensure!(seen.insert(key.clone()), "{what}: key {key:?} appeared on an earlier page too");
+            ensure!(
+                seen.insert(key.clone()),
+                "{what}: key {key:?} appeared on an earlier page too"
+            );
             keys.push(key);
         }
         match page.next {
             Some(next) => {
-                ensure!(!page.items.is_empty(), "{what}: an empty page must not carry a next cursor");
+                ensure!(
+                    !page.items.is_empty(),
+                    "{what}: an empty page must not carry a next cursor"
+                );
                 options.cursor = Some(next);
             }
             None => return Ok(keys),
@@ -68,39 +103,78 @@ pub async fn list_pagination(store: &Stowage) -> BehaviourResult {
     let ns = fresh_namespace(store, "list")?;
     let mut expected = populate(&ns).await?;
 
-    let whole = ns.list(ListOptions::default()).await.step("list without a limit")?;
+    let whole = ns
+        .list(ListOptions::default())
+        .await
+        .step("list without a limit")?;
     ensure_eq!(whole.next, None, "list without a limit: next cursor");
     let keys: Vec<String> = whole.items.iter().map(|i| i.key.to_string()).collect();
     ensure_eq!(keys, expected, "list without a limit: keys in byte order");
     let ab = whole.items.iter().find(|i| i.key.as_str() == "a/b");
-    ensure_eq!(ab.map(|i| i.version), Some(2), "list shows the latest version of \"a/b\"");
+    ensure_eq!(
+        ab.map(|i| i.version),
+        Some(2),
+        "list shows the latest version of \"a/b\""
+    );
 
     for limit in [1usize, 3, 5, 7, 24, 100] {
-        let options = ListOptions { limit: Some(limit), ..Default::default() };
+        let options = ListOptions {
+            limit: Some(limit),
+            ..Default::default()
+        };
         let got = page_through(&ns, options, expected.len()).await?;
         ensure_eq!(got, expected, "keys listed in pages of {limit}");
     }
     let exact = ns
-        .list(ListOptions { limit: Some(100), ..Default::default() })
+        .list(ListOptions {
+            limit: Some(100),
+            ..Default::default()
+        })
         .await
         .step("list with a limit above the number of keys")?;
-    ensure_eq!(exact.next, None, "list with a limit above the number of keys: next cursor");
+    ensure_eq!(
+        exact.next,
+        None,
+        "list with a limit above the number of keys: next cursor"
+    );
 
     if store.capabilities().delete {
         for key in ["a/bc", "\u{1f980}"] {
-            ns.delete(key, DeleteOptions::default()).await.step(format!("delete {key:?}"))?;
+            ns.delete(key, DeleteOptions::default())
+                .await
+                .step(format!("delete {key:?}"))?;
         }
         let with_deleted = expected.clone();
         expected.retain(|k| k != "a/bc" && k != "\u{1f980}");
-        let live = page_through(&ns, ListOptions { limit: Some(4), ..Default::default() }, with_deleted.len()).await?;
-        ensure_eq!(live, expected, "keys listed in pages of 4 after two deletes");
-        let all = page_through(
+        let live = page_through(
             &ns,
-            ListOptions { limit: Some(4), include_deleted: true, ..Default::default() },
+            ListOptions {
+                limit: Some(4),
+                ..Default::default()
+            },
             with_deleted.len(),
         )
         .await?;
-        ensure_eq!(all, with_deleted, "keys listed with include_deleted in pages of 4");
+        ensure_eq!(
+            live,
+            expected,
+            "keys listed in pages of 4 after two deletes"
+        );
+        let all = page_through(
+            &ns,
+            ListOptions {
+                limit: Some(4),
+                include_deleted: true,
+                ..Default::default()
+            },
+            with_deleted.len(),
+        )
+        .await?;
+        ensure_eq!(
+            all,
+            with_deleted,
+            "keys listed with include_deleted in pages of 4"
+        );
     }
     Ok(Outcome::Passed)
 }
@@ -144,7 +218,11 @@ pub async fn list_prefix_and_start_after(store: &Stowage) -> BehaviourResult {
                 ..Default::default()
             };
             let got = page_through(&ns, options, sorted.len()).await?;
-            ensure_eq!(got, want, "list with prefix {prefix:?}, start_after {after:?}, limit {limit:?}");
+            ensure_eq!(
+                got,
+                want,
+                "list with prefix {prefix:?}, start_after {after:?}, limit {limit:?}"
+            );
         }
     }
     Ok(Outcome::Passed)

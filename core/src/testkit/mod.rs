@@ -1,57 +1,80 @@
 //! The conformance kit: one suite of behaviours every provider runs to prove it keeps the
 //! [`StorageBackend`](crate::StorageBackend) contract — built-ins, plugins and third-party
-//! providers alike (enable the `testkit` feature of `stowage-core` in `[dev-dependencies]`).
+//! providers alike.
 //!
 //! Each behaviour is a public `async fn(&Stowage) -> BehaviourResult` (for example
-//! [`round_trip_empty`], [`versions_numbering`], [`race_if_version`]). It opens its own fresh
-//! namespace (`ck-<label>-<random>`), so behaviours do not see each other's records and one store
-//! can run them all, or be reused across runs. It reads [`Stowage::capabilities`] first and
-//! returns [`Outcome::Skipped`] with the reason when the provider rules it out — a skip is
-//! reported, never a silent pass. A [`Failure`] names the step and what differed.
+//! [`round_trip_empty`], [`version_numbering`], [`race_if_version`], [`namespace_isolation`];
+//! [`behaviours`] lists them all). It opens its own fresh namespace (`ck-<label>-<random>`), so
+//! behaviours do not see each other's records and one store can run them all, or be reused
+//! across runs. It reads [`Stowage::capabilities`] first and returns [`Outcome::Skipped`] with
+//! the reason when the provider rules it out — a skip is reported, never a silent pass. A
+//! [`Failure`] names the step and what differed (expected vs got).
 //!
 //! ## Using it from a provider's tests
 //!
-//! One test per behaviour, each with a fresh store from an async expression evaluated once per
-//! test (the tests build their own tokio runtime, so the provider crate needs no tokio
-//! dev-dependency for this):
+//! Enable the kit in the provider crate's `Cargo.toml`:
 //!
-//! ```ignore
+//! ```toml
+//! [dev-dependencies]
+//! stowage-core = { version = "0.1", features = ["testkit"] }
+//! serde_json = "1"
+//! ```
+//!
+//! Then one line gives one test per behaviour, each against a fresh store made by an async
+//! expression (evaluated once per test). The generated tests build their own multi-threaded
+//! tokio runtime, so the provider crate needs no tokio dev-dependency for them. Put the call in
+//! a module of its own so the generated names (`conformance::race_if_version`, …) do not clash
+//! with the provider's other tests:
+//!
+//! ```no_run
 //! // tests/my_provider.rs
 //! mod conformance {
 //!     stowage_core::conformance_tests!(async {
-//!         let backend = my_provider::MyFactory.create(serde_json::json!({})).await.unwrap();
-//!         stowage_core::Stowage::from_backend(backend)
+//!         // Any way of making a `Stowage`: a factory's `create`, `Stowage::from_backend`, or
+//!         // the builder with a registry that holds the provider.
+//!         stowage_core::Stowage::builder()
+//!             .with_storage("my-provider", serde_json::json!({"path": "target/conformance"}))
+//!             .build()
+//!             .await
+//!             .expect("creating the store under test")
 //!     });
 //! }
+//! # fn main() {}
 //! ```
 //!
-//! This expands to `#[test] fn round_trip_empty()`, `#[test] fn race_if_version()`, … so
-//! `cargo test` names the behaviour that failed, and prints a `SKIPPED` line for the ones the
+//! `cargo test` then names the behaviour that failed, with what differed, and prints a
+//! `SKIPPED` line (straight to stderr, so it shows for passing tests too) for each behaviour the
 //! provider's capabilities rule out.
 //!
-//! Or everything in one test, from a factory and its config (what plugin and CLI checks use):
+//! Or the whole suite in one test, from a factory and its config — what plugin checks use:
 //!
-//! ```ignore
-//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-//! async fn conformance() {
-//!     let report = stowage_core::testkit::run_all(my_provider::factory(), serde_json::json!({})).await;
-//!     report.assert_passed();
-//! }
+//! ```no_run
+//! # async fn demo() {
+//! let factory = stowage_core::Registry::global().get("my-provider").unwrap();
+//! let report = stowage_core::testkit::run_all(factory, serde_json::json!({})).await;
+//! println!("{report}"); // PASS / SKIP / FAIL, one line per behaviour
+//! report.assert_passed();
+//! # }
 //! ```
 //!
-//! [`run_all`] validates the config, creates the backend, checks the factory and the backend
-//! agree on capabilities, then runs every behaviour one after another and returns a
-//! [`ConformanceReport`] (use [`ConformanceReport::assert_passed`]).
+//! [`run_all`] checks the config schema, validates the config, creates the backend, checks the
+//! factory and the backend agree on name and capabilities, then runs every behaviour one after
+//! another and returns a [`ConformanceReport`]. [`run_behaviours`] does the same on a store
+//! already made, and each behaviour can be called alone.
 //!
 //! ## What the behaviours assume
 //!
+//! - Operations on a key with no version (never written, or purged) are `NotFound`: `get`,
+//!   `head`, `delete`, `restore`, `versions` and `purge` alike — and a namespace answers for a
+//!   key that only another namespace holds exactly as for one that exists nowhere.
+//! - `put`'s returned info is what `head`, `get`, `list` and `versions` return later, field for
+//!   field (timestamps keep their microseconds).
 //! - The behaviours about `gc` and dedup count what `gc` removes. They sweep the store first,
 //!   so a store reused across runs is fine, but no other writer may purge on the same store
 //!   while they run (the macro gives each test its own store; `run_all` runs one at a time).
-//! - Operations on a key that has no version (never written, or purged) are `NotFound`:
-//!   `get`, `head`, `delete`, `restore`, `versions` and `purge` alike.
 //! - The search behaviours need distinct timestamps, so they pause a few milliseconds between
-//!   writes; the runtime needs its timer enabled.
+//!   writes; the runtime needs its timer enabled (`#[tokio::test]` has it).
+//! - The race behaviours spawn tasks with `tokio::spawn`, so they run inside a tokio runtime.
 
 mod blobs;
 mod check;
@@ -73,16 +96,16 @@ use futures::FutureExt;
 use crate::factory::StorageProviderFactory;
 use crate::stowage::Stowage;
 
-pub use check::{BehaviourResult, Failure, Outcome};
-pub use fixture::{all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body};
 pub use blobs::{
     dedup_across_keys_and_namespaces, gc_and_verify_clean, namespaces_listed,
     unsupported_operations_say_so,
 };
+pub use check::{BehaviourResult, Failure, Outcome};
 pub use conditional::{
     delete_if_version, put_base_without_merge, put_create, put_if_version, race_base_merge,
     race_if_version,
 };
+pub use fixture::{all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body};
 pub use isolation::namespace_isolation;
 pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
 pub use listing::{list_pagination, list_prefix_and_start_after};
@@ -110,7 +133,9 @@ pub struct Behaviour {
 
 impl std::fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Behaviour").field("name", &self.name).finish()
+        f.debug_struct("Behaviour")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -192,9 +217,10 @@ macro_rules! __conformance_test_fns {
 /// Expands to one `#[test]` per behaviour of the conformance kit, each running against a
 /// fresh store made by the given async expression (evaluated once per test).
 ///
-/// Put it in a module of its own so the generated names do not collide with other tests:
+/// Put it in a module of its own so the generated names do not collide with other tests (see
+/// the [`testkit`](crate::testkit) module docs):
 ///
-/// ```ignore
+/// ```no_run
 /// mod conformance {
 ///     stowage_core::conformance_tests!(async {
 ///         stowage_core::Stowage::builder()
@@ -204,6 +230,7 @@ macro_rules! __conformance_test_fns {
 ///             .expect("creating the store")
 ///     });
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
@@ -347,7 +374,10 @@ pub async fn run_behaviours(store: &Stowage) -> ConformanceReport {
 
 /// Validates `config` with `factory`, creates a store, checks the factory and the backend agree
 /// on what they support, then runs every behaviour the capabilities allow.
-pub async fn run_all(factory: Arc<dyn StorageProviderFactory>, config: serde_json::Value) -> ConformanceReport {
+pub async fn run_all(
+    factory: Arc<dyn StorageProviderFactory>,
+    config: serde_json::Value,
+) -> ConformanceReport {
     let provider = factory.name().to_string();
     let setup = |result: BehaviourResult| ConformanceReport {
         provider: provider.clone(),
@@ -424,7 +454,9 @@ pub fn run_test(
         Ok(Outcome::Skipped(reason)) => write_unbuffered(&format!(
             "conformance behaviour `{name}` SKIPPED for provider `{provider}`: {reason}\n"
         )),
-        Err(failure) => panic!("conformance behaviour `{name}` failed for provider `{provider}`: {failure}"),
+        Err(failure) => {
+            panic!("conformance behaviour `{name}` failed for provider `{provider}`: {failure}")
+        }
     }
 }
 

@@ -24,11 +24,26 @@ async fn check_round_trip(
         .put(key, payload.to_vec(), metadata.clone())
         .await
         .step(&what)?;
-    check_new_info(&info, handle, key, ContentHash::of(payload), payload.len() as u64, &what)?;
-    ensure_eq!(info.metadata, metadata, "{what}: metadata of the returned info");
+    check_new_info(
+        &info,
+        handle,
+        key,
+        ContentHash::of(payload),
+        payload.len() as u64,
+        &what,
+    )?;
+    ensure_eq!(
+        info.metadata,
+        metadata,
+        "{what}: metadata of the returned info"
+    );
 
     let head = handle.head(key, None).await.step(format!("head {key:?}"))?;
-    ensure_eq!(head, info, "head {key:?} after {what} must return what the put returned");
+    ensure_eq!(
+        head,
+        info,
+        "head {key:?} after {what} must return what the put returned"
+    );
 
     let (got, body) = handle.get(key).await.step(format!("get {key:?}"))?;
     ensure_eq!(got, info, "get {key:?}: info");
@@ -48,7 +63,11 @@ async fn check_round_trip(
         })
         .await
         .step(format!("list with prefix {key:?}"))?;
-    let listed: Vec<&RecordInfo> = page.items.iter().filter(|i| i.key.as_str() == key).collect();
+    let listed: Vec<&RecordInfo> = page
+        .items
+        .iter()
+        .filter(|i| i.key.as_str() == key)
+        .collect();
     ensure_eq!(listed, vec![&info], "list with prefix {key:?}: the record");
     Ok(info)
 }
@@ -62,7 +81,11 @@ fn check_new_info(
     size: u64,
     what: &str,
 ) -> Result<(), Failure> {
-    ensure_eq!(info.namespace, *handle.namespace(), "{what}: namespace of the returned info");
+    ensure_eq!(
+        info.namespace,
+        *handle.namespace(),
+        "{what}: namespace of the returned info"
+    );
     ensure_eq!(info.key.as_str(), key, "{what}: key of the returned info");
     ensure_eq!(info.version, 1, "{what}: the first version of a key");
     ensure_eq!(info.hash, hash, "{what}: hash of the returned info");
@@ -90,7 +113,11 @@ pub async fn round_trip_empty(store: &Stowage) -> BehaviourResult {
         .await
         .step("put of an empty stream")?;
     ensure_eq!(info.size, 0, "put of an empty stream: size");
-    ensure_eq!(info.hash, ContentHash::of(b""), "put of an empty stream: hash");
+    ensure_eq!(
+        info.hash,
+        ContentHash::of(b""),
+        "put of an empty stream: hash"
+    );
     Ok(Outcome::Passed)
 }
 
@@ -119,7 +146,10 @@ pub async fn round_trip_all_byte_values(store: &Stowage) -> BehaviourResult {
 pub async fn round_trip_large_streamed(store: &Stowage) -> BehaviourResult {
     const SIZE: usize = 8 * 1024 * 1024;
     let ns = fresh_namespace(store, "rt-large")?;
-    for (key, chunk, hint) in [("large/hinted", 64 * 1024, true), ("large/unhinted", 100_000, false)] {
+    for (key, chunk, hint) in [
+        ("large/hinted", 64 * 1024, true),
+        ("large/unhinted", 100_000, false),
+    ] {
         let seed = rand::random::<u64>();
         let (body, hash) = streamed_body(seed, SIZE, chunk, hint);
         let what = format!("streamed put of 8 MiB under {key:?} (size hint: {hint})");
@@ -129,7 +159,11 @@ pub async fn round_trip_large_streamed(store: &Stowage) -> BehaviourResult {
         ensure_eq!(got, info, "get {key:?}: info");
         let (read_hash, read_size) = hash_body(body, &format!("get {key:?}")).await?;
         ensure_eq!(read_size, SIZE as u64, "get {key:?}: bytes streamed back");
-        ensure_eq!(read_hash, hash, "get {key:?}: hash of the bytes streamed back");
+        ensure_eq!(
+            read_hash,
+            hash,
+            "get {key:?}: hash of the bytes streamed back"
+        );
     }
     Ok(Outcome::Passed)
 }
@@ -165,15 +199,27 @@ pub async fn metadata_round_trip(store: &Stowage) -> BehaviourResult {
         .put("meta/rich", "[]", second.clone())
         .await
         .step("second put of meta/rich")?;
-    ensure_eq!(v2.metadata, second, "second put of meta/rich: metadata must replace, not merge");
+    ensure_eq!(
+        v2.metadata,
+        second,
+        "second put of meta/rich: metadata must replace, not merge"
+    );
     let head = ns.head("meta/rich", None).await.step("head meta/rich")?;
-    ensure_eq!(head.metadata, second, "head meta/rich after the second put: metadata");
+    ensure_eq!(
+        head.metadata,
+        second,
+        "head meta/rich after the second put: metadata"
+    );
     if store.capabilities().versions {
         let old = ns
             .head("meta/rich", Some(1))
             .await
             .step("head meta/rich version 1")?;
-        ensure_eq!(old.metadata, rich, "head meta/rich version 1: metadata of the old version");
+        ensure_eq!(
+            old.metadata,
+            rich,
+            "head meta/rich version 1: metadata of the old version"
+        );
     }
     Ok(Outcome::Passed)
 }
@@ -250,7 +296,11 @@ pub async fn byte_ranges(store: &Stowage) -> BehaviourResult {
             .await
             .step(what)?;
         ensure_eq!(got.version, 1, "{what}: version");
-        ensure_eq!(read_body(body, what).await?, payload[10..20].to_vec(), "{what}: bytes");
+        ensure_eq!(
+            read_body(body, what).await?,
+            payload[10..20].to_vec(),
+            "{what}: bytes"
+        );
     }
     Ok(Outcome::Passed)
 }

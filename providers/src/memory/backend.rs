@@ -170,7 +170,12 @@ impl StorageBackend for MemoryBackend {
             PutMode::Overwrite => {}
             PutMode::Create => {
                 if latest.is_some_and(|l| !l.is_deleted()) {
-                    return Err(conflict(ns, key, "no live version (create)".into(), history));
+                    return Err(conflict(
+                        ns,
+                        key,
+                        "no live version (create)".into(),
+                        history,
+                    ));
                 }
             }
             PutMode::IfVersion(v) | PutMode::Base(v) => {
@@ -205,7 +210,12 @@ impl StorageBackend for MemoryBackend {
         Ok(info)
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let state = self.read();
         let info = state.live(ns, key, options.version)?;
         let blob = state.blobs.get(&info.hash).ok_or_else(|| {
@@ -227,11 +237,21 @@ impl StorageBackend for MemoryBackend {
         Ok((info.clone(), Body::from_bytes(bytes)))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         self.read().live(ns, key, version).cloned()
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let mut state = self.write();
         let history = state.history(ns, key);
         let latest = state.live(ns, key, None)?;
@@ -288,7 +308,12 @@ impl StorageBackend for MemoryBackend {
             .ok_or_else(|| Error::not_found(ns, key, None))
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let mut state = self.write();
         let history = state
             .history(ns, key)
@@ -387,7 +412,12 @@ impl StorageBackend for MemoryBackend {
                     None => Some(("missing", format!("payload {} is not stored", info.hash))),
                     Some(b) if b.len() as u64 != info.size => Some((
                         "size",
-                        format!("payload {} has {} bytes, the record says {}", info.hash, b.len(), info.size),
+                        format!(
+                            "payload {} has {} bytes, the record says {}",
+                            info.hash,
+                            b.len(),
+                            info.size
+                        ),
                     )),
                     Some(_) => None,
                 };

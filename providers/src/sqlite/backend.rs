@@ -155,15 +155,9 @@ impl SqliteBackend {
         }
     }
 
-    async fn put_small(
-        &self,
-        pool: &SqlitePool,
-        ns: &Namespace,
-        key: &Key,
-        data: Bytes,
-        metadata: &str,
-        mode: PutMode,
-    ) -> Result<Option<(u64, i64, i64)>> {
+    /// The fast path; `Err(None)` when the precondition failed (current version unknown).
+    async fn put_small(&self, pool: &SqlitePool, req: &PutRequest<'_>, data: Bytes) -> Result<Attempt> {
+        let PutRequest { ns, key, metadata, mode } = *req;
         let hash = ContentHash::of(&data);
         let size = data.len() as u64;
         let now = Timestamp::now().as_micros();
@@ -198,9 +192,16 @@ impl SqliteBackend {
         match result {
             Ok(rows) => {
                 conn.settled = true;
-                Ok(rows
-                    .first()
-                    .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1), now)))
+                Ok(match rows.first() {
+                    Some(r) => Ok(Written {
+                        version: r.get::<i64, _>(0) as u64,
+                        created_at: r.get(1),
+                        updated_at: now,
+                        hash,
+                        size,
+                    }),
+                    None => Err(None),
+                })
             }
             Err(e) => {
                 conn.roll_back().await;
@@ -209,16 +210,9 @@ impl SqliteBackend {
         }
     }
 
-    async fn put_large(
-        &self,
-        pool: &SqlitePool,
-        ns: &Namespace,
-        key: &Key,
-        prefix: Bytes,
-        rest: Body,
-        metadata: &str,
-        mode: PutMode,
-    ) -> Result<std::result::Result<(u64, i64, i64, ContentHash, u64), Option<u64>>> {
+    /// The streaming path, in one write transaction; `Err(current)` when the precondition failed.
+    async fn put_large(&self, pool: &SqlitePool, req: &PutRequest<'_>, prefix: Bytes, rest: Body) -> Result<Attempt> {
+        let PutRequest { ns, key, metadata, mode } = *req;
         let _turn = self.writer.lock().await;
         let mut tx = pool
             .begin_with("BEGIN IMMEDIATE")
@@ -262,7 +256,13 @@ impl SqliteBackend {
         .await
         .map_err(self.fail("writing a record"))?;
         tx.commit().await.map_err(self.fail("committing a record"))?;
-        Ok(Ok((version, created_at, now, hash, size)))
+        Ok(Ok(Written {
+            version,
+            created_at,
+            updated_at: now,
+            hash,
+            size,
+        }))
     }
 
     fn decode_one(&self, ns: &Namespace, row: &SqliteRow) -> Result<RecordInfo> {
@@ -300,6 +300,29 @@ impl SqliteBackend {
     }
 }
 
+/// What a put writes, besides the payload.
+#[derive(Clone, Copy)]
+struct PutRequest<'a> {
+    ns: &'a Namespace,
+    key: &'a Key,
+    /// Metadata as stored JSON.
+    metadata: &'a str,
+    mode: PutMode,
+}
+
+/// A version a put wrote.
+struct Written {
+    version: u64,
+    created_at: i64,
+    updated_at: i64,
+    hash: ContentHash,
+    size: u64,
+}
+
+/// A put's outcome: written, or refused by its precondition (with the current version when
+/// the refusing path knew it).
+type Attempt = std::result::Result<Written, Option<u64>>;
+
 fn mode_code(mode: PutMode) -> (i64, i64) {
     match mode {
         PutMode::Overwrite => (0, 0),
@@ -332,29 +355,25 @@ impl StorageBackend for SqliteBackend {
     ) -> Result<RecordInfo> {
         let pool = self.pool().await?;
         let meta_json = encode_metadata(&metadata)?;
-        let written = match blobs::classify(body, self.config.chunk_size()).await? {
-            Payload::Small(data) => {
-                let hash = ContentHash::of(&data);
-                let size = data.len() as u64;
-                self.put_small(pool, ns, key, data, &meta_json, mode)
-                    .await?
-                    .map(|(v, c, u)| (v, c, u, hash, size))
-                    .ok_or(None)
-            }
-            Payload::Large { prefix, rest } => {
-                self.put_large(pool, ns, key, prefix, rest, &meta_json, mode)
-                    .await?
-            }
+        let req = PutRequest {
+            ns,
+            key,
+            metadata: &meta_json,
+            mode,
         };
-        match written {
-            Ok((version, created_at, updated_at, hash, size)) => Ok(RecordInfo {
+        let attempt = match blobs::classify(body, self.config.chunk_size()).await? {
+            Payload::Small(data) => self.put_small(pool, &req, data).await?,
+            Payload::Large { prefix, rest } => self.put_large(pool, &req, prefix, rest).await?,
+        };
+        match attempt {
+            Ok(w) => Ok(RecordInfo {
                 namespace: ns.clone(),
                 key: key.clone(),
-                version,
-                hash,
-                size,
-                created_at: Timestamp::from_micros(created_at),
-                updated_at: Timestamp::from_micros(updated_at),
+                version: w.version,
+                hash: w.hash,
+                size: w.size,
+                created_at: Timestamp::from_micros(w.created_at),
+                updated_at: Timestamp::from_micros(w.updated_at),
                 deleted_at: None,
                 metadata,
                 conflicts: Vec::new(),

@@ -1,0 +1,220 @@
+//! `stowage_core::copy`: between providers, resumable, refusing targets, final check.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use stowage_core::copy::{copy, CopyOptions, CopyVersions, NoCopyObserver};
+use stowage_core::{
+    async_trait, Body, Capabilities, DeleteOptions, Error, ErrorKind, GetOptions, Key,
+    ListOptions, Metadata, Namespace, Page, PutMode, RecordInfo, Registry, Result,
+    StorageBackend, Stowage, Version,
+};
+
+async fn store(provider: &str, dir: &tempfile::TempDir) -> Stowage {
+    let registry = Arc::new(Registry::new());
+    stowage_providers::register_all(&registry).unwrap();
+    let config = match provider {
+        "sqlite" => serde_json::json!({ "path": dir.path().join("s.db") }),
+        "fs" => serde_json::json!({ "root": dir.path().join("fs") }),
+        _ => serde_json::json!({}),
+    };
+    Stowage::builder()
+        .registry(registry)
+        .with_storage(provider, config)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Fills `store` with records in three namespaces: several versions, tombstones, restores.
+async fn populate(store: &Stowage) -> u64 {
+    let mut written = 0;
+    for ns in ["default", "acme", "globex"] {
+        let h = store.namespace(ns).unwrap();
+        for i in 0..30u32 {
+            let key = format!("docs/{i:03}");
+            let size = (i as usize * 977) % 70_000;
+            let payload: Vec<u8> = (0..size).map(|b| (b as u32 * 31 + i) as u8).collect();
+            let meta = Metadata::new()
+                .with_tag(format!("t{}", i % 3))
+                .with_attribute("i", i)
+                .with_content_type("application/octet-stream");
+            h.put(&key, payload, meta.clone()).await.unwrap();
+            written += 1;
+            if i % 4 == 0 {
+                h.put(&key, format!("second {i}"), meta).await.unwrap();
+                written += 1;
+            }
+            if i % 5 == 0 {
+                h.delete(&key, DeleteOptions::default()).await.unwrap();
+                written += 1;
+            }
+            if i % 10 == 0 {
+                h.restore(&key, None).await.unwrap();
+                written += 1;
+            }
+        }
+    }
+    written
+}
+
+async fn assert_same(source: &Stowage, target: &Stowage) {
+    for ns in ["default", "acme", "globex"] {
+        let s = source.namespace(ns).unwrap();
+        let t = target.namespace(ns).unwrap();
+        let opts = ListOptions { include_deleted: true, ..Default::default() };
+        let sl = s.list_all(opts.clone()).await.unwrap();
+        let tl = t.list_all(opts).await.unwrap();
+        assert_eq!(sl.len(), tl.len(), "namespace {ns}");
+        for (a, b) in sl.iter().zip(&tl) {
+            assert_eq!((&a.key, a.version, a.hash, a.is_deleted(), &a.metadata), (&b.key, b.version, b.hash, b.is_deleted(), &b.metadata));
+            let sv = s.versions(a.key.as_str()).await.unwrap();
+            let tv = t.versions(a.key.as_str()).await.unwrap();
+            let strip = |v: &[RecordInfo]| v.iter().map(|i| (i.version, i.hash, i.is_deleted())).collect::<Vec<_>>();
+            assert_eq!(strip(&sv), strip(&tv), "history of {ns}/{}", a.key);
+        }
+    }
+    assert!(target.verify(&stowage_core::NoProgress).await.unwrap().is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_every_version_between_providers_and_skips_on_rerun() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    let target = store("memory", &d2).await;
+    let written = populate(&source).await;
+    let options = CopyOptions { all_namespaces: true, ..Default::default() };
+    let first = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert_eq!(first.namespaces, 3);
+    assert_eq!(first.keys, 90);
+    assert!(first.mismatches.is_empty(), "{:?}", first.mismatches);
+    assert_eq!(first.versions_copied, written);
+    assert_same(&source, &target).await;
+
+    let again = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert_eq!(again.versions_copied, 0, "a re-run copies nothing");
+    assert_eq!(again.versions_skipped, written);
+
+    // New writes in the source: only they are copied.
+    source.namespace("acme").unwrap().put("docs/new", "fresh", Metadata::new()).await.unwrap();
+    source.namespace("acme").unwrap().put("docs/001", "changed", Metadata::new()).await.unwrap();
+    let third = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert_eq!(third.versions_copied, 2);
+    assert_same(&source, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_only_copies_the_current_state() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("memory", &d1).await;
+    let target = store("sqlite", &d2).await;
+    populate(&source).await;
+    let options = CopyOptions {
+        all_namespaces: false,
+        prefix: Some("docs/0".into()),
+        versions: CopyVersions::Latest,
+        ..Default::default()
+    };
+    let report = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert_eq!(report.namespaces, 1);
+    assert_eq!(report.keys, 10, "prefix docs/0 selects docs/000..docs/009");
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    let t = target.default_namespace();
+    let all = t.list_all(ListOptions { include_deleted: true, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 10);
+    let s = source.default_namespace();
+    for info in all {
+        let src = s.list_all(ListOptions { prefix: Some(info.key.to_string()), include_deleted: true, ..Default::default() }).await.unwrap();
+        assert_eq!(src[0].hash, info.hash);
+        assert_eq!(src[0].is_deleted(), info.is_deleted());
+    }
+    assert!(target.namespace("acme").unwrap().list(ListOptions::default()).await.unwrap().items.is_empty());
+    let again = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert_eq!(again.versions_copied, 0);
+}
+
+/// A backend that refuses every write after `budget` of them, as a full disk or a revoked
+/// credential would.
+struct RefusingAfter {
+    inner: Arc<dyn StorageBackend>,
+    budget: AtomicU64,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl RefusingAfter {
+    fn take(&self, key: &Key) -> Result<()> {
+        if self.refusing.load(Ordering::SeqCst)
+            && self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err()
+        {
+            return Err(Error::Backend {
+                provider: "refusing".into(),
+                message: format!("write of {key} refused: quota exhausted"),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StorageBackend for RefusingAfter {
+    fn provider(&self) -> &str {
+        "refusing"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(&self, ns: &Namespace, key: &Key, body: Body, meta: Metadata, mode: PutMode) -> Result<RecordInfo> {
+        self.take(key)?;
+        self.inner.put(ns, key, body, meta, mode).await
+    }
+    async fn get(&self, ns: &Namespace, key: &Key, o: GetOptions) -> Result<(RecordInfo, Body)> {
+        self.inner.get(ns, key, o).await
+    }
+    async fn head(&self, ns: &Namespace, key: &Key, v: Option<Version>) -> Result<RecordInfo> {
+        self.inner.head(ns, key, v).await
+    }
+    async fn delete(&self, ns: &Namespace, key: &Key, o: DeleteOptions) -> Result<RecordInfo> {
+        self.take(key)?;
+        self.inner.delete(ns, key, o).await
+    }
+    async fn list(&self, ns: &Namespace, o: ListOptions) -> Result<Page<RecordInfo>> {
+        self.inner.list(ns, o).await
+    }
+    async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        self.inner.versions(ns, key).await
+    }
+    async fn verify(&self, p: &dyn stowage_core::Progress) -> Result<stowage_core::VerifyReport> {
+        self.inner.verify(p).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_refuses_stops_the_copy_naming_the_record_and_a_rerun_completes() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    let written = populate(&source).await;
+    let before: Vec<_> = source.namespace("acme").unwrap().list_all(ListOptions::default()).await.unwrap();
+    let memory = store("memory", &d2).await;
+    let refusing = Arc::new(RefusingAfter {
+        inner: memory.backend().clone(),
+        budget: AtomicU64::new(25),
+        refusing: true.into(),
+    });
+    let target = Stowage::from_backend(refusing.clone());
+    let options = CopyOptions { all_namespaces: true, concurrency: Some(1), ..Default::default() };
+    let err = copy(&source, &target, &options, &NoCopyObserver).await.unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{msg}");
+    assert!(msg.contains("docs/") && msg.contains("version") && msg.contains("quota"), "names the record: {msg}");
+    // The source is untouched.
+    let after: Vec<_> = source.namespace("acme").unwrap().list_all(ListOptions::default()).await.unwrap();
+    assert_eq!(before, after);
+    // The fault clears; the re-run completes and copies only what was missing.
+    refusing.refusing.store(false, Ordering::SeqCst);
+    let report = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(report.versions_skipped, 25);
+    assert_eq!(report.versions_copied, written - 25);
+    assert_same(&source, &target).await;
+}

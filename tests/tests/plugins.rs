@@ -1,0 +1,324 @@
+//! Drop-in plugins loaded from real shared libraries (built by `scripts/build-plugin-fixtures`
+//! into `target/plugins/`): both examples pass the conformance kit, every defective library is
+//! refused with an error naming it, panics come back as `Panicked` without taking the host down,
+//! and libraries stay alive as long as anything made from them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+use stowage_core::{
+    testkit, Body, Error, ErrorKind, GetOptions, Key, ListOptions, Metadata, Namespace,
+    PluginLibrary, ProviderOrigin, PutMode, Registry, StorageProviderFactory, Stowage,
+};
+
+/// A library built by `scripts/build-plugin-fixtures`; fails (never skips) when it is missing.
+fn plugin(stem: &str) -> PathBuf {
+    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("target/plugins").join(format!("{stem}.{ext}"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `scripts/build-plugin-fixtures` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+fn factory(library: &Arc<PluginLibrary>, name: &str) -> Arc<dyn StorageProviderFactory> {
+    library
+        .factories()
+        .into_iter()
+        .find(|f| f.name() == name)
+        .unwrap_or_else(|| panic!("plugin {} has no provider `{name}`", library.path().display()))
+}
+
+fn ns() -> Namespace {
+    Namespace::new("plugins").unwrap()
+}
+
+fn key(k: &str) -> Key {
+    Key::new(k).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_kv_plugin_passes_the_conformance_kit() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({ "path": dir.path().join("kv.redb") });
+    testkit::run_all(factory(&library, "kv"), config).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_cmem_plugin_passes_the_conformance_kit() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap();
+    testkit::run_all(factory(&library, "cmem"), json!({})).await.assert_passed();
+}
+
+/// Loads a library that must be refused; returns the message after checking it names the file.
+fn refused(stem: &str) -> String {
+    let path = plugin(stem);
+    let err = PluginLibrary::load(&path).expect_err("the host loaded a defective plugin");
+    assert_eq!(err.kind(), ErrorKind::Plugin, "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "the error does not name the file: {message}");
+    message
+}
+
+#[test]
+fn wrong_abi_major_is_refused_naming_both_versions() {
+    let m = refused("librefuse_wrong_major");
+    assert!(m.contains("ABI 2.0") && m.contains("ABI 1.0"), "{m}");
+}
+
+#[test]
+fn newer_abi_minor_is_refused_naming_both_versions() {
+    let m = refused("librefuse_newer_minor");
+    assert!(m.contains("ABI 1.1") && m.contains("ABI 1.0"), "{m}");
+}
+
+#[test]
+fn too_small_descriptor_is_refused() {
+    let m = refused("librefuse_small_struct");
+    assert!(m.contains("struct_size is 16 bytes") && m.contains("ABI 1.0"), "{m}");
+}
+
+#[test]
+fn missing_entry_symbol_is_refused() {
+    let m = refused("librefuse_missing_symbol");
+    assert!(m.contains("does not export `stowage_plugin_entry_v1`"), "{m}");
+}
+
+#[test]
+fn null_descriptor_is_refused() {
+    let m = refused("librefuse_null_descriptor");
+    assert!(m.contains("null descriptor"), "{m}");
+}
+
+#[test]
+fn other_target_is_refused() {
+    let m = refused("librefuse_other_target");
+    assert!(m.contains("riscv64gc-unknown-none-elf") && m.contains(stowage_core::plugin::abi::TARGET), "{m}");
+}
+
+#[test]
+fn a_file_that_is_not_a_shared_library_is_refused() {
+    let m = refused("not_a_library");
+    assert!(m.contains("not a loadable shared library"), "{m}");
+    let err = PluginLibrary::load("/nonexistent/libnothing.so").unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/libnothing.so") && err.to_string().contains("no such file"), "{err}");
+}
+
+#[test]
+fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
+    let registry = Registry::new();
+    let first = plugin("libstowage_plugin_cmem");
+    let twin = plugin("libcmem_twin");
+    PluginLibrary::load(&first).unwrap().register(&registry).unwrap();
+    let err = PluginLibrary::load(&twin).unwrap().register(&registry).unwrap_err();
+    let m = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+    assert!(m.contains(&first.display().to_string()) && m.contains(&twin.display().to_string()), "{m}");
+    assert!(m.contains("`cmem`"), "{m}");
+    // The first stays registered; loading the same file again is a no-op, not a clash.
+    match registry.get("cmem").unwrap().origin() {
+        ProviderOrigin::Plugin { path, plugin, .. } => assert_eq!((path, plugin.as_str()), (first.clone(), "cmem")),
+        other => panic!("unexpected origin {other:?}"),
+    }
+    PluginLibrary::load(&first).unwrap().register(&registry).unwrap();
+}
+
+#[test]
+fn describe_reports_what_a_library_provides() {
+    let d = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap().describe();
+    assert_eq!((d.plugin.as_str(), d.abi.as_str()), ("stowage-plugin-kv", "1.0"));
+    assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(d.providers.len(), 1);
+    assert_eq!(d.providers[0].name, "kv");
+    assert!(d.providers[0].capabilities.versions && d.providers[0].capabilities.durable);
+    assert_eq!(d.providers[0].config_schema["required"], json!(["path"]));
+    assert!(d.to_string().contains("provider `kv`"), "{d}");
+    let c = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap().describe();
+    assert!(c.providers[0].capabilities.range_reads && !c.providers[0].capabilities.versions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_become_panicked_errors_and_the_host_keeps_serving() {
+    let registry = Registry::new();
+    PluginLibrary::load(plugin("libpanicky")).unwrap().register(&registry).unwrap();
+    PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap().register(&registry).unwrap();
+
+    // In create: reported, and the factory still creates afterwards.
+    let err = registry.create("panicky", json!({ "panic_in_create": true })).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    assert!(err.to_string().contains("told to panic in create"), "{err}");
+
+    // In a call: that backend is poisoned, a fresh one works.
+    let poisoned = registry.create("panicky", json!({})).await.unwrap();
+    let err = poisoned.put(&ns(), &key("panic/put"), Body::from("x"), Metadata::new(), PutMode::Overwrite).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    assert!(err.to_string().contains("told to panic in put"), "{err}");
+    let err = poisoned.head(&ns(), &key("a"), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "a poisoned instance must refuse calls: {err}");
+
+    // Mid-stream: the first half arrives, then the body fails with Panicked.
+    let fresh = registry.create("panicky", json!({})).await.unwrap();
+    fresh.put(&ns(), &key("panic/stream/a"), Body::from("0123456789"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let (info, mut body) = fresh.get(&ns(), &key("panic/stream/a"), GetOptions::default()).await.unwrap();
+    assert_eq!(info.size, 10);
+    assert_eq!(&body.next_chunk().await.unwrap().unwrap()[..], b"01234");
+    let err = body.next_chunk().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    assert!(err.to_string().contains("mid-stream"), "{err}");
+    drop(body);
+
+    // Other backends and other providers keep serving.
+    let other = registry.create("panicky", json!({})).await.unwrap();
+    other.put(&ns(), &key("ok"), Body::from("fine"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let cmem = registry.create("cmem", json!({})).await.unwrap();
+    cmem.put(&ns(), &key("ok"), Body::from("fine"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let (_, body) = cmem.get(&ns(), &key("ok"), GetOptions::default()).await.unwrap();
+    assert_eq!(&body.into_bytes().await.unwrap()[..], b"fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_concurrent_operations_through_one_plugin() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let k = key(&format!("concurrent/{i:03}"));
+                let payload = Bytes::from(format!("payload {i}").repeat(i + 1));
+                let info = backend.put(&ns(), &k, Body::from(payload.clone()), Metadata::new(), PutMode::Overwrite).await?;
+                let (read, body) = backend.get(&ns(), &k, GetOptions::default()).await?;
+                assert_eq!(read.version, info.version);
+                assert_eq!(body.into_bytes().await?, payload);
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let page = backend.list(&ns(), ListOptions::default()).await.unwrap();
+    assert_eq!(page.items.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_outlives_the_registry_and_library_handles_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = {
+        let registry = Arc::new(Registry::new());
+        PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap().register(&registry).unwrap();
+        registry.create("kv", json!({ "path": dir.path().join("kv.redb") })).await.unwrap()
+        // The registry, its factory and the library handle are dropped here.
+    };
+    let info = backend.put(&ns(), &key("still/here"), Body::from("alive"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    assert_eq!(info.version, 1);
+    let (_, body) = backend.get(&ns(), &key("still/here"), GetOptions::default()).await.unwrap();
+    assert_eq!(&body.into_bytes().await.unwrap()[..], b"alive");
+    drop(backend);
+    // The instance was released: redb lets the file be opened again.
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_different_plugins_serve_side_by_side() {
+    let registry = Registry::new();
+    let kv = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let cmem = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap();
+    kv.register(&registry).unwrap();
+    cmem.register(&registry).unwrap();
+    assert_eq!(registry.names(), vec!["cmem".to_string(), "kv".to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = registry.create("kv", json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    let b = registry.create("cmem", json!({})).await.unwrap();
+    for (backend, text) in [(&a, "in redb"), (&b, "in C")] {
+        backend.put(&ns(), &key("side/by/side"), Body::from(text), Metadata::new().with_tag("t"), PutMode::Overwrite).await.unwrap();
+    }
+    for (backend, text) in [(&a, "in redb"), (&b, "in C")] {
+        let (info, body) = backend.get(&ns(), &key("side/by/side"), GetOptions::default()).await.unwrap();
+        assert_eq!(&body.into_bytes().await.unwrap()[..], text.as_bytes());
+        assert!(info.metadata.tags.contains("t"));
+    }
+    match registry.get("kv").unwrap().origin() {
+        ProviderOrigin::Plugin { path, plugin, version } => {
+            assert_eq!(path, kv.path());
+            assert_eq!((plugin.as_str(), version.as_str()), ("stowage-plugin-kv", env!("CARGO_PKG_VERSION")));
+        }
+        other => panic!("unexpected origin {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_body_aborts_the_put_and_writes_nothing() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    let chunks = futures::stream::iter([Ok(Bytes::from_static(b"first")), Err(Error::invalid_input("client went away"))]);
+    let err = backend
+        .put(&ns(), &key("aborted"), Body::from_stream(chunks, None), Metadata::new(), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("client went away"), "{err}");
+    let err = backend.head(&ns(), &key("aborted"), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // A streamed body of several chunks goes through.
+    let big: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![i as u8; 300_000])).collect();
+    let total: usize = big.iter().map(Bytes::len).sum();
+    let stream = futures::stream::iter(big.into_iter().map(Ok));
+    let info = backend.put(&ns(), &key("big"), Body::from_stream(stream, None), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    assert_eq!(info.size, total as u64);
+    let (_, body) = backend.get(&ns(), &key("big"), GetOptions::default()).await.unwrap();
+    let bytes = body.into_bytes().await.unwrap();
+    assert_eq!(stowage_core::ContentHash::of(&bytes), info.hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_plugins_load_before_the_provider_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(plugin("libstowage_plugin_cmem"), plugins.join("libstowage_plugin_cmem.so")).unwrap();
+    std::fs::write(plugins.join("README.txt"), "not a library, ignored by dirs").unwrap();
+    let config = dir.path().join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nprovider = \"kv\"\n[storage.config]\npath = \"{}\"\n[plugins]\npaths = [\"{}\"]\ndirs = [\"plugins\"]\n",
+            dir.path().join("data/kv.redb").display(),
+            plugin("libstowage_plugin_kv").display()
+        ),
+    )
+    .unwrap();
+    let registry = Arc::new(Registry::new());
+    let store = Stowage::builder().registry(registry.clone()).config_file(&config).build().await.unwrap();
+    assert_eq!(store.provider(), "kv");
+    assert_eq!(registry.names(), vec!["cmem".to_string(), "kv".to_string()]);
+    let tenant = store.namespace("acme").unwrap();
+    tenant.put("from/config", "hello", Metadata::new()).await.unwrap();
+    assert_eq!(&tenant.get_bytes("from/config").await.unwrap().1[..], b"hello");
+    drop((tenant, store));
+    // Building again from the same config is fine: the same files are not loaded twice.
+    let again = Stowage::builder()
+        .registry(registry.clone())
+        .config_file(&config)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(again.provider(), "kv");
+    // And `load_plugin` on the builder works without a config file.
+    let store = Stowage::builder()
+        .registry(Arc::new(Registry::new()))
+        .load_plugin(plugin("libstowage_plugin_cmem"))
+        .with_storage("cmem", json!({}))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(store.provider(), "cmem");
+}
