@@ -274,8 +274,10 @@ fn rm_restore_versions_purge_gc_verify() {
     assert!(gc["blobs_kept"].as_u64().unwrap() >= 1, "{gc}");
     let again = sb.ok(&["--json", "gc"]).json();
     assert_eq!(again["blobs_removed"], 0, "{again}");
-    let text = sb.ok(&["gc"]).text();
-    assert!(text.starts_with("gc: removed 0"), "{text}");
+    let run = sb.ok(&["gc"]);
+    assert!(run.text().starts_with("gc: removed 0"), "{}", run.text());
+    // stderr is not a terminal here, so no progress bar is drawn.
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
 
     let report = sb.ok(&["--json", "verify"]).json();
     assert!(
@@ -283,8 +285,9 @@ fn rm_restore_versions_purge_gc_verify() {
         "{report}"
     );
     assert!(report["records_checked"].as_u64().unwrap() >= 1, "{report}");
-    let text = sb.ok(&["verify"]).text();
-    assert!(text.contains("no problems"), "{text}");
+    let run = sb.ok(&["verify"]);
+    assert!(run.text().contains("no problems"), "{}", run.text());
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
 
     // After a purge the key starts again at version 1.
     let run = sb.run_with_stdin(&["--json", "put", "doc"], b"fresh");
@@ -627,4 +630,49 @@ fn a_reader_closing_stdout_early_is_not_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn verify_reports_damaged_payloads_and_exits_1() {
+    let sb = Sandbox::new();
+    let marker = b"stowage-cli-corruption-marker-5f0c2a9e-payload-bytes";
+    let run = sb.run_with_stdin(&["put", "victim"], marker);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // SQLite keeps recent writes in its write-ahead log, whose frames are checksummed (editing
+    // one would drop every later frame). A write over 1000 pages makes SQLite checkpoint the
+    // log into the database file, and the next write starts the log afresh.
+    let filler = sb.write("filler.bin", all_bytes(6 << 20));
+    sb.ok(&["put", "filler", filler.to_str().unwrap()]);
+    sb.run_with_stdin(&["put", "bystander"], b"left alone");
+
+    // Flip one byte of the stored payload in the database file.
+    let db = sb.join("stowage-data/stowage.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("payload bytes not found in the database file (not checkpointed?)");
+    bytes[at + 10] ^= 0x20;
+    std::fs::write(&db, &bytes).unwrap();
+
+    let run = sb.run(&["--json", "verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    sandbox::assert_one_error_line(&run.stderr);
+    assert!(
+        run.stderr.contains("verify found 1 problem"),
+        "{}",
+        run.stderr
+    );
+    let report = run.json();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["key"], "victim", "{report}");
+
+    let run = sb.run(&["verify"]);
+    assert_eq!(run.code, 1);
+    assert!(run.text().contains("victim"), "{}", run.text());
+    assert_eq!(sb.ok(&["get", "bystander"]).stdout, b"left alone");
+    // Reading the damaged record fails rather than serving wrong bytes.
+    let run = sb.run(&["get", "victim"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
 }

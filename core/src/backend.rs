@@ -108,6 +108,13 @@ pub trait StorageBackend: Send + Sync + 'static {
         Err(Error::unsupported("verify", self.provider()))
     }
 
+    /// Releases what the backend holds (connections, file handles, locks) cleanly. Called by
+    /// [`crate::Stowage::close`]; the backend must not be used afterwards. The default does
+    /// nothing, since dropping a backend must also be safe.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The namespaces that hold at least one record (tombstones included).
     async fn namespaces(&self) -> Result<Vec<Namespace>> {
         Err(Error::unsupported("namespaces", self.provider()))

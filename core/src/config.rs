@@ -184,10 +184,8 @@ fn substitute_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> std::result::Result<(), (String, String)> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand(s, env).map_err(|m| (path.to_string(), m))?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand(s, env).map_err(|m| (path.to_string(), m))?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -161,6 +161,16 @@ impl Stowage {
         .await
     }
 
+    /// Closes the backend cleanly (e.g. checkpoints and closes a SQLite pool). Further calls
+    /// through this store or its clones are the backend's to refuse.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.init.initialized() {
+            self.inner.backend.close().await
+        } else {
+            Ok(())
+        }
+    }
+
     /// Reclaims payload bytes no version references.
     pub async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
         self.call("gc", None, None, |b| async move { b.gc(progress).await }).await

@@ -54,14 +54,23 @@ fn header_structs(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut rest = text;
     while let Some(start) = rest.find("typedef struct ") {
         let after = &rest[start + "typedef struct ".len()..];
-        let name = after.split_whitespace().next().unwrap_or_default().to_string();
+        let name = after
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let open = after.find('{').expect("struct without a body");
         let close = after.find('}').expect("struct without a closing brace");
         let fields = after[open + 1..close]
             .split(';')
             .map(str::trim)
             .filter(|f| !f.is_empty())
-            .map(|f| f.rsplit(|c: char| c.is_whitespace() || c == '*').next().unwrap().to_string())
+            .map(|f| {
+                f.rsplit(|c: char| c.is_whitespace() || c == '*')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         out.insert(name, fields);
         rest = &after[close..];
@@ -88,11 +97,17 @@ fn header_declares_the_same_structs_and_fields_in_the_same_order() {
     let header_names: Vec<&str> = header.keys().map(String::as_str).collect();
     let mut sorted = rust_names.clone();
     sorted.sort();
-    assert_eq!(header_names, sorted, "the header and plugin-abi/src/lib.rs declare different structs");
+    assert_eq!(
+        header_names, sorted,
+        "the header and plugin-abi/src/lib.rs declare different structs"
+    );
     for (name, _, fields) in &rust {
         let rust_fields: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
         let header_fields: Vec<&str> = header[*name].iter().map(String::as_str).collect();
-        assert_eq!(header_fields, rust_fields, "fields of {name} differ between the header and Rust");
+        assert_eq!(
+            header_fields, rust_fields,
+            "fields of {name} differ between the header and Rust"
+        );
     }
 }
 
@@ -100,7 +115,10 @@ fn header_declares_the_same_structs_and_fields_in_the_same_order() {
 fn header_constants_match_rust() {
     let text = std::fs::read_to_string(header_path()).unwrap();
     let defines = header_defines(&text);
-    assert_eq!(defines["STOWAGE_ENTRY_SYMBOL"], format!("\"{ENTRY_SYMBOL}\""));
+    assert_eq!(
+        defines["STOWAGE_ENTRY_SYMBOL"],
+        format!("\"{ENTRY_SYMBOL}\"")
+    );
     assert_eq!(defines["STOWAGE_ABI_MAJOR"], ABI_MAJOR.to_string());
     assert_eq!(defines["STOWAGE_ABI_MINOR"], ABI_MINOR.to_string());
     let codes = [
@@ -122,9 +140,15 @@ fn header_constants_match_rust() {
         ("STOWAGE_PANICKED", status::PANICKED),
     ];
     let header_codes = defines.keys().filter(|k| {
-        k.starts_with("STOWAGE_") && defines[*k].parse::<u32>().is_ok() && !k.starts_with("STOWAGE_ABI_")
+        k.starts_with("STOWAGE_")
+            && defines[*k].parse::<u32>().is_ok()
+            && !k.starts_with("STOWAGE_ABI_")
     });
-    assert_eq!(header_codes.count(), codes.len(), "the header has status codes Rust lacks");
+    assert_eq!(
+        header_codes.count(),
+        codes.len(),
+        "the header has status codes Rust lacks"
+    );
     for (name, code) in codes {
         assert_eq!(defines[name], code.to_string(), "{name}");
     }
@@ -138,7 +162,9 @@ fn header_layout_matches_rust_when_compiled_by_cc() {
     for (name, _, fields) in rust_layouts() {
         program.push_str(&format!("    printf(\"{name} %zu\\n\", sizeof({name}));\n"));
         for (field, _) in fields {
-            program.push_str(&format!("    printf(\"{name}.{field} %zu\\n\", offsetof({name}, {field}));\n"));
+            program.push_str(&format!(
+                "    printf(\"{name}.{field} %zu\\n\", offsetof({name}, {field}));\n"
+            ));
         }
     }
     program.push_str("    return 0;\n}\n");
@@ -166,9 +192,16 @@ fn header_layout_matches_rust_when_compiled_by_cc() {
         })
         .collect();
     for (name, size, fields) in rust_layouts() {
-        assert_eq!(measured[name], size, "sizeof({name}) differs between C and Rust");
+        assert_eq!(
+            measured[name], size,
+            "sizeof({name}) differs between C and Rust"
+        );
         for (field, offset) in fields {
-            assert_eq!(measured[&format!("{name}.{field}")], offset, "offsetof({name}, {field}) differs");
+            assert_eq!(
+                measured[&format!("{name}.{field}")],
+                offset,
+                "offsetof({name}, {field}) differs"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,7 +15,11 @@ use stowage_core::{
 
 /// A library built by `scripts/build-plugin-fixtures`; fails (never skips) when it is missing.
 fn plugin(stem: &str) -> PathBuf {
-    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let ext = if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = root.join("target/plugins").join(format!("{stem}.{ext}"));
     assert!(
@@ -31,7 +35,12 @@ fn factory(library: &Arc<PluginLibrary>, name: &str) -> Arc<dyn StorageProviderF
         .factories()
         .into_iter()
         .find(|f| f.name() == name)
-        .unwrap_or_else(|| panic!("plugin {} has no provider `{name}`", library.path().display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "plugin {} has no provider `{name}`",
+                library.path().display()
+            )
+        })
 }
 
 fn ns() -> Namespace {
@@ -47,13 +56,17 @@ async fn rust_kv_plugin_passes_the_conformance_kit() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = json!({ "path": dir.path().join("kv.redb") });
-    testkit::run_all(factory(&library, "kv"), config).await.assert_passed();
+    testkit::run_all(factory(&library, "kv"), config)
+        .await
+        .assert_passed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_cmem_plugin_passes_the_conformance_kit() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap();
-    testkit::run_all(factory(&library, "cmem"), json!({})).await.assert_passed();
+    testkit::run_all(factory(&library, "cmem"), json!({}))
+        .await
+        .assert_passed();
 }
 
 /// Loads a library that must be refused; returns the message after checking it names the file.
@@ -62,7 +75,10 @@ fn refused(stem: &str) -> String {
     let err = PluginLibrary::load(&path).expect_err("the host loaded a defective plugin");
     assert_eq!(err.kind(), ErrorKind::Plugin, "{err}");
     let message = err.to_string();
-    assert!(message.contains(&path.display().to_string()), "the error does not name the file: {message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "the error does not name the file: {message}"
+    );
     message
 }
 
@@ -81,13 +97,19 @@ fn newer_abi_minor_is_refused_naming_both_versions() {
 #[test]
 fn too_small_descriptor_is_refused() {
     let m = refused("librefuse_small_struct");
-    assert!(m.contains("struct_size is 16 bytes") && m.contains("ABI 1.0"), "{m}");
+    assert!(
+        m.contains("struct_size is 16 bytes") && m.contains("ABI 1.0"),
+        "{m}"
+    );
 }
 
 #[test]
 fn missing_entry_symbol_is_refused() {
     let m = refused("librefuse_missing_symbol");
-    assert!(m.contains("does not export `stowage_plugin_entry_v1`"), "{m}");
+    assert!(
+        m.contains("does not export `stowage_plugin_entry_v1`"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -99,7 +121,10 @@ fn null_descriptor_is_refused() {
 #[test]
 fn other_target_is_refused() {
     let m = refused("librefuse_other_target");
-    assert!(m.contains("riscv64gc-unknown-none-elf") && m.contains(stowage_core::plugin::abi::TARGET), "{m}");
+    assert!(
+        m.contains("riscv64gc-unknown-none-elf") && m.contains(stowage_core::plugin::abi::TARGET),
+        "{m}"
+    );
 }
 
 #[test]
@@ -107,7 +132,11 @@ fn a_file_that_is_not_a_shared_library_is_refused() {
     let m = refused("not_a_library");
     assert!(m.contains("not a loadable shared library"), "{m}");
     let err = PluginLibrary::load("/nonexistent/libnothing.so").unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/libnothing.so") && err.to_string().contains("no such file"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/libnothing.so")
+            && err.to_string().contains("no such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -115,57 +144,113 @@ fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
     let registry = Registry::new();
     let first = plugin("libstowage_plugin_cmem");
     let twin = plugin("libcmem_twin");
-    PluginLibrary::load(&first).unwrap().register(&registry).unwrap();
-    let err = PluginLibrary::load(&twin).unwrap().register(&registry).unwrap_err();
+    PluginLibrary::load(&first)
+        .unwrap()
+        .register(&registry)
+        .unwrap();
+    let err = PluginLibrary::load(&twin)
+        .unwrap()
+        .register(&registry)
+        .unwrap_err();
     let m = err.to_string();
     assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
-    assert!(m.contains(&first.display().to_string()) && m.contains(&twin.display().to_string()), "{m}");
+    assert!(
+        m.contains(&first.display().to_string()) && m.contains(&twin.display().to_string()),
+        "{m}"
+    );
     assert!(m.contains("`cmem`"), "{m}");
     // The first stays registered; loading the same file again is a no-op, not a clash.
     match registry.get("cmem").unwrap().origin() {
-        ProviderOrigin::Plugin { path, plugin, .. } => assert_eq!((path, plugin.as_str()), (first.clone(), "cmem")),
+        ProviderOrigin::Plugin { path, plugin, .. } => {
+            assert_eq!((path, plugin.as_str()), (first.clone(), "cmem"))
+        }
         other => panic!("unexpected origin {other:?}"),
     }
-    PluginLibrary::load(&first).unwrap().register(&registry).unwrap();
+    PluginLibrary::load(&first)
+        .unwrap()
+        .register(&registry)
+        .unwrap();
 }
 
 #[test]
 fn describe_reports_what_a_library_provides() {
-    let d = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap().describe();
-    assert_eq!((d.plugin.as_str(), d.abi.as_str()), ("stowage-plugin-kv", "1.0"));
+    let d = PluginLibrary::load(plugin("libstowage_plugin_kv"))
+        .unwrap()
+        .describe();
+    assert_eq!(
+        (d.plugin.as_str(), d.abi.as_str()),
+        ("stowage-plugin-kv", "1.0")
+    );
     assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(d.providers.len(), 1);
     assert_eq!(d.providers[0].name, "kv");
     assert!(d.providers[0].capabilities.versions && d.providers[0].capabilities.durable);
     assert_eq!(d.providers[0].config_schema["required"], json!(["path"]));
     assert!(d.to_string().contains("provider `kv`"), "{d}");
-    let c = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap().describe();
+    let c = PluginLibrary::load(plugin("libstowage_plugin_cmem"))
+        .unwrap()
+        .describe();
     assert!(c.providers[0].capabilities.range_reads && !c.providers[0].capabilities.versions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_become_panicked_errors_and_the_host_keeps_serving() {
     let registry = Registry::new();
-    PluginLibrary::load(plugin("libpanicky")).unwrap().register(&registry).unwrap();
-    PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap().register(&registry).unwrap();
+    PluginLibrary::load(plugin("libpanicky"))
+        .unwrap()
+        .register(&registry)
+        .unwrap();
+    PluginLibrary::load(plugin("libstowage_plugin_cmem"))
+        .unwrap()
+        .register(&registry)
+        .unwrap();
 
     // In create: reported, and the factory still creates afterwards.
-    let err = registry.create("panicky", json!({ "panic_in_create": true })).await.err().unwrap();
+    let err = registry
+        .create("panicky", json!({ "panic_in_create": true }))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
     assert!(err.to_string().contains("told to panic in create"), "{err}");
 
     // In a call: that backend is poisoned, a fresh one works.
     let poisoned = registry.create("panicky", json!({})).await.unwrap();
-    let err = poisoned.put(&ns(), &key("panic/put"), Body::from("x"), Metadata::new(), PutMode::Overwrite).await.unwrap_err();
+    let err = poisoned
+        .put(
+            &ns(),
+            &key("panic/put"),
+            Body::from("x"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
     assert!(err.to_string().contains("told to panic in put"), "{err}");
     let err = poisoned.head(&ns(), &key("a"), None).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Panicked, "a poisoned instance must refuse calls: {err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Panicked,
+        "a poisoned instance must refuse calls: {err}"
+    );
 
     // Mid-stream: the first half arrives, then the body fails with Panicked.
     let fresh = registry.create("panicky", json!({})).await.unwrap();
-    fresh.put(&ns(), &key("panic/stream/a"), Body::from("0123456789"), Metadata::new(), PutMode::Overwrite).await.unwrap();
-    let (info, mut body) = fresh.get(&ns(), &key("panic/stream/a"), GetOptions::default()).await.unwrap();
+    fresh
+        .put(
+            &ns(),
+            &key("panic/stream/a"),
+            Body::from("0123456789"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let (info, mut body) = fresh
+        .get(&ns(), &key("panic/stream/a"), GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!(info.size, 10);
     assert_eq!(&body.next_chunk().await.unwrap().unwrap()[..], b"01234");
     let err = body.next_chunk().await.unwrap().unwrap_err();
@@ -175,10 +260,30 @@ async fn panics_become_panicked_errors_and_the_host_keeps_serving() {
 
     // Other backends and other providers keep serving.
     let other = registry.create("panicky", json!({})).await.unwrap();
-    other.put(&ns(), &key("ok"), Body::from("fine"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    other
+        .put(
+            &ns(),
+            &key("ok"),
+            Body::from("fine"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     let cmem = registry.create("cmem", json!({})).await.unwrap();
-    cmem.put(&ns(), &key("ok"), Body::from("fine"), Metadata::new(), PutMode::Overwrite).await.unwrap();
-    let (_, body) = cmem.get(&ns(), &key("ok"), GetOptions::default()).await.unwrap();
+    cmem.put(
+        &ns(),
+        &key("ok"),
+        Body::from("fine"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let (_, body) = cmem
+        .get(&ns(), &key("ok"), GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!(&body.into_bytes().await.unwrap()[..], b"fine");
 }
 
@@ -186,14 +291,25 @@ async fn panics_become_panicked_errors_and_the_host_keeps_serving() {
 async fn one_hundred_concurrent_operations_through_one_plugin() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    let backend = factory(&library, "kv")
+        .create(json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let backend = backend.clone();
             tokio::spawn(async move {
                 let k = key(&format!("concurrent/{i:03}"));
                 let payload = Bytes::from(format!("payload {i}").repeat(i + 1));
-                let info = backend.put(&ns(), &k, Body::from(payload.clone()), Metadata::new(), PutMode::Overwrite).await?;
+                let info = backend
+                    .put(
+                        &ns(),
+                        &k,
+                        Body::from(payload.clone()),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await?;
                 let (read, body) = backend.get(&ns(), &k, GetOptions::default()).await?;
                 assert_eq!(read.version, info.version);
                 assert_eq!(body.into_bytes().await?, payload);
@@ -213,18 +329,39 @@ async fn a_backend_outlives_the_registry_and_library_handles_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let backend = {
         let registry = Arc::new(Registry::new());
-        PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap().register(&registry).unwrap();
-        registry.create("kv", json!({ "path": dir.path().join("kv.redb") })).await.unwrap()
+        PluginLibrary::load(plugin("libstowage_plugin_kv"))
+            .unwrap()
+            .register(&registry)
+            .unwrap();
+        registry
+            .create("kv", json!({ "path": dir.path().join("kv.redb") }))
+            .await
+            .unwrap()
         // The registry, its factory and the library handle are dropped here.
     };
-    let info = backend.put(&ns(), &key("still/here"), Body::from("alive"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let info = backend
+        .put(
+            &ns(),
+            &key("still/here"),
+            Body::from("alive"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     assert_eq!(info.version, 1);
-    let (_, body) = backend.get(&ns(), &key("still/here"), GetOptions::default()).await.unwrap();
+    let (_, body) = backend
+        .get(&ns(), &key("still/here"), GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!(&body.into_bytes().await.unwrap()[..], b"alive");
     drop(backend);
     // The instance was released: redb lets the file be opened again.
     let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
-    factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    factory(&library, "kv")
+        .create(json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,20 +373,42 @@ async fn two_different_plugins_serve_side_by_side() {
     cmem.register(&registry).unwrap();
     assert_eq!(registry.names(), vec!["cmem".to_string(), "kv".to_string()]);
     let dir = tempfile::tempdir().unwrap();
-    let a = registry.create("kv", json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
+    let a = registry
+        .create("kv", json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap();
     let b = registry.create("cmem", json!({})).await.unwrap();
     for (backend, text) in [(&a, "in redb"), (&b, "in C")] {
-        backend.put(&ns(), &key("side/by/side"), Body::from(text), Metadata::new().with_tag("t"), PutMode::Overwrite).await.unwrap();
+        backend
+            .put(
+                &ns(),
+                &key("side/by/side"),
+                Body::from(text),
+                Metadata::new().with_tag("t"),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
     }
     for (backend, text) in [(&a, "in redb"), (&b, "in C")] {
-        let (info, body) = backend.get(&ns(), &key("side/by/side"), GetOptions::default()).await.unwrap();
+        let (info, body) = backend
+            .get(&ns(), &key("side/by/side"), GetOptions::default())
+            .await
+            .unwrap();
         assert_eq!(&body.into_bytes().await.unwrap()[..], text.as_bytes());
         assert!(info.metadata.tags.contains("t"));
     }
     match registry.get("kv").unwrap().origin() {
-        ProviderOrigin::Plugin { path, plugin, version } => {
+        ProviderOrigin::Plugin {
+            path,
+            plugin,
+            version,
+        } => {
             assert_eq!(path, kv.path());
-            assert_eq!((plugin.as_str(), version.as_str()), ("stowage-plugin-kv", env!("CARGO_PKG_VERSION")));
+            assert_eq!(
+                (plugin.as_str(), version.as_str()),
+                ("stowage-plugin-kv", env!("CARGO_PKG_VERSION"))
+            );
         }
         other => panic!("unexpected origin {other:?}"),
     }
@@ -259,22 +418,51 @@ async fn two_different_plugins_serve_side_by_side() {
 async fn a_failing_body_aborts_the_put_and_writes_nothing() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = factory(&library, "kv").create(json!({ "path": dir.path().join("kv.redb") })).await.unwrap();
-    let chunks = futures::stream::iter([Ok(Bytes::from_static(b"first")), Err(Error::invalid_input("client went away"))]);
+    let backend = factory(&library, "kv")
+        .create(json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap();
+    let chunks = futures::stream::iter([
+        Ok(Bytes::from_static(b"first")),
+        Err(Error::invalid_input("client went away")),
+    ]);
     let err = backend
-        .put(&ns(), &key("aborted"), Body::from_stream(chunks, None), Metadata::new(), PutMode::Overwrite)
+        .put(
+            &ns(),
+            &key("aborted"),
+            Body::from_stream(chunks, None),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("client went away"), "{err}");
-    let err = backend.head(&ns(), &key("aborted"), None).await.unwrap_err();
+    let err = backend
+        .head(&ns(), &key("aborted"), None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     // A streamed body of several chunks goes through.
-    let big: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![i as u8; 300_000])).collect();
+    let big: Vec<Bytes> = (0..5)
+        .map(|i| Bytes::from(vec![i as u8; 300_000]))
+        .collect();
     let total: usize = big.iter().map(Bytes::len).sum();
     let stream = futures::stream::iter(big.into_iter().map(Ok));
-    let info = backend.put(&ns(), &key("big"), Body::from_stream(stream, None), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let info = backend
+        .put(
+            &ns(),
+            &key("big"),
+            Body::from_stream(stream, None),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     assert_eq!(info.size, total as u64);
-    let (_, body) = backend.get(&ns(), &key("big"), GetOptions::default()).await.unwrap();
+    let (_, body) = backend
+        .get(&ns(), &key("big"), GetOptions::default())
+        .await
+        .unwrap();
     let bytes = body.into_bytes().await.unwrap();
     assert_eq!(stowage_core::ContentHash::of(&bytes), info.hash);
 }
@@ -284,7 +472,11 @@ async fn config_file_plugins_load_before_the_provider_is_chosen() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(plugin("libstowage_plugin_cmem"), plugins.join("libstowage_plugin_cmem.so")).unwrap();
+    std::fs::copy(
+        plugin("libstowage_plugin_cmem"),
+        plugins.join("libstowage_plugin_cmem.so"),
+    )
+    .unwrap();
     std::fs::write(plugins.join("README.txt"), "not a library, ignored by dirs").unwrap();
     let config = dir.path().join("stowage.toml");
     std::fs::write(
@@ -297,12 +489,23 @@ async fn config_file_plugins_load_before_the_provider_is_chosen() {
     )
     .unwrap();
     let registry = Arc::new(Registry::new());
-    let store = Stowage::builder().registry(registry.clone()).config_file(&config).build().await.unwrap();
+    let store = Stowage::builder()
+        .registry(registry.clone())
+        .config_file(&config)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(store.provider(), "kv");
     assert_eq!(registry.names(), vec!["cmem".to_string(), "kv".to_string()]);
     let tenant = store.namespace("acme").unwrap();
-    tenant.put("from/config", "hello", Metadata::new()).await.unwrap();
-    assert_eq!(&tenant.get_bytes("from/config").await.unwrap().1[..], b"hello");
+    tenant
+        .put("from/config", "hello", Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        &tenant.get_bytes("from/config").await.unwrap().1[..],
+        b"hello"
+    );
     drop((tenant, store));
     // Building again from the same config is fine: the same files are not loaded twice.
     let again = Stowage::builder()

@@ -25,7 +25,9 @@ use stowage_plugin_abi::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{encode_error, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut, WireVersion};
+use super::{
+    encode_error, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut, WireVersion,
+};
 use crate::backend::StorageBackend;
 use crate::body::Body;
 use crate::error::{Error, Result};
@@ -104,9 +106,9 @@ impl ExportCell {
         plugin_version: &'static str,
         factories: fn() -> Vec<Arc<dyn StorageProviderFactory>>,
     ) -> *const StowagePluginDescriptor {
-        let exported = self.0.get_or_init(|| {
-            catch_unwind(|| export(plugin_name, plugin_version, factories())).ok()
-        });
+        let exported = self
+            .0
+            .get_or_init(|| catch_unwind(|| export(plugin_name, plugin_version, factories())).ok());
         match exported {
             Some(e) => &*e.descriptor,
             None => std::ptr::null(),
@@ -232,7 +234,11 @@ fn error_status(error: &Error) -> StowageStatus {
 
 /// Runs one entry point: refuses if poisoned, turns an error into its status and a panic into
 /// `PANICKED` (poisoning `poisoned`).
-fn guarded(poisoned: Option<&AtomicBool>, provider: &str, f: impl FnOnce() -> Result<()>) -> StowageStatus {
+fn guarded(
+    poisoned: Option<&AtomicBool>,
+    provider: &str,
+    f: impl FnOnce() -> Result<()>,
+) -> StowageStatus {
     if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
         return error_status(&Error::Panicked {
             provider: provider.to_string(),
@@ -316,8 +322,11 @@ unsafe fn input_json<T: DeserializeOwned + Default>(b: StowageBytes, what: &str)
     if bytes.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid_input(format!("{what} passed to the plugin is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::invalid_input(format!(
+            "{what} passed to the plugin is not valid JSON: {e}"
+        ))
+    })
 }
 
 /// # Safety
@@ -354,7 +363,9 @@ unsafe fn output_json(out: *mut StowageOwned, value: &impl Serialize) -> Result<
 /// `out` must be null or valid for a write of one pointer.
 unsafe fn output_handle<T>(out: *mut *mut c_void, value: T) -> Result<()> {
     if out.is_null() {
-        return Err(Error::invalid_input("the host passed a null handle pointer"));
+        return Err(Error::invalid_input(
+            "the host passed a null handle pointer",
+        ));
     }
     // SAFETY: `out` is non-null and valid for writes per the caller.
     unsafe { out.write(Box::into_raw(Box::new(value)) as *mut c_void) };
@@ -375,21 +386,34 @@ unsafe fn instance_ref<'a>(instance: *mut c_void) -> &'a Instance {
     unsafe { &*(instance as *const Instance) }
 }
 
-unsafe extern "C" fn factory_config_schema(factory: *const c_void, out: *mut StowageOwned) -> StowageStatus {
+unsafe extern "C" fn factory_config_schema(
+    factory: *const c_void,
+    out: *mut StowageOwned,
+) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
     // SAFETY: `out` is the host's out-parameter, valid for the call.
-    guarded_factory(state, || unsafe { output_json(out, &state.factory.config_schema()) })
+    guarded_factory(state, || unsafe {
+        output_json(out, &state.factory.config_schema())
+    })
 }
 
-unsafe extern "C" fn factory_capabilities(factory: *const c_void, out: *mut StowageOwned) -> StowageStatus {
+unsafe extern "C" fn factory_capabilities(
+    factory: *const c_void,
+    out: *mut StowageOwned,
+) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
     // SAFETY: `out` is the host's out-parameter, valid for the call.
-    guarded_factory(state, || unsafe { output_json(out, &state.factory.capabilities()) })
+    guarded_factory(state, || unsafe {
+        output_json(out, &state.factory.capabilities())
+    })
 }
 
-unsafe extern "C" fn factory_validate(factory: *const c_void, config: StowageBytes) -> StowageStatus {
+unsafe extern "C" fn factory_validate(
+    factory: *const c_void,
+    config: StowageBytes,
+) -> StowageStatus {
     // SAFETY: the host passes back the vtable's own `factory` pointer.
     let state = unsafe { factory_ref(factory) };
     guarded_factory(state, || {
@@ -435,13 +459,19 @@ unsafe extern "C" fn instance_release(instance: *mut c_void) {
 ///
 /// # Safety
 /// As [`instance_ref`].
-unsafe fn with_instance(instance: *mut c_void, f: impl FnOnce(&Instance) -> Result<()>) -> StowageStatus {
+unsafe fn with_instance(
+    instance: *mut c_void,
+    f: impl FnOnce(&Instance) -> Result<()>,
+) -> StowageStatus {
     // SAFETY: forwarded from the caller.
     let inst = unsafe { instance_ref(instance) };
     guarded(Some(&inst.poisoned), &inst.provider, || f(inst))
 }
 
-unsafe extern "C" fn instance_capabilities(instance: *mut c_void, out: *mut StowageOwned) -> StowageStatus {
+unsafe extern "C" fn instance_capabilities(
+    instance: *mut c_void,
+    out: *mut StowageOwned,
+) -> StowageStatus {
     // SAFETY: a live instance and the host's out-parameter (ABI contract).
     unsafe { with_instance(instance, |i| output_json(out, &i.backend.capabilities())) }
 }
@@ -470,7 +500,8 @@ unsafe extern "C" fn put_open(
             let stream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx));
             let body = Body::from_stream(stream, options.size_hint);
             let backend = i.backend.clone();
-            let task = runtime().spawn(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
+            let task = runtime()
+                .spawn(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
             let writer = Writer {
                 provider: i.provider.clone(),
                 poisoned: i.poisoned.clone(),
@@ -552,7 +583,8 @@ unsafe extern "C" fn put_abort(writer: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(move || {
         if let Some(sender) = w.chunks.take() {
             // The backend sees a failing body and must write nothing.
-            let _ = runtime().block_on(sender.send(Err(Error::invalid_input("the host aborted this put"))));
+            let _ = runtime()
+                .block_on(sender.send(Err(Error::invalid_input("the host aborted this put"))));
         }
         let _ = w.join();
     }));
@@ -729,7 +761,13 @@ unsafe extern "C" fn instance_list(
                 cursor: o.cursor,
             };
             let page = runtime().block_on(i.backend.list(&ns, options))?;
-            output_json(out, &WirePage { items: page.items, next: page.next })
+            output_json(
+                out,
+                &WirePage {
+                    items: page.items,
+                    next: page.next,
+                },
+            )
         })
     }
 }
@@ -746,7 +784,13 @@ unsafe extern "C" fn instance_search(
             let ns = Namespace::new(input_str(ns, "namespace")?)?;
             let query: Query = input_json(query, "query")?;
             let page = runtime().block_on(i.backend.search(&ns, &query))?;
-            output_json(out, &WirePage { items: page.items, next: page.next })
+            output_json(
+                out,
+                &WirePage {
+                    items: page.items,
+                    next: page.next,
+                },
+            )
         })
     }
 }
@@ -761,7 +805,11 @@ unsafe impl Send for HostProgress {}
 unsafe impl Sync for HostProgress {}
 
 impl HostProgress {
-    fn call(&self, pick: impl Fn(&StowageProgress) -> Option<stowage_plugin_abi::StowageProgressFn>, n: u64) {
+    fn call(
+        &self,
+        pick: impl Fn(&StowageProgress) -> Option<stowage_plugin_abi::StowageProgressFn>,
+        n: u64,
+    ) {
         if self.0.is_null() {
             return;
         }
@@ -813,7 +861,10 @@ unsafe extern "C" fn instance_verify(
     }
 }
 
-unsafe extern "C" fn instance_namespaces(instance: *mut c_void, out: *mut StowageOwned) -> StowageStatus {
+unsafe extern "C" fn instance_namespaces(
+    instance: *mut c_void,
+    out: *mut StowageOwned,
+) -> StowageStatus {
     // SAFETY: a live instance and the host's out-parameter (ABI contract).
     unsafe {
         with_instance(instance, |i| {

@@ -24,7 +24,10 @@ use stowage_plugin_abi::{
     ABI_MINOR, ENTRY_SYMBOL, TARGET,
 };
 
-use super::{decode_error, CallContext, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut, WireVersion};
+use super::{
+    decode_error, CallContext, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut,
+    WireVersion,
+};
 use crate::backend::StorageBackend;
 use crate::body::Body;
 use crate::error::{Error, Result};
@@ -147,7 +150,9 @@ impl PluginLibrary {
             message,
         };
         if !path.is_file() {
-            return Err(refuse("no such file; check [plugins] paths/dirs or the path given".into()));
+            return Err(refuse(
+                "no such file; check [plugins] paths/dirs or the path given".into(),
+            ));
         }
         // SAFETY: loading runs the library's initialisers; loading a file as a plugin is the
         // operator's explicit choice, and everything after this is checked before use.
@@ -208,8 +213,10 @@ impl PluginLibrary {
         // ABI makes it live as long as the library, which is never unloaded.
         let d = unsafe { &*descriptor };
         // SAFETY: descriptor strings live as long as the library.
-        let text = |b: StowageBytes, what: &str| unsafe { descriptor_text(b) }
-            .ok_or_else(|| refuse(format!("descriptor field `{what}` is not valid UTF-8")));
+        let text = |b: StowageBytes, what: &str| {
+            unsafe { descriptor_text(b) }
+                .ok_or_else(|| refuse(format!("descriptor field `{what}` is not valid UTF-8")))
+        };
         let target = text(d.target, "target")?;
         if target != TARGET {
             return Err(refuse(format!(
@@ -222,7 +229,9 @@ impl PluginLibrary {
             return Err(refuse("descriptor has an empty plugin_name".into()));
         }
         if d.provider_count == 0 || d.providers.is_null() {
-            return Err(refuse(format!("plugin `{plugin_name}` declares no providers")));
+            return Err(refuse(format!(
+                "plugin `{plugin_name}` declares no providers"
+            )));
         }
         // SAFETY: `providers` points to `provider_count` vtables (non-null, checked above); the
         // first one's `struct_size` gives the array's stride as the plugin knows it.
@@ -237,13 +246,19 @@ impl PluginLibrary {
             }
             // SAFETY: `index < provider_count` and the array has `stride`-sized elements of at
             // least the 1.0 size (checked above).
-            let vtable = unsafe { &*((d.providers as *const u8).add(index * stride) as *const StowageProviderVTable) };
+            let vtable = unsafe {
+                &*((d.providers as *const u8).add(index * stride) as *const StowageProviderVTable)
+            };
             let name = text(vtable.name, "provider name")?;
             if name.is_empty() {
-                return Err(refuse(format!("provider #{index} of plugin `{plugin_name}` has an empty name")));
+                return Err(refuse(format!(
+                    "provider #{index} of plugin `{plugin_name}` has an empty name"
+                )));
             }
             if providers.iter().any(|p| p.name == name) {
-                return Err(refuse(format!("plugin `{plugin_name}` declares provider `{name}` twice")));
+                return Err(refuse(format!(
+                    "plugin `{plugin_name}` declares provider `{name}` twice"
+                )));
             }
             let missing = [
                 ("config_schema", vtable.config_schema.is_none()),
@@ -253,7 +268,9 @@ impl PluginLibrary {
                 ("backend", vtable.backend.is_null()),
             ];
             if let Some((field, _)) = missing.iter().find(|(_, absent)| *absent) {
-                return Err(refuse(format!("provider `{name}` lacks the required `{field}`")));
+                return Err(refuse(format!(
+                    "provider `{name}` lacks the required `{field}`"
+                )));
             }
             // SAFETY: non-null (checked above); every vtable starts with `struct_size`.
             let backend_size = unsafe { std::ptr::addr_of!((*vtable.backend).struct_size).read() };
@@ -279,7 +296,9 @@ impl PluginLibrary {
                 ("list", b.list.is_none()),
             ];
             if let Some((field, _)) = required.iter().find(|(_, absent)| *absent) {
-                return Err(refuse(format!("backend of provider `{name}` lacks the required `{field}`")));
+                return Err(refuse(format!(
+                    "backend of provider `{name}` lacks the required `{field}`"
+                )));
             }
             providers.push(ProviderEntry {
                 description: text(vtable.description, "provider description")?,
@@ -357,7 +376,9 @@ impl PluginLibrary {
                     registry.unregister(done);
                 }
                 let other = match e {
-                    Error::ProviderExists { origin, .. } => origin.unwrap_or_else(|| "another provider".into()),
+                    Error::ProviderExists { origin, .. } => {
+                        origin.unwrap_or_else(|| "another provider".into())
+                    }
                     other => return Err(other),
                 };
                 return Err(Error::Plugin {
@@ -380,7 +401,8 @@ impl PluginLibrary {
         };
         match existing.origin() {
             ProviderOrigin::Plugin { path, .. } => {
-                let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                let canonical =
+                    |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
                 canonical(&path) == canonical(&self.path)
             }
             _ => false,
@@ -549,7 +571,13 @@ impl StorageProviderFactory for PluginFactory {
             let mut instance: *mut c_void = std::ptr::null_mut();
             // SAFETY: a required function of a checked vtable; `json` outlives the call and
             // `instance` is a valid out-parameter.
-            let status = unsafe { create(vtable.factory, StowageBytes::from_slice(&json), &mut instance) };
+            let status = unsafe {
+                create(
+                    vtable.factory,
+                    StowageBytes::from_slice(&json),
+                    &mut instance,
+                )
+            };
             check(status, &library.context(index))?;
             if instance.is_null() {
                 return Err(Error::Backend {
@@ -566,7 +594,10 @@ impl StorageProviderFactory for PluginFactory {
                 _library: library,
             });
             let capabilities = shared.instance_json(|v| v.capabilities, "capabilities")?;
-            Ok(PluginBackend { shared, capabilities })
+            Ok(PluginBackend {
+                shared,
+                capabilities,
+            })
         })
         .await?;
         Ok(Arc::new(backend))
@@ -579,11 +610,13 @@ impl StorageProviderFactory for PluginFactory {
 
 /// Runs a plugin call on a blocking thread so async workers never wait on plugin code.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Backend {
-        provider: "plugin host".into(),
-        message: format!("a plugin call's thread failed: {e}"),
-        source: None,
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Backend {
+            provider: "plugin host".into(),
+            message: format!("a plugin call's thread failed: {e}"),
+            source: None,
+        })?
 }
 
 /// One backend instance of a plugin; released when the last adapter, reader or writer using
@@ -671,7 +704,13 @@ impl Instance {
         parse(Owned(out), &self.provider, what)
     }
 
-    fn scan(&self, f: Option<stowage_plugin_abi::StowageScanFn>, what: &str, ns: &str, options: &[u8]) -> Result<Page<RecordInfo>> {
+    fn scan(
+        &self,
+        f: Option<stowage_plugin_abi::StowageScanFn>,
+        what: &str,
+        ns: &str,
+        options: &[u8],
+    ) -> Result<Page<RecordInfo>> {
         let f = f.ok_or_else(|| Error::unsupported(what, &self.provider))?;
         let mut out = StowageOwned::EMPTY;
         // SAFETY: a function of this instance's vtable, the live instance, inputs that outlive
@@ -716,7 +755,13 @@ struct PutWriter {
 unsafe impl Send for PutWriter {}
 
 impl PutWriter {
-    fn open(instance: Arc<Instance>, ns: String, key: String, metadata: &[u8], options: &[u8]) -> Result<Self> {
+    fn open(
+        instance: Arc<Instance>,
+        ns: String,
+        key: String,
+        metadata: &[u8],
+        options: &[u8],
+    ) -> Result<Self> {
         let open = instance.vtable().put_open.expect("checked at load");
         let mut handle: *mut c_void = std::ptr::null_mut();
         // SAFETY: a required function, the live instance, inputs that outlive the call, and a
@@ -739,7 +784,12 @@ impl PutWriter {
                 source: None,
             });
         }
-        Ok(PutWriter { instance, handle, ns, key })
+        Ok(PutWriter {
+            instance,
+            handle,
+            ns,
+            key,
+        })
     }
 
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
@@ -808,7 +858,10 @@ struct PluginBackend {
 }
 
 impl PluginBackend {
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&Arc<Instance>) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Arc<Instance>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let shared = self.shared.clone();
         blocking(move || f(&shared)).await
     }
@@ -819,7 +872,8 @@ impl PluginBackend {
         what: &'static str,
         progress: &dyn Progress,
     ) -> Result<T> {
-        let f = pick(&self.shared).ok_or_else(|| Error::unsupported(what, &self.shared.provider))?;
+        let f =
+            pick(&self.shared).ok_or_else(|| Error::unsupported(what, &self.shared.provider))?;
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(bool, u64)>();
         let shared = self.shared.clone();
         let mut task = tokio::task::spawn_blocking(move || {
@@ -906,7 +960,14 @@ impl StorageBackend for PluginBackend {
         .await
     }
 
-    async fn put(&self, ns: &Namespace, key: &Key, mut body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        mut body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
         let ns = ns.to_string();
         let key = key.to_string();
         let metadata = to_json(&metadata);
@@ -947,7 +1008,12 @@ impl StorageBackend for PluginBackend {
         blocking(move || writer.finish()).await
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let ns_s = ns.to_string();
         let key_s = key.to_string();
         let wire = to_json(&WireGet {
@@ -986,7 +1052,8 @@ impl StorageBackend for PluginBackend {
                 };
                 let info: RecordInfo = parse(out_info, &i.provider, "RecordInfo")?;
                 let first = Bytes::copy_from_slice(reader.read()?.as_slice());
-                let whole = first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
+                let whole =
+                    first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
                 Ok((info, first, if whole { None } else { Some(reader) }))
             })
             .await?;
@@ -1012,17 +1079,30 @@ impl StorageBackend for PluginBackend {
             }
         });
         let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
-        Ok((info, Body::from_stream(futures::StreamExt::chain(first, rest), size_hint)))
+        Ok((
+            info,
+            Body::from_stream(futures::StreamExt::chain(first, rest), size_hint),
+        ))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let options = to_json(&WireVersion { version });
         self.run(move |i| i.key_op(optional!(i, head), "head", &ns, &key, &options))
             .await
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let options = to_json(&WireDelete {
             if_version: options.if_version,
@@ -1057,7 +1137,12 @@ impl StorageBackend for PluginBackend {
             .await
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let options = to_json(&WireVersion { version });
         self.run(move |i| i.key_op(optional!(i, restore), "restore", &ns, &key, &options))
@@ -1078,7 +1163,8 @@ impl StorageBackend for PluginBackend {
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
-        self.report(|i| optional!(i, verify), "verify", progress).await
+        self.report(|i| optional!(i, verify), "verify", progress)
+            .await
     }
 
     async fn namespaces(&self) -> Result<Vec<Namespace>> {

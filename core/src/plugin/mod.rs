@@ -44,11 +44,20 @@ pub use stowage_plugin_abi as abi;
 /// let loaded = load_plugins(&Registry::new(), &PluginsConfig::default()).unwrap();
 /// assert!(loaded.is_empty());
 /// ```
-pub fn load_plugins(registry: &Registry, config: &PluginsConfig) -> Result<Vec<Arc<PluginLibrary>>> {
+pub fn load_plugins(
+    registry: &Registry,
+    config: &PluginsConfig,
+) -> Result<Vec<Arc<PluginLibrary>>> {
     let mut files: Vec<PathBuf> = config.paths.clone();
     for dir in &config.dirs {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::io(format!("reading plugin folder {} (from [plugins] dirs)", dir.display()), e)
+            Error::io(
+                format!(
+                    "reading plugin folder {} (from [plugins] dirs)",
+                    dir.display()
+                ),
+                e,
+            )
         })?;
         let mut found = Vec::new();
         for entry in entries {
@@ -169,30 +178,54 @@ pub(crate) fn encode_error(error: &Error) -> (u32, String) {
             json!({ "namespace": namespace, "reason": reason })
         }
         Error::InvalidInput { message } => json!({ "message": message }),
-        Error::NotFound { namespace, key, version } => {
+        Error::NotFound {
+            namespace,
+            key,
+            version,
+        } => {
             json!({ "namespace": namespace, "key": key, "version": version })
         }
-        Error::Conflict { namespace, key, expected, current } => {
+        Error::Conflict {
+            namespace,
+            key,
+            expected,
+            current,
+        } => {
             json!({ "namespace": namespace, "key": key, "expected": expected, "current": current })
         }
-        Error::InvalidConfig { source_name, field, message } => {
+        Error::InvalidConfig {
+            source_name,
+            field,
+            message,
+        } => {
             json!({ "source_name": source_name, "field": field, "message": message })
         }
-        Error::Unsupported { operation, provider } => {
+        Error::Unsupported {
+            operation,
+            provider,
+        } => {
             json!({ "operation": operation, "provider": provider })
         }
         Error::ProviderExists { name, origin } => json!({ "name": name, "origin": origin }),
         Error::UnknownProvider { name, known } => json!({ "name": name, "known": known }),
         Error::Corrupt { provider, message } => json!({ "provider": provider, "message": message }),
         Error::Locked { path, message } => json!({ "path": path, "message": message }),
-        Error::Io { context, source } => json!({ "context": context, "source": source.to_string() }),
-        Error::Backend { provider, message, source } => json!({
+        Error::Io { context, source } => {
+            json!({ "context": context, "source": source.to_string() })
+        }
+        Error::Backend {
+            provider,
+            message,
+            source,
+        } => json!({
             "provider": provider,
             "message": message,
             "source": source.as_ref().map(|s| s.to_string()),
         }),
         Error::Plugin { path, message } => json!({ "path": path, "message": message }),
-        Error::Panicked { provider, message } => json!({ "provider": provider, "message": message }),
+        Error::Panicked { provider, message } => {
+            json!({ "provider": provider, "message": message })
+        }
     };
     let mut fields = fields;
     fields["error"] = Value::String(error.to_string());
@@ -219,7 +252,13 @@ pub(crate) fn decode_error(code: u32, message: &[u8], cx: &CallContext<'_>) -> E
         .or_else(|| obj.get("error"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| if obj.is_empty() { text.clone() } else { String::new() });
+        .unwrap_or_else(|| {
+            if obj.is_empty() {
+                text.clone()
+            } else {
+                String::new()
+            }
+        });
     let s = |name: &str| obj.get(name).and_then(Value::as_str).map(str::to_string);
     let u = |name: &str| obj.get(name).and_then(Value::as_u64);
     let or = |v: Option<String>, d: Option<&str>| v.or(d.map(str::to_string)).unwrap_or_default();
@@ -265,7 +304,10 @@ pub(crate) fn decode_error(code: u32, message: &[u8], cx: &CallContext<'_>) -> E
                 .and_then(|k| serde_json::from_value(k.clone()).ok())
                 .unwrap_or_default(),
         },
-        status::CORRUPT => Error::Corrupt { provider: provider(), message: plain },
+        status::CORRUPT => Error::Corrupt {
+            provider: provider(),
+            message: plain,
+        },
         status::LOCKED => Error::Locked {
             path: s("path").map(PathBuf::from).unwrap_or_default(),
             message: plain,
@@ -278,7 +320,10 @@ pub(crate) fn decode_error(code: u32, message: &[u8], cx: &CallContext<'_>) -> E
             path: s("path").map(PathBuf::from).unwrap_or_default(),
             message: plain,
         },
-        status::PANICKED => Error::Panicked { provider: provider(), message: plain },
+        status::PANICKED => Error::Panicked {
+            provider: provider(),
+            message: plain,
+        },
         status::BACKEND => Error::Backend {
             provider: provider(),
             message: plain,
@@ -298,7 +343,11 @@ mod tests {
 
     fn roundtrip(error: Error) -> Error {
         let (code, message) = encode_error(&error);
-        let cx = CallContext { provider: "p", namespace: None, key: None };
+        let cx = CallContext {
+            provider: "p",
+            namespace: None,
+            key: None,
+        };
         decode_error(code, message.as_bytes(), &cx)
     }
 
@@ -311,23 +360,55 @@ mod tests {
             current: Some(4),
         });
         match e {
-            Error::Conflict { namespace, key, expected, current } => {
-                assert_eq!((namespace.as_str(), key.as_str(), expected.as_str(), current), ("ns", "a/b", "version 3", Some(4)));
+            Error::Conflict {
+                namespace,
+                key,
+                expected,
+                current,
+            } => {
+                assert_eq!(
+                    (namespace.as_str(), key.as_str(), expected.as_str(), current),
+                    ("ns", "a/b", "version 3", Some(4))
+                );
             }
             other => panic!("wrong variant: {other:?}"),
         }
-        let e = roundtrip(Error::NotFound { namespace: "n".into(), key: "k".into(), version: Some(2) });
-        assert!(matches!(e, Error::NotFound { version: Some(2), .. }), "{e:?}");
-        let e = roundtrip(Error::backend("kv", "disk full", std::io::Error::other("ENOSPC")));
+        let e = roundtrip(Error::NotFound {
+            namespace: "n".into(),
+            key: "k".into(),
+            version: Some(2),
+        });
+        assert!(
+            matches!(
+                e,
+                Error::NotFound {
+                    version: Some(2),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = roundtrip(Error::backend(
+            "kv",
+            "disk full",
+            std::io::Error::other("ENOSPC"),
+        ));
         assert_eq!(e.to_string(), "provider `kv` failed: disk full");
         assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "ENOSPC");
         let e = roundtrip(Error::invalid_config("storage.config.path", "must be set"));
-        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "storage.config.path"), "{e:?}");
+        assert!(
+            matches!(&e, Error::InvalidConfig { field, .. } if field == "storage.config.path"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn plain_text_messages_from_c_plugins_use_the_call_context() {
-        let cx = CallContext { provider: "cmem", namespace: Some("default"), key: Some("x") };
+        let cx = CallContext {
+            provider: "cmem",
+            namespace: Some("default"),
+            key: Some("x"),
+        };
         let e = decode_error(status::NOT_FOUND, b"no such record", &cx);
         assert_eq!(e.to_string(), "record default/x not found");
         let e = decode_error(status::BACKEND, b"out of memory", &cx);

@@ -2,6 +2,7 @@
 //! a failed precondition is `Conflict { current }` and writes nothing.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::check::{
     ensure, ensure_eq, expect_conflict, expect_err, BehaviourResult, Failure, Outcome, Step,
@@ -230,6 +231,73 @@ pub async fn delete_if_version(store: &Stowage) -> BehaviourResult {
 const WRITERS: usize = 32;
 const STEPS: u64 = 4;
 
+/// Starts `WRITERS` concurrent puts of `key` with `mode`, writer `w` writing `payload(w)`. The
+/// writers wait at a barrier until all are running, so their calls overlap as much as the
+/// runtime allows. Returns each writer's payload and result, in writer order.
+async fn race(
+    ns: &NamespaceHandle,
+    key: &'static str,
+    mode: PutMode,
+    metadata: Metadata,
+    payload: impl Fn(usize) -> String,
+    tag: &str,
+) -> Result<Vec<(String, crate::Result<RecordInfo>)>, Failure> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let mut tasks = Vec::with_capacity(WRITERS);
+    for w in 0..WRITERS {
+        let (ns, barrier, metadata, payload) =
+            (ns.clone(), barrier.clone(), metadata.clone(), payload(w));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let result = ns.put_with(key, payload.clone(), metadata, mode).await;
+            (payload, result)
+        }));
+    }
+    let mut out = Vec::with_capacity(WRITERS);
+    for task in tasks {
+        out.push(
+            task.await
+                .map_err(|e| Failure::new(format!("{tag}: a writer task failed: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Requires exactly one success among racing conditional writes, writing `version`, and every
+/// other result to be `Conflict { current: Some(version) }`; returns the winner.
+fn one_winner(
+    results: Vec<(String, crate::Result<RecordInfo>)>,
+    version: u64,
+    tag: &str,
+) -> Result<(String, RecordInfo), Failure> {
+    let mut winners = Vec::new();
+    for (payload, result) in results {
+        match result {
+            Ok(info) => winners.push((payload, info)),
+            Err(Error::Conflict { current, .. }) => ensure_eq!(
+                current,
+                Some(version),
+                "{tag}: a losing writer's Conflict must name the winner's version"
+            ),
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "{tag}: a racing writer got {:?} instead of success or Conflict: {e}",
+                    e.kind()
+                )))
+            }
+        }
+    }
+    ensure!(
+        winners.len() == 1,
+        "{tag}: {} of {WRITERS} racing writers succeeded; exactly one must (they wrote versions {:?})",
+        winners.len(),
+        winners.iter().map(|(_, i)| i.version).collect::<Vec<_>>()
+    );
+    let winner = winners.remove(0);
+    ensure_eq!(winner.1.version, version, "{tag}: the winner's version");
+    Ok(winner)
+}
+
 /// 32 writers race `IfVersion(v)` on one key, several times over: each time exactly one wins
 /// (writing `v + 1`), every other gets `Conflict { current: v + 1 }`, and the key holds the
 /// winner's payload.
@@ -244,58 +312,119 @@ pub async fn race_if_version(store: &Stowage) -> BehaviourResult {
         .await
         .step("put the contended key")?;
     for v in 1..=STEPS {
-        let mut tasks = Vec::with_capacity(WRITERS);
-        for w in 0..WRITERS {
-            let ns = ns.clone();
-            tasks.push(tokio::spawn(async move {
-                let payload = format!("step {v} writer {w}");
-                let result = ns
-                    .put_with(
-                        "contended",
-                        payload.clone(),
-                        Metadata::new(),
-                        PutMode::IfVersion(v),
-                    )
-                    .await;
-                (payload, result)
-            }));
-        }
-        let mut winners = Vec::new();
-        for task in tasks {
-            let (payload, result) = task
-                .await
-                .map_err(|e| Failure::new(format!("step {v}: a writer task failed: {e}")))?;
-            match result {
-                Ok(info) => winners.push((payload, info)),
-                Err(Error::Conflict { current, .. }) => ensure_eq!(
-                    current,
-                    Some(v + 1),
-                    "step {v}: a losing writer's Conflict must name the winner's version"
-                ),
-                Err(e) => {
-                    return Err(Failure::new(format!(
-                        "step {v}: a racing IfVersion({v}) writer got {:?} instead of success or Conflict: {e}",
-                        e.kind()
-                    )))
-                }
-            }
-        }
-        ensure!(
-            winners.len() == 1,
-            "step {v}: {} of {WRITERS} racing IfVersion({v}) writers succeeded; exactly one must (winners wrote versions {:?})",
-            winners.len(),
-            winners.iter().map(|(_, i)| i.version).collect::<Vec<_>>()
-        );
-        let (payload, info) = &winners[0];
-        ensure_eq!(info.version, v + 1, "step {v}: the winner's version");
-        unchanged(
+        let tag = format!("IfVersion({v}) race, step {v}");
+        let results = race(
             &ns,
             "contended",
-            info,
-            payload.as_bytes(),
-            &format!("race step {v}"),
+            PutMode::IfVersion(v),
+            Metadata::new(),
+            |w| format!("step {v} writer {w}"),
+            &tag,
         )
         .await?;
+        let (payload, info) = one_winner(results, v + 1, &tag)?;
+        unchanged(&ns, "contended", &info, payload.as_bytes(), &tag).await?;
+    }
+    Ok(Outcome::Passed)
+}
+
+/// 32 writers race `Create` on an absent key (and, after a delete, on a deleted one): exactly
+/// one wins, every other gets `Conflict { current }` naming the winner's version.
+pub async fn race_create(store: &Stowage) -> BehaviourResult {
+    let caps = store.capabilities();
+    if !caps.create_only {
+        return Ok(Outcome::Skipped(
+            "capabilities().create_only is false".into(),
+        ));
+    }
+    let ns = fresh_namespace(store, "racecreate")?;
+    let rounds: &[u64] = if caps.delete { &[1, 3] } else { &[1] };
+    for &version in rounds {
+        if version > 1 {
+            ns.delete("contended", DeleteOptions::default())
+                .await
+                .step("delete the contended key")?;
+        }
+        let tag = format!("Create race for version {version}");
+        let results = race(
+            &ns,
+            "contended",
+            PutMode::Create,
+            Metadata::new(),
+            |w| format!("{tag} writer {w}"),
+            &tag,
+        )
+        .await?;
+        let (payload, info) = one_winner(results, version, &tag)?;
+        unchanged(&ns, "contended", &info, payload.as_bytes(), &tag).await?;
+    }
+    Ok(Outcome::Passed)
+}
+
+/// 32 writers put the same key at once without a precondition: all succeed, each gets its own
+/// version number (1 to 32, none twice, none skipped), and each version holds its writer's payload.
+pub async fn concurrent_overwrites_get_distinct_versions(store: &Stowage) -> BehaviourResult {
+    let caps = store.capabilities();
+    let ns = fresh_namespace(store, "overwrite")?;
+    let mut by_version = std::collections::BTreeMap::new();
+    let results = race(
+        &ns,
+        "busy",
+        PutMode::Overwrite,
+        Metadata::new(),
+        |w| format!("writer {w}"),
+        "overwrite race",
+    )
+    .await?;
+    for (payload, result) in results {
+        let info = result.step(format!("concurrent put of {payload:?}"))?;
+        if let Some(other) = by_version.insert(info.version, payload.clone()) {
+            return Err(Failure::new(format!(
+                "concurrent puts {other:?} and {payload:?} both got version {}",
+                info.version
+            )));
+        }
+    }
+    let versions: Vec<u64> = by_version.keys().copied().collect();
+    ensure_eq!(
+        versions,
+        (1..=WRITERS as u64).collect::<Vec<_>>(),
+        "versions handed to {WRITERS} concurrent puts"
+    );
+    let latest = ns
+        .head("busy", None)
+        .await
+        .step("head after the concurrent puts")?;
+    ensure_eq!(
+        latest.version,
+        WRITERS as u64,
+        "latest version after the concurrent puts"
+    );
+    if caps.versions {
+        let listed = ns
+            .versions("busy")
+            .await
+            .step("versions after the concurrent puts")?;
+        ensure_eq!(listed.len(), WRITERS, "number of versions listed");
+        for (version, payload) in &by_version {
+            let what = format!("get busy version {version}");
+            let (_, body) = ns
+                .get_with(
+                    "busy",
+                    crate::model::GetOptions {
+                        version: Some(*version),
+                        range: None,
+                    },
+                )
+                .await
+                .step(&what)?;
+            let bytes = read_body(body, &what).await?;
+            ensure!(
+                bytes == payload.as_bytes(),
+                "{what}: holds {:?}, but that version was returned to the writer of {payload:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
     }
     Ok(Outcome::Passed)
 }
@@ -314,20 +443,17 @@ pub async fn race_base_merge(store: &Stowage) -> BehaviourResult {
     ns.put("doc", r#"{"base":true}"#, json())
         .await
         .step("put the base document")?;
-    let mut tasks = Vec::with_capacity(WRITERS);
-    for w in 0..WRITERS {
-        let ns = ns.clone();
-        let meta = json();
-        tasks.push(tokio::spawn(async move {
-            let doc = format!(r#"{{"base":true,"w{w}":{w}}}"#);
-            ns.put_with("doc", doc, meta, PutMode::Base(1)).await
-        }));
-    }
-    for (w, task) in tasks.into_iter().enumerate() {
-        let result = task
-            .await
-            .map_err(|e| Failure::new(format!("merging writer {w}: task failed: {e}")))?;
-        result.step(format!("merging writer {w}: put with Base(1)"))?;
+    let results = race(
+        &ns,
+        "doc",
+        PutMode::Base(1),
+        json(),
+        |w| format!(r#"{{"base":true,"w{w}":{w}}}"#),
+        "Base(1) race",
+    )
+    .await?;
+    for (payload, result) in results {
+        result.step(format!("merging put of {payload} with Base(1)"))?;
     }
     let (info, body) = ns.get("doc").await.step("get the merged document")?;
     let bytes = read_body(body, "get the merged document").await?;

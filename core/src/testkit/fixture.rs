@@ -63,6 +63,21 @@ pub fn streamed_body(
     (Body::from_stream(chunks, hint), hash)
 }
 
+/// Bytes `start..end` of the payload [`streamed_body`] yields for the same `seed` and `chunk`,
+/// regenerated without building the whole payload.
+pub fn streamed_slice(seed: u64, chunk: usize, start: usize, end: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(end.saturating_sub(start));
+    let mut offset = start - start % chunk;
+    while offset < end {
+        let bytes = pattern(seed.wrapping_add(offset as u64), chunk);
+        let from = start.saturating_sub(offset);
+        let to = (end - offset).min(chunk);
+        out.extend_from_slice(&bytes[from..to]);
+        offset += chunk;
+    }
+    out
+}
+
 /// Reads a body chunk by chunk, hashing what arrives; returns the hash and size actually read.
 pub async fn hash_body(mut body: Body, what: &str) -> Result<(ContentHash, u64), Failure> {
     let mut hasher = ContentHasher::new();
@@ -95,4 +110,35 @@ pub async fn all_keys(
         .await
         .step("listing the whole namespace")?;
     Ok(items.into_iter().map(|i| i.key.to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streamed_body_matches_its_hash_and_slices() {
+        let (body, hash) = streamed_body(42, 1000, 64, true);
+        assert_eq!(body.size_hint(), Some(1000));
+        let whole = body.into_bytes().await.unwrap();
+        assert_eq!(whole.len(), 1000);
+        assert_eq!(ContentHash::of(&whole), hash);
+        for (start, end) in [(0, 1000), (100, 900), (63, 65), (64, 128), (999, 1000)] {
+            assert_eq!(
+                streamed_slice(42, 64, start, end),
+                whole[start..end],
+                "{start}..{end}"
+            );
+        }
+        let (other, other_hash) = streamed_body(43, 1000, 64, false);
+        assert_eq!(other.size_hint(), None);
+        assert_ne!(other_hash, hash, "another seed gives another payload");
+    }
+
+    #[test]
+    fn patterns_differ_by_seed_and_keep_their_length() {
+        assert_eq!(pattern(1, 13).len(), 13);
+        assert_ne!(pattern(1, 64), pattern(2, 64));
+        assert_eq!(pattern(5, 64), pattern(5, 64));
+    }
 }

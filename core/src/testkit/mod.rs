@@ -102,16 +102,18 @@ pub use blobs::{
 };
 pub use check::{BehaviourResult, Failure, Outcome};
 pub use conditional::{
-    delete_if_version, put_base_without_merge, put_create, put_if_version, race_base_merge,
-    race_if_version,
+    concurrent_overwrites_get_distinct_versions, delete_if_version, put_base_without_merge,
+    put_create, put_if_version, race_base_merge, race_create, race_if_version,
 };
-pub use fixture::{all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body};
+pub use fixture::{
+    all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body, streamed_slice,
+};
 pub use isolation::namespace_isolation;
 pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
 pub use listing::{list_pagination, list_prefix_and_start_after};
 pub use roundtrip::{
-    byte_ranges, metadata_round_trip, round_trip_all_byte_values, round_trip_empty,
-    round_trip_large_streamed, round_trip_one_byte,
+    byte_ranges, failed_body_writes_nothing, metadata_round_trip, round_trip_all_byte_values,
+    round_trip_empty, round_trip_large_streamed, round_trip_one_byte,
 };
 pub use search::{search_filters, search_ordering, search_time_windows};
 pub use versions::{
@@ -151,6 +153,7 @@ macro_rules! __conformance_behaviours {
             round_trip_one_byte,
             round_trip_all_byte_values,
             round_trip_large_streamed,
+            failed_body_writes_nothing,
             metadata_round_trip,
             byte_ranges,
             version_numbering,
@@ -164,6 +167,8 @@ macro_rules! __conformance_behaviours {
             put_base_without_merge,
             delete_if_version,
             race_if_version,
+            race_create,
+            concurrent_overwrites_get_distinct_versions,
             race_base_merge,
             list_pagination,
             list_prefix_and_start_after,

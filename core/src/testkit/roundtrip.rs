@@ -4,7 +4,9 @@
 use serde_json::json;
 
 use super::check::{ensure, ensure_eq, expect_err, BehaviourResult, Failure, Outcome, Step};
-use super::fixture::{fresh_namespace, hash_body, pattern, read_body, streamed_body};
+use super::fixture::{
+    fresh_namespace, hash_body, pattern, read_body, streamed_body, streamed_slice,
+};
 use crate::body::Body;
 use crate::error::ErrorKind;
 use crate::hash::ContentHash;
@@ -163,6 +165,102 @@ pub async fn round_trip_large_streamed(store: &Stowage) -> BehaviourResult {
             read_hash,
             hash,
             "get {key:?}: hash of the bytes streamed back"
+        );
+    }
+    // A range from the middle of a large payload, across chunk boundaries.
+    let seed = rand::random::<u64>();
+    let (body, _) = streamed_body(seed, SIZE, 64 * 1024, true);
+    ns.put("large/ranged", body, Metadata::new())
+        .await
+        .step("streamed put of large/ranged")?;
+    let (start, end) = (SIZE as u64 / 2 - 100_000, SIZE as u64 / 2 + 100_000);
+    let what = format!("get large/ranged with range {start}..{end}");
+    let (_, body) = ns
+        .get_with(
+            "large/ranged",
+            GetOptions {
+                version: None,
+                range: Some(ByteRange {
+                    start,
+                    end: Some(end),
+                }),
+            },
+        )
+        .await
+        .step(&what)?;
+    let got = read_body(body, &what).await?;
+    ensure!(
+        got == streamed_slice(seed, 64 * 1024, start as usize, end as usize),
+        "{what}: {} bytes came back that differ from the payload's bytes {start}..{end}",
+        got.len()
+    );
+    Ok(Outcome::Passed)
+}
+
+/// A payload stream that fails part-way makes the put fail and writes nothing: a new key stays
+/// absent, an existing one keeps its version, and `verify` finds no dangling reference.
+pub async fn failed_body_writes_nothing(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "badbody")?;
+    let broken = || {
+        let chunks: Vec<crate::Result<bytes::Bytes>> = vec![
+            Ok(bytes::Bytes::from(pattern(1, 300_000))),
+            Ok(bytes::Bytes::from(pattern(2, 300_000))),
+            Err(crate::Error::io(
+                "reading the client's upload",
+                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the client went away"),
+            )),
+        ];
+        Body::from_stream(futures::stream::iter(chunks), Some(1_000_000))
+    };
+    let result = ns.put("new", broken(), Metadata::new()).await;
+    ensure!(
+        result.is_err(),
+        "put with a payload stream that fails must fail, got {result:?}"
+    );
+    expect_err(
+        ns.head("new", None).await,
+        ErrorKind::NotFound,
+        "head after a failed put of a new key",
+    )?;
+    ensure!(
+        super::fixture::all_keys(&ns, true).await?.is_empty(),
+        "a failed put left a record in the listing"
+    );
+
+    let v1 = ns
+        .put("old", "kept", Metadata::new())
+        .await
+        .step("put old")?;
+    let result = ns.put("old", broken(), Metadata::new()).await;
+    ensure!(
+        result.is_err(),
+        "second put with a failing stream must fail, got {result:?}"
+    );
+    let (info, body) = ns.get("old").await.step("get old after a failed put")?;
+    ensure_eq!(info, v1, "old after a failed put (nothing may be written)");
+    ensure_eq!(
+        read_body(body, "get old").await?,
+        b"kept".to_vec(),
+        "old's payload after a failed put"
+    );
+    let next = ns
+        .put("old", "next", Metadata::new())
+        .await
+        .step("put old after the failed put")?;
+    ensure_eq!(
+        next.version,
+        2,
+        "the failed put must not use up a version number"
+    );
+    if store.capabilities().verify {
+        let report = store
+            .verify(&crate::NoProgress)
+            .await
+            .step("verify after failed puts")?;
+        ensure!(
+            report.is_clean(),
+            "verify after failed puts found problems: {:?}",
+            report.problems
         );
     }
     Ok(Outcome::Passed)

@@ -60,7 +60,9 @@ pub struct KvBackend {
 
 impl std::fmt::Debug for KvBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvBackend").field("path", &self.path).finish()
+        f.debug_struct("KvBackend")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -94,17 +96,30 @@ fn record_key(ns: &Namespace, key: &Key, version: Version) -> Vec<u8> {
 }
 
 fn decode_info(bytes: &[u8]) -> Result<RecordInfo> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(PROVIDER, format!("unreadable record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(PROVIDER, format!("unreadable record: {e}")))
 }
 
-fn load_info(records: &impl ReadableTable<&'static [u8], &'static [u8]>, ns: &Namespace, key: &Key, version: Version) -> Result<Option<RecordInfo>> {
-    match records.get(record_key(ns, key, version).as_slice()).map_err(err)? {
+fn load_info(
+    records: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ns: &Namespace,
+    key: &Key,
+    version: Version,
+) -> Result<Option<RecordInfo>> {
+    match records
+        .get(record_key(ns, key, version).as_slice())
+        .map_err(err)?
+    {
         Some(v) => Ok(Some(decode_info(v.value())?)),
         None => Ok(None),
     }
 }
 
-fn latest_version(latest: &impl ReadableTable<&'static [u8], u64>, ns: &Namespace, key: &Key) -> Result<Version> {
+fn latest_version(
+    latest: &impl ReadableTable<&'static [u8], u64>,
+    ns: &Namespace,
+    key: &Key,
+) -> Result<Version> {
     Ok(latest
         .get(latest_key(ns, key).as_slice())
         .map_err(err)?
@@ -113,7 +128,11 @@ fn latest_version(latest: &impl ReadableTable<&'static [u8], u64>, ns: &Namespac
 }
 
 /// Every version of a key, oldest first.
-fn all_versions(records: &impl ReadableTable<&'static [u8], &'static [u8]>, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+fn all_versions(
+    records: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ns: &Namespace,
+    key: &Key,
+) -> Result<Vec<RecordInfo>> {
     let prefix = versions_prefix(ns, key);
     let mut out = Vec::new();
     for entry in records.range(prefix.as_slice()..).map_err(err)? {
@@ -152,7 +171,10 @@ fn latest_infos(
             None => {
                 return Err(Error::corrupt(
                     PROVIDER,
-                    format!("latest version of {:?} is missing", String::from_utf8_lossy(&k[ns_len..])),
+                    format!(
+                        "latest version of {:?} is missing",
+                        String::from_utf8_lossy(&k[ns_len..])
+                    ),
                 ))
             }
         }
@@ -167,16 +189,27 @@ fn write_version(
 ) -> Result<()> {
     let json = serde_json::to_vec(info).map_err(|e| Error::corrupt(PROVIDER, e.to_string()))?;
     records
-        .insert(record_key(&info.namespace, &info.key, info.version).as_slice(), json.as_slice())
+        .insert(
+            record_key(&info.namespace, &info.key, info.version).as_slice(),
+            json.as_slice(),
+        )
         .map_err(err)?;
     latest
-        .insert(latest_key(&info.namespace, &info.key).as_slice(), info.version)
+        .insert(
+            latest_key(&info.namespace, &info.key).as_slice(),
+            info.version,
+        )
         .map_err(err)?;
     Ok(())
 }
 
 /// Reads `len` payload bytes of blob `id` from `offset`.
-fn read_range(chunks: &impl ReadableTable<(u64, u64), &'static [u8]>, id: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+fn read_range(
+    chunks: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(len as usize);
     let mut pos = offset;
     let end = offset + len;
@@ -190,7 +223,10 @@ fn read_range(chunks: &impl ReadableTable<(u64, u64), &'static [u8]>, id: u64, o
         let within = (pos % BLOB_CHUNK as u64) as usize;
         let take = ((end - pos) as usize).min(data.len().saturating_sub(within));
         if take == 0 {
-            return Err(Error::corrupt(PROVIDER, format!("blob {id} is shorter than its size")));
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!("blob {id} is shorter than its size"),
+            ));
         }
         out.extend_from_slice(&data[within..within + take]);
         pos += take as u64;
@@ -198,7 +234,13 @@ fn read_range(chunks: &impl ReadableTable<(u64, u64), &'static [u8]>, id: u64, o
     Ok(out)
 }
 
-fn check_mode(mode: PutMode, ns: &Namespace, key: &Key, current: Version, live: bool) -> Result<()> {
+fn check_mode(
+    mode: PutMode,
+    ns: &Namespace,
+    key: &Key,
+    current: Version,
+    live: bool,
+) -> Result<()> {
     let conflict = |expected: String| Error::Conflict {
         namespace: ns.to_string(),
         key: key.to_string(),
@@ -209,7 +251,9 @@ fn check_mode(mode: PutMode, ns: &Namespace, key: &Key, current: Version, live: 
         PutMode::Overwrite => Ok(()),
         PutMode::Create if live => Err(conflict("absent".into())),
         PutMode::Create => Ok(()),
-        PutMode::IfVersion(v) | PutMode::Base(v) if v != current => Err(conflict(format!("version {v}"))),
+        PutMode::IfVersion(v) | PutMode::Base(v) if v != current => {
+            Err(conflict(format!("version {v}")))
+        }
         PutMode::IfVersion(_) | PutMode::Base(_) => Ok(()),
     }
 }
@@ -242,10 +286,16 @@ impl KvBackend {
         })
         .await
         .map_err(|e| Error::backend(PROVIDER, "opening the database panicked", e))??;
-        Ok(KvBackend { db: Arc::new(db), path })
+        Ok(KvBackend {
+            db: Arc::new(db),
+            path,
+        })
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
@@ -253,7 +303,12 @@ impl KvBackend {
     }
 
     /// Resolves the version a get/head reads: `NotFound` for none or a tombstone.
-    fn resolve(db: &Database, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<(RecordInfo, u64)> {
+    fn resolve(
+        db: &Database,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<(RecordInfo, u64)> {
         let txn = db.begin_read().map_err(err)?;
         let records = txn.open_table(RECORDS).map_err(err)?;
         let v = match version {
@@ -269,7 +324,12 @@ impl KvBackend {
             .get(info.hash.as_bytes().as_slice())
             .map_err(err)?
             .map(|b| b.value().0)
-            .ok_or_else(|| Error::corrupt(PROVIDER, format!("payload {} of {ns}/{key} is missing", info.hash)))?;
+            .ok_or_else(|| {
+                Error::corrupt(
+                    PROVIDER,
+                    format!("payload {} of {ns}/{key} is missing", info.hash),
+                )
+            })?;
         Ok((info, id))
     }
 }
@@ -284,7 +344,14 @@ impl StorageBackend for KvBackend {
         CAPABILITIES
     }
 
-    async fn put(&self, ns: &Namespace, key: &Key, body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         let runtime = tokio::runtime::Handle::current();
         self.blocking(move |db| {
@@ -297,10 +364,18 @@ impl StorageBackend for KvBackend {
                 let mut chunks = txn.open_table(CHUNKS).map_err(err)?;
                 let mut counters = txn.open_table(COUNTERS).map_err(err)?;
                 let current = latest_version(&latest, &ns, &key)?;
-                let previous = if current > 0 { load_info(&records, &ns, &key, current)? } else { None };
+                let previous = if current > 0 {
+                    load_info(&records, &ns, &key, current)?
+                } else {
+                    None
+                };
                 let live = previous.as_ref().is_some_and(|p| !p.is_deleted());
                 check_mode(mode, &ns, &key, current, live)?;
-                let id = counters.get("next_blob").map_err(err)?.map(|v| v.value()).unwrap_or(1);
+                let id = counters
+                    .get("next_blob")
+                    .map_err(err)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
                 counters.insert("next_blob", id + 1).map_err(err)?;
                 let mut hasher = ContentHasher::new();
                 let mut pending: Vec<u8> = Vec::with_capacity(BLOB_CHUNK);
@@ -312,23 +387,32 @@ impl StorageBackend for KvBackend {
                     hasher.update(&chunk);
                     pending.extend_from_slice(&chunk);
                     while pending.len() >= BLOB_CHUNK {
-                        chunks.insert((id, index), &pending[..BLOB_CHUNK]).map_err(err)?;
+                        chunks
+                            .insert((id, index), &pending[..BLOB_CHUNK])
+                            .map_err(err)?;
                         pending.drain(..BLOB_CHUNK);
                         index += 1;
                     }
                 }
                 if !pending.is_empty() {
-                    chunks.insert((id, index), pending.as_slice()).map_err(err)?;
+                    chunks
+                        .insert((id, index), pending.as_slice())
+                        .map_err(err)?;
                     index += 1;
                 }
                 let (hash, size) = hasher.finish();
-                let known = blobs.get(hash.as_bytes().as_slice()).map_err(err)?.is_some();
+                let known = blobs
+                    .get(hash.as_bytes().as_slice())
+                    .map_err(err)?
+                    .is_some();
                 if known {
                     for i in 0..index {
                         chunks.remove((id, i)).map_err(err)?;
                     }
                 } else {
-                    blobs.insert(hash.as_bytes().as_slice(), (id, size)).map_err(err)?;
+                    blobs
+                        .insert(hash.as_bytes().as_slice(), (id, size))
+                        .map_err(err)?;
                 }
                 let now = Timestamp::now();
                 let info = RecordInfo {
@@ -352,7 +436,12 @@ impl StorageBackend for KvBackend {
         .await
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let (ns, key) = (ns.clone(), key.clone());
         let (info, id, offset, len, first) = self
             .blocking(move |db| {
@@ -363,7 +452,12 @@ impl StorageBackend for KvBackend {
                 };
                 let first = if len <= CHUNK_SIZE as u64 {
                     let txn = db.begin_read().map_err(err)?;
-                    Some(read_range(&txn.open_table(CHUNKS).map_err(err)?, id, offset, len)?)
+                    Some(read_range(
+                        &txn.open_table(CHUNKS).map_err(err)?,
+                        id,
+                        offset,
+                        len,
+                    )?)
                 } else {
                     None
                 };
@@ -394,13 +488,23 @@ impl StorageBackend for KvBackend {
         Ok((info, Body::from_stream(stream, Some(len))))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| Self::resolve(db, &ns, &key, version).map(|(info, _)| info))
             .await
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -473,7 +577,12 @@ impl StorageBackend for KvBackend {
         .await
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -518,9 +627,13 @@ impl StorageBackend for KvBackend {
                     return Err(Error::not_found(&ns, &key, None));
                 }
                 for info in &all {
-                    records.remove(record_key(&ns, &key, info.version).as_slice()).map_err(err)?;
+                    records
+                        .remove(record_key(&ns, &key, info.version).as_slice())
+                        .map_err(err)?;
                 }
-                latest.remove(latest_key(&ns, &key).as_slice()).map_err(err)?;
+                latest
+                    .remove(latest_key(&ns, &key).as_slice())
+                    .map_err(err)?;
                 all.len() as u64
             };
             txn.commit().map_err(err)?;
@@ -549,7 +662,10 @@ impl StorageBackend for KvBackend {
                     for entry in blobs.iter().map_err(err)? {
                         let (k, v) = entry.map_err(err)?;
                         count += 1;
-                        let hash = ContentHash::from_bytes(k.value().try_into().map_err(|_| Error::corrupt(PROVIDER, "blob key is not 32 bytes"))?);
+                        let hash =
+                            ContentHash::from_bytes(k.value().try_into().map_err(|_| {
+                                Error::corrupt(PROVIDER, "blob key is not 32 bytes")
+                            })?);
                         if referenced.contains(&hash) {
                             report.blobs_kept += 1;
                         } else {
@@ -586,7 +702,11 @@ impl StorageBackend for KvBackend {
                 let mut stored = HashSet::new();
                 for entry in blobs.iter().map_err(err)? {
                     let (k, v) = entry.map_err(err)?;
-                    let hash = ContentHash::from_bytes(k.value().try_into().map_err(|_| Error::corrupt(PROVIDER, "blob key is not 32 bytes"))?);
+                    let hash = ContentHash::from_bytes(
+                        k.value()
+                            .try_into()
+                            .map_err(|_| Error::corrupt(PROVIDER, "blob key is not 32 bytes"))?,
+                    );
                     let (id, size) = v.value();
                     let mut hasher = ContentHasher::new();
                     let mut problem = None;
@@ -594,14 +714,20 @@ impl StorageBackend for KvBackend {
                         match chunks.get((id, index)).map_err(err)? {
                             Some(c) => hasher.update(c.value()),
                             None => {
-                                problem = Some(("missing", format!("chunk {index} of blob {id} is missing")));
+                                problem = Some((
+                                    "missing",
+                                    format!("chunk {index} of blob {id} is missing"),
+                                ));
                                 break;
                             }
                         }
                     }
                     let (actual, actual_size) = hasher.finish();
                     if problem.is_none() && (actual != hash || actual_size != size) {
-                        problem = Some(("corrupt", format!("payload hashes to {actual} ({actual_size} bytes)")));
+                        problem = Some((
+                            "corrupt",
+                            format!("payload hashes to {actual} ({actual_size} bytes)"),
+                        ));
                     }
                     if let Some((what, detail)) = problem {
                         report.problems.push(VerifyProblem {

@@ -19,7 +19,9 @@ mod backend;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use stowage_core::{async_trait, parse_config, Capabilities, Result, StorageBackend, StorageProviderFactory};
+use stowage_core::{
+    async_trait, parse_config, Capabilities, Result, StorageBackend, StorageProviderFactory,
+};
 
 pub use backend::KvBackend;
 
@@ -64,7 +66,10 @@ impl StorageProviderFactory for KvFactory {
     fn validate(&self, config: &serde_json::Value) -> Result<()> {
         let cfg: KvConfig = parse_config(PROVIDER, config)?;
         if cfg.path.as_os_str().is_empty() {
-            return Err(stowage_core::Error::invalid_config("storage.config.path", "must not be empty"));
+            return Err(stowage_core::Error::invalid_config(
+                "storage.config.path",
+                "must not be empty",
+            ));
         }
         Ok(())
     }

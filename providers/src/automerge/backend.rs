@@ -493,53 +493,73 @@ impl Inner {
     }
 }
 
-/// Loads every data file of one document into a fresh document, independently of the cache,
-/// and checks that each loads and that the document names the record its folder is for.
+/// Loads one document's files into a fresh document, independently of the cache, re-renders
+/// every version's payload and compares its hash and size with what the backend serves.
 fn verify_document(inner: &Inner, dir: &Path) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let Some(_lock) = DocLock::acquire(dir, false, false)? else {
+    let mut fresh = RecordDoc::new(dir.to_path_buf(), None, &ActorId::random());
+    {
+        let Some(mut lock) = DocLock::acquire(dir, false, false)? else {
+            return Ok(report);
+        };
+        if let Err(e) = fresh.reload(&mut lock, &inner.settings.actor) {
+            report.problems.push(VerifyProblem {
+                namespace: None,
+                key: None,
+                version: None,
+                hash: None,
+                problem: "corrupt".into(),
+                detail: e.to_string(),
+            });
+            return Ok(report);
+        }
+    }
+    let latest = fresh.latest();
+    if latest == 0 {
+        return Ok(report);
+    }
+    let Some((ns, key)) = fresh.name().cloned() else {
+        report.problems.push(VerifyProblem {
+            namespace: None,
+            key: None,
+            version: None,
+            hash: None,
+            problem: "corrupt".into(),
+            detail: format!("{} does not name its record", dir.display()),
+        });
         return Ok(report);
     };
-    let mut doc = automerge::Automerge::new().with_actor(ActorId::random());
-    let files = storage::list_files(dir)?;
-    let problem = |problem: &str, detail: String| VerifyProblem {
-        namespace: None,
-        key: None,
-        version: None,
+    let problem = |version: Option<Version>, problem: &str, detail: String| VerifyProblem {
+        namespace: Some(ns.to_string()),
+        key: Some(key.to_string()),
+        version,
         hash: None,
         problem: problem.into(),
         detail,
     };
-    for (name, size) in &files {
-        report.blobs_checked += 1;
-        report.bytes_checked += size;
-        let bytes = storage::read_file(dir, name)?;
-        if let Err(e) = doc.load_incremental(&bytes) {
-            report.problems.push(problem("corrupt", format!("{} does not load: {e}", dir.join(name).display())));
-        }
+    if storage::doc_dir(&inner.root, &ns, &key) != dir {
+        report.problems.push(problem(None, "misplaced", format!("{} holds this record, whose folder is elsewhere", dir.display())));
     }
-    if files.is_empty() {
-        return Ok(report);
-    }
-    let missing = doc.get_missing_deps(&[]);
+    let missing = fresh.doc.get_missing_deps(&[]);
     if !missing.is_empty() {
-        report.problems.push(problem(
-            "missing",
-            format!("{} lacks {} changes its history depends on", dir.display(), missing.len()),
-        ));
+        report.problems.push(problem(None, "missing", format!("{} lacks {} changes its history depends on", dir.display(), missing.len())));
     }
-    let rd = inner.read_dir(dir.to_path_buf(), None, |rd| Ok((rd.name().cloned(), rd.latest())))?;
-    match rd {
-        (Some((ns, key)), latest) => {
-            if storage::doc_dir(&inner.root, &ns, &key) != dir {
-                report.problems.push(problem(
-                    "misplaced",
-                    format!("{} holds record {ns}/{key}, whose folder is elsewhere", dir.display()),
-                ));
-            }
-            report.records_checked += latest;
+    let served = inner.read_dir(dir.to_path_buf(), Some((ns.clone(), key.clone())), |rd| {
+        (1..=rd.latest()).map(|v| rd.summary(v)).collect::<Result<Vec<_>>>()
+    })?;
+    for v in 1..=latest {
+        let on_disk = fresh.summary(v)?;
+        report.records_checked += 1;
+        report.blobs_checked += 1;
+        report.bytes_checked += on_disk.size;
+        match served.get(v as usize - 1) {
+            Some(s) if s.hash == on_disk.hash && s.size == on_disk.size => {}
+            Some(s) => report.problems.push(VerifyProblem {
+                hash: Some(on_disk.hash),
+                ..problem(Some(v), "corrupt", format!("the files render {} ({} bytes), the backend serves {} ({} bytes)", on_disk.hash, on_disk.size, s.hash, s.size))
+            }),
+            None => report.problems.push(problem(Some(v), "missing", "the backend serves fewer versions than the files hold".into())),
         }
-        (None, _) => report.problems.push(problem("corrupt", format!("{} does not name its record", dir.display()))),
     }
     Ok(report)
 }

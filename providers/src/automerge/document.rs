@@ -230,12 +230,13 @@ fn reconcile_list<T: Transactable + ReadDoc>(
     obj: &ObjId,
     want: &[serde_json::Value],
 ) -> Result<(), automerge::AutomergeError> {
-    let have: Vec<serde_json::Value> = (0..tx.length(obj))
-        .map(|i| render_prop(&At::current(tx), obj, Prop::Seq(i)))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(|v| v.unwrap_or(serde_json::Value::Null))
-        .collect();
+    let have: Vec<serde_json::Value> = {
+        let at = At::current(&*tx);
+        at.list_items(obj)
+            .iter()
+            .map(|item| render_value(&at, &item.value, &item.id))
+            .collect::<Result<_, _>>()?
+    };
     let prefix = have.iter().zip(want).take_while(|(a, b)| a == b).count();
     let max_suffix = have.len().min(want.len()) - prefix;
     let suffix = have
@@ -339,10 +340,20 @@ fn scalar_to_json(s: &ScalarValue) -> serde_json::Value {
     }
 }
 
-/// A read view of a document: its current state, or the state at some heads.
+/// A read view of a document: its current state, or the state at some heads. Whole objects
+/// are read with one range query each, so a point-in-time read resolves the heads once per
+/// object rather than once per field.
 pub(crate) struct At<'a, R: ReadDoc> {
     doc: &'a R,
     heads: Option<&'a [ChangeHash]>,
+}
+
+/// One entry of a map or list: its value, the id of the op that wrote it (the object id for
+/// objects), and whether concurrent values exist.
+struct Item {
+    value: Value<'static>,
+    id: ObjId,
+    conflict: bool,
 }
 
 impl<'a, R: ReadDoc> At<'a, R> {
@@ -370,17 +381,36 @@ impl<'a, R: ReadDoc> At<'a, R> {
         }
     }
 
-    fn keys(&self, obj: &ObjId) -> Vec<String> {
+    fn map_items(&self, obj: &ObjId) -> Vec<(String, Item)> {
+        let convert = |i: automerge::iter::MapRangeItem<'_>| {
+            let id = i.id();
+            (
+                i.key.into_owned(),
+                Item {
+                    value: i.value.into_value(),
+                    id,
+                    conflict: i.conflict,
+                },
+            )
+        };
         match self.heads {
-            None => self.doc.keys(obj).collect(),
-            Some(h) => self.doc.keys_at(obj, h).collect(),
+            None => self.doc.map_range(obj, ..).map(convert).collect(),
+            Some(h) => self.doc.map_range_at(obj, .., h).map(convert).collect(),
         }
     }
 
-    fn length(&self, obj: &ObjId) -> usize {
+    fn list_items(&self, obj: &ObjId) -> Vec<Item> {
+        let convert = |i: automerge::iter::ListRangeItem<'_>| {
+            let id = i.id();
+            Item {
+                value: i.value.into_value(),
+                id,
+                conflict: i.conflict,
+            }
+        };
         match self.heads {
-            None => self.doc.length(obj),
-            Some(h) => self.doc.length_at(obj, h),
+            None => self.doc.list_range(obj, ..).map(convert).collect(),
+            Some(h) => self.doc.list_range_at(obj, .., h).map(convert).collect(),
         }
     }
 
@@ -392,32 +422,22 @@ impl<'a, R: ReadDoc> At<'a, R> {
     }
 }
 
-fn render_prop<R: ReadDoc>(at: &At<'_, R>, obj: &ObjId, prop: Prop) -> Result<Option<serde_json::Value>, automerge::AutomergeError> {
-    match at.get(obj, prop)? {
-        None => Ok(None),
-        Some((value, id)) => render_value(at, &value, &id).map(Some),
-    }
-}
-
 fn render_value<R: ReadDoc>(at: &At<'_, R>, value: &Value<'_>, id: &ObjId) -> Result<serde_json::Value, automerge::AutomergeError> {
     Ok(match value {
         Value::Scalar(s) => scalar_to_json(s.as_ref()),
         Value::Object(ObjType::Map | ObjType::Table) => {
             let mut out = serde_json::Map::new();
-            for k in at.keys(id) {
-                if let Some(v) = render_prop(at, id, Prop::Map(k.clone()))? {
-                    out.insert(k, v);
-                }
+            for (k, item) in at.map_items(id) {
+                out.insert(k, render_value(at, &item.value, &item.id)?);
             }
             serde_json::Value::Object(out)
         }
-        Value::Object(ObjType::List) => {
-            let mut out = Vec::new();
-            for i in 0..at.length(id) {
-                out.push(render_prop(at, id, Prop::Seq(i))?.unwrap_or(serde_json::Value::Null));
-            }
-            serde_json::Value::Array(out)
-        }
+        Value::Object(ObjType::List) => serde_json::Value::Array(
+            at.list_items(id)
+                .iter()
+                .map(|item| render_value(at, &item.value, &item.id))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(ObjType::Text) => serde_json::Value::String(at.text(id)?),
     })
 }
@@ -440,15 +460,13 @@ pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, aut
         _ => None,
     };
     let tags = match at.get(&ROOT, "tags".into())? {
-        Some((Value::Object(ObjType::Map), id)) => at.keys(&id).into_iter().collect(),
+        Some((Value::Object(ObjType::Map), id)) => at.map_items(&id).into_iter().map(|(k, _)| k).collect(),
         _ => BTreeSet::new(),
     };
     let mut attributes = BTreeMap::new();
     if let Some((Value::Object(ObjType::Map), id)) = at.get(&ROOT, "attributes".into())? {
-        for k in at.keys(&id) {
-            if let Some(v) = render_prop(at, &id, Prop::Map(k.clone()))? {
-                attributes.insert(k, v);
-            }
+        for (k, item) in at.map_items(&id) {
+            attributes.insert(k, render_value(at, &item.value, &item.id)?);
         }
     }
     let deleted_at = match at.get(&ROOT, "deleted".into())? {
@@ -473,12 +491,19 @@ pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, aut
 /// as JSON, the winning value first. Identical concurrent values are not a conflict.
 pub(crate) fn conflicts<R: ReadDoc>(at: &At<'_, R>) -> Result<Vec<Conflict>, automerge::AutomergeError> {
     let mut out = Vec::new();
-    collect_conflicts(at, &ROOT, Prop::Map("body".into()), "", &mut out)?;
-    collect_conflicts(at, &ROOT, Prop::Map("content_type".into()), "metadata/content_type", &mut out)?;
-    if let Some((Value::Object(ObjType::Map), id)) = at.get(&ROOT, "attributes".into())? {
-        for k in at.keys(&id) {
-            let path = format!("metadata/attributes/{}", escape_pointer(&k));
-            collect_conflicts(at, &id, Prop::Map(k), &path, &mut out)?;
+    for (field, item) in at.map_items(&ROOT) {
+        match field.as_str() {
+            "body" => visit_conflicts(at, &ROOT, Prop::Map(field), &item, "", &mut out)?,
+            "content_type" => visit_conflicts(at, &ROOT, Prop::Map(field), &item, "metadata/content_type", &mut out)?,
+            "attributes" => {
+                if let Value::Object(ObjType::Map) = item.value {
+                    for (k, attr) in at.map_items(&item.id) {
+                        let path = format!("metadata/attributes/{}", escape_pointer(&k));
+                        visit_conflicts(at, &item.id, Prop::Map(k), &attr, &path, &mut out)?;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(out)
@@ -488,24 +513,21 @@ fn escape_pointer(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn collect_conflicts<R: ReadDoc>(
+fn visit_conflicts<R: ReadDoc>(
     at: &At<'_, R>,
     obj: &ObjId,
     prop: Prop,
+    item: &Item,
     path: &str,
     out: &mut Vec<Conflict>,
 ) -> Result<(), automerge::AutomergeError> {
-    let all = at.get_all(obj, prop.clone())?;
-    let Some((winner, winner_id)) = at.get(obj, prop)? else {
-        return Ok(());
-    };
-    if all.len() > 1 {
-        let mut values = vec![render_value(at, &winner, &winner_id)?];
-        for (v, id) in &all {
-            if *id == winner_id {
+    if item.conflict {
+        let mut values = vec![render_value(at, &item.value, &item.id)?];
+        for (v, id) in at.get_all(obj, prop)? {
+            if id == item.id {
                 continue;
             }
-            let rendered = render_value(at, v, id)?;
+            let rendered = render_value(at, &v, &id)?;
             if !values.contains(&rendered) {
                 values.push(rendered);
             }
@@ -517,17 +539,17 @@ fn collect_conflicts<R: ReadDoc>(
             });
         }
     }
-    match winner {
+    match item.value {
         Value::Object(ObjType::Map | ObjType::Table) => {
-            for k in at.keys(&winner_id) {
-                let child = format!("{path}/{}", escape_pointer(&k));
-                collect_conflicts(at, &winner_id, Prop::Map(k), &child, out)?;
+            for (k, child) in at.map_items(&item.id) {
+                let child_path = format!("{path}/{}", escape_pointer(&k));
+                visit_conflicts(at, &item.id, Prop::Map(k), &child, &child_path, out)?;
             }
         }
         Value::Object(ObjType::List) => {
-            for i in 0..at.length(&winner_id) {
-                let child = format!("{path}/{i}");
-                collect_conflicts(at, &winner_id, Prop::Seq(i), &child, out)?;
+            for (i, child) in at.list_items(&item.id).iter().enumerate() {
+                let child_path = format!("{path}/{i}");
+                visit_conflicts(at, &item.id, Prop::Seq(i), child, &child_path, out)?;
             }
         }
         _ => {}

@@ -163,7 +163,9 @@ impl RecordDoc {
     /// The record as it was at version `v`.
     pub(crate) fn state_at(&self, v: Version) -> Result<RecordState> {
         let heads = self.heads_of(v).ok_or_else(|| Error::invalid_input(format!("no version {v}")))?;
-        document::read_record(&At::heads(&self.doc, &heads)).map_err(am_err("reading a version"))
+        // The latest version is the current state: read it without resolving heads.
+        let at = if v == self.latest() { At::current(&self.doc) } else { At::heads(&self.doc, &heads) };
+        document::read_record(&at).map_err(am_err("reading a version"))
     }
 
     /// Hash, size, metadata and deletion of version `v` (cached).
@@ -199,7 +201,8 @@ impl RecordDoc {
         let heads = entry.heads.clone();
         let updated_at = ms_to_timestamp(entry.time_ms);
         let created_at = ms_to_timestamp(self.history.get(1).expect("v >= 1").time_ms);
-        let conflicts = document::conflicts(&At::heads(&self.doc, &heads)).map_err(am_err("reading conflicts"))?;
+        let at = if v == self.latest() { At::current(&self.doc) } else { At::heads(&self.doc, &heads) };
+        let conflicts = document::conflicts(&at).map_err(am_err("reading conflicts"))?;
         Ok(RecordInfo {
             namespace: ns,
             key,

@@ -1,7 +1,7 @@
 //! The `memory` provider: every record in process memory — for tests and examples, not durable
 //! (everything is gone when the store is dropped).
 //!
-//! It is the reference implementation of the [`StorageBackend`](stowage_core::StorageBackend)
+//! It is the reference implementation of the [`stowage_core::StorageBackend`]
 //! contract: every operation is supported with exact semantics (versions, tombstones, restore,
 //! purge, conditional writes under one lock, search by scan, content-addressed dedup, `gc`,
 //! `verify`), so it is what the conformance kit is checked against.

@@ -103,6 +103,12 @@ impl fmt::Debug for S3Config {
 impl S3Config {
     /// Parses and checks a config without any I/O; every error names the field.
     pub fn parse(config: &serde_json::Value) -> Result<Self> {
+        if config.is_null() || config.as_object().is_some_and(|o| !o.contains_key("bucket")) {
+            return Err(Error::invalid_config(
+                "storage.config.bucket",
+                "is required: the name of an existing bucket (provider `s3`)",
+            ));
+        }
         let cfg: S3Config = parse_config(PROVIDER, config)?;
         cfg.check()?;
         Ok(cfg)

@@ -6,6 +6,9 @@ use stowage_core::Error;
 use super::config::S3Config;
 use super::PROVIDER;
 
+/// How much of the underlying error a message quotes.
+const CAUSE_CHARS: usize = 600;
+
 /// Where requests go, for error messages (never the credentials).
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
@@ -56,10 +59,16 @@ impl Target {
         } else {
             "see the cause".to_string()
         };
+        // The cause can carry a whole HTTP response; the full error stays in `source`.
+        let cause: String = if text.chars().count() > CAUSE_CHARS {
+            text.chars().take(CAUSE_CHARS).chain("…".chars()).collect()
+        } else {
+            text
+        };
         Error::Backend {
             provider: PROVIDER.to_string(),
             message: format!(
-                "{what} failed at {} (bucket `{}`, root `{}`) after {} retries: {hint}; cause: {text}",
+                "{what} failed at {} (bucket `{}`, root `{}`, up to {} retries): {hint}; cause: {cause}",
                 self.endpoint, self.bucket, self.root, self.retries
             ),
             source: Some(Box::new(err)),
