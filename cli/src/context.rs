@@ -6,6 +6,7 @@
 //! a data directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use stowage_core::{Error, Namespace, NamespaceHandle, Result, Stowage, StowageConfig};
 
@@ -58,6 +59,17 @@ pub fn init_tracing(global: &GlobalArgs) {
         .try_init();
 }
 
+/// Reads the config file `path`, which `named_by` (`--config`, `--to-config`, …) named.
+pub fn read_config(path: &Path, named_by: &str) -> Result<StowageConfig> {
+    if !path.exists() {
+        return Err(Error::invalid_input(format!(
+            "config file {} (named by {named_by}) does not exist; create it or name another",
+            path.display()
+        )));
+    }
+    StowageConfig::from_file(path)
+}
+
 /// Where the config came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -79,6 +91,8 @@ pub struct Context {
     namespace: Option<Namespace>,
     quiet: bool,
     json: bool,
+    /// Every store opened by this invocation, closed by [`Context::close`] at the end.
+    opened: Mutex<Vec<Stowage>>,
 }
 
 impl Context {
@@ -91,6 +105,7 @@ impl Context {
             namespace,
             quiet: global.quiet,
             json: global.json,
+            opened: Mutex::new(Vec::new()),
         })
     }
 
@@ -109,6 +124,11 @@ impl Context {
         ConfigSource::Embedded
     }
 
+    /// Whether `--config FILE` was given.
+    pub fn has_config_flag(&self) -> bool {
+        self.config_flag.is_some()
+    }
+
     /// Reads and parses the config that applies (no storage is touched).
     pub fn load_config(&self) -> Result<StowageConfig> {
         let (path, named_by) = match self.config_source() {
@@ -117,26 +137,50 @@ impl Context {
             ConfigSource::Env(p) => (p, "$STOWAGE_CONFIG"),
             ConfigSource::Local(p) => (p, "the working directory"),
         };
-        if !path.exists() {
-            return Err(Error::invalid_input(format!(
-                "config file {} (named by {named_by}) does not exist; create it or name another",
-                path.display()
-            )));
-        }
-        StowageConfig::from_file(&path)
+        read_config(&path, named_by)
     }
 
     /// Builds the store from the config (validating the provider's config first); the backend
     /// itself is initialized at its first operation.
     pub async fn store(&self) -> Result<Stowage> {
         let config = self.load_config()?;
+        self.open(config).await
+    }
+
+    /// Builds a second store from another config file (`copy --to-config`), loading that
+    /// file's `[plugins]` too. `--namespace` applies to it as to the first.
+    pub async fn store_from_file(&self, path: &Path, named_by: &str) -> Result<Stowage> {
+        let config = read_config(path, named_by)?;
+        self.open(config).await
+    }
+
+    /// Builds a store from a parsed config and remembers it so [`Context::close`] closes it.
+    pub async fn open(&self, config: StowageConfig) -> Result<Stowage> {
         let mut builder = Stowage::builder()
             .registry(stowage_core::Registry::global())
             .config(config);
         if let Some(ns) = &self.namespace {
             builder = builder.namespace(ns.as_str());
         }
-        builder.build().await
+        let store = builder.build().await?;
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store.clone());
+        Ok(store)
+    }
+
+    /// Closes every store this invocation opened (so e.g. a SQLite pool checkpoints and leaves
+    /// no `-wal`/`-shm` files); the first failure is returned after all were tried.
+    pub async fn close(&self) -> Result<()> {
+        let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first = None;
+        for store in stores {
+            if let Err(e) = store.close().await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// The store scoped to the chosen namespace (`--namespace`, else the config's).
@@ -146,8 +190,11 @@ impl Context {
 
     /// A progress bar for long work, drawn only on a terminal and never with `-q` or `--json`.
     pub fn progress(&self, label: &'static str) -> BarProgress {
-        let visible =
-            !self.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        BarProgress::new(label, visible)
+        BarProgress::new(label, self.progress_visible())
+    }
+
+    /// Whether progress bars are drawn: stderr is a terminal and neither `-q` nor `--json`.
+    pub fn progress_visible(&self) -> bool {
+        !self.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
     }
 }

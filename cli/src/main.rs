@@ -1,4 +1,5 @@
-//! `stowage`: put, get, list, search, verify and collect garbage in any configured store.
+//! `stowage`: put, get, list, search, verify, copy, sync, benchmark and collect garbage in any
+//! configured store.
 //!
 //! `main` parses the command line (clap derive), sets up tracing for `-v`, and dispatches to one
 //! module per command under `commands/`. Every failure ends as one `stowage: <message>` line on
@@ -63,6 +64,15 @@ enum Command {
     Gc(commands::gc::Args),
     /// Remove every version of a record for good.
     Purge(commands::purge::Args),
+    /// Copy records (with metadata and history) into the store of another config.
+    Copy(commands::copy::Args),
+    /// Exchange changes with another merging (automerge) store, both ways.
+    Sync(commands::sync::Args),
+    /// Benchmark a store as a whole process: ops/s, MiB/s, latency percentiles, peak RSS.
+    Bench(commands::bench::Args),
+    /// Inspect plugin libraries.
+    #[command(subcommand)]
+    Plugins(commands::plugins::Command),
 }
 
 impl Command {
@@ -80,6 +90,10 @@ impl Command {
             Command::Verify(args) => commands::verify::run(ctx, args).await,
             Command::Gc(args) => commands::gc::run(ctx, args).await,
             Command::Purge(args) => commands::purge::run(ctx, args).await,
+            Command::Copy(args) => commands::copy::run(ctx, args).await,
+            Command::Sync(args) => commands::sync::run(ctx, args).await,
+            Command::Bench(args) => commands::bench::run(ctx, args).await,
+            Command::Plugins(command) => commands::plugins::run(ctx, command).await,
         }
     }
 }
@@ -105,7 +119,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let ctx = Context::new(cli.global)?;
-        cli.command.run(&ctx).await
+        let result = cli.command.run(&ctx).await;
+        // Close even after a failure, so a store is never left half-open; the command's own
+        // error is the one reported.
+        let closed = ctx.close().await;
+        result.and(closed)
     });
     // A put whose precondition failed may leave a blocking stdin read pending; do not wait on it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

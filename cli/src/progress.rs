@@ -1,9 +1,14 @@
-//! [`BarProgress`]: the core's [`Progress`] drawn as an indicatif bar on stderr.
+//! Progress bars on stderr: [`BarProgress`] (the core's [`Progress`], for `verify` and `gc`)
+//! and [`CopyProgress`] (the core's [`CopyObserver`], for `copy`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stowage_core::Progress;
+use stowage_core::copy::CopyObserver;
+use stowage_core::{Namespace, Progress, RecordInfo};
+
+use crate::output::human_size;
 
 /// A progress bar for `verify`, `gc` and other long work; hidden when not wanted.
 pub struct BarProgress {
@@ -59,6 +64,110 @@ fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template("{msg}: [{bar:40}] {human_pos}/{human_len} ({eta} left)")
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// The `copy` progress bar: versions written and skipped, payload bytes written and their rate.
+///
+/// With `--versions latest` each key is one step, so the bar has a length (the keys found so
+/// far); with whole histories the number of versions is not known up front, so it counts.
+pub struct CopyProgress {
+    bar: ProgressBar,
+    started: Instant,
+    keys: AtomicU64,
+    copied: AtomicU64,
+    skipped: AtomicU64,
+    bytes: AtomicU64,
+    per_key: bool,
+}
+
+impl CopyProgress {
+    /// A bar drawn on stderr when `visible`; `per_key` when each key is copied as one version.
+    pub fn new(visible: bool, per_key: bool) -> Self {
+        let bar = if visible {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let template = if per_key {
+                "copy: [{bar:30}] {human_pos}/{human_len} keys, {msg} ({elapsed}, {eta} left)"
+            } else {
+                "{spinner} copy: {human_pos} versions, {msg} ({elapsed})"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .map(|s| s.progress_chars("=> "))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let progress = CopyProgress {
+            bar,
+            started: Instant::now(),
+            keys: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            per_key,
+        };
+        progress.refresh();
+        progress
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// `N copied, M skipped, SIZE at RATE/s, K keys found`.
+    fn message(&self) -> String {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "{} copied, {} skipped, {} at {}/s, {} keys found",
+            self.copied.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+            human_size(bytes),
+            human_size((bytes as f64 / secs) as u64),
+            self.keys.load(Ordering::Relaxed)
+        )
+    }
+
+    fn refresh(&self) {
+        if !self.bar.is_hidden() {
+            self.bar.set_message(self.message());
+        }
+    }
+}
+
+impl Drop for CopyProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl CopyObserver for CopyProgress {
+    fn found(&self, _namespace: &Namespace, keys: u64, _bytes: u64) {
+        let total = self.keys.fetch_add(keys, Ordering::Relaxed) + keys;
+        if self.per_key {
+            self.bar.set_length(total);
+        }
+        self.refresh();
+    }
+
+    fn copied(&self, info: &RecordInfo) {
+        self.copied.fetch_add(1, Ordering::Relaxed);
+        if !info.is_deleted() {
+            self.bytes.fetch_add(info.size, Ordering::Relaxed);
+        }
+        self.bar.inc(1);
+        self.refresh();
+    }
+
+    fn skipped(&self, _info: &RecordInfo) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.bar.inc(1);
+        self.refresh();
+    }
 }
 
 #[cfg(test)]

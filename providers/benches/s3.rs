@@ -134,8 +134,8 @@ impl Fixture {
         let bytes = payload(&self.counter);
         let blob = format!("raw-versioned/blobs/{}", blake3::hash(&bytes).to_hex());
         let (written, listed) = futures::join!(
-            self.raw.write_with(&blob, bytes).if_not_exists(true),
-            self.raw.list_with("raw-versioned/meta/k64/").recursive(true)
+            async { self.raw.write_with(&blob, bytes).if_not_exists(true).await },
+            async { self.raw.list_with("raw-versioned/meta/k64/").recursive(true).await }
         );
         written.unwrap();
         listed.unwrap();

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use futures::future::join_all;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use stowage_core::{
     Body, ContentHasher, GetOptions, Key, Metadata, Namespace, PutMode, Query, StorageBackend,
     StorageProviderFactory,
 };
-use stowage_providers::sqlite::SqliteFactory;
+use stowage_providers::sqlite::{SqliteBackend, SqliteConfig, SqliteFactory, Synchronous};
 use tokio::runtime::Runtime;
 use tokio::sync::Mutex;
 
@@ -123,7 +125,10 @@ fn key_for(n: u64) -> String {
 fn put_get(c: &mut Criterion, rt: &Runtime) {
     let dir = bench_dir();
     let (backend, baseline) = rt.block_on(async {
-        (provider(&dir.join("provider.db")).await, Baseline::open(&dir.join("baseline.db")).await)
+        (
+            provider(&dir.join("provider.db")).await,
+            Baseline::open(&dir.join("baseline.db")).await,
+        )
     });
     let baseline = Arc::new(baseline);
     let ns = Namespace::new("bench").unwrap();
@@ -133,7 +138,13 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
             let k = key_for(i);
             let data = payload(&counter);
             backend
-                .put(&ns, &Key::new(k.clone()).unwrap(), Body::from(data.clone()), Metadata::new(), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &Key::new(k.clone()).unwrap(),
+                    Body::from(data.clone()),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
             baseline.put(&k, &data).await;
@@ -153,7 +164,13 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
             let n = seq.fetch_add(1, Ordering::Relaxed);
             let key = Key::new(key_for(n)).unwrap();
             backend
-                .put(&ns, &key, Body::from(payload(&counter)), Metadata::new(), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &key,
+                    Body::from(payload(&counter)),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap()
         })
@@ -194,7 +211,16 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
                 let (ns, data) = (ns.clone(), payload(&counter));
                 tokio::spawn(async move {
                     let key = Key::new(key_for(base + i)).unwrap();
-                    backend.put(&ns, &key, Body::from(data), Metadata::new(), PutMode::Overwrite).await.unwrap();
+                    backend
+                        .put(
+                            &ns,
+                            &key,
+                            Body::from(data),
+                            Metadata::new(),
+                            PutMode::Overwrite,
+                        )
+                        .await
+                        .unwrap();
                 })
             });
             join_all(puts).await
@@ -218,23 +244,27 @@ fn search(c: &mut Criterion, rt: &Runtime) {
     let dir = bench_dir();
     let ns = Namespace::new("search").unwrap();
     let backend = rt.block_on(async {
-        let backend = provider(&dir.join("search.db")).await;
+        let backend = SqliteBackend::new(SqliteConfig {
+            synchronous: Some(Synchronous::Normal),
+            ..SqliteConfig::new(dir.join("search.db"))
+        });
         let started = Instant::now();
-        for i in 0..SEARCH_RECORDS {
-            let meta = Metadata::new()
-                .with_tag(format!("t{}", i % 10))
-                .with_attribute("status", [200, 404, 500][(i % 3) as usize])
-                .with_attribute("n", i % 1000)
-                .with_content_type("application/json");
-            let key = Key::new(format!("rec/{i:06}")).unwrap();
-            backend
-                .put(&ns, &key, Body::from(format!("{{\"i\":{i}}}")), meta, PutMode::Overwrite)
-                .await
-                .unwrap();
+        // Loaded with `put_many`, 10 000 records per transaction.
+        for batch in 0..SEARCH_RECORDS / 10_000 {
+            let records = (batch * 10_000..(batch + 1) * 10_000).map(|i| {
+                let meta = Metadata::new()
+                    .with_tag(format!("t{}", i % 10))
+                    .with_attribute("status", [200, 404, 500][(i % 3) as usize])
+                    .with_attribute("n", i % 1000)
+                    .with_content_type("application/json");
+                let key = Key::new(format!("rec/{i:06}")).unwrap();
+                (key, Bytes::from(format!("{{\"i\":{i}}}")), meta)
+            });
+            backend.put_many(&ns, records).await.unwrap();
         }
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "populated {SEARCH_RECORDS} records through put in {secs:.1} s ({:.0} puts/s)",
+            "loaded {SEARCH_RECORDS} records with put_many in {secs:.1} s ({:.0} records/s)",
             SEARCH_RECORDS as f64 / secs
         );
         backend
@@ -242,13 +272,30 @@ fn search(c: &mut Criterion, rt: &Runtime) {
     let by_tag_and_eq = Query::new().tag("t3").attr_eq("status", 404).limit(100);
     let by_tag_and_range = Query::new()
         .tag("t7")
-        .attr_range("n", Some(serde_json::json!(100)), Some(serde_json::json!(200)))
+        .attr_range(
+            "n",
+            Some(serde_json::json!(100)),
+            Some(serde_json::json!(200)),
+        )
         .limit(100);
-    let selective = Query::new().tag("t1").attr_eq("n", 421).attr_eq("status", 500);
+    let selective = Query::new()
+        .tag("t1")
+        .attr_eq("n", 421)
+        .attr_eq("status", 500);
     let hits = rt.block_on(async {
         (
-            backend.search(&ns, &by_tag_and_eq).await.unwrap().items.len(),
-            backend.search(&ns, &by_tag_and_range).await.unwrap().items.len(),
+            backend
+                .search(&ns, &by_tag_and_eq)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            backend
+                .search(&ns, &by_tag_and_range)
+                .await
+                .unwrap()
+                .items
+                .len(),
             backend.search(&ns, &selective).await.unwrap().items.len(),
         )
     });
@@ -326,8 +373,12 @@ fn large_streamed(rt: &Runtime) {
     let after = peak_rss_kib();
     eprintln!(
         "peak RSS (VmHWM): {} MiB before, {} MiB after the {mib} MiB put + get",
-        before.map(|k| (k / 1024).to_string()).unwrap_or_else(|| "?".into()),
-        after.map(|k| (k / 1024).to_string()).unwrap_or_else(|| "?".into()),
+        before
+            .map(|k| (k / 1024).to_string())
+            .unwrap_or_else(|| "?".into()),
+        after
+            .map(|k| (k / 1024).to_string())
+            .unwrap_or_else(|| "?".into()),
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

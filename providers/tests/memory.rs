@@ -529,3 +529,27 @@ async fn a_panicking_provider_is_a_failure_not_a_crash() {
 fn skips_are_outcomes_not_passes() {
     assert_ne!(Outcome::Passed, Outcome::Skipped("reason".into()));
 }
+
+#[test]
+fn a_guard_returned_with_the_store_lives_until_the_behaviour_ran() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    testkit::run_test(
+        "round_trip_one_byte",
+        |store| {
+            Box::pin(async move {
+                // The guard must still be alive while the behaviour runs.
+                assert_eq!(DROPPED.load(Ordering::SeqCst), 0);
+                testkit::round_trip_one_byte(store).await
+            })
+        },
+        async { (Stowage::from_backend(Arc::new(MemoryBackend::new())), Guard) },
+    );
+    assert_eq!(DROPPED.load(Ordering::SeqCst), 1);
+}

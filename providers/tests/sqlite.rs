@@ -73,7 +73,8 @@ mod conformance {
 async fn conformance_run_all_through_the_factory() {
     let path = fresh_dir().join("run_all.db");
     let report =
-        stowage_core::testkit::run_all(sqlite::factory(), serde_json::json!({ "path": path })).await;
+        stowage_core::testkit::run_all(sqlite::factory(), serde_json::json!({ "path": path }))
+            .await;
     report.assert_passed();
 }
 
@@ -106,8 +107,17 @@ fn config_is_validated_without_io() {
     let schema = f.config_schema();
     assert_eq!(schema["required"][0], "path");
     assert_eq!(schema["additionalProperties"], false);
-    for field in ["path", "max_connections", "busy_timeout_ms", "chunk_size", "synchronous"] {
-        assert!(schema["properties"][field].is_object(), "schema lacks {field}");
+    for field in [
+        "path",
+        "max_connections",
+        "busy_timeout_ms",
+        "chunk_size",
+        "synchronous",
+    ] {
+        assert!(
+            schema["properties"][field].is_object(),
+            "schema lacks {field}"
+        );
     }
 }
 
@@ -124,24 +134,46 @@ async fn data_survives_reopen() {
     let n = ns("tenant");
     {
         let b = backend_at(&path, serde_json::json!({})).await;
-        b.put(&n, &key("a/1"), Body::from("one"), Metadata::new().with_tag("t"), PutMode::Overwrite)
-            .await
-            .unwrap();
-        b.put(&n, &key("a/1"), Body::from("two"), Metadata::new(), PutMode::Overwrite)
-            .await
-            .unwrap();
+        b.put(
+            &n,
+            &key("a/1"),
+            Body::from("one"),
+            Metadata::new().with_tag("t"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        b.put(
+            &n,
+            &key("a/1"),
+            Body::from("two"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     }
     let b = backend_at(&path, serde_json::json!({})).await;
     let (info, body) = b.get(&n, &key("a/1"), GetOptions::default()).await.unwrap();
     assert_eq!(info.version, 2);
     assert_eq!(read_all(body).await, b"two");
     let (old, body) = b
-        .get(&n, &key("a/1"), GetOptions { version: Some(1), range: None })
+        .get(
+            &n,
+            &key("a/1"),
+            GetOptions {
+                version: Some(1),
+                range: None,
+            },
+        )
         .await
         .unwrap();
     assert!(old.metadata.tags.contains("t"));
     assert_eq!(read_all(body).await, b"one");
-    assert_eq!(schema::schema_version_of(&path).await.unwrap(), schema::SCHEMA_VERSION);
+    assert_eq!(
+        schema::schema_version_of(&path).await.unwrap(),
+        schema::SCHEMA_VERSION
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,11 +202,20 @@ async fn migrations_are_idempotent_and_upgrade_old_files() {
     assert_eq!(schema::schema_version_of(&path).await.unwrap(), 1);
     let b = backend_at(&path, serde_json::json!({})).await;
     b.initialize().await.unwrap();
-    assert_eq!(schema::schema_version_of(&path).await.unwrap(), schema::SCHEMA_VERSION);
+    assert_eq!(
+        schema::schema_version_of(&path).await.unwrap(),
+        schema::SCHEMA_VERSION
+    );
     let n = ns("default");
-    b.put(&n, &key("k"), Body::from("v"), Metadata::new().with_attribute("n", 3), PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &n,
+        &key("k"),
+        Body::from("v"),
+        Metadata::new().with_attribute("n", 3),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     drop(b);
     // Opening again, from several backends at once, applies nothing twice.
     let mut opens = Vec::new();
@@ -190,16 +231,27 @@ async fn migrations_are_idempotent_and_upgrade_old_files() {
         let page = b.search(&n, &Query::new().attr_eq("n", 3)).await.unwrap();
         assert_eq!(page.items.len(), 1);
     }
-    assert_eq!(schema::schema_version_of(&path).await.unwrap(), schema::SCHEMA_VERSION);
+    assert_eq!(
+        schema::schema_version_of(&path).await.unwrap(),
+        schema::SCHEMA_VERSION
+    );
     let indexes: Vec<String> = {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).read_only(true);
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true);
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-        sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'attrs_by_num'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
+        sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'attrs_by_num'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
     };
-    assert_eq!(indexes, vec!["attrs_by_num".to_string()], "migration 2 ran exactly once");
+    assert_eq!(
+        indexes,
+        vec!["attrs_by_num".to_string()],
+        "migration 2 ran exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,21 +267,38 @@ async fn foreign_newer_and_damaged_files_are_refused() {
     // Another application's SQLite database: refused and left untouched.
     let foreign = dir.join("foreign.db");
     {
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&foreign)).await.unwrap();
-        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)").await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&foreign))
+            .await
+            .unwrap();
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
     let before = std::fs::read(&foreign).unwrap();
-    let err = backend_at(&foreign, serde_json::json!({})).await.initialize().await.unwrap_err();
+    let err = backend_at(&foreign, serde_json::json!({}))
+        .await
+        .initialize()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("foreign.db") && msg.contains("invoices"), "{msg}");
-    assert_eq!(std::fs::read(&foreign).unwrap(), before, "a foreign file must not change");
+    assert!(
+        msg.contains("foreign.db") && msg.contains("invoices"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        before,
+        "a foreign file must not change"
+    );
 
     // A stowage database from a newer build.
     let newer = dir.join("newer.db");
     {
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&newer)).await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&newer))
+            .await
+            .unwrap();
         conn.execute(
             format!(
                 "PRAGMA application_id = {}; PRAGMA user_version = {};",
@@ -242,14 +311,25 @@ async fn foreign_newer_and_damaged_files_are_refused() {
         .unwrap();
         conn.close().await.unwrap();
     }
-    let err = backend_at(&newer, serde_json::json!({})).await.initialize().await.unwrap_err();
+    let err = backend_at(&newer, serde_json::json!({}))
+        .await
+        .initialize()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
-    assert!(err.to_string().contains("newer stowage") && err.to_string().contains("newer.db"), "{err}");
+    assert!(
+        err.to_string().contains("newer stowage") && err.to_string().contains("newer.db"),
+        "{err}"
+    );
 
     // Not SQLite at all.
     let text = dir.join("notes.txt");
     std::fs::write(&text, vec![b'x'; 8192]).unwrap();
-    let err = backend_at(&text, serde_json::json!({})).await.initialize().await.unwrap_err();
+    let err = backend_at(&text, serde_json::json!({}))
+        .await
+        .initialize()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains("notes.txt"), "{err}");
 
@@ -259,15 +339,25 @@ async fn foreign_newer_and_damaged_files_are_refused() {
         let b = backend_at(&damaged, serde_json::json!({})).await;
         let n = ns("default");
         for i in 0..200 {
-            b.put(&n, &key(&format!("k/{i}")), Body::from(vec![i as u8; 3000]), Metadata::new().with_tag("x"), PutMode::Overwrite)
-                .await
-                .unwrap();
+            b.put(
+                &n,
+                &key(&format!("k/{i}")),
+                Body::from(vec![i as u8; 3000]),
+                Metadata::new().with_tag("x"),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
         }
     }
     {
         // Fold the WAL into the main file so the damage below hits the only copy.
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&damaged)).await.unwrap();
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts(&damaged))
+            .await
+            .unwrap();
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
     let mut bytes = std::fs::read(&damaged).unwrap();
@@ -306,7 +396,11 @@ async fn racing_if_version_writers_from_separate_pools() {
     let writers = 16;
     let mut backends = Vec::new();
     for _ in 0..writers {
-        let b = backend_at(&path, serde_json::json!({"max_connections": 2, "busy_timeout_ms": 30000})).await;
+        let b = backend_at(
+            &path,
+            serde_json::json!({"max_connections": 2, "busy_timeout_ms": 30000}),
+        )
+        .await;
         b.initialize().await.unwrap();
         backends.push(b);
     }
@@ -325,7 +419,8 @@ async fn racing_if_version_writers_from_separate_pools() {
                     let chunks = (0..3).map(move |_| Ok(Bytes::from(vec![i as u8; 200 * 1024])));
                     Body::from_stream(futures::stream::iter(chunks), None)
                 };
-                b.put(&n, &k, body, Metadata::new(), PutMode::IfVersion(round)).await
+                b.put(&n, &k, body, Metadata::new(), PutMode::IfVersion(round))
+                    .await
             }));
         }
         let mut winners = 0;
@@ -341,7 +436,10 @@ async fn racing_if_version_writers_from_separate_pools() {
         assert_eq!(winners, 1, "round {round}: exactly one writer wins");
     }
     let versions = first.versions(&n, &k).await.unwrap();
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +460,10 @@ async fn large_streamed_payload_with_range_reads() {
     }
     let (expected, _) = hasher.finish();
     let body = Body::from_stream(futures::stream::iter(pieces), Some(TOTAL as u64));
-    let info = b.put(&n, &k, body, Metadata::new(), PutMode::Overwrite).await.unwrap();
+    let info = b
+        .put(&n, &k, body, Metadata::new(), PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(info.size, TOTAL as u64);
     assert_eq!(info.hash, expected);
 
@@ -377,9 +478,24 @@ async fn large_streamed_payload_with_range_reads() {
     }
     assert_eq!(got.finish(), (expected, TOTAL as u64));
 
-    for (start, end) in [(0u64, 10u64), (262_143, 262_145), (5_000_000, 5_700_000), (TOTAL as u64 - 7, TOTAL as u64)] {
+    for (start, end) in [
+        (0u64, 10u64),
+        (262_143, 262_145),
+        (5_000_000, 5_700_000),
+        (TOTAL as u64 - 7, TOTAL as u64),
+    ] {
         let (_, body) = b
-            .get(&n, &k, GetOptions { version: None, range: Some(ByteRange { start, end: Some(end) }) })
+            .get(
+                &n,
+                &k,
+                GetOptions {
+                    version: None,
+                    range: Some(ByteRange {
+                        start,
+                        end: Some(end),
+                    }),
+                },
+            )
             .await
             .unwrap();
         let bytes = read_all(body).await;
@@ -387,18 +503,33 @@ async fn large_streamed_payload_with_range_reads() {
         assert_eq!(bytes, want, "range {start}..{end}");
     }
     let (_, tail) = b
-        .get(&n, &k, GetOptions { version: None, range: Some(ByteRange { start: TOTAL as u64 - 3, end: None }) })
+        .get(
+            &n,
+            &k,
+            GetOptions {
+                version: None,
+                range: Some(ByteRange {
+                    start: TOTAL as u64 - 3,
+                    end: None,
+                }),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(read_all(tail).await.len(), 3);
 
     let chunks = count_chunks(&path).await;
-    assert_eq!(chunks, (TOTAL as u64).div_ceil(sqlite::DEFAULT_CHUNK_SIZE as u64) as i64);
+    assert_eq!(
+        chunks,
+        (TOTAL as u64).div_ceil(sqlite::DEFAULT_CHUNK_SIZE as u64) as i64
+    );
 }
 
 async fn count_chunks(path: &Path) -> i64 {
     use sqlx::Connection;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
     sqlx::query_scalar("SELECT count(*) FROM chunks")
         .fetch_one(&mut conn)
@@ -408,7 +539,9 @@ async fn count_chunks(path: &Path) -> i64 {
 
 async fn count_blobs(path: &Path) -> i64 {
     use sqlx::Connection;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
     sqlx::query_scalar("SELECT count(*) FROM blobs")
         .fetch_one(&mut conn)
@@ -424,25 +557,62 @@ async fn dedup_is_visible_in_the_chunks_table() {
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let (a, c) = (ns("alpha"), ns("beta"));
     // Same bytes: in memory, streamed in odd pieces, in another namespace.
-    b.put(&a, &key("x"), Body::from(payload.clone()), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
-    let pieces: Vec<_> = payload.chunks(777).map(|p| Ok(Bytes::copy_from_slice(p))).collect();
-    b.put(&a, &key("y"), Body::from_stream(futures::stream::iter(pieces), None), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
-    b.put(&c, &key("z"), Body::from(payload.clone()), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &a,
+        &key("x"),
+        Body::from(payload.clone()),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let pieces: Vec<_> = payload
+        .chunks(777)
+        .map(|p| Ok(Bytes::copy_from_slice(p)))
+        .collect();
+    b.put(
+        &a,
+        &key("y"),
+        Body::from_stream(futures::stream::iter(pieces), None),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    b.put(
+        &c,
+        &key("z"),
+        Body::from(payload.clone()),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     assert_eq!(count_blobs(&path).await, 1);
-    assert_eq!(count_chunks(&path).await, 3, "10 000 bytes in 4 KiB chunks, stored once");
+    assert_eq!(
+        count_chunks(&path).await,
+        3,
+        "10 000 bytes in 4 KiB chunks, stored once"
+    );
     // A small payload shared by two keys is one blob and one chunk too.
-    b.put(&a, &key("s1"), Body::from("tiny"), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
-    b.put(&c, &key("s2"), Body::from("tiny"), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &a,
+        &key("s1"),
+        Body::from("tiny"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    b.put(
+        &c,
+        &key("s2"),
+        Body::from("tiny"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     assert_eq!(count_blobs(&path).await, 2);
     assert_eq!(count_chunks(&path).await, 4);
     let (_, body) = b.get(&a, &key("y"), GetOptions::default()).await.unwrap();
@@ -467,8 +637,25 @@ async fn verify_names_the_records_of_a_damaged_payload() {
     let path = dir.join("verify.db");
     let b = backend_at(&path, serde_json::json!({})).await;
     let n = ns("v");
-    b.put(&n, &key("good"), Body::from("fine"), Metadata::new(), PutMode::Overwrite).await.unwrap();
-    let bad = b.put(&n, &key("bad"), Body::from("original"), Metadata::new(), PutMode::Overwrite).await.unwrap();
+    b.put(
+        &n,
+        &key("good"),
+        Body::from("fine"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let bad = b
+        .put(
+            &n,
+            &key("bad"),
+            Body::from("original"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     let clean = b.verify(&NoProgress).await.unwrap();
     assert!(clean.is_clean());
     assert_eq!(clean.blobs_checked, 2);
@@ -489,9 +676,12 @@ async fn verify_names_the_records_of_a_damaged_payload() {
     assert_eq!(p.key.as_deref(), Some("bad"));
     assert_eq!(p.version, Some(1));
     assert_eq!(p.problem, "corrupt");
-    // A read of the damaged record fails instead of serving wrong bytes.
-    let (_, body) = b.get(&n, &key("bad"), GetOptions::default()).await.unwrap();
-    let err = body.into_bytes().await.unwrap_err();
+    // A read of the damaged record fails (at `get` or while reading) instead of serving wrong bytes.
+    let read = async {
+        let (_, body) = b.get(&n, &key("bad"), GetOptions::default()).await?;
+        body.into_bytes().await
+    };
+    let err = read.await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
@@ -529,7 +719,9 @@ async fn search_and_list_equal_the_reference_rules() {
     let (_, b) = fresh_backend().await;
     let n = ns("search");
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let keys = ["a", "a/b", "a/c", "ab", "b/1", "b/2", "b/10", "é/x", "日本/1", "z", "a~x", "Z", "𝄞/x"];
+    let keys = [
+        "a", "a/b", "a/c", "ab", "b/1", "b/2", "b/10", "é/x", "日本/1", "z", "a~x", "Z", "𝄞/x",
+    ];
     // Writes, overwrites and deletes across keys so `latest` differs from first versions.
     for step in 0..160 {
         let k: &str = rng.pick::<&str>(&keys[..]);
@@ -552,9 +744,15 @@ async fn search_and_list_equal_the_reference_rules() {
                 meta = meta.with_attribute(name, random_value(&mut rng));
             }
         }
-        b.put(&n, &k, Body::from(format!("payload {step}")), meta, PutMode::Overwrite)
-            .await
-            .unwrap();
+        b.put(
+            &n,
+            &k,
+            Body::from(format!("payload {step}")),
+            meta,
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
         if step % 16 == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
@@ -571,7 +769,10 @@ async fn search_and_list_equal_the_reference_rules() {
     for case in 0..400 {
         let mut q = Query::new();
         if rng.below(3) == 0 {
-            q.prefix = Some(rng.pick(&["a", "a/", "b/1", "", "é", "日", "z", "𝄞", "a~"]).to_string());
+            q.prefix = Some(
+                rng.pick(&["a", "a/", "b/1", "", "é", "日", "z", "𝄞", "a~"])
+                    .to_string(),
+            );
         }
         for t in ["red", "green", "blue"] {
             if rng.below(4) == 0 {
@@ -581,11 +782,15 @@ async fn search_and_list_equal_the_reference_rules() {
         for _ in 0..rng.below(3) {
             let name = rng.pick(&["n", "s", "m", "missing"]).to_string();
             if rng.below(2) == 0 {
-                q.attributes.push(stowage_core::AttrFilter::Eq { name, value: random_value(&mut rng) });
+                q.attributes.push(stowage_core::AttrFilter::Eq {
+                    name,
+                    value: random_value(&mut rng),
+                });
             } else {
                 let min = (rng.below(3) > 0).then(|| random_value(&mut rng));
                 let max = (rng.below(3) > 0).then(|| random_value(&mut rng));
-                q.attributes.push(stowage_core::AttrFilter::Range { name, min, max });
+                q.attributes
+                    .push(stowage_core::AttrFilter::Range { name, min, max });
             }
         }
         if rng.below(4) == 0 {
@@ -609,8 +814,14 @@ async fn search_and_list_equal_the_reference_rules() {
             let want = q.apply(candidates.clone()).unwrap();
             let got = b.search(&n, &q).await.unwrap();
             assert_eq!(
-                got.items.iter().map(|i| (i.key.to_string(), i.version)).collect::<Vec<_>>(),
-                want.items.iter().map(|i| (i.key.to_string(), i.version)).collect::<Vec<_>>(),
+                got.items
+                    .iter()
+                    .map(|i| (i.key.to_string(), i.version))
+                    .collect::<Vec<_>>(),
+                want.items
+                    .iter()
+                    .map(|i| (i.key.to_string(), i.version))
+                    .collect::<Vec<_>>(),
                 "case {case}: {q:?}"
             );
             assert_eq!(got.items, want.items, "case {case}");
@@ -625,7 +836,10 @@ async fn search_and_list_equal_the_reference_rules() {
         }
     }
     // The random queries must exercise matches and pages, not only empty results.
-    assert!(non_empty > 150 && paged > 50, "weak cases: {non_empty} non-empty, {paged} paged");
+    assert!(
+        non_empty > 150 && paged > 50,
+        "weak cases: {non_empty} non-empty, {paged} paged"
+    );
     for case in 0..200 {
         let mut o = ListOptions::default();
         if rng.below(2) == 0 {
@@ -657,14 +871,89 @@ async fn content_hash_of_stored_payload_matches() {
     let (_, b) = fresh_backend().await;
     let n = ns("h");
     let info = b
-        .put(&n, &key("k"), Body::from("hello"), Metadata::new(), PutMode::Create)
+        .put(
+            &n,
+            &key("k"),
+            Body::from("hello"),
+            Metadata::new(),
+            PutMode::Create,
+        )
         .await
         .unwrap();
     assert_eq!(info.hash, ContentHash::of(b"hello"));
     let err = b
-        .put(&n, &key("k"), Body::from("again"), Metadata::new(), PutMode::Create)
+        .put(
+            &n,
+            &key("k"),
+            Body::from("again"),
+            Metadata::new(),
+            PutMode::Create,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, stowage_core::Error::Conflict { current: Some(1), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            stowage_core::Error::Conflict {
+                current: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(b.namespaces().await.unwrap(), vec![n]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_writes_all_or_nothing() {
+    use stowage_providers::sqlite::{SqliteBackend, SqliteConfig};
+    let path = fresh_dir().join("many.db");
+    let b = SqliteBackend::new(SqliteConfig::new(&path));
+    let n = ns("bulk");
+    b.put(
+        &n,
+        &key("k/1"),
+        Body::from("old"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let written = b
+        .put_many(
+            &n,
+            (1..=3).map(|i| {
+                (
+                    key(&format!("k/{i}")),
+                    Bytes::from(format!("v{i}")),
+                    Metadata::new().with_tag("bulk"),
+                )
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        written.iter().map(|w| w.version).collect::<Vec<_>>(),
+        vec![2, 1, 1]
+    );
+    let found = b.search(&n, &Query::new().tag("bulk")).await.unwrap();
+    assert_eq!(found.items, written);
+    let (_, body) = b.get(&n, &key("k/1"), GetOptions::default()).await.unwrap();
+    assert_eq!(read_all(body).await, b"v1");
+
+    // One payload too large for a chunk: refused, and the records before it are not kept.
+    let too_big = Bytes::from(vec![7u8; sqlite::DEFAULT_CHUNK_SIZE + 1]);
+    let err = b
+        .put_many(
+            &n,
+            [(key("k/4"), Bytes::from("ok")), (key("k/5"), too_big)]
+                .map(|(k, d)| (k, d, Metadata::new())),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(
+        b.head(&n, &key("k/4"), None).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }

@@ -42,7 +42,7 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
 }
 
 /// The names of the capabilities that are on, as in the JSON form.
-fn capability_names(caps: &Capabilities) -> Vec<String> {
+pub(crate) fn capability_names(caps: &Capabilities) -> Vec<String> {
     match serde_json::to_value(caps) {
         Ok(serde_json::Value::Object(map)) => {
             let on: Vec<String> = map

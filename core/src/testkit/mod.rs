@@ -42,6 +42,25 @@
 //! # fn main() {}
 //! ```
 //!
+//! When the store needs something kept alive for the test (a temporary directory, a server),
+//! yield the store together with it — `(Stowage, guard)` — and the guard is dropped only after
+//! the behaviour ran (see [`StoreUnderTest`]):
+//!
+//! ```no_run
+//! mod conformance {
+//!     stowage_core::conformance_tests!(async {
+//!         let dir = tempfile::tempdir().expect("creating a scratch directory");
+//!         let store = stowage_core::Stowage::builder()
+//!             .with_storage("my-provider", serde_json::json!({ "root": dir.path() }))
+//!             .build()
+//!             .await
+//!             .expect("creating the store under test");
+//!         (store, dir)
+//!     });
+//! }
+//! # fn main() {}
+//! ```
+//!
 //! `cargo test` then names the behaviour that failed, with what differed, and prints a
 //! `SKIPPED` line (straight to stderr, so it shows for passing tests too) for each behaviour the
 //! provider's capabilities rule out.
@@ -110,7 +129,7 @@ pub use fixture::{
 };
 pub use isolation::namespace_isolation;
 pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
-pub use listing::{list_pagination, list_prefix_and_start_after};
+pub use listing::{bad_cursors_rejected, list_pagination, list_prefix_and_start_after};
 pub use roundtrip::{
     byte_ranges, failed_body_writes_nothing, metadata_round_trip, round_trip_all_byte_values,
     round_trip_empty, round_trip_large_streamed, round_trip_one_byte,
@@ -172,6 +191,7 @@ macro_rules! __conformance_behaviours {
             race_base_merge,
             list_pagination,
             list_prefix_and_start_after,
+            bad_cursors_rejected,
             search_filters,
             search_time_windows,
             search_ordering,
@@ -220,7 +240,9 @@ macro_rules! __conformance_test_fns {
 }
 
 /// Expands to one `#[test]` per behaviour of the conformance kit, each running against a
-/// fresh store made by the given async expression (evaluated once per test).
+/// fresh store made by the given async expression (evaluated once per test), which yields a
+/// [`Stowage`](crate::Stowage) or a `(Stowage, guard)` pair (see
+/// [`StoreUnderTest`](crate::testkit::StoreUnderTest)).
 ///
 /// Put it in a module of its own so the generated names do not collide with other tests (see
 /// the [`testkit`](crate::testkit) module docs):
@@ -436,13 +458,34 @@ pub async fn run_all(
     report
 }
 
+/// What the async expression given to [`conformance_tests!`](crate::conformance_tests) may
+/// yield: a [`Stowage`], or a `Stowage` with a guard (a temporary directory, a server handle)
+/// that must live until the test's behaviour has run; the guard is dropped right after it,
+/// inside the test's runtime.
+pub trait StoreUnderTest {
+    /// The store the behaviour runs against.
+    fn store(&self) -> &Stowage;
+}
+
+impl StoreUnderTest for Stowage {
+    fn store(&self) -> &Stowage {
+        self
+    }
+}
+
+impl<G> StoreUnderTest for (Stowage, G) {
+    fn store(&self) -> &Stowage {
+        &self.0
+    }
+}
+
 /// The body of each test [`conformance_tests!`](crate::conformance_tests) generates: builds a
 /// runtime, makes the store, runs the behaviour, prints a skip, panics on a failure.
 #[doc(hidden)]
-pub fn run_test(
+pub fn run_test<S: StoreUnderTest>(
     name: &'static str,
     run: BehaviourFn,
-    make_store: impl std::future::Future<Output = Stowage>,
+    make_store: impl std::future::Future<Output = S>,
 ) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -450,9 +493,12 @@ pub fn run_test(
         .build()
         .expect("building a tokio runtime for the conformance test");
     let (provider, report) = runtime.block_on(async {
-        let store = make_store.await;
-        let report = run_behaviour(&store, Behaviour { name, run }).await;
-        (store.provider().to_string(), report)
+        let made = make_store.await;
+        let store = made.store();
+        let report = run_behaviour(store, Behaviour { name, run }).await;
+        let provider = store.provider().to_string();
+        drop(made);
+        (provider, report)
     });
     match report.result {
         Ok(Outcome::Passed) => {}

@@ -36,6 +36,7 @@ async fn search_all(
                 page.items.len()
             );
         }
+        let page_len = page.items.len();
         for item in page.items {
             ensure!(
                 seen.insert(item.key.to_string()),
@@ -45,7 +46,20 @@ async fn search_all(
             out.push(item);
         }
         match page.next {
-            Some(next) => query.cursor = Some(next),
+            Some(next) => {
+                let last = out.last().filter(|_| page_len > 0).ok_or_else(|| {
+                    Failure::new(format!(
+                        "{what}: an empty page must not carry a next cursor"
+                    ))
+                })?;
+                // One cursor format for every provider (indexed ones included).
+                ensure_eq!(
+                    next,
+                    query.cursor_for(last),
+                    "{what}: the next cursor must be Query::cursor_for(last record)"
+                );
+                query.cursor = Some(next);
+            }
             None => return Ok(out),
         }
     }

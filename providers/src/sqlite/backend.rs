@@ -18,7 +18,9 @@ use super::blobs::{self, chunk_count, BlobRef, ChunkReader, Payload};
 use super::config::SqliteConfig;
 use super::error::map_err;
 use super::records::{decode, encode_metadata, RECORD_COLUMNS};
-use super::search::{list_statement, page_rows, search_statement};
+use super::search::{
+    driver_candidates, estimate_statement, list_statement, page_rows, search_statement, Driver,
+};
 use super::{schema, PROVIDER};
 
 /// A put of a payload that fits one chunk, as a single round trip: the version row is written
@@ -27,8 +29,9 @@ use super::{schema, PROVIDER};
 /// them). The `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
 /// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
 /// (numbered ones would be re-bound from the start in every statement).
-const PUT_SMALL_SQL: &str = "
-BEGIN IMMEDIATE;
+macro_rules! put_small_statements {
+    () => {
+        "
 INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
     SELECT p.ns, p.key, coalesce(l.version, 0) + 1, p.hash, p.size, coalesce(l.created_at, p.now),
            p.now, NULL, p.metadata
@@ -44,8 +47,44 @@ INSERT INTO blobs (hash, size, chunk_size, chunk_count)
     ON CONFLICT (hash) DO NOTHING;
 INSERT INTO chunks (blob_id, idx, data)
     SELECT last_insert_rowid(), 0, ? WHERE changes() > 0 AND ? > 0;
-COMMIT;
-";
+"
+    };
+}
+
+/// The one-round-trip put: its own write transaction around the statements.
+const PUT_SMALL_SQL: &str = concat!("BEGIN IMMEDIATE;", put_small_statements!(), "COMMIT;");
+
+/// The same statements inside a caller's transaction (`put_many`).
+const PUT_SMALL_IN_TX_SQL: &str = put_small_statements!();
+
+/// Binds the parameters of [`PUT_SMALL_SQL`] / [`PUT_SMALL_IN_TX_SQL`], in order of appearance.
+fn bind_put_small<'q>(
+    sql: &'q str,
+    req: &PutRequest<'q>,
+    hash: &'q ContentHash,
+    data: &'q [u8],
+    now: i64,
+    chunk_size: usize,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let (mode_code, expected) = mode_code(req.mode);
+    let size = data.len() as u64;
+    let chunks = chunk_count(size, chunk_size);
+    sqlx::query(sql)
+        .bind(req.ns.as_str())
+        .bind(req.key.as_str())
+        .bind(&hash.as_bytes()[..])
+        .bind(size as i64)
+        .bind(now)
+        .bind(req.metadata)
+        .bind(mode_code)
+        .bind(expected)
+        .bind(&hash.as_bytes()[..])
+        .bind(size as i64)
+        .bind(chunk_size as i64)
+        .bind(chunks)
+        .bind(data)
+        .bind(chunks)
+}
 
 /// Record, blob and (for `?3` = the chunk holding the first byte wanted) that chunk, in one read.
 const GET_LATEST_SQL: &str = "
@@ -130,7 +169,12 @@ impl SqliteBackend {
         move |e| map_err(&self.path, &doing, e)
     }
 
-    async fn latest_version(&self, pool: &SqlitePool, ns: &Namespace, key: &Key) -> Result<Option<(u64, bool)>> {
+    async fn latest_version(
+        &self,
+        pool: &SqlitePool,
+        ns: &Namespace,
+        key: &Key,
+    ) -> Result<Option<(u64, bool)>> {
         let row: Option<(i64, Option<i64>)> =
             sqlx::query_as("SELECT version, deleted_at FROM latest WHERE ns = ?1 AND key = ?2")
                 .bind(ns.as_str())
@@ -156,12 +200,15 @@ impl SqliteBackend {
     }
 
     /// The fast path; `Err(None)` when the precondition failed (current version unknown).
-    async fn put_small(&self, pool: &SqlitePool, req: &PutRequest<'_>, data: Bytes) -> Result<Attempt> {
-        let PutRequest { ns, key, metadata, mode } = *req;
+    async fn put_small(
+        &self,
+        pool: &SqlitePool,
+        req: &PutRequest<'_>,
+        data: Bytes,
+    ) -> Result<Attempt> {
         let hash = ContentHash::of(&data);
         let size = data.len() as u64;
         let now = Timestamp::now().as_micros();
-        let (mode_code, expected) = mode_code(mode);
         let chunk_size = self.config.chunk_size();
         let _turn = self.writer.lock().await;
         let conn = pool
@@ -172,21 +219,7 @@ impl SqliteBackend {
             conn,
             settled: false,
         };
-        let result = sqlx::query(PUT_SMALL_SQL)
-            .bind(ns.as_str())
-            .bind(key.as_str())
-            .bind(&hash.as_bytes()[..])
-            .bind(size as i64)
-            .bind(now)
-            .bind(metadata)
-            .bind(mode_code)
-            .bind(expected)
-            .bind(&hash.as_bytes()[..])
-            .bind(size as i64)
-            .bind(chunk_size as i64)
-            .bind(chunk_count(size, chunk_size))
-            .bind(&data[..])
-            .bind(chunk_count(size, chunk_size))
+        let result = bind_put_small(PUT_SMALL_SQL, req, &hash, &data, now, chunk_size)
             .fetch_all(&mut *conn.conn)
             .await;
         match result {
@@ -211,8 +244,19 @@ impl SqliteBackend {
     }
 
     /// The streaming path, in one write transaction; `Err(current)` when the precondition failed.
-    async fn put_large(&self, pool: &SqlitePool, req: &PutRequest<'_>, prefix: Bytes, rest: Body) -> Result<Attempt> {
-        let PutRequest { ns, key, metadata, mode } = *req;
+    async fn put_large(
+        &self,
+        pool: &SqlitePool,
+        req: &PutRequest<'_>,
+        prefix: Bytes,
+        rest: Body,
+    ) -> Result<Attempt> {
+        let PutRequest {
+            ns,
+            key,
+            metadata,
+            mode,
+        } = *req;
         let _turn = self.writer.lock().await;
         let mut tx = pool
             .begin_with("BEGIN IMMEDIATE")
@@ -236,7 +280,8 @@ impl SqliteBackend {
             return Ok(Err(current));
         }
         let (hash, size) =
-            blobs::write_streamed(&mut tx, &self.path, self.config.chunk_size(), prefix, rest).await?;
+            blobs::write_streamed(&mut tx, &self.path, self.config.chunk_size(), prefix, rest)
+                .await?;
         let now = Timestamp::now().as_micros();
         let version = current.unwrap_or(0) + 1;
         let created_at = latest.map(|l| l.1).unwrap_or(now);
@@ -255,7 +300,9 @@ impl SqliteBackend {
         .execute(&mut *tx)
         .await
         .map_err(self.fail("writing a record"))?;
-        tx.commit().await.map_err(self.fail("committing a record"))?;
+        tx.commit()
+            .await
+            .map_err(self.fail("committing a record"))?;
         Ok(Ok(Written {
             version,
             created_at,
@@ -265,28 +312,98 @@ impl SqliteBackend {
         }))
     }
 
+    /// Writes many records of `ns` in one write transaction, each as a new version
+    /// (like `put` with [`PutMode::Overwrite`]): the fast way to import or load. All are
+    /// written or none is. Each payload must fit one chunk (`chunk_size`); larger ones go
+    /// through `put`, which streams them.
+    pub async fn put_many(
+        &self,
+        ns: &Namespace,
+        records: impl IntoIterator<Item = (Key, Bytes, Metadata)>,
+    ) -> Result<Vec<RecordInfo>> {
+        let pool = self.pool().await?;
+        let chunk_size = self.config.chunk_size();
+        let _turn = self.writer.lock().await;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(self.fail("locking the database for a write"))?;
+        let mut written = Vec::new();
+        for (key, data, metadata) in records {
+            if data.len() > chunk_size {
+                return Err(Error::invalid_input(format!(
+                    "put_many: the payload of {ns}/{key} has {} bytes, more than one chunk ({chunk_size}); write it with put",
+                    data.len()
+                )));
+            }
+            let meta_json = encode_metadata(&metadata)?;
+            let req = PutRequest {
+                ns,
+                key: &key,
+                metadata: &meta_json,
+                mode: PutMode::Overwrite,
+            };
+            let hash = ContentHash::of(&data);
+            let now = Timestamp::now().as_micros();
+            let rows = bind_put_small(PUT_SMALL_IN_TX_SQL, &req, &hash, &data, now, chunk_size)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(self.fail("writing a record"))?;
+            let row = rows.first().ok_or_else(|| {
+                Error::backend(
+                    PROVIDER,
+                    format!("an unconditional write of {ns}/{key} wrote nothing"),
+                    std::io::Error::other("no row returned"),
+                )
+            })?;
+            written.push(RecordInfo {
+                namespace: ns.clone(),
+                key: key.clone(),
+                version: row.get::<i64, _>(0) as u64,
+                hash,
+                size: data.len() as u64,
+                created_at: Timestamp::from_micros(row.get(1)),
+                updated_at: Timestamp::from_micros(now),
+                deleted_at: None,
+                metadata,
+                conflicts: Vec::new(),
+            });
+        }
+        tx.commit().await.map_err(self.fail("committing records"))?;
+        Ok(written)
+    }
+
     fn decode_one(&self, ns: &Namespace, row: &SqliteRow) -> Result<RecordInfo> {
         decode(ns, row, &self.path)
     }
 
-    async fn read_info(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn read_info(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let pool = self.pool().await?;
         let row = match version {
-            None => sqlx::query(&format!(
-                "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = ?1 AND key = ?2"
-            ))
-            .bind(ns.as_str())
-            .bind(key.as_str())
-            .fetch_optional(pool)
-            .await,
-            Some(v) => sqlx::query(&format!(
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = ?1 AND key = ?2"
+                ))
+                .bind(ns.as_str())
+                .bind(key.as_str())
+                .fetch_optional(pool)
+                .await
+            }
+            Some(v) => {
+                sqlx::query(&format!(
                 "SELECT {RECORD_COLUMNS} FROM versions WHERE ns = ?1 AND key = ?2 AND version = ?3"
             ))
-            .bind(ns.as_str())
-            .bind(key.as_str())
-            .bind(v as i64)
-            .fetch_optional(pool)
-            .await,
+                .bind(ns.as_str())
+                .bind(key.as_str())
+                .bind(v as i64)
+                .fetch_optional(pool)
+                .await
+            }
         }
         .map_err(self.fail("reading a record"))?;
         let info = match row {
@@ -388,7 +505,12 @@ impl StorageBackend for SqliteBackend {
         }
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let pool = self.pool().await?;
         let start = options.range.map(|r| r.start).unwrap_or(0);
         let query = match options.version {
@@ -442,14 +564,24 @@ impl StorageBackend for SqliteBackend {
             len,
             first: first.map(Bytes::from),
         };
-        Ok((info, reader.into_body()))
+        Ok((info, reader.into_body()?))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         self.read_info(ns, key, version).await
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let pool = self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
@@ -496,7 +628,9 @@ impl StorageBackend for SqliteBackend {
             .map(|r| self.decode_one(ns, r))
             .collect::<Result<Vec<_>>>()?;
         let next = if more {
-            items.last().map(|i| ListOptions::cursor_for(i.key.as_str()))
+            items
+                .last()
+                .map(|i| ListOptions::cursor_for(i.key.as_str()))
         } else {
             None
         };
@@ -505,7 +639,28 @@ impl StorageBackend for SqliteBackend {
 
     async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
         let pool = self.pool().await?;
-        let (stmt, exact) = search_statement(ns.as_str(), query)?;
+        let candidates = driver_candidates(query);
+        let driver = match candidates.as_slice() {
+            [] => Driver::Latest,
+            [only] => *only,
+            several => {
+                // One capped count per candidate, in a single round trip; the smallest drives.
+                let row = estimate_statement(ns.as_str(), query, several)
+                    .bind()
+                    .fetch_one(pool)
+                    .await
+                    .map_err(self.fail("planning a search"))?;
+                let mut best = (several[0], i64::MAX);
+                for (i, d) in several.iter().enumerate() {
+                    let n: i64 = row.get(i);
+                    if n < best.1 {
+                        best = (*d, n);
+                    }
+                }
+                best.0
+            }
+        };
+        let (stmt, exact) = search_statement(ns.as_str(), query, driver)?;
         let rows = stmt
             .bind()
             .fetch_all(pool)
@@ -547,7 +702,12 @@ impl StorageBackend for SqliteBackend {
         rows.iter().map(|r| self.decode_one(ns, r)).collect()
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let pool = self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
@@ -627,7 +787,10 @@ impl StorageBackend for SqliteBackend {
                 Namespace::new(n.clone()).map_err(|e| {
                     Error::corrupt(
                         PROVIDER,
-                        format!("stored namespace {n:?} in {} is invalid ({e})", self.path.display()),
+                        format!(
+                            "stored namespace {n:?} in {} is invalid ({e})",
+                            self.path.display()
+                        ),
                     )
                 })
             })

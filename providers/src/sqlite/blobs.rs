@@ -195,9 +195,26 @@ struct ReadState {
 impl ChunkReader {
     /// The payload bytes `[start, start + len)` as a body that reads one chunk at a time and,
     /// for a whole-payload read, fails at the end if the bytes do not match the hash.
-    pub(crate) fn into_body(self) -> Body {
+    pub(crate) fn into_body(self) -> Result<Body> {
         let cs = self.blob.chunk_size.max(1);
         let whole = self.start == 0 && self.len == self.blob.size;
+        // The common case of a small payload: the chunk read with the record holds every
+        // wanted byte, so no stream is needed.
+        if let Some(first) = &self.first {
+            let skip = self.start % cs;
+            if skip + self.len <= first.len() as u64 {
+                self.check_len(self.start / cs, first)?;
+                if whole {
+                    let hash = ContentHash::of(first);
+                    if hash != self.blob.hash {
+                        return Err(self.mismatch(hash));
+                    }
+                }
+                return Ok(Body::from_bytes(
+                    first.slice(skip as usize..(skip + self.len) as usize),
+                ));
+            }
+        }
         let state = ReadState {
             idx: self.start / cs,
             skip: (self.start % cs) as usize,
@@ -211,15 +228,7 @@ impl ChunkReader {
                 if let Some(hasher) = st.hasher.take() {
                     let (hash, _) = hasher.finish();
                     if hash != st.reader.blob.hash {
-                        return Err(Error::corrupt(
-                            PROVIDER,
-                            format!(
-                                "payload of {} in {} hashes to {hash}, not {}; run `stowage verify`",
-                                st.reader.label,
-                                st.reader.path.display(),
-                                st.reader.blob.hash
-                            ),
-                        ));
+                        return Err(st.reader.mismatch(hash));
                     }
                 }
                 return Ok(None);
@@ -239,7 +248,19 @@ impl ChunkReader {
             st.remaining -= piece.len() as u64;
             Ok(Some((piece, st)))
         });
-        Body::from_stream(stream, Some(size))
+        Ok(Body::from_stream(stream, Some(size)))
+    }
+
+    fn mismatch(&self, found: ContentHash) -> Error {
+        Error::corrupt(
+            PROVIDER,
+            format!(
+                "payload of {} in {} hashes to {found}, not {}; run `stowage verify`",
+                self.label,
+                self.path.display(),
+                self.blob.hash
+            ),
+        )
     }
 
     fn check_len(&self, idx: u64, data: &Bytes) -> Result<()> {
@@ -282,7 +303,11 @@ impl ChunkReader {
 
 /// Removes every blob no version references (their chunks go with them), then hands the freed
 /// pages back to the file system.
-pub(crate) async fn gc(pool: &SqlitePool, path: &Path, progress: &dyn Progress) -> Result<GcReport> {
+pub(crate) async fn gc(
+    pool: &SqlitePool,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<GcReport> {
     let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
@@ -299,9 +324,7 @@ pub(crate) async fn gc(pool: &SqlitePool, path: &Path, progress: &dyn Progress) 
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| fail("removing unreferenced payloads", e))?;
-    tx.commit()
-        .await
-        .map_err(|e| fail("committing gc", e))?;
+    tx.commit().await.map_err(|e| fail("committing gc", e))?;
     progress.inc(total as u64);
     if !removed.is_empty() {
         sqlx::query("PRAGMA incremental_vacuum")
@@ -324,10 +347,7 @@ pub(crate) async fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(|e| fail("starting verify", e))?;
+    let mut tx = pool.begin().await.map_err(|e| fail("starting verify", e))?;
     let mut report = VerifyReport::default();
     let (records, total_bytes): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM versions), (SELECT coalesce(sum(size), 0) FROM blobs)",
@@ -503,5 +523,7 @@ async fn rehash(
 
 /// A stored 32-byte hash, or `None` if the column holds something else.
 pub(crate) fn hash_from(bytes: &[u8]) -> Option<ContentHash> {
-    <[u8; 32]>::try_from(bytes).ok().map(ContentHash::from_bytes)
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .map(ContentHash::from_bytes)
 }

@@ -27,7 +27,8 @@ pub(crate) fn decode(ns: &Namespace, row: &SqliteRow, path: &Path) -> Result<Rec
     };
     let get_err = |e: sqlx::Error| bad(format!("unreadable record row ({e})"));
     let key: String = row.try_get(0).map_err(get_err)?;
-    let key = Key::new(key.clone()).map_err(|e| bad(format!("stored key {key:?} is invalid ({e})")))?;
+    let key =
+        Key::new(key.clone()).map_err(|e| bad(format!("stored key {key:?} is invalid ({e})")))?;
     let version: i64 = row.try_get(1).map_err(get_err)?;
     let hash_bytes: Vec<u8> = row.try_get(2).map_err(get_err)?;
     let hash = hash_from(&hash_bytes)
@@ -37,8 +38,11 @@ pub(crate) fn decode(ns: &Namespace, row: &SqliteRow, path: &Path) -> Result<Rec
     let updated_at: i64 = row.try_get(5).map_err(get_err)?;
     let deleted_at: Option<i64> = row.try_get(6).map_err(get_err)?;
     let metadata: String = row.try_get(7).map_err(get_err)?;
-    let metadata: Metadata = serde_json::from_str(&metadata)
-        .map_err(|e| bad(format!("metadata of {ns}/{key} version {version} is not valid ({e})")))?;
+    let metadata: Metadata = serde_json::from_str(&metadata).map_err(|e| {
+        bad(format!(
+            "metadata of {ns}/{key} version {version} is not valid ({e})"
+        ))
+    })?;
     Ok(RecordInfo {
         namespace: ns.clone(),
         key,

@@ -95,16 +95,18 @@ BEGIN
                         content_type, metadata)
     VALUES (NEW.ns, NEW.key, NEW.version, NEW.hash, NEW.size, NEW.created_at, NEW.updated_at,
             NEW.deleted_at, json_extract(NEW.metadata, '$.content_type'), NEW.metadata)
+    -- created_at is the time of the key's first version: never updated here.
     ON CONFLICT (ns, key) DO UPDATE SET
         version = excluded.version, hash = excluded.hash, size = excluded.size,
-        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        updated_at = excluded.updated_at,
         deleted_at = excluded.deleted_at, content_type = excluded.content_type,
         metadata = excluded.metadata
     WHERE excluded.version > latest.version;
-    DELETE FROM tags WHERE ns = NEW.ns AND key = NEW.key;
+    -- A first version (new or purged key) has no older tags or attributes to clear.
+    DELETE FROM tags WHERE NEW.version > 1 AND ns = NEW.ns AND key = NEW.key;
     INSERT INTO tags (ns, key, tag)
         SELECT NEW.ns, NEW.key, value FROM json_each(NEW.metadata, '$.tags');
-    DELETE FROM attrs WHERE ns = NEW.ns AND key = NEW.key;
+    DELETE FROM attrs WHERE NEW.version > 1 AND ns = NEW.ns AND key = NEW.key;
     INSERT INTO attrs (ns, key, name, kind, num, str, json)
         SELECT NEW.ns, NEW.key, key,
             CASE type WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number'
@@ -120,11 +122,10 @@ END;
     },
     Migration {
         version: 2,
-        description: "search indexes on times, content type and attribute values",
+        description: "search indexes on times and attribute values",
         sql: r#"
 CREATE INDEX latest_by_created ON latest(ns, created_at, key);
 CREATE INDEX latest_by_updated ON latest(ns, updated_at, key);
-CREATE INDEX latest_by_content_type ON latest(ns, content_type, key);
 CREATE INDEX attrs_by_num ON attrs(ns, name, kind, num, key);
 CREATE INDEX attrs_by_str ON attrs(ns, name, str, key);
 "#,
@@ -213,7 +214,10 @@ pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
     let path = config.path.as_path();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(parent).await.map_err(|e| {
-            Error::io(format!("creating directory {} for the database", parent.display()), e)
+            Error::io(
+                format!("creating directory {} for the database", parent.display()),
+                e,
+            )
         })?;
     }
     let options = connect_options(config);
@@ -288,17 +292,21 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
         if step.version <= current {
             continue;
         }
-        tx.execute(step.sql)
-            .await
-            .map_err(|e| map_err(path, &format!("applying migration {} ({})", step.version, step.description), e))?;
+        tx.execute(step.sql).await.map_err(|e| {
+            map_err(
+                path,
+                &format!("applying migration {} ({})", step.version, step.description),
+                e,
+            )
+        })?;
     }
     // PRAGMA values cannot be bound; both are compile-time integers.
     let record = format!(
         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
     );
     tx.execute(record.as_str())
-    .await
-    .map_err(|e| map_err(path, "recording the schema version", e))?;
+        .await
+        .map_err(|e| map_err(path, "recording the schema version", e))?;
     tx.commit()
         .await
         .map_err(|e| map_err(path, "committing the migration", e))?;

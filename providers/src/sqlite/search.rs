@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::query::Query as SqlxQuery;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::Sqlite;
 use stowage_core::{AttrFilter, ListOptions, Order, Query, Result};
 
@@ -80,7 +80,10 @@ fn push_prefix(sql: &mut Statement, column: &str, prefix: &str) {
 pub(crate) fn list_statement(ns: &str, options: &ListOptions) -> Result<Statement> {
     let mut sql = Statement::default();
     let ns = sql.param(Param::Text(ns.to_string()));
-    let _ = write!(sql.text, "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = {ns}");
+    let _ = write!(
+        sql.text,
+        "SELECT {RECORD_COLUMNS} FROM latest WHERE ns = {ns}"
+    );
     if !options.include_deleted {
         sql.text.push_str(" AND deleted_at IS NULL");
     }
@@ -93,32 +96,172 @@ pub(crate) fn list_statement(ns: &str, options: &ListOptions) -> Result<Statemen
     }
     sql.text.push_str(" ORDER BY key");
     if let Some(limit) = options.limit {
-        let l = sql.param(Param::Int(limit.saturating_add(1).min(i64::MAX as usize) as i64));
+        let l = sql.param(Param::Int(
+            limit.saturating_add(1).min(i64::MAX as usize) as i64
+        ));
         let _ = write!(sql.text, " LIMIT {l}");
     }
     Ok(sql)
 }
 
-/// The search statement, and whether it is exact. An exact statement applies every filter,
-/// the order, the cursor and `limit + 1`; an inexact one (equality on a JSON array or object,
-/// which SQL cannot compare the way [`Query`] does) returns a superset for [`Query::apply`].
-pub(crate) fn search_statement(ns: &str, query: &Query) -> Result<(Statement, bool)> {
+/// Which rows a search walks first; every other filter is checked by primary-key look-ups on
+/// the rows it yields. Each choice yields keys in order, so a key-ordered page stops early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Driver {
+    /// `latest` itself (by key, prefix range, or a time index).
+    Latest,
+    /// The keys carrying the `n`th tag of the query (primary key of `tags`).
+    Tag(usize),
+    /// The keys whose attribute equals the `n`th filter's value (`attrs_by_num`/`attrs_by_str`).
+    Attr(usize),
+}
+
+/// The drivers worth comparing for `query`: its tags, its equality filters on a number,
+/// boolean or string, and `latest` when a prefix narrows it.
+pub(crate) fn driver_candidates(query: &Query) -> Vec<Driver> {
+    let mut out = Vec::new();
+    if query.prefix.as_deref().is_some_and(|p| !p.is_empty()) {
+        out.push(Driver::Latest);
+    }
+    out.extend((0..query.tags.len()).map(Driver::Tag));
+    for (i, f) in query.attributes.iter().enumerate() {
+        if let AttrFilter::Eq { value, .. } = f {
+            if value.is_number() || value.is_boolean() || value.is_string() {
+                out.push(Driver::Attr(i));
+            }
+        }
+    }
+    out
+}
+
+/// Rows counted per candidate when estimating, so an estimate costs little however large the
+/// namespace is.
+pub(crate) const ESTIMATE_CAP: i64 = 1000;
+
+/// One statement returning, per candidate, how many rows it would yield (capped).
+pub(crate) fn estimate_statement(ns: &str, query: &Query, candidates: &[Driver]) -> Statement {
+    let mut sql = Statement::default();
+    let ns_p = sql.param(Param::Text(ns.to_string()));
+    let cap = sql.param(Param::Int(ESTIMATE_CAP));
+    let mut parts = Vec::new();
+    for d in candidates {
+        let mut inner = Statement {
+            text: String::new(),
+            params: std::mem::take(&mut sql.params),
+        };
+        match *d {
+            Driver::Latest => {
+                let _ = write!(inner.text, "SELECT 1 FROM latest d WHERE d.ns = {ns_p}");
+                push_prefix(&mut inner, "d.key", query.prefix.as_deref().unwrap_or(""));
+            }
+            Driver::Tag(i) => {
+                let tag = query.tags.iter().nth(i).cloned().unwrap_or_default();
+                let t = inner.param(Param::Text(tag));
+                let _ = write!(
+                    inner.text,
+                    "SELECT 1 FROM tags d WHERE d.ns = {ns_p} AND d.tag = {t}"
+                );
+            }
+            Driver::Attr(i) => {
+                let cond = driver_attr_condition(&mut inner, &query.attributes[i]);
+                let _ = write!(
+                    inner.text,
+                    "SELECT 1 FROM attrs d WHERE d.ns = {ns_p} AND {cond}"
+                );
+            }
+        }
+        sql.params = inner.params;
+        parts.push(format!(
+            "(SELECT count(*) FROM ({} LIMIT {cap}))",
+            inner.text
+        ));
+    }
+    sql.text = format!("SELECT {}", parts.join(", "));
+    sql
+}
+
+/// The condition selecting the driver rows of an attribute equality, written so SQLite walks
+/// the index that ends in `key`.
+fn driver_attr_condition(sql: &mut Statement, filter: &AttrFilter) -> String {
+    let name = sql.param(Param::Text(filter.name().to_string()));
+    let value = match filter {
+        AttrFilter::Eq { value, .. } => value,
+        AttrFilter::Range { .. } => return "0".into(),
+    };
+    match value {
+        serde_json::Value::String(s) => {
+            let v = sql.param(Param::Text(s.clone()));
+            format!("d.name = {name} AND d.str = {v}")
+        }
+        serde_json::Value::Bool(b) => {
+            let v = sql.param(Param::Real(if *b { 1.0 } else { 0.0 }));
+            format!("d.name = {name} AND d.kind = 'bool' AND d.num = {v}")
+        }
+        other => match other.as_f64() {
+            Some(f) => {
+                let v = sql.param(Param::Real(f));
+                format!("d.name = {name} AND d.kind = 'number' AND d.num = {v}")
+            }
+            None => "0".into(),
+        },
+    }
+}
+
+/// The search statement walking `driver` first, and whether it is exact. An exact statement
+/// applies every filter, the order, the cursor and `limit + 1`; an inexact one (equality on a
+/// JSON array or object, which SQL cannot compare the way [`Query`] does) returns a superset
+/// for [`Query::apply`].
+pub(crate) fn search_statement(
+    ns: &str,
+    query: &Query,
+    driver: Driver,
+) -> Result<(Statement, bool)> {
     let cursor = query.decode_cursor()?;
     let mut sql = Statement::default();
     let mut exact = true;
     let ns_p = sql.param(Param::Text(ns.to_string()));
-    let _ = write!(sql.text, "SELECT {RECORD_COLUMNS_R} FROM latest r WHERE r.ns = {ns_p}");
+    let kcol = match driver {
+        Driver::Latest => {
+            let _ = write!(
+                sql.text,
+                "SELECT {RECORD_COLUMNS_R} FROM latest r WHERE r.ns = {ns_p}"
+            );
+            "r.key"
+        }
+        Driver::Tag(i) => {
+            let tag = query.tags.iter().nth(i).cloned().unwrap_or_default();
+            let t = sql.param(Param::Text(tag));
+            let _ = write!(
+                sql.text,
+                "SELECT {RECORD_COLUMNS_R} FROM tags d CROSS JOIN latest r ON r.ns = d.ns AND r.key = d.key \
+                 WHERE d.ns = {ns_p} AND d.tag = {t}"
+            );
+            "d.key"
+        }
+        Driver::Attr(i) => {
+            let cond = driver_attr_condition(&mut sql, &query.attributes[i]);
+            let _ = write!(
+                sql.text,
+                "SELECT {RECORD_COLUMNS_R} FROM attrs d CROSS JOIN latest r ON r.ns = d.ns AND r.key = d.key \
+                 WHERE d.ns = {ns_p} AND {cond}"
+            );
+            "d.key"
+        }
+    };
     if !query.include_deleted {
         sql.text.push_str(" AND r.deleted_at IS NULL");
     }
     if let Some(p) = &query.prefix {
-        push_prefix(&mut sql, "r.key", p);
+        push_prefix(&mut sql, kcol, p);
     }
     if let Some(ct) = &query.content_type {
         let p = sql.param(Param::Text(ct.clone()));
         let _ = write!(sql.text, " AND r.content_type = {p}");
     }
-    for (column, range) in [("r.created_at", &query.created), ("r.updated_at", &query.updated)] {
+    for (column, range) in [
+        ("r.created_at", &query.created),
+        ("r.updated_at", &query.updated),
+    ] {
         if let Some(since) = range.since {
             let p = sql.param(Param::Int(since.as_micros()));
             let _ = write!(sql.text, " AND {column} >= {p}");
@@ -128,14 +271,20 @@ pub(crate) fn search_statement(ns: &str, query: &Query) -> Result<(Statement, bo
             let _ = write!(sql.text, " AND {column} < {p}");
         }
     }
-    for tag in &query.tags {
+    for (i, tag) in query.tags.iter().enumerate() {
+        if driver == Driver::Tag(i) {
+            continue;
+        }
         let p = sql.param(Param::Text(tag.clone()));
         let _ = write!(
             sql.text,
-            " AND r.key IN (SELECT t.key FROM tags t WHERE t.ns = {ns_p} AND t.tag = {p})"
+            " AND EXISTS (SELECT 1 FROM tags t WHERE t.ns = {ns_p} AND t.tag = {p} AND t.key = r.key)"
         );
     }
-    for filter in &query.attributes {
+    for (i, filter) in query.attributes.iter().enumerate() {
+        if driver == Driver::Attr(i) {
+            continue;
+        }
         let name = sql.param(Param::Text(filter.name().to_string()));
         let cond = match filter {
             AttrFilter::Eq { value, .. } => {
@@ -160,7 +309,7 @@ pub(crate) fn search_statement(ns: &str, query: &Query) -> Result<(Statement, bo
         };
         let _ = write!(
             sql.text,
-            " AND r.key IN (SELECT a.key FROM attrs a WHERE a.ns = {ns_p} AND a.name = {name} AND {cond})"
+            " AND EXISTS (SELECT 1 FROM attrs a WHERE a.ns = {ns_p} AND a.key = r.key AND a.name = {name} AND {cond})"
         );
     }
     let time_column = match query.order {
@@ -178,24 +327,26 @@ pub(crate) fn search_statement(ns: &str, query: &Query) -> Result<(Statement, bo
         match (time_column, pos.time) {
             (Some(col), Some(t)) => {
                 let t = sql.param(Param::Int(t.as_micros()));
-                let _ = write!(sql.text, " AND ({col}, r.key) {cmp} ({t}, {k})");
+                let _ = write!(sql.text, " AND ({col}, {kcol}) {cmp} ({t}, {k})");
             }
             _ => {
-                let _ = write!(sql.text, " AND r.key {cmp} {k}");
+                let _ = write!(sql.text, " AND {kcol} {cmp} {k}");
             }
         }
     }
     match time_column {
         Some(col) => {
-            let _ = write!(sql.text, " ORDER BY {col} {dir}, r.key {dir}");
+            let _ = write!(sql.text, " ORDER BY {col} {dir}, {kcol} {dir}");
         }
         None => {
-            let _ = write!(sql.text, " ORDER BY r.key {dir}");
+            let _ = write!(sql.text, " ORDER BY {kcol} {dir}");
         }
     }
     if exact {
         if let Some(limit) = query.limit {
-            let l = sql.param(Param::Int(limit.saturating_add(1).min(i64::MAX as usize) as i64));
+            let l = sql.param(Param::Int(
+                limit.saturating_add(1).min(i64::MAX as usize) as i64
+            ));
             let _ = write!(sql.text, " LIMIT {l}");
         }
     }

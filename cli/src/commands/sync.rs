@@ -1,0 +1,94 @@
+//! `stowage sync --to-config FILE`: exchanges changes, in both directions, between this store
+//! and another one of a merging provider (`automerge`), so that afterwards every record reads
+//! the same from both.
+
+use std::path::PathBuf;
+
+use stowage_core::{Error, Result, StowageConfig};
+
+use crate::context::{read_config, Context};
+
+/// The one provider whose stores can be synced.
+const MERGING_PROVIDER: &str = "automerge";
+
+/// Arguments of `stowage sync`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Config file of the other store (must also use the `automerge` provider).
+    #[arg(long, value_name = "FILE")]
+    pub to_config: PathBuf,
+}
+
+/// Runs the sync; a store of another provider is exit 5 (unsupported) before anything is read.
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let source = ctx.load_config()?;
+    let target = read_config(&args.to_config, "--to-config")?;
+    for config in [&source, &target] {
+        ensure_merging(config)?;
+    }
+    exchange(ctx, &source, &target).await
+}
+
+/// Refuses a store whose provider does not merge: only its changes could be exchanged.
+fn ensure_merging(config: &StowageConfig) -> Result<()> {
+    if config.storage.provider == MERGING_PROVIDER {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        operation: format!(
+            "sync of the store in {} (only {MERGING_PROVIDER} stores exchange changes; to move records between other providers use stowage copy)",
+            config.source
+        ),
+        provider: config.storage.provider.clone(),
+    })
+}
+
+#[cfg(feature = "automerge")]
+async fn exchange(ctx: &Context, source: &StowageConfig, target: &StowageConfig) -> Result<()> {
+    use stowage_providers::automerge::{sync_stores, AutomergeBackend};
+
+    let a = AutomergeBackend::from_config(&source.storage.config)?;
+    let b = AutomergeBackend::from_config(&target.storage.config)?;
+    let report = sync_stores(&a, &b).await?;
+    if ctx.out.is_json() {
+        return ctx.out.json_line(
+            &serde_json::to_value(&report)
+                .map_err(|e| Error::io("encoding the sync report", e.into()))?,
+        );
+    }
+    ctx.out.note(&format!(
+        "sync {} <-> {}: {} documents, {} changed; {} changes sent, {} received; {} in {} messages",
+        a.root().display(),
+        b.root().display(),
+        report.documents,
+        report.documents_changed,
+        report.changes_a_to_b,
+        report.changes_b_to_a,
+        crate::output::human_size(report.bytes_sent()),
+        report.messages
+    ))
+}
+
+#[cfg(not(feature = "automerge"))]
+async fn exchange(_ctx: &Context, _source: &StowageConfig, _target: &StowageConfig) -> Result<()> {
+    Err(Error::Unsupported {
+        operation: "sync (this build of stowage has no automerge provider; build it with the automerge feature)".into(),
+        provider: MERGING_PROVIDER.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_merging_stores_are_accepted() {
+        let mut config = StowageConfig::embedded_default();
+        let e = ensure_merging(&config).unwrap_err();
+        assert_eq!(e.kind(), stowage_core::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("`sqlite`"), "{e}");
+        assert!(e.to_string().contains("stowage copy"), "{e}");
+        config.storage.provider = "automerge".into();
+        assert!(ensure_merging(&config).is_ok());
+    }
+}
