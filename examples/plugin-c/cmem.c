@@ -14,6 +14,7 @@
 #include "stowage_plugin.h"
 #include "blake3.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -483,17 +484,34 @@ static int bytes_cmp(const buf *a, const buf *b) {
     return c ? c : (a->len > b->len) - (a->len < b->len);
 }
 
+/* Whether bytes are well-formed UTF-8 (keys are text, so a cursor must decode to text). */
+static int valid_utf8(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (len == 0 || i + len > n) return 0;
+        uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3Fu);
+        }
+        static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
 /* Decodes a list cursor ("k:" + hex of the key) into out; 0 if malformed. */
 static int decode_cursor(const buf *cursor, buf *out) {
     if (cursor->len < 2 || memcmp(cursor->data, "k:", 2) != 0 || cursor->len % 2 != 0) return 0;
     for (size_t i = 2; i < cursor->len; i += 2) {
         char hex[3] = {(char)cursor->data[i], (char)cursor->data[i + 1], 0};
-        char *end;
-        uint8_t byte = (uint8_t)strtoul(hex, &end, 16);
-        if (*end) return 0;
+        if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1])) return 0;
+        uint8_t byte = (uint8_t)strtoul(hex, NULL, 16);
         buf_put(out, &byte, 1);
     }
-    return 1;
+    return valid_utf8(out->data, out->len);
 }
 
 static StowageStatus list(void *instance, StowageBytes ns, StowageBytes options, StowageOwned *out) {

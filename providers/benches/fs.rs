@@ -6,7 +6,10 @@
 //! - `fs_group_commit`: 64 durable puts by 1 writer vs by 16 concurrent writers;
 //! - `fs_100k`: opening a store of 100 000 records, searching it by tag, listing a page;
 //! - peak RSS of a 1 GiB put + get, measured in a child process (`VmHWM`), printed first
-//!   (set `STOWAGE_FS_BENCH_SKIP_RSS=1` to skip it).
+//!   (set `STOWAGE_FS_BENCH_SKIP_RSS=1` to skip it);
+//! - the 4 KiB put and get comparisons again, run round-robin (one operation of each in turn)
+//!   so disk noise from other processes hits all alike; medians and ratios are printed before
+//!   the criterion groups (`STOWAGE_FS_BENCH_SKIP_INTERLEAVED=1` skips them).
 //!
 //! Run: `cargo bench -p stowage-providers --no-default-features --features fs --bench fs`
 
@@ -37,7 +40,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn fs_store(root: &Path, fsync: &str) -> FsBackend {
-    FsBackend::new(FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": fsync })).unwrap())
+    FsBackend::new(
+        FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": fsync })).unwrap(),
+    )
 }
 
 /// A 4 KiB payload unique to `n`, so nothing is deduplicated away.
@@ -81,25 +86,38 @@ fn put_4k(c: &mut Criterion) {
 
     let raw_dir = dir.path().join("raw");
     std::fs::create_dir_all(&raw_dir).unwrap();
-    g.bench_function("raw tmp+fsync+rename", |b| b.iter(|| raw_put(&raw_dir, next(), &payload(0), true, false)));
+    g.bench_function("raw tmp+fsync+rename", |b| {
+        b.iter(|| raw_put(&raw_dir, next(), &payload(0), true, false))
+    });
     g.bench_function("raw tmp+fsync+rename+dir fsync", |b| {
         b.iter(|| raw_put(&raw_dir, next(), &payload(0), true, true))
     });
-    g.bench_function("raw tmp+rename (no fsync)", |b| b.iter(|| raw_put(&raw_dir, next(), &payload(0), false, false)));
+    g.bench_function("raw tmp+rename (no fsync)", |b| {
+        b.iter(|| raw_put(&raw_dir, next(), &payload(0), false, false))
+    });
 
     for fsync in ["always", "never"] {
         let store = fs_store(&dir.path().join(format!("stowage-{fsync}")), fsync);
         rt.block_on(store.initialize()).unwrap();
-        g.bench_function(BenchmarkId::new("stowage fs", format!("fsync={fsync}")), |b| {
-            b.to_async(&rt).iter(|| async {
-                let n = next();
-                let key = Key::new(format!("k/{n}")).unwrap();
-                store
-                    .put(&ns, &key, Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
-                    .await
-                    .unwrap()
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new("stowage fs", format!("fsync={fsync}")),
+            |b| {
+                b.to_async(&rt).iter(|| async {
+                    let n = next();
+                    let key = Key::new(format!("k/{n}")).unwrap();
+                    store
+                        .put(
+                            &ns,
+                            &key,
+                            Body::from(payload(n)),
+                            Metadata::new(),
+                            PutMode::Overwrite,
+                        )
+                        .await
+                        .unwrap()
+                })
+            },
+        );
     }
 
     let op = opendal_fs(&dir.path().join("opendal"));
@@ -109,14 +127,21 @@ fn put_4k(c: &mut Criterion) {
             op.write(&format!("k/{n}"), payload(n)).await.unwrap()
         })
     });
-    let os = object_store_fs(&std::fs::create_dir_all(dir.path().join("object_store")).map(|_| dir.path().join("object_store")).unwrap());
+    let os = object_store_fs(
+        &std::fs::create_dir_all(dir.path().join("object_store"))
+            .map(|_| dir.path().join("object_store"))
+            .unwrap(),
+    );
     g.bench_function("object_store LocalFileSystem", |b| {
         b.to_async(&rt).iter(|| async {
             use object_store::ObjectStore;
             let n = next();
-            os.put(&object_store::path::Path::from(format!("k/{n}")), payload(n).into())
-                .await
-                .unwrap()
+            os.put(
+                &object_store::path::Path::from(format!("k/{n}")),
+                payload(n).into(),
+            )
+            .await
+            .unwrap()
         })
     });
     g.finish();
@@ -133,31 +158,49 @@ fn get_4k(c: &mut Criterion) {
     let op = opendal_fs(&dir.path().join("opendal"));
     std::fs::create_dir_all(dir.path().join("object_store")).unwrap();
     let os = object_store_fs(&dir.path().join("object_store"));
-    let keys: Vec<Key> = (0..OBJECTS).map(|n| Key::new(format!("k/{n}")).unwrap()).collect();
+    let keys: Vec<Key> = (0..OBJECTS)
+        .map(|n| Key::new(format!("k/{n}")).unwrap())
+        .collect();
     rt.block_on(async {
         use object_store::ObjectStore;
         for n in 0..OBJECTS {
             store
-                .put(&ns, &keys[n as usize], Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &keys[n as usize],
+                    Body::from(payload(n)),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
             raw_put(&raw_dir, n, &payload(n), false, false);
             op.write(&format!("k/{n}"), payload(n)).await.unwrap();
-            os.put(&object_store::path::Path::from(format!("k/{n}")), payload(n).into())
-                .await
-                .unwrap();
+            os.put(
+                &object_store::path::Path::from(format!("k/{n}")),
+                payload(n).into(),
+            )
+            .await
+            .unwrap();
         }
     });
-    let raw_paths: Vec<PathBuf> = (0..OBJECTS).map(|n| raw_dir.join(format!("f-{n}"))).collect();
+    let raw_paths: Vec<PathBuf> = (0..OBJECTS)
+        .map(|n| raw_dir.join(format!("f-{n}")))
+        .collect();
     let counter = AtomicU64::new(0);
     let next = || (counter.fetch_add(1, Ordering::Relaxed) % OBJECTS) as usize;
 
     let mut g = c.benchmark_group("fs_get_4KiB");
     g.throughput(Throughput::Bytes(SIZE as u64));
-    g.bench_function("raw std::fs::read", |b| b.iter(|| std::fs::read(&raw_paths[next()]).unwrap()));
+    g.bench_function("raw std::fs::read", |b| {
+        b.iter(|| std::fs::read(&raw_paths[next()]).unwrap())
+    });
     g.bench_function("stowage fs", |b| {
         b.to_async(&rt).iter(|| async {
-            let (_, body) = store.get(&ns, &keys[next()], GetOptions::default()).await.unwrap();
+            let (_, body) = store
+                .get(&ns, &keys[next()], GetOptions::default())
+                .await
+                .unwrap();
             body.into_bytes().await.unwrap()
         })
     });
@@ -191,7 +234,13 @@ async fn put_batch(store: &Arc<FsBackend>, writers: u64, base: u64) {
                     let n = base + w * 1000 + i;
                     let key = Key::new(format!("w{w}/{n}")).unwrap();
                     store
-                        .put(&ns, &key, Body::from(payload(n)), Metadata::new(), PutMode::Overwrite)
+                        .put(
+                            &ns,
+                            &key,
+                            Body::from(payload(n)),
+                            Metadata::new(),
+                            PutMode::Overwrite,
+                        )
                         .await
                         .unwrap();
                 }
@@ -212,13 +261,16 @@ fn group_commit(c: &mut Criterion) {
     let mut g = c.benchmark_group("fs_group_commit");
     g.throughput(Throughput::Elements(64));
     for writers in [1u64, 16] {
-        g.bench_function(BenchmarkId::new("64 durable puts", format!("{writers} writers")), |b| {
-            b.to_async(&rt).iter(|| {
-                let base = counter.fetch_add(1, Ordering::Relaxed) * 1_000_000;
-                let store = store.clone();
-                async move { put_batch(&store, writers, base).await }
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new("64 durable puts", format!("{writers} writers")),
+            |b| {
+                b.to_async(&rt).iter(|| {
+                    let base = counter.fetch_add(1, Ordering::Relaxed) * 1_000_000;
+                    let store = store.clone();
+                    async move { put_batch(&store, writers, base).await }
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -244,7 +296,13 @@ fn store_100k(c: &mut Criterion) {
                             .with_attribute("n", i);
                         let key = Key::new(format!("records/{:02}/{i:06}", i % 97)).unwrap();
                         store
-                            .put(&ns, &key, Body::from(payload(i % 1000)), meta, PutMode::Overwrite)
+                            .put(
+                                &ns,
+                                &key,
+                                Body::from(payload(i % 1000)),
+                                meta,
+                                PutMode::Overwrite,
+                            )
                             .await
                             .unwrap();
                     }
@@ -262,9 +320,17 @@ fn store_100k(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("fs_100k");
     g.bench_function("open (replay index log)", |b| {
-        b.to_async(&rt).iter(|| async { FsBackend::open(FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap()).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            FsBackend::open(FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap())
+                .await
+                .unwrap()
+        })
     });
-    let store = rt.block_on(FsBackend::open(FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap())).unwrap();
+    let store = rt
+        .block_on(FsBackend::open(
+            FsConfig::from_json(&serde_json::json!({ "root": root })).unwrap(),
+        ))
+        .unwrap();
     let ns = Namespace::default();
     g.bench_function("search tag (1 000 of 100 000 match)", |b| {
         b.to_async(&rt).iter(|| async {
@@ -274,7 +340,10 @@ fn store_100k(c: &mut Criterion) {
     });
     g.bench_function("search tag + limit 50", |b| {
         b.to_async(&rt).iter(|| async {
-            let page = store.search(&ns, &Query::new().tag("t7").limit(50)).await.unwrap();
+            let page = store
+                .search(&ns, &Query::new().tag("t7").limit(50))
+                .await
+                .unwrap();
             assert_eq!(page.items.len(), 50);
         })
     });
@@ -327,7 +396,13 @@ fn rss_child(root: &str) {
         let key = Key::new("big").unwrap();
         let t = Instant::now();
         let info = store
-            .put(&ns, &key, Body::from_stream(stream, Some(GIB)), Metadata::new(), PutMode::Overwrite)
+            .put(
+                &ns,
+                &key,
+                Body::from_stream(stream, Some(GIB)),
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         let put_time = t.elapsed();
@@ -355,14 +430,26 @@ fn rss_parent() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rss child failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find(|l| l.starts_with("RSS ")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "rss child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RSS "))
+        .unwrap_or_default();
     let field = |name: &str| -> u64 {
         line.split(' ')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
             .unwrap_or(0)
     };
-    let (before, peak, put_ms, get_ms) = (field("before"), field("peak"), field("put_ms"), field("get_ms"));
+    let (before, peak, put_ms, get_ms) = (
+        field("before"),
+        field("peak"),
+        field("put_ms"),
+        field("get_ms"),
+    );
     println!(
         "fs 1 GiB put + get: peak RSS {:.1} MiB (before the transfer {:.1} MiB); put {:.2} s ({:.0} MiB/s), get {:.2} s ({:.0} MiB/s)",
         peak as f64 / 1024.0,
@@ -375,6 +462,166 @@ fn rss_parent() {
 }
 
 use futures::StreamExt;
+
+type Op<'a> = Box<dyn FnMut(u64) + 'a>;
+
+/// Runs every implementation once per round, round-robin, so a noisy neighbour (the disk is
+/// shared) slows them alike; prints each one's median and its ratio to the first (the
+/// baseline) and to `ratio_to`.
+fn interleaved(title: &str, rounds: u64, mut ops: Vec<(&str, Op<'_>)>, ratio_to: &[usize]) {
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds as usize); ops.len()];
+    for round in 0..rounds {
+        for (i, (_, op)) in ops.iter_mut().enumerate() {
+            let t = Instant::now();
+            op(round * 16 + i as u64);
+            times[i].push(t.elapsed());
+        }
+    }
+    let medians: Vec<Duration> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort();
+            t[t.len() / 2]
+        })
+        .collect();
+    println!("{title} ({rounds} interleaved rounds, median per operation):");
+    for (i, (name, _)) in ops.iter().enumerate() {
+        let ratios: Vec<String> = ratio_to
+            .iter()
+            .map(|&b| {
+                format!(
+                    "{:.2}x {}",
+                    medians[i].as_secs_f64() / medians[b].as_secs_f64(),
+                    ops[b].0
+                )
+            })
+            .collect();
+        println!("  {name:<38} {:>10.1?}   {}", medians[i], ratios.join(", "));
+    }
+}
+
+fn put_get_interleaved() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::default();
+    let raw_dir = dir.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    let always = fs_store(&dir.path().join("stowage-always"), "always");
+    let never = fs_store(&dir.path().join("stowage-never"), "never");
+    rt.block_on(async {
+        always.initialize().await.unwrap();
+        never.initialize().await.unwrap();
+    });
+    let op = opendal_fs(&dir.path().join("opendal"));
+    std::fs::create_dir_all(dir.path().join("object_store")).unwrap();
+    let os = object_store_fs(&dir.path().join("object_store"));
+    let put = |store: &FsBackend, n: u64| {
+        rt.block_on(store.put(
+            &ns,
+            &Key::new(format!("k/{n}")).unwrap(),
+            Body::from(payload(n)),
+            Metadata::new(),
+            PutMode::Overwrite,
+        ))
+        .unwrap();
+    };
+    let os_put = |n: u64| {
+        use object_store::ObjectStore;
+        rt.block_on(os.put(
+            &object_store::path::Path::from(format!("k/{n}")),
+            payload(n).into(),
+        ))
+        .unwrap();
+    };
+    interleaved(
+        "fs_put_4KiB durable",
+        150,
+        vec![
+            (
+                "raw tmp+fsync+rename",
+                Box::new(|n| raw_put(&raw_dir, n, &payload(n), true, false)),
+            ),
+            (
+                "raw tmp+fsync+rename+dir fsync",
+                Box::new(|n| raw_put(&raw_dir, n, &payload(n), true, true)),
+            ),
+            ("stowage fs fsync=always", Box::new(|n| put(&always, n))),
+            (
+                "opendal fs (file fsync, no dir fsync)",
+                Box::new(|n| {
+                    rt.block_on(op.write(&format!("k/{n}"), payload(n)))
+                        .unwrap();
+                }),
+            ),
+        ],
+        &[0, 1, 3],
+    );
+    interleaved(
+        "fs_put_4KiB without fsync",
+        1500,
+        vec![
+            (
+                "raw tmp+rename (no fsync)",
+                Box::new(|n| raw_put(&raw_dir, n + (1 << 40), &payload(n), false, false)),
+            ),
+            (
+                "stowage fs fsync=never",
+                Box::new(|n| put(&never, n + (1 << 40))),
+            ),
+            (
+                "object_store LocalFileSystem",
+                Box::new(|n| os_put(n + (1 << 40))),
+            ),
+        ],
+        &[0, 2],
+    );
+    const OBJECTS: u64 = 256;
+    let key = |n: u64| Key::new(format!("k/{}", n % OBJECTS)).unwrap();
+    let get_ops: Vec<(&str, Op<'_>)> = vec![
+        (
+            "raw std::fs::read",
+            Box::new(|n| {
+                std::fs::read(raw_dir.join(format!("f-{}", n % OBJECTS))).unwrap();
+            }),
+        ),
+        (
+            "stowage fs",
+            Box::new(|n| {
+                rt.block_on(async {
+                    let (_, body) = always
+                        .get(&ns, &key(n), GetOptions::default())
+                        .await
+                        .unwrap();
+                    body.into_bytes().await.unwrap()
+                });
+            }),
+        ),
+        (
+            "opendal fs",
+            Box::new(|n| {
+                rt.block_on(op.read(&format!("k/{}", n % OBJECTS))).unwrap();
+            }),
+        ),
+        (
+            "object_store LocalFileSystem",
+            Box::new(|n| {
+                use object_store::ObjectStore;
+                rt.block_on(async {
+                    os.get(&object_store::path::Path::from(format!(
+                        "k/{}",
+                        n % OBJECTS
+                    )))
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                });
+            }),
+        ),
+    ];
+    interleaved("fs_get_4KiB", 3000, get_ops, &[0, 2, 3]);
+}
 
 criterion_group! {
     name = benches;
@@ -393,6 +640,9 @@ fn main() {
     let listing = std::env::args().any(|a| a == "--list");
     if std::env::var_os("STOWAGE_FS_BENCH_SKIP_RSS").is_none() && !listing {
         rss_parent();
+    }
+    if std::env::var_os("STOWAGE_FS_BENCH_SKIP_INTERLEAVED").is_none() && !listing {
+        put_get_interleaved();
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -66,8 +66,15 @@ impl AtomicFile {
             // pid + counter is unique within a host; the clock part keeps names unique when a
             // pid is reused after a crash left a stray file with the same counter.
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp_path = dir.join(format!("{TMP_PREFIX}{}-{n}-{nanos:08x}", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&tmp_path) {
+            let tmp_path = dir.join(format!(
+                "{TMP_PREFIX}{}-{n}-{nanos:08x}",
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)
+            {
                 Ok(file) => {
                     return Ok(AtomicFile {
                         file: Some(file),

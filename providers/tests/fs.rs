@@ -43,13 +43,21 @@ fn key(k: &str) -> Key {
 
 async fn put(store: &FsBackend, k: &str, body: &'static str) -> stowage_core::RecordInfo {
     store
-        .put(&Namespace::default(), &key(k), Body::from(body), Metadata::new().with_tag("t"), PutMode::Overwrite)
+        .put(
+            &Namespace::default(),
+            &key(k),
+            Body::from(body),
+            Metadata::new().with_tag("t"),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap()
 }
 
 async fn read(store: &FsBackend, k: &str) -> stowage_core::Result<Vec<u8>> {
-    let (_, body) = store.get(&Namespace::default(), &key(k), GetOptions::default()).await?;
+    let (_, body) = store
+        .get(&Namespace::default(), &key(k), GetOptions::default())
+        .await?;
     Ok(body.into_bytes().await?.to_vec())
 }
 
@@ -65,17 +73,33 @@ async fn reopened_store_serves_every_version_and_tag() {
         put(&store, "a", "one").await;
         put(&store, "a", "two").await;
         put(&store, "b", "bee").await;
-        store.delete(&Namespace::default(), &key("b"), Default::default()).await.unwrap();
+        store
+            .delete(&Namespace::default(), &key("b"), Default::default())
+            .await
+            .unwrap();
     }
     let store = open(dir.path()).await;
     assert_eq!(read(&store, "a").await.unwrap(), b"two");
     let (_, v1) = store
-        .get(&Namespace::default(), &key("a"), GetOptions { version: Some(1), range: None })
+        .get(
+            &Namespace::default(),
+            &key("a"),
+            GetOptions {
+                version: Some(1),
+                range: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(&v1.into_bytes().await.unwrap()[..], b"one");
-    assert_eq!(read(&store, "b").await.unwrap_err().kind(), ErrorKind::NotFound);
-    let found = store.search(&Namespace::default(), &Query::new().tag("t")).await.unwrap();
+    assert_eq!(
+        read(&store, "b").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let found = store
+        .search(&Namespace::default(), &Query::new().tag("t"))
+        .await
+        .unwrap();
     assert_eq!(found.items.len(), 1);
     assert_eq!(found.items[0].key.as_str(), "a");
     assert!(store.recovery_notes().await.unwrap().is_empty());
@@ -91,7 +115,10 @@ async fn truncated_log_tail_is_cut_and_reported() {
         put(&store, "lost", "third").await;
     }
     let len = std::fs::metadata(log_path(dir.path())).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(log_path(dir.path())).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log_path(dir.path()))
+        .unwrap();
     f.set_len(len - 5).unwrap();
     drop(f);
 
@@ -101,7 +128,10 @@ async fn truncated_log_tail_is_cut_and_reported() {
     assert!(notes[0].contains("torn tail"), "{}", notes[0]);
     assert_eq!(read(&store, "keep/1").await.unwrap(), b"first");
     assert_eq!(read(&store, "keep/2").await.unwrap(), b"second");
-    assert_eq!(read(&store, "lost").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        read(&store, "lost").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(store.verify(&NoProgress).await.unwrap().is_clean());
     // The cut was made for good: new writes append after it and a re-open finds no damage.
     put(&store, "lost", "again").await;
@@ -126,13 +156,23 @@ async fn flipped_byte_in_log_tail_is_saved_aside_and_verify_reports_it() {
 
     let store = open(dir.path()).await;
     let notes = store.recovery_notes().await.unwrap();
-    assert!(notes.len() == 1 && notes[0].contains("corrupt record"), "{notes:?}");
+    assert!(
+        notes.len() == 1 && notes[0].contains("corrupt record"),
+        "{notes:?}"
+    );
     assert_eq!(read(&store, "keep").await.unwrap(), b"first");
-    assert_eq!(read(&store, "damaged").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        read(&store, "damaged").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let report = store.verify(&NoProgress).await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert_eq!(report.problems[0].problem, "log-corrupt");
-    assert!(report.problems[0].detail.contains("index.log.damaged-"), "{}", report.problems[0].detail);
+    assert!(
+        report.problems[0].detail.contains("index.log.damaged-"),
+        "{}",
+        report.problems[0].detail
+    );
 }
 
 #[tokio::test]
@@ -151,7 +191,10 @@ async fn deleted_and_altered_blobs_are_reported_by_key_and_version() {
 
     let err = read(&store, "gone").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    assert!(err.to_string().contains("default/gone version 1") && err.to_string().contains("missing"), "{err}");
+    assert!(
+        err.to_string().contains("default/gone version 1") && err.to_string().contains("missing"),
+        "{err}"
+    );
     let err = read(&store, "bent").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert_eq!(read(&store, "fine").await.unwrap(), b"payload that stays");
@@ -160,7 +203,13 @@ async fn deleted_and_altered_blobs_are_reported_by_key_and_version() {
     problems.sort_by(|a, b| a.key.cmp(&b.key));
     let summary: Vec<_> = problems
         .iter()
-        .map(|p| (p.key.as_deref().unwrap(), p.version.unwrap(), p.problem.as_str()))
+        .map(|p| {
+            (
+                p.key.as_deref().unwrap(),
+                p.version.unwrap(),
+                p.problem.as_str(),
+            )
+        })
         .collect();
     assert_eq!(summary, [("bent", 1, "corrupt"), ("gone", 1, "missing")]);
 }
@@ -188,16 +237,45 @@ async fn hostile_keys_never_reach_outside_the_root() {
     let store = Stowage::from_backend(std::sync::Arc::new(open(&root).await));
     let ns = store.namespace("default").unwrap();
 
-    for hostile in ["..", "../outside/secret", "a/../../outside/x", "/etc/passwd", "/tmp/x", "a\\..\\b", "a/./b", "x\0y"] {
+    for hostile in [
+        "..",
+        "../outside/secret",
+        "a/../../outside/x",
+        "/etc/passwd",
+        "/tmp/x",
+        "a\\..\\b",
+        "a/./b",
+        "x\0y",
+    ] {
         let err = ns.put(hostile, "x", Metadata::new()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidKey, "{hostile:?}: {err}");
-        assert_eq!(ns.get(hostile).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+        assert_eq!(
+            ns.get(hostile).await.unwrap_err().kind(),
+            ErrorKind::InvalidKey
+        );
     }
     let long = "k".repeat(1024);
-    ns.put(long.as_str(), "long", Metadata::new()).await.unwrap();
-    assert_eq!(&ns.get(long.as_str()).await.unwrap().1.into_bytes().await.unwrap()[..], b"long");
+    ns.put(long.as_str(), "long", Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        &ns.get(long.as_str())
+            .await
+            .unwrap()
+            .1
+            .into_bytes()
+            .await
+            .unwrap()[..],
+        b"long"
+    );
     let too_long = "k".repeat(1025);
-    assert_eq!(ns.put(too_long.as_str(), "x", Metadata::new()).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+    assert_eq!(
+        ns.put(too_long.as_str(), "x", Metadata::new())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidKey
+    );
 
     // Symlinks planted inside the root under names a key could map to: keys are indexed,
     // never turned into paths, so writing and reading those keys never follows them.
@@ -206,11 +284,23 @@ async fn hostile_keys_never_reach_outside_the_root() {
         std::os::unix::fs::symlink(&outside, root.join("outside")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("default")).unwrap();
         std::os::unix::fs::symlink(outside.join("secret"), root.join("secret")).unwrap();
-        for k in ["outside/secret", "default/secret", "secret", "blobs/secret", "index.log"] {
+        for k in [
+            "outside/secret",
+            "default/secret",
+            "secret",
+            "blobs/secret",
+            "index.log",
+        ] {
             ns.put(k, "mine", Metadata::new()).await.unwrap();
-            assert_eq!(&ns.get(k).await.unwrap().1.into_bytes().await.unwrap()[..], b"mine");
+            assert_eq!(
+                &ns.get(k).await.unwrap().1.into_bytes().await.unwrap()[..],
+                b"mine"
+            );
         }
-        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"do not touch");
+        assert_eq!(
+            std::fs::read(outside.join("secret")).unwrap(),
+            b"do not touch"
+        );
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
 
         // A fan-out directory replaced by a link out of the root is refused, with its name.
@@ -218,14 +308,24 @@ async fn hostile_keys_never_reach_outside_the_root() {
         let fan = root.join("blobs").join("00");
         std::fs::remove_dir_all(&fan).unwrap();
         std::os::unix::fs::symlink(&outside, &fan).unwrap();
-        let err = FsBackend::open(config(&root)).await.err().expect("a symlinked fan-out dir must be refused");
-        assert!(err.to_string().contains("blobs/00") && err.to_string().contains("symlink"), "{err}");
+        let err = FsBackend::open(config(&root))
+            .await
+            .err()
+            .expect("a symlinked fan-out dir must be refused");
+        assert!(
+            err.to_string().contains("blobs/00") && err.to_string().contains("symlink"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
     }
     // No file anywhere in the root is named after a key.
     for path in tree(&root) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!name.contains("kkkk"), "{} is named after a key", path.display());
+        assert!(
+            !name.contains("kkkk"),
+            "{} is named after a key",
+            path.display()
+        );
     }
 }
 
@@ -235,16 +335,27 @@ async fn compaction_drops_purged_records_and_keeps_the_rest() {
     let store = open(dir.path()).await;
     let ns = Namespace::default();
     for i in 0..60 {
-        let meta = Metadata::new().with_tag(format!("t{}", i % 3)).with_attribute("i", i);
+        let meta = Metadata::new()
+            .with_tag(format!("t{}", i % 3))
+            .with_attribute("i", i);
         for _ in 0..2 {
             store
-                .put(&ns, &key(&format!("k/{i:03}")), Body::from(format!("value {i}")), meta.clone(), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &key(&format!("k/{i:03}")),
+                    Body::from(format!("value {i}")),
+                    meta.clone(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
         }
     }
     for i in 0..50 {
-        assert_eq!(store.purge(&ns, &key(&format!("k/{i:03}"))).await.unwrap(), 2);
+        assert_eq!(
+            store.purge(&ns, &key(&format!("k/{i:03}"))).await.unwrap(),
+            2
+        );
     }
     let report = store.compact().await.unwrap();
     assert!(report.bytes_after * 3 < report.bytes_before, "{report:?}");
@@ -259,9 +370,19 @@ async fn compaction_drops_purged_records_and_keeps_the_rest() {
         }
     }
     let versions = store.versions(&ns, &key("k/055")).await.unwrap();
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
     let tagged = store.search(&ns, &Query::new().tag("t1")).await.unwrap();
-    assert_eq!(tagged.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["k/052", "k/055", "k/058"]);
+    assert_eq!(
+        tagged
+            .items
+            .iter()
+            .map(|i| i.key.as_str())
+            .collect::<Vec<_>>(),
+        ["k/052", "k/055", "k/058"]
+    );
     // gc now frees the purged payloads.
     let gc = store.gc(&NoProgress).await.unwrap();
     assert_eq!((gc.blobs_removed, gc.blobs_kept), (50, 10));
@@ -295,7 +416,13 @@ fn two_process_child() {
             if round < ROUNDS {
                 let race = key(&format!("race/{round}"));
                 match store
-                    .put(&ns, &race, Body::from(format!("{id}")), Metadata::new(), PutMode::IfVersion(1))
+                    .put(
+                        &ns,
+                        &race,
+                        Body::from(id.to_string()),
+                        Metadata::new(),
+                        PutMode::IfVersion(1),
+                    )
                     .await
                 {
                     Ok(info) => {
@@ -308,10 +435,22 @@ fn two_process_child() {
             if round < INCREMENTS {
                 let counter = key("counter");
                 loop {
-                    let (info, body) = store.get(&ns, &counter, GetOptions::default()).await.unwrap();
-                    let n: u64 = String::from_utf8(body.into_bytes().await.unwrap().to_vec()).unwrap().parse().unwrap();
+                    let (info, body) = store
+                        .get(&ns, &counter, GetOptions::default())
+                        .await
+                        .unwrap();
+                    let n: u64 = String::from_utf8(body.into_bytes().await.unwrap().to_vec())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     match store
-                        .put(&ns, &counter, Body::from((n + 1).to_string()), Metadata::new(), PutMode::IfVersion(info.version))
+                        .put(
+                            &ns,
+                            &counter,
+                            Body::from((n + 1).to_string()),
+                            Metadata::new(),
+                            PutMode::IfVersion(info.version),
+                        )
                         .await
                     {
                         Ok(_) => break,
@@ -320,11 +459,23 @@ fn two_process_child() {
                 }
             }
             store
-                .put(&ns, &key(&format!("own/{id}/{round}")), Body::from(format!("{id}-{round}")), Metadata::new().with_tag(format!("p{id}")), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &key(&format!("own/{id}/{round}")),
+                    Body::from(format!("{id}-{round}")),
+                    Metadata::new().with_tag(format!("p{id}")),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
         }
-        println!("WINS {}", wins.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+        println!(
+            "WINS {}",
+            wins.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     });
 }
 
@@ -338,7 +489,13 @@ async fn two_processes_share_one_root_without_lost_updates() {
         put(&store, "counter", "0").await;
         for round in 0..ROUNDS {
             store
-                .put(&ns, &key(&format!("race/{round}")), Body::from("seed"), Metadata::new(), PutMode::Overwrite)
+                .put(
+                    &ns,
+                    &key(&format!("race/{round}")),
+                    Body::from("seed"),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
         }
@@ -347,7 +504,13 @@ async fn two_processes_share_one_root_without_lost_updates() {
     let children: Vec<_> = (0..2)
         .map(|id| {
             Command::new(&exe)
-                .args(["--exact", "two_process_child", "--nocapture", "--test-threads=1", "--quiet"])
+                .args([
+                    "--exact",
+                    "two_process_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                    "--quiet",
+                ])
                 .env(CHILD_ROOT, &root)
                 .env(CHILD_ID, id.to_string())
                 .stdout(Stdio::piped())
@@ -360,21 +523,53 @@ async fn two_processes_share_one_root_without_lost_updates() {
     for child in children {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let line = stdout.lines().find_map(|l| l.strip_prefix("WINS ")).expect("child printed its wins");
-        wins.extend(line.split(',').filter(|s| !s.is_empty()).map(|s| s.parse::<u64>().unwrap()));
+        assert!(
+            out.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("WINS "))
+            .expect("child printed its wins");
+        wins.extend(
+            line.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<u64>().unwrap()),
+        );
     }
     wins.sort_unstable();
-    assert_eq!(wins, (0..ROUNDS).collect::<Vec<_>>(), "each race has exactly one winner across both processes");
+    assert_eq!(
+        wins,
+        (0..ROUNDS).collect::<Vec<_>>(),
+        "each race has exactly one winner across both processes"
+    );
 
     let store = open(&root).await;
-    assert_eq!(read(&store, "counter").await.unwrap(), (2 * INCREMENTS).to_string().as_bytes(), "no increment was lost");
-    assert_eq!(store.versions(&ns, &key("counter")).await.unwrap().len() as u64, 2 * INCREMENTS + 1);
+    assert_eq!(
+        read(&store, "counter").await.unwrap(),
+        (2 * INCREMENTS).to_string().as_bytes(),
+        "no increment was lost"
+    );
+    assert_eq!(
+        store.versions(&ns, &key("counter")).await.unwrap().len() as u64,
+        2 * INCREMENTS + 1
+    );
     for round in 0..ROUNDS {
-        assert_eq!(store.versions(&ns, &key(&format!("race/{round}"))).await.unwrap().len(), 2);
+        assert_eq!(
+            store
+                .versions(&ns, &key(&format!("race/{round}")))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
     for id in 0..2 {
-        let own = store.search(&ns, &Query::new().tag(format!("p{id}"))).await.unwrap();
+        let own = store
+            .search(&ns, &Query::new().tag(format!("p{id}")))
+            .await
+            .unwrap();
         assert_eq!(own.items.len() as u64, ROUNDS.max(INCREMENTS));
     }
     assert!(store.verify(&NoProgress).await.unwrap().is_clean());
@@ -388,12 +583,24 @@ async fn a_second_backend_sees_writes_of_the_first_without_reopening() {
     put(&a, "x", "from a").await;
     assert_eq!(read(&b, "x").await.unwrap(), b"from a");
     let info = b
-        .put(&Namespace::default(), &key("x"), Body::from("from b"), Metadata::new(), PutMode::IfVersion(1))
+        .put(
+            &Namespace::default(),
+            &key("x"),
+            Body::from("from b"),
+            Metadata::new(),
+            PutMode::IfVersion(1),
+        )
         .await
         .unwrap();
     assert_eq!(info.version, 2);
     let err = a
-        .put(&Namespace::default(), &key("x"), Body::from("stale"), Metadata::new(), PutMode::IfVersion(1))
+        .put(
+            &Namespace::default(),
+            &key("x"),
+            Body::from("stale"),
+            Metadata::new(),
+            PutMode::IfVersion(1),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -410,9 +617,15 @@ async fn a_second_backend_sees_writes_of_the_first_without_reopening() {
 #[tokio::test]
 async fn config_is_checked_before_any_io() {
     let factory = stowage_providers::fs::factory();
-    let err = factory.validate(&serde_json::json!({ "root": "x", "fsync": "maybe" })).unwrap_err();
+    let err = factory
+        .validate(&serde_json::json!({ "root": "x", "fsync": "maybe" }))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     assert!(err.to_string().contains("fsync"), "{err}");
-    assert!(factory.validate(&serde_json::json!({})).unwrap_err().to_string().contains("root"));
+    assert!(factory
+        .validate(&serde_json::json!({}))
+        .unwrap_err()
+        .to_string()
+        .contains("root"));
     assert!(stowage_core::Registry::global().contains("fs"));
 }

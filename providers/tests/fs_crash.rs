@@ -51,7 +51,8 @@ fn payload(generation: u64, n: u64, size: usize) -> Vec<u8> {
 }
 
 fn open(root: &Path) -> FsBackend {
-    let config = FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": "always" })).unwrap();
+    let config =
+        FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": "always" })).unwrap();
     FsBackend::new(config)
 }
 
@@ -85,15 +86,24 @@ fn crash_child() {
                     let roll = rng.below(100);
                     // Mostly small payloads; some above the 64 KiB single-read limit so the
                     // streamed paths are crashed too.
-                    let size = if roll < 5 { 70_000 + rng.below(50_000) as usize } else { rng.below(4096) as usize };
+                    let size = if roll < 5 {
+                        70_000 + rng.below(50_000) as usize
+                    } else {
+                        rng.below(4096) as usize
+                    };
                     let key = Key::new(format!("g{generation}/w{writer}/{}", n % 7)).unwrap();
                     let body = payload(generation, id, size);
-                    let meta = Metadata::new().with_tag(format!("g{generation}")).with_attribute("n", n);
+                    let meta = Metadata::new()
+                        .with_tag(format!("g{generation}"))
+                        .with_attribute("n", n);
                     let info = store
                         .put(&ns, &key, Body::from(body), meta, PutMode::Overwrite)
                         .await
                         .unwrap();
-                    let line = format!("ACK {} {} {} {id} {size}\n", info.key, info.version, info.hash);
+                    let line = format!(
+                        "ACK {} {} {} {id} {size}\n",
+                        info.key, info.version, info.hash
+                    );
                     {
                         let mut out = stdout.lock().unwrap();
                         out.write_all(line.as_bytes()).unwrap();
@@ -102,9 +112,16 @@ fn crash_child() {
                     // Churn that the parent does not check: purged scratch keys make garbage,
                     // and compactions get killed too.
                     if roll >= 90 {
-                        let scratch = Key::new(format!("scratch/g{generation}/w{writer}/{n}")).unwrap();
+                        let scratch =
+                            Key::new(format!("scratch/g{generation}/w{writer}/{n}")).unwrap();
                         store
-                            .put(&ns, &scratch, Body::from(vec![7u8; 300]), Metadata::new(), PutMode::Overwrite)
+                            .put(
+                                &ns,
+                                &scratch,
+                                Body::from(vec![7u8; 300]),
+                                Metadata::new(),
+                                PutMode::Overwrite,
+                            )
                             .await
                             .unwrap();
                         store.purge(&ns, &scratch).await.unwrap();
@@ -155,9 +172,18 @@ fn sigkill_at_random_points_loses_no_acknowledged_write() {
     let mut kills_with_acks = 0;
     for generation in 0..KILLS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1", "--quiet"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ])
             .env(CHILD_ROOT, &root)
-            .env(CHILD_GEN, (seed.wrapping_add(generation) % 1_000_000).to_string())
+            .env(
+                CHILD_GEN,
+                (seed.wrapping_add(generation) % 1_000_000).to_string(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -219,7 +245,12 @@ async fn check_store(root: &Path, acked: &[Ack], generation: u64, seed: u64) {
                 },
             )
             .await
-            .unwrap_or_else(|e| panic!("{ctx}: acknowledged {} v{} unreadable: {e}", ack.key, ack.version));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{ctx}: acknowledged {} v{} unreadable: {e}",
+                    ack.key, ack.version
+                )
+            });
         assert_eq!(info.hash, ack.hash, "{ctx}: {} v{}", ack.key, ack.version);
         let bytes = body.into_bytes().await.unwrap();
         assert_eq!(bytes.len(), ack.size, "{ctx}: {} v{}", ack.key, ack.version);
@@ -234,12 +265,26 @@ async fn check_store(root: &Path, acked: &[Ack], generation: u64, seed: u64) {
     }
     // Nothing acknowledged went backwards: each key's latest version is at least the last ack.
     for (key, version) in latest {
-        let head = store.head(&ns, &Key::new(key).unwrap(), None).await.unwrap();
-        assert!(head.version >= version, "{ctx}: {key} at v{} after v{version} was acknowledged", head.version);
+        let head = store
+            .head(&ns, &Key::new(key).unwrap(), None)
+            .await
+            .unwrap();
+        assert!(
+            head.version >= version,
+            "{ctx}: {key} at v{} after v{version} was acknowledged",
+            head.version
+        );
     }
     let report = store.verify(&NoProgress).await.unwrap();
-    assert!(report.is_clean(), "{ctx}: verify found {:?}", report.problems);
+    assert!(
+        report.is_clean(),
+        "{ctx}: verify found {:?}",
+        report.problems
+    );
     // The index answers searches over what survived.
     let page = store.search(&ns, &Query::new().prefix("g")).await.unwrap();
-    assert!(page.items.iter().all(|i| !i.key.as_str().starts_with("scratch/")));
+    assert!(page
+        .items
+        .iter()
+        .all(|i| !i.key.as_str().starts_with("scratch/")));
 }

@@ -510,3 +510,31 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
     let again = handle.put("tape", "after restart", Metadata::new()).await.unwrap();
     assert_eq!(again.version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writers_changes_are_seen_through_the_cache() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("cache"));
+    // Two backends on one root stand for two processes: each has its own cache.
+    let (a, b) = (store(cfg.clone()).await, store(cfg).await);
+    let (ha, hb) = (a.namespace("c").unwrap(), b.namespace("c").unwrap());
+    ha.put("k", "one", Metadata::new()).await.unwrap();
+    assert_eq!(&ha.get_bytes("k").await.unwrap().1[..], b"one");
+    hb.put("k", "two", Metadata::new()).await.unwrap();
+    let (info, bytes) = ha.get_bytes("k").await.unwrap();
+    assert_eq!((info.version, &bytes[..]), (2, &b"two"[..]), "a stale cached version was served");
+    // Purge and rewrite: same object names, new contents; `a` must not serve its cache.
+    assert_eq!(hb.purge("k").await.unwrap(), 2);
+    hb.put("k", "fresh", Metadata::new()).await.unwrap();
+    hb.put("k", "fresher", Metadata::new()).await.unwrap();
+    let (info, bytes) = ha.get_bytes("k").await.unwrap();
+    assert_eq!((info.version, &bytes[..]), (2, &b"fresher"[..]));
+    // A conditional put from `a` against what it last saw wins exactly when nothing changed.
+    let won = ha.put_with("k", "from a", Metadata::new(), PutMode::IfVersion(2)).await.unwrap();
+    assert_eq!(won.version, 3);
+    hb.delete("k", stowage_core::DeleteOptions::default()).await.unwrap();
+    let err = ha.get_bytes("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = ha.put_with("k", "late", Metadata::new(), PutMode::IfVersion(3)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+}

@@ -33,7 +33,10 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
 /// then registers it beside the built-ins, so a provider name that would clash is refused here
 /// as it would be in a config. A refused library is invalid input: exit 2.
 fn check(ctx: &Context, args: CheckArgs) -> Result<()> {
-    let library = PluginLibrary::load(&args.file).map_err(refused)?;
+    // A bare file name would make the dynamic loader search the system's library path rather
+    // than the working directory.
+    let file = std::path::absolute(&args.file).unwrap_or(args.file);
+    let library = PluginLibrary::load(&file).map_err(refused)?;
     library.register(&Registry::global()).map_err(refused)?;
     let description = library.describe();
     if ctx.out.is_json() {

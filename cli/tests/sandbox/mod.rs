@@ -103,6 +103,16 @@ impl Sandbox {
         cmd
     }
 
+    /// Starts `stowage args…` without waiting: stdin and stdout are null, stderr is piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning stowage")
+    }
+
     /// Runs `stowage args…` with stdin closed-empty.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_with_stdin(args, b"")

@@ -206,8 +206,30 @@ struct Instance {
 struct Writer {
     provider: String,
     poisoned: Arc<AtomicBool>,
-    chunks: Option<mpsc::Sender<Result<Bytes>>>,
-    task: Option<JoinHandle<Result<RecordInfo>>>,
+    state: WriterState,
+}
+
+enum WriterState {
+    /// Not started yet: the put begins at the second chunk or at finish, so a payload that
+    /// arrives in one chunk is written by one direct call, without a task or a channel.
+    Pending {
+        backend: Arc<dyn StorageBackend>,
+        request: Box<PutRequest>,
+        first: Option<Bytes>,
+    },
+    /// The backend's put runs as a task reading the chunks from a channel.
+    Streaming {
+        chunks: Option<mpsc::Sender<Result<Bytes>>>,
+        task: JoinHandle<Result<RecordInfo>>,
+    },
+    Done,
+}
+
+struct PutRequest {
+    ns: Namespace,
+    key: Key,
+    metadata: Metadata,
+    options: WirePut,
 }
 
 struct Reader {
@@ -493,20 +515,20 @@ unsafe extern "C" fn put_open(
     unsafe {
         with_instance(instance, |i| {
             let (ns, key) = input_names(ns, key)?;
-            let metadata: Metadata = input_json(metadata, "metadata")?;
-            let options: WirePut = input_json(options, "put options")?;
-            // One chunk in flight: the host's writes wait for the backend (back-pressure).
-            let (sender, mut receiver) = mpsc::channel::<Result<Bytes>>(1);
-            let stream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx));
-            let body = Body::from_stream(stream, options.size_hint);
-            let backend = i.backend.clone();
-            let task = runtime()
-                .spawn(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
+            let request = PutRequest {
+                ns,
+                key,
+                metadata: input_json(metadata, "metadata")?,
+                options: input_json(options, "put options")?,
+            };
             let writer = Writer {
                 provider: i.provider.clone(),
                 poisoned: i.poisoned.clone(),
-                chunks: Some(sender),
-                task: Some(task),
+                state: WriterState::Pending {
+                    backend: i.backend.clone(),
+                    request: Box::new(request),
+                    first: None,
+                },
             };
             output_handle(out_writer, writer)
         })
@@ -514,25 +536,115 @@ unsafe extern "C" fn put_open(
 }
 
 impl Writer {
-    /// Waits for the put task; a panic in it poisons the instance.
-    fn join(&mut self) -> Result<RecordInfo> {
-        self.chunks = None;
-        let Some(task) = self.task.take() else {
-            return Err(Error::invalid_input("this put was already finished"));
+    /// Starts the backend's put as a task fed by a channel (one chunk in flight, so the
+    /// host's writes wait for the backend).
+    fn start_streaming(backend: Arc<dyn StorageBackend>, request: PutRequest) -> WriterState {
+        let (sender, mut receiver) = mpsc::channel::<Result<Bytes>>(1);
+        let stream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+        let PutRequest {
+            ns,
+            key,
+            metadata,
+            options,
+        } = request;
+        let body = Body::from_stream(stream, options.size_hint);
+        let task = runtime()
+            .spawn(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
+        WriterState::Streaming {
+            chunks: Some(sender),
+            task,
+        }
+    }
+
+    /// Sends a chunk to a streaming put; if the backend stopped reading, its outcome.
+    fn send(&mut self, chunk: Result<Bytes>) -> Result<()> {
+        let WriterState::Streaming {
+            chunks: Some(sender),
+            ..
+        } = &self.state
+        else {
+            return Err(Error::invalid_input("write after the put ended"));
         };
-        match runtime().block_on(task) {
-            Ok(result) => result,
-            Err(e) => {
-                let message = if e.is_panic() {
-                    panic_message(&*e.into_panic())
-                } else {
-                    "the put task was cancelled".to_string()
+        if runtime().block_on(sender.send(chunk)).is_err() {
+            // The backend stopped reading: its put ended early, with an error or without the
+            // whole payload.
+            self.finish()?;
+            return Err(Error::Backend {
+                provider: self.provider.clone(),
+                message: "the provider finished the put before the payload ended".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: Bytes) -> Result<()> {
+        match std::mem::replace(&mut self.state, WriterState::Done) {
+            WriterState::Pending {
+                backend,
+                request,
+                first: None,
+            } => {
+                self.state = WriterState::Pending {
+                    backend,
+                    request,
+                    first: Some(chunk),
                 };
-                Err(Error::Panicked {
-                    provider: self.provider.clone(),
-                    message,
-                })
+                Ok(())
             }
+            WriterState::Pending {
+                backend,
+                request,
+                first: Some(first),
+            } => {
+                self.state = Self::start_streaming(backend, *request);
+                self.send(Ok(first))?;
+                self.send(Ok(chunk))
+            }
+            streaming @ WriterState::Streaming { .. } => {
+                self.state = streaming;
+                self.send(Ok(chunk))
+            }
+            WriterState::Done => Err(Error::invalid_input("write after the put ended")),
+        }
+    }
+
+    /// Completes the put: directly when it never started streaming, else by ending the stream
+    /// and waiting for the task (a panic in it poisons the instance).
+    fn finish(&mut self) -> Result<RecordInfo> {
+        match std::mem::replace(&mut self.state, WriterState::Done) {
+            WriterState::Pending {
+                backend,
+                request,
+                first,
+            } => {
+                let PutRequest {
+                    ns,
+                    key,
+                    metadata,
+                    options,
+                } = *request;
+                let body = Body::from_bytes(first.unwrap_or_default());
+                runtime().block_on(backend.put(&ns, &key, body, metadata, options.mode))
+            }
+            WriterState::Streaming { chunks, task } => {
+                drop(chunks);
+                match runtime().block_on(task) {
+                    Ok(result) => result,
+                    Err(e) => {
+                        let message = if e.is_panic() {
+                            panic_message(&*e.into_panic())
+                        } else {
+                            "the put task was cancelled".to_string()
+                        };
+                        Err(Error::Panicked {
+                            provider: self.provider.clone(),
+                            message,
+                        })
+                    }
+                }
+            }
+            WriterState::Done => Err(Error::invalid_input("this put was already finished")),
         }
     }
 }
@@ -544,21 +656,7 @@ unsafe extern "C" fn put_write(writer: *mut c_void, chunk: StowageBytes) -> Stow
     let provider = w.provider.clone();
     guarded(Some(&poisoned), &provider, || {
         // SAFETY: `chunk` is borrowed input valid for the call.
-        let chunk = Bytes::copy_from_slice(unsafe { input(chunk) });
-        let Some(sender) = &w.chunks else {
-            return Err(Error::invalid_input("write after the put ended"));
-        };
-        if runtime().block_on(sender.send(Ok(chunk))).is_err() {
-            // The backend stopped reading: its put ended early, with an error or without the
-            // whole payload.
-            w.join()?;
-            return Err(Error::Backend {
-                provider: w.provider.clone(),
-                message: "the provider finished the put before the payload ended".into(),
-                source: None,
-            });
-        }
-        Ok(())
+        w.write(Bytes::copy_from_slice(unsafe { input(chunk) }))
     })
 }
 
@@ -568,7 +666,7 @@ unsafe extern "C" fn put_finish(writer: *mut c_void, out_info: *mut StowageOwned
     let poisoned = w.poisoned.clone();
     let provider = w.provider.clone();
     guarded(Some(&poisoned), &provider, || {
-        let info = w.join()?;
+        let info = w.finish()?;
         // SAFETY: the host's out-parameter, valid for the call.
         unsafe { output_json(out_info, &info) }
     })
@@ -581,12 +679,12 @@ unsafe extern "C" fn put_abort(writer: *mut c_void) {
     // SAFETY: the host hands the writer back exactly once, here or to `put_finish`.
     let mut w = unsafe { Box::from_raw(writer as *mut Writer) };
     let _ = catch_unwind(AssertUnwindSafe(move || {
-        if let Some(sender) = w.chunks.take() {
+        if let WriterState::Streaming { .. } = w.state {
             // The backend sees a failing body and must write nothing.
-            let _ = runtime()
-                .block_on(sender.send(Err(Error::invalid_input("the host aborted this put"))));
+            let _ = w.send(Err(Error::invalid_input("the host aborted this put")));
+            let _ = w.finish();
         }
-        let _ = w.join();
+        // A put that never started has nothing to undo.
     }));
 }
 

@@ -249,8 +249,8 @@ fn reconcile_list<T: Transactable + ReadDoc>(
     let old_mid = have.len() - prefix - suffix;
     let new_mid = want.len() - prefix - suffix;
     let paired = old_mid.min(new_mid);
-    for i in prefix..prefix + paired {
-        reconcile_value(tx, obj, Prop::Seq(i), &want[i])?;
+    for (i, value) in want.iter().enumerate().skip(prefix).take(paired) {
+        reconcile_value(tx, obj, Prop::Seq(i), value)?;
     }
     for _ in paired..old_mid {
         tx.delete(obj, prefix + paired)?;

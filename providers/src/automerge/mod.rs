@@ -123,5 +123,5 @@ impl StorageProviderFactory for AutomergeFactory {
 }
 
 stowage_core::inventory::submit! {
-    BuiltinProvider { factory: factory }
+    BuiltinProvider { factory }
 }

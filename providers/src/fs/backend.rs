@@ -21,14 +21,14 @@ use async_trait::async_trait;
 use stowage_core::{
     Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key,
     ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result,
-    StorageBackend, Timestamp, Version, VerifyProblem, VerifyReport,
+    StorageBackend, Timestamp, VerifyProblem, VerifyReport, Version,
 };
 use tokio::sync::{oneshot, OnceCell};
 
 use super::blob_store::{BlobStore, SMALL_READ};
 use super::config::FsConfig;
 use super::index::Index;
-use super::index_log::{self, Damage, DamageKind, LogRecord, VersionRecord, HEADER_LEN};
+use super::index_log::{self, Damage, DamageKind, LogRecord, HEADER_LEN};
 use super::lock::{BlobPins, WriterLock};
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
@@ -159,7 +159,11 @@ impl FsBackend {
     pub async fn compact(&self) -> Result<CompactReport> {
         match self.submit(Namespace::default(), None, Op::Compact).await? {
             Outcome::Compacted(r) => Ok(r),
-            _ => Err(Error::backend(PROVIDER, "commit thread answered compact with another outcome", "internal")),
+            _ => Err(Error::backend(
+                PROVIDER,
+                "commit thread answered compact with another outcome",
+                "internal",
+            )),
         }
     }
 
@@ -194,7 +198,13 @@ impl FsBackend {
     async fn submit(&self, ns: Namespace, key: Option<Key>, op: Op) -> Result<Outcome> {
         let opened = self.opened().await?;
         let (reply, answer) = oneshot::channel();
-        let stopped = || Error::backend(PROVIDER, "the fs commit thread stopped; re-open the store", "commit thread gone");
+        let stopped = || {
+            Error::backend(
+                PROVIDER,
+                "the fs commit thread stopped; re-open the store",
+                "commit thread gone",
+            )
+        };
         opened
             .commits
             .send(Intent { ns, key, op, reply })
@@ -205,12 +215,21 @@ impl FsBackend {
     async fn write(&self, ns: &Namespace, key: &Key, op: Op) -> Result<RecordInfo> {
         match self.submit(ns.clone(), Some(key.clone()), op).await? {
             Outcome::Info(info) => Ok(*info),
-            _ => Err(Error::backend(PROVIDER, "commit thread answered a write with another outcome", "internal")),
+            _ => Err(Error::backend(
+                PROVIDER,
+                "commit thread answered a write with another outcome",
+                "internal",
+            )),
         }
     }
 
     /// The version `version` (default: latest) of `key`, `NotFound` if absent or a tombstone.
-    async fn find(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn find(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let core = self.core().await?;
         core.refresh()?;
         let state = core.read_state();
@@ -229,8 +248,12 @@ impl FsBackend {
 impl Core {
     fn open(config: &FsConfig) -> Result<Core> {
         let root = config.root.clone();
-        fs::create_dir_all(&root)
-            .map_err(|e| Error::io(format!("creating the store directory {}", root.display()), e))?;
+        fs::create_dir_all(&root).map_err(|e| {
+            Error::io(
+                format!("creating the store directory {}", root.display()),
+                e,
+            )
+        })?;
         let durability = Durability::from_fsync(config.fsync());
         let blobs = BlobStore::new(&root, durability);
         blobs.prepare()?;
@@ -337,8 +360,10 @@ impl Core {
             return Ok(());
         }
         let index = &mut state.index;
-        let end = index_log::scan(&state.file, state.offset, len, |record, frame| index.apply(record, frame))
-            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
+        let end = index_log::scan(&state.file, state.offset, len, |record, frame| {
+            index.apply(record, frame)
+        })
+        .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
         state.offset = end.offset;
         if let (Some(damage), true) = (end.damage, repair) {
             let note = self.cut_damage(&damage)?;
@@ -361,11 +386,18 @@ impl Core {
             {
                 use std::io::{Read, Seek, SeekFrom};
                 let mut f = File::open(&self.log_path).map_err(|e| io_err("opening", e))?;
-                f.seek(SeekFrom::Start(damage.offset)).map_err(|e| io_err("reading", e))?;
-                f.take(damage.bytes).read_to_end(&mut tail).map_err(|e| io_err("reading", e))?;
+                f.seek(SeekFrom::Start(damage.offset))
+                    .map_err(|e| io_err("reading", e))?;
+                f.take(damage.bytes)
+                    .read_to_end(&mut tail)
+                    .map_err(|e| io_err("reading", e))?;
             }
-            atomic_file::write_atomic(&saved, &tail, Durability::Sync)
-                .map_err(|e| Error::io(format!("saving the damaged log tail to {}", saved.display()), e))?;
+            atomic_file::write_atomic(&saved, &tail, Durability::Sync).map_err(|e| {
+                Error::io(
+                    format!("saving the damaged log tail to {}", saved.display()),
+                    e,
+                )
+            })?;
             note.push_str(&format!(
                 "; the records in it are lost from the index: the bytes were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
                 saved.display()
@@ -377,7 +409,8 @@ impl Core {
             .write(true)
             .open(&self.log_path)
             .map_err(|e| io_err("opening", e))?;
-        file.set_len(damage.offset).map_err(|e| io_err("truncating", e))?;
+        file.set_len(damage.offset)
+            .map_err(|e| io_err("truncating", e))?;
         if self.durability == Durability::Sync {
             file.sync_all().map_err(|e| io_err("syncing", e))?;
         }
@@ -407,7 +440,10 @@ impl Core {
                     let mut all = vec![first];
                     for _ in 1..replies.len() {
                         all.push(Err(if kind_io {
-                            Error::io(message.clone(), std::io::Error::other("group commit failed"))
+                            Error::io(
+                                message.clone(),
+                                std::io::Error::other("group commit failed"),
+                            )
                         } else {
                             Error::backend(PROVIDER, message.clone(), "group commit failed")
                         }));
@@ -435,24 +471,32 @@ impl Core {
         let mut compact = false;
         {
             let state = self.read_state();
-            let mut touched: HashMap<(Namespace, Key), Vec<RecordInfo>> = HashMap::new();
+            // Changes earlier in this batch, per key, on top of the index (no history copied).
+            let mut touched: HashMap<(Namespace, Key), KeyView<'_>> = HashMap::new();
             for (ns, key, op) in requests {
                 let Some(key) = key else {
                     compact = true;
                     outcomes.push(None);
                     continue;
                 };
-                let versions = touched
+                let view = touched
                     .entry((ns.clone(), key.clone()))
-                    .or_insert_with(|| state.index.versions(&ns, &key).map(<[_]>::to_vec).unwrap_or_default());
-                let mut trial = versions.clone();
-                let outcome = decide(&ns, &key, op, &mut trial, now).and_then(|(record, outcome)| {
-                    index_log::encode(&record, &mut buf).map_err(|e| Error::invalid_input(format!("{ns}/{key}: {e}")))?;
+                    .or_insert_with(|| KeyView {
+                        base: state.index.versions(&ns, &key).unwrap_or(&[]),
+                        added: Vec::new(),
+                    });
+                let outcome = decide(&ns, &key, op, view, now).and_then(|(record, outcome)| {
+                    index_log::encode(&record, &mut buf)
+                        .map_err(|e| Error::invalid_input(format!("{ns}/{key}: {e}")))?;
+                    match record {
+                        LogRecord::Version(info) => view.added.push(info),
+                        LogRecord::Purge { .. } => {
+                            view.base = &[];
+                            view.added.clear();
+                        }
+                    }
                     Ok(outcome)
                 });
-                if outcome.is_ok() {
-                    *versions = trial;
-                }
                 outcomes.push(Some(outcome));
             }
         }
@@ -483,7 +527,12 @@ impl Core {
             let file = OpenOptions::new()
                 .append(true)
                 .open(&self.log_path)
-                .map_err(|e| Error::io(format!("opening {} for appending", self.log_path.display()), e))?;
+                .map_err(|e| {
+                    Error::io(
+                        format!("opening {} for appending", self.log_path.display()),
+                        e,
+                    )
+                })?;
             *append = Some((ino, file));
         }
         let (_, file) = append.as_mut().expect("append handle just opened");
@@ -497,7 +546,10 @@ impl Core {
         if let Err(e) = written {
             let _ = file.set_len(before);
             *append = None;
-            return Err(Error::io(format!("appending to {}", self.log_path.display()), e));
+            return Err(Error::io(
+                format!("appending to {}", self.log_path.display()),
+                e,
+            ));
         }
         Ok(())
     }
@@ -509,7 +561,7 @@ impl Core {
         let mut file = AtomicFile::create_in(&self.root, self.durability).map_err(io_err)?;
         let mut buf = index_log::header().to_vec();
         for info in state.index.all_versions() {
-            index_log::encode(&LogRecord::Version(VersionRecord::from_info(info)), &mut buf).map_err(io_err)?;
+            index_log::encode(&LogRecord::Version(info.clone()), &mut buf).map_err(io_err)?;
             if buf.len() >= 1 << 20 {
                 file.write_all(&buf).map_err(io_err)?;
                 buf.clear();
@@ -528,7 +580,8 @@ impl Core {
 }
 
 fn open_log(path: &Path) -> Result<(File, u64)> {
-    let mut file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut file =
+        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let ino = inode(
         &file
             .metadata()
@@ -569,19 +622,39 @@ fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<Version
     }
 }
 
-/// Decides one change against `versions` (the key's versions, updated in place on success):
-/// the record to append and the answer to give.
+/// A key's versions as a batch sees them: the index's, then the ones decided earlier in the
+/// batch (`base` is emptied by a purge in the batch).
+struct KeyView<'a> {
+    base: &'a [RecordInfo],
+    added: Vec<RecordInfo>,
+}
+
+impl KeyView<'_> {
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &RecordInfo> {
+        self.base.iter().chain(self.added.iter())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.base.is_empty() && self.added.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.base.len() + self.added.len()
+    }
+}
+
+/// Decides one change against a key's versions: the record to append and the answer to give.
 fn decide(
     ns: &Namespace,
     key: &Key,
     op: Op,
-    versions: &mut Vec<RecordInfo>,
+    versions: &KeyView<'_>,
     now: Timestamp,
 ) -> Result<(LogRecord, Outcome)> {
-    let latest = versions.last();
+    let latest = versions.iter().next_back();
     let current = latest.map(|l| l.version);
     let next = current.map_or(1, |v| v + 1);
-    let created_at = versions.first().map_or(now, |f| f.created_at);
+    let created_at = versions.iter().next().map_or(now, |f| f.created_at);
     let info = match op {
         Op::Put {
             hash,
@@ -651,7 +724,6 @@ fn decide(
                 return Err(Error::not_found(ns, key, None));
             }
             let removed = versions.len() as u64;
-            versions.clear();
             return Ok((
                 LogRecord::Purge {
                     ns: ns.clone(),
@@ -662,8 +734,10 @@ fn decide(
         }
         Op::Compact => unreachable!("compaction requests carry no key"),
     };
-    versions.push(info.clone());
-    Ok((LogRecord::Version(VersionRecord::from_info(&info)), Outcome::Info(Box::new(info))))
+    Ok((
+        LogRecord::Version(info.clone()),
+        Outcome::Info(Box::new(info)),
+    ))
 }
 
 fn blob_error(core: &Core, info: &RecordInfo, e: std::io::Error) -> Error {
@@ -672,13 +746,23 @@ fn blob_error(core: &Core, info: &RecordInfo, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::corrupt(
             PROVIDER,
-            format!("the payload of {what} ({}) is missing: {} does not exist; run `stowage verify`", info.hash, path.display()),
+            format!(
+                "the payload of {what} ({}) is missing: {} does not exist; run `stowage verify`",
+                info.hash,
+                path.display()
+            ),
         ),
         std::io::ErrorKind::InvalidData => Error::corrupt(
             PROVIDER,
-            format!("the payload of {what} in {} is damaged ({e}); run `stowage verify`", path.display()),
+            format!(
+                "the payload of {what} in {} is damaged ({e}); run `stowage verify`",
+                path.display()
+            ),
         ),
-        _ => Error::io(format!("reading the payload of {what} from {}", path.display()), e),
+        _ => Error::io(
+            format!("reading the payload of {what} from {}", path.display()),
+            e,
+        ),
     }
 }
 
@@ -730,12 +814,20 @@ impl StorageBackend for FsBackend {
         .await
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let info = self.find(ns, key, options.version).await?;
         let core = self.core().await?;
         let (offset, len) = options
             .range
-            .unwrap_or(ByteRange { start: 0, end: None })
+            .unwrap_or(ByteRange {
+                start: 0,
+                end: None,
+            })
             .resolve(info.size)?;
         let whole = (offset == 0 && len == info.size).then_some(info.size);
         let body = if len <= SMALL_READ {
@@ -754,11 +846,21 @@ impl StorageBackend for FsBackend {
         Ok((info, body))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         self.find(ns, key, version).await
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         self.write(
             ns,
             key,
@@ -793,14 +895,26 @@ impl StorageBackend for FsBackend {
         }
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         self.write(ns, key, Op::Restore { version }).await
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
-        match self.submit(ns.clone(), Some(key.clone()), Op::Purge).await? {
+        match self
+            .submit(ns.clone(), Some(key.clone()), Op::Purge)
+            .await?
+        {
             Outcome::Purged(n) => Ok(n),
-            _ => Err(Error::backend(PROVIDER, "commit thread answered purge with another outcome", "internal")),
+            _ => Err(Error::backend(
+                PROVIDER,
+                "commit thread answered purge with another outcome",
+                "internal",
+            )),
         }
     }
 
@@ -838,7 +952,10 @@ impl StorageBackend for FsBackend {
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => {
-                            return Err(Error::io(format!("removing {}", store.path_of(&hash).display()), e))
+                            return Err(Error::io(
+                                format!("removing {}", store.path_of(&hash).display()),
+                                e,
+                            ))
                         }
                     }
                 }
@@ -857,7 +974,8 @@ impl StorageBackend for FsBackend {
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
         let core = self.core().await?.clone();
         core.refresh()?;
-        let mut by_hash: HashMap<ContentHash, (u64, Vec<(String, String, Version)>)> = HashMap::new();
+        let mut by_hash: HashMap<ContentHash, (u64, Vec<(String, String, Version)>)> =
+            HashMap::new();
         let mut report = VerifyReport::default();
         {
             let state = core.read_state();
@@ -867,11 +985,18 @@ impl StorageBackend for FsBackend {
                     .entry(info.hash)
                     .or_insert_with(|| (info.size, Vec::new()))
                     .1
-                    .push((info.namespace.to_string(), info.key.to_string(), info.version));
+                    .push((
+                        info.namespace.to_string(),
+                        info.key.to_string(),
+                        info.version,
+                    ));
             }
         }
-        for entry in fs::read_dir(&core.root).map_err(|e| Error::io(format!("listing {}", core.root.display()), e))? {
-            let entry = entry.map_err(|e| Error::io(format!("listing {}", core.root.display()), e))?;
+        for entry in fs::read_dir(&core.root)
+            .map_err(|e| Error::io(format!("listing {}", core.root.display()), e))?
+        {
+            let entry =
+                entry.map_err(|e| Error::io(format!("listing {}", core.root.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(DAMAGED_PREFIX) {
                 report.problems.push(VerifyProblem {

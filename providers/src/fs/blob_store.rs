@@ -83,10 +83,12 @@ impl BlobStore {
         if dest.is_file() {
             return Ok((hash, bytes.len() as u64));
         }
-        let mut file = AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))?;
+        let mut file =
+            AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))?;
         file.write_all(bytes)
             .map_err(|e| Error::io(format!("writing {}", file.tmp_path().display()), e))?;
-        file.commit_if_absent(&dest)
+        // A rename, even over a copy another writer stored meanwhile: the content is the same.
+        file.commit(&dest)
             .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
         Ok((hash, bytes.len() as u64))
     }
@@ -94,6 +96,11 @@ impl BlobStore {
     /// Stores a payload, streaming it to disk while hashing it; returns its hash and size.
     pub(crate) async fn write_body(&self, body: Body) -> Result<(ContentHash, u64)> {
         if let Some(bytes) = body.as_bytes() {
+            // Without fsync a small write only touches the page cache: cheaper in place than a
+            // hop to a blocking thread. An fsync can take milliseconds, so never on this task.
+            if self.durability == Durability::NoSync && bytes.len() as u64 <= SMALL_READ {
+                return self.write_bytes(bytes);
+            }
             let bytes = bytes.clone();
             let store = self.clone();
             return tokio::task::spawn_blocking(move || store.write_bytes(&bytes))
@@ -103,7 +110,8 @@ impl BlobStore {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteMsg>(WRITE_QUEUE);
         let store = self.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<(ContentHash, u64)> {
-            let mut file = AtomicFile::create_in(&store.tmp, store.durability).map_err(|e| store.tmp_error(e))?;
+            let mut file = AtomicFile::create_in(&store.tmp, store.durability)
+                .map_err(|e| store.tmp_error(e))?;
             let mut hasher = ContentHasher::new();
             loop {
                 match rx.blocking_recv() {
@@ -167,14 +175,20 @@ impl BlobStore {
         }
         file.read_exact(&mut buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(io::ErrorKind::InvalidData, "the blob file is shorter than its recorded size")
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the blob file is shorter than its recorded size",
+                )
             } else {
                 e
             }
         })?;
         if let Some(size) = expect {
             let mut extra = [0u8; 1];
-            if file.read(&mut extra)? != 0 || ContentHash::of(&buf) != *hash || buf.len() as u64 != size {
+            if file.read(&mut extra)? != 0
+                || ContentHash::of(&buf) != *hash
+                || buf.len() as u64 != size
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "the blob's content no longer matches its hash",

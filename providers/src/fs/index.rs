@@ -30,21 +30,13 @@ struct NsIndex {
     tags: HashMap<String, BTreeSet<String>>,
 }
 
-impl NsIndex {
-    fn untag(&mut self, key: &str, info: &RecordInfo) {
-        for tag in &info.metadata.tags {
-            if let Some(keys) = self.tags.get_mut(tag) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.tags.remove(tag);
-                }
+fn untag(index: &mut HashMap<String, BTreeSet<String>>, key: &str, tags: &BTreeSet<String>) {
+    for tag in tags {
+        if let Some(keys) = index.get_mut(tag) {
+            keys.remove(key);
+            if keys.is_empty() {
+                index.remove(tag);
             }
-        }
-    }
-
-    fn tag(&mut self, key: &str, info: &RecordInfo) {
-        for tag in &info.metadata.tags {
-            self.tags.entry(tag.clone()).or_default().insert(key.to_string());
         }
     }
 }
@@ -63,30 +55,45 @@ impl Index {
     /// latest one is refused: the log is then not one this provider wrote.
     pub(crate) fn apply(&mut self, record: LogRecord, frame_len: u64) -> Result<(), String> {
         match record {
-            LogRecord::Version(r) => {
-                let info = r.into_info();
-                let ns = self.namespaces.entry(info.namespace.clone()).or_default();
-                let key = info.key.as_str().to_string();
-                let state = ns.keys.entry(key.clone()).or_default();
+            LogRecord::Version(info) => {
+                if !self.namespaces.contains_key(&info.namespace) {
+                    self.namespaces
+                        .insert(info.namespace.clone(), NsIndex::default());
+                }
+                let nsi = self
+                    .namespaces
+                    .get_mut(&info.namespace)
+                    .expect("inserted above");
+                let NsIndex { keys, tags } = nsi;
+                let key = info.key.as_str();
+                let state = match keys.get_mut(key) {
+                    Some(s) => s,
+                    None => keys.entry(key.to_string()).or_default(),
+                };
                 let expected = state.versions.last().map_or(1, |l| l.version + 1);
                 if info.version != expected {
-                    let found = info.version;
                     if state.versions.is_empty() {
-                        ns.keys.remove(&key);
+                        keys.remove(key);
                     }
                     return Err(format!(
-                        "version {found} of {}/{key} does not follow version {}",
+                        "version {} of {}/{key} does not follow version {}",
+                        info.version,
                         info.namespace,
                         expected - 1
                     ));
                 }
-                let previous = state.versions.last().cloned();
-                state.log_bytes += frame_len;
-                state.versions.push(info.clone());
-                if let Some(prev) = previous {
-                    ns.untag(&key, &prev);
+                // Most writes keep a key's tags: then the tag index is already right.
+                let previous = state.versions.last().map(|p| &p.metadata.tags);
+                if previous != Some(&info.metadata.tags) {
+                    if let Some(prev) = previous {
+                        untag(tags, key, prev);
+                    }
+                    for tag in &info.metadata.tags {
+                        tags.entry(tag.clone()).or_default().insert(key.to_string());
+                    }
                 }
-                ns.tag(&key, &info);
+                state.log_bytes += frame_len;
+                state.versions.push(info);
                 self.live_bytes += frame_len;
                 self.versions += 1;
             }
@@ -94,7 +101,7 @@ impl Index {
                 if let Some(nsi) = self.namespaces.get_mut(&ns) {
                     if let Some(state) = nsi.keys.remove(k.as_str()) {
                         if let Some(latest) = state.versions.last() {
-                            nsi.untag(k.as_str(), latest);
+                            untag(&mut nsi.tags, k.as_str(), &latest.metadata.tags);
                         }
                         self.live_bytes -= state.log_bytes;
                         self.versions -= state.versions.len() as u64;
@@ -168,7 +175,9 @@ impl Index {
             if !options.accepts_key(key, bound.as_deref()) {
                 continue;
             }
-            let Some(latest) = state.versions.last() else { continue };
+            let Some(latest) = state.versions.last() else {
+                continue;
+            };
             if latest.is_deleted() && !options.include_deleted {
                 continue;
             }
@@ -203,7 +212,9 @@ impl Index {
             for tag in &query.tags {
                 match nsi.tags.get(tag) {
                     None => return query.apply(Vec::new()),
-                    Some(keys) if rarest.is_none_or(|r| keys.len() < r.len()) => rarest = Some(keys),
+                    Some(keys) if rarest.is_none_or(|r| keys.len() < r.len()) => {
+                        rarest = Some(keys)
+                    }
                     Some(_) => {}
                 }
             }
@@ -212,7 +223,10 @@ impl Index {
         // Key order ascending is the order both candidate sources yield, so the page can stop
         // at limit + 1 matches; other orders need every match sorted.
         let early_stop = query.order == Order::Key && !query.descending;
-        let want = query.limit.map(|l| l.saturating_add(1)).filter(|_| early_stop);
+        let want = query
+            .limit
+            .map(|l| l.saturating_add(1))
+            .filter(|_| early_stop);
         let mut out = Vec::new();
         for info in candidates {
             if !query.matches(info) {
@@ -241,9 +255,8 @@ fn start_bound<'a>(prefix: Option<&'a str>, after: Option<&'a str>) -> Bound<&'a
 
 #[cfg(test)]
 mod tests {
-    use super::super::index_log::VersionRecord;
     use super::*;
-    use stowage_core::Metadata;
+    use stowage_core::{Metadata, Timestamp};
 
     fn put(idx: &mut Index, key: &str, v: u64, tags: &[&str]) -> Result<(), String> {
         let mut m = Metadata::new();
@@ -251,16 +264,17 @@ mod tests {
             m = m.with_tag(*t);
         }
         idx.apply(
-            LogRecord::Version(VersionRecord {
-                ns: Namespace::default(),
-                k: Key::new(key).unwrap(),
-                v,
-                h: ContentHash::of(key.as_bytes()),
-                s: 1,
-                c: 0,
-                u: 0,
-                d: None,
-                m,
+            LogRecord::Version(RecordInfo {
+                namespace: Namespace::default(),
+                key: Key::new(key).unwrap(),
+                version: v,
+                hash: ContentHash::of(key.as_bytes()),
+                size: 1,
+                created_at: Timestamp::from_micros(0),
+                updated_at: Timestamp::from_micros(0),
+                deleted_at: None,
+                metadata: m,
+                conflicts: Vec::new(),
             }),
             100,
         )
@@ -273,12 +287,21 @@ mod tests {
         put(&mut idx, "a", 2, &["y"]).unwrap();
         assert!(put(&mut idx, "a", 4, &[]).is_err());
         assert!(put(&mut idx, "b", 2, &[]).is_err());
-        assert!(idx.versions(&Namespace::default(), &Key::new("b").unwrap()).is_none());
+        assert!(idx
+            .versions(&Namespace::default(), &Key::new("b").unwrap())
+            .is_none());
         assert_eq!(idx.live_bytes(), 200);
         let q = Query::new().tag("x");
-        assert!(idx.search(&Namespace::default(), &q).unwrap().items.is_empty());
+        assert!(idx
+            .search(&Namespace::default(), &q)
+            .unwrap()
+            .items
+            .is_empty());
         let q = Query::new().tag("y");
-        assert_eq!(idx.search(&Namespace::default(), &q).unwrap().items.len(), 1);
+        assert_eq!(
+            idx.search(&Namespace::default(), &q).unwrap().items.len(),
+            1
+        );
         idx.apply(
             LogRecord::Purge {
                 ns: Namespace::default(),
@@ -289,7 +312,11 @@ mod tests {
         .unwrap();
         assert_eq!(idx.live_bytes(), 0);
         assert_eq!(idx.version_count(), 0);
-        assert!(idx.search(&Namespace::default(), &q).unwrap().items.is_empty());
+        assert!(idx
+            .search(&Namespace::default(), &q)
+            .unwrap()
+            .items
+            .is_empty());
         put(&mut idx, "a", 1, &[]).unwrap();
     }
 
@@ -306,17 +333,29 @@ mod tests {
             ..Default::default()
         };
         let p1 = idx.list(&ns, &opts).unwrap();
-        assert_eq!(p1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        assert_eq!(
+            p1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
         opts.cursor = p1.next;
         let p2 = idx.list(&ns, &opts).unwrap();
-        assert_eq!(p2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/3"]);
+        assert_eq!(
+            p2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/3"]
+        );
         assert!(p2.next.is_none());
         let q = Query::new().tag("t").limit(2);
         let s1 = idx.search(&ns, &q).unwrap();
-        assert_eq!(s1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        assert_eq!(
+            s1.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
         let mut q2 = q.clone();
         q2.cursor = s1.next;
         let s2 = idx.search(&ns, &q2).unwrap();
-        assert_eq!(s2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/3", "ab"]);
+        assert_eq!(
+            s2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/3", "ab"]
+        );
     }
 }

@@ -108,7 +108,9 @@ impl BlobPins {
             match self.inner.file.try_lock_shared() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(&self.inner.path, e)),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(lock_error(&self.inner.path, e))
+                }
             }
         }
         *count += 1;
@@ -147,7 +149,12 @@ pub(crate) struct BlobPin {
 
 impl Drop for BlobPin {
     fn drop(&mut self) {
-        let mut count = self.pins.inner.count.lock().unwrap_or_else(|e| e.into_inner());
+        let mut count = self
+            .pins
+            .inner
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *count -= 1;
         if *count == 0 {
             let _ = self.pins.inner.file.unlock();

@@ -154,14 +154,27 @@ impl StorageBackend for MemoryBackend {
     ) -> Result<RecordInfo> {
         // The payload is read before the lock is taken (reading awaits); the precondition is
         // checked and the version appended under one write lock, so racing writers serialise.
-        let mut hasher = ContentHasher::new();
-        let mut buf = BytesMut::with_capacity(body.size_hint().unwrap_or(0).min(64 << 20) as usize);
-        while let Some(chunk) = body.next_chunk().await {
-            let chunk = chunk?;
-            hasher.update(&chunk);
-            buf.extend_from_slice(&chunk);
-        }
-        let (hash, size) = hasher.finish();
+        let (payload, hash, size) = match body.as_bytes() {
+            // An in-memory body is kept as it is: `Bytes` clones share, nothing is copied.
+            Some(bytes) => {
+                let bytes = bytes.clone();
+                let hash = ContentHash::of(&bytes);
+                let size = bytes.len() as u64;
+                (bytes, hash, size)
+            }
+            None => {
+                let mut hasher = ContentHasher::new();
+                let mut buf =
+                    BytesMut::with_capacity(body.size_hint().unwrap_or(0).min(64 << 20) as usize);
+                while let Some(chunk) = body.next_chunk().await {
+                    let chunk = chunk?;
+                    hasher.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                }
+                let (hash, size) = hasher.finish();
+                (buf.freeze(), hash, size)
+            }
+        };
 
         let mut state = self.write();
         let history = state.history(ns, key);
@@ -199,7 +212,7 @@ impl StorageBackend for MemoryBackend {
             metadata,
             conflicts: Vec::new(),
         };
-        state.blobs.entry(hash).or_insert_with(|| buf.freeze());
+        state.blobs.entry(hash).or_insert(payload);
         state
             .records
             .entry(ns.clone())

@@ -90,6 +90,11 @@ impl MetaCache {
         records.insert(path, (etag, record));
     }
 
+    fn entry(&self, path: &str) -> Option<(String, RecordInfo)> {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.get(path).cloned()
+    }
+
     fn latest_hint(&self, dir: &str) -> Option<Version> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied()
     }
@@ -229,6 +234,9 @@ impl S3Backend {
 
     /// The latest version of the key (tombstone or not), if any.
     async fn latest(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
+        if let Some(record) = self.latest_by_probe(ns, key).await? {
+            return Ok(Some(record));
+        }
         for _ in 0..3 {
             let Some(listed) = self.latest_name(ns, key).await? else {
                 return Ok(None);
@@ -239,6 +247,44 @@ impl S3Backend {
             // Purged between the listing and the read: look again.
         }
         Ok(None)
+    }
+
+    /// The latest version this process last saw of the key (unchecked).
+    fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
+        let v = self.cache.latest_hint(&key_dir(ns, key.as_str()))?;
+        self.cache.entry(&meta_path(ns, key.as_str(), v)).map(|(_, r)| r)
+    }
+
+    /// The latest version without a listing, when this process saw the key before: version
+    /// `v` (the hint) is still the latest if its metadata object still has the ETag we know
+    /// and `v + 1` does not exist. Versions always form a contiguous range (claims go to
+    /// `latest + 1`, purge deletes oldest first), so at the moment `v + 1` was found absent,
+    /// `v` was the latest. Two HEADs cost less than a LIST on every S3 we know; `None` means
+    /// "ask the listing".
+    async fn latest_by_probe(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
+        let Some(v) = self.cache.latest_hint(&key_dir(ns, key.as_str())) else {
+            return Ok(None);
+        };
+        let path = meta_path(ns, key.as_str(), v);
+        let Some((etag, record)) = self.cache.entry(&path) else {
+            return Ok(None);
+        };
+        let next = meta_path(ns, key.as_str(), v + 1);
+        let (current, newer) = futures::join!(
+            async { self.op.stat_with(&path).if_match(&etag).await },
+            async { self.op.stat(&next).await }
+        );
+        let unchanged = match current {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) || is_precondition_failed(&e) => false,
+            Err(e) => return Err(self.target.error(format_args!("checking metadata {path}"), e)),
+        };
+        let superseded = match newer {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(self.target.error(format_args!("checking metadata {next}"), e)),
+        };
+        Ok((unchanged && !superseded).then_some(record))
     }
 
     /// One version of the key.
@@ -268,17 +314,21 @@ impl S3Backend {
         }
     }
 
-    /// Writes the next version of `key`: reads the latest, lets `build` check the precondition
+    /// Writes the next version of `key`: reads the latest (or takes `known`, just read), lets `build` check the precondition
     /// and make the new record from it, and claims `latest + 1`; repeats while other writers
     /// win the claim and `build` still accepts.
     async fn write_next(
         &self,
         ns: &Namespace,
         key: &Key,
+        mut known: Option<Option<RecordInfo>>,
         mut build: impl FnMut(Option<&RecordInfo>, Version, Timestamp) -> Result<RecordInfo>,
     ) -> Result<RecordInfo> {
         for _ in 0..MAX_CLAIM_ATTEMPTS {
-            let latest = self.latest(ns, key).await?;
+            let latest = match known.take() {
+                Some(latest) => latest,
+                None => self.latest(ns, key).await?,
+            };
             let next = latest.as_ref().map_or(1, |r| r.version + 1);
             let record = build(latest.as_ref(), next, Timestamp::now())?;
             if self.claim(&record).await? {
@@ -528,15 +578,16 @@ impl StorageBackend for S3Backend {
     async fn put(&self, ns: &Namespace, key: &Key, body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
         // A conditional put checks first so a conflict costs no upload; an overwrite learns the
         // latest version while the payload uploads.
-        let (hash, size) = if mode == PutMode::Overwrite {
-            let (stored, _warm) = futures::join!(self.blobs.put(body), self.latest_name(ns, key));
-            stored?
+        let (stored, latest) = if mode == PutMode::Overwrite {
+            let (stored, latest) = futures::join!(self.blobs.put(body), self.latest(ns, key));
+            (stored?, latest?)
         } else {
             let latest = self.latest(ns, key).await?;
             check_put_mode(ns, key, mode, latest.as_ref())?;
-            self.blobs.put(body).await?
+            (self.blobs.put(body).await?, latest)
         };
-        self.write_next(ns, key, |latest, version, now| {
+        let (hash, size) = stored;
+        self.write_next(ns, key, Some(latest), |latest, version, now| {
             check_put_mode(ns, key, mode, latest)?;
             Ok(new_record(ns, key, latest, version, now, (hash, size, metadata.clone()), None))
         })
@@ -544,6 +595,20 @@ impl StorageBackend for S3Backend {
     }
 
     async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+        // Seen before: start reading the payload this process last knew while the probes check
+        // it is still the latest; the read is dropped unread if it is not.
+        if let (None, Some(cached)) = (options.version, self.cached_latest(ns, key)) {
+            if !cached.is_deleted() {
+                let range = options.range.map(|r| r.resolve(cached.size)).transpose()?;
+                let (probe, body) = futures::join!(
+                    self.latest_by_probe(ns, key),
+                    self.blobs.read(cached.hash, cached.size, range)
+                );
+                if probe?.is_some_and(|r| r == cached) {
+                    return Ok((cached, body?));
+                }
+            }
+        }
         let record = match options.version {
             Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?,
             None => Self::live_or_not_found(ns, key, self.latest(ns, key).await?, None)?,
@@ -561,7 +626,7 @@ impl StorageBackend for S3Backend {
     }
 
     async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
-        self.write_next(ns, key, |latest, version, now| {
+        self.write_next(ns, key, None, |latest, version, now| {
             let live = match latest {
                 Some(r) if !r.is_deleted() => r,
                 _ => return Err(Error::not_found(ns, key, None)),
@@ -624,7 +689,7 @@ impl StorageBackend for S3Backend {
                 found.ok_or_else(|| Error::not_found(ns, key, None))?
             }
         };
-        self.write_next(ns, key, |latest, next, now| {
+        self.write_next(ns, key, None, |latest, next, now| {
             let content = (source.hash, source.size, source.metadata.clone());
             Ok(new_record(ns, key, latest, next, now, content, None))
         })
