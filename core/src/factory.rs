@@ -81,7 +81,7 @@ pub trait StorageProviderFactory: Send + Sync + 'static {
 /// #[derive(serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
 /// struct Cfg { path: String }
-/// let err = stowage_core::parse_config::<Cfg>("demo", &serde_json::json!({"pth": "x"})).unwrap_err();
+/// let err = stowage_core::parse_config::<Cfg>("demo", &serde_json::json!({"pth": "x"})).err().unwrap();
 /// assert!(err.to_string().contains("pth"));
 /// ```
 pub fn parse_config<T: DeserializeOwned>(provider: &str, config: &serde_json::Value) -> Result<T> {

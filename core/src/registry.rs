@@ -25,7 +25,7 @@ inventory::collect!(BuiltinProvider);
 /// use stowage_core::Registry;
 /// let registry = Registry::new();
 /// assert!(registry.names().is_empty());
-/// let err = registry.get("nope").unwrap_err();
+/// let err = registry.get("nope").err().unwrap();
 /// assert!(err.to_string().contains("unknown provider"));
 /// ```
 #[derive(Default)]

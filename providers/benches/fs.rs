@@ -576,12 +576,35 @@ fn put_get_interleaved() {
         &[0, 2],
     );
     const OBJECTS: u64 = 256;
-    let key = |n: u64| Key::new(format!("k/{}", n % OBJECTS)).unwrap();
+    let key = |n: u64| Key::new(format!("g/{}", n % OBJECTS)).unwrap();
+    for n in 0..OBJECTS {
+        use object_store::ObjectStore;
+        rt.block_on(async {
+            always
+                .put(
+                    &ns,
+                    &key(n),
+                    Body::from(payload(n)),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+            op.write(&format!("g/{n}"), payload(n)).await.unwrap();
+            os.put(
+                &object_store::path::Path::from(format!("g/{n}")),
+                payload(n).into(),
+            )
+            .await
+            .unwrap();
+        });
+        std::fs::write(raw_dir.join(format!("g-{n}")), payload(n)).unwrap();
+    }
     let get_ops: Vec<(&str, Op<'_>)> = vec![
         (
             "raw std::fs::read",
             Box::new(|n| {
-                std::fs::read(raw_dir.join(format!("f-{}", n % OBJECTS))).unwrap();
+                std::fs::read(raw_dir.join(format!("g-{}", n % OBJECTS))).unwrap();
             }),
         ),
         (
@@ -599,7 +622,7 @@ fn put_get_interleaved() {
         (
             "opendal fs",
             Box::new(|n| {
-                rt.block_on(op.read(&format!("k/{}", n % OBJECTS))).unwrap();
+                rt.block_on(op.read(&format!("g/{}", n % OBJECTS))).unwrap();
             }),
         ),
         (
@@ -608,7 +631,7 @@ fn put_get_interleaved() {
                 use object_store::ObjectStore;
                 rt.block_on(async {
                     os.get(&object_store::path::Path::from(format!(
-                        "k/{}",
+                        "g/{}",
                         n % OBJECTS
                     )))
                     .await

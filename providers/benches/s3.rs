@@ -36,14 +36,19 @@ fn server_config(root: &str) -> Option<Value> {
         println!("s3 benchmarks SKIPPED: STOWAGE_SKIP_S3=1 is set");
         return None;
     }
-    let mut vars: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("STOWAGE_TEST_S3_")).collect();
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("STOWAGE_TEST_S3_"))
+        .collect();
     if !vars.contains_key("STOWAGE_TEST_S3_ENDPOINT") {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
         let path = target.join("s3-server.env");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("no S3 test server ({} unreadable: {e}); run `scripts/s3-server start` first", path.display())
+            panic!(
+                "no S3 test server ({} unreadable: {e}); run `scripts/s3-server start` first",
+                path.display()
+            )
         });
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=') {
@@ -112,7 +117,10 @@ impl Fixture {
     }
 
     async fn stowage_put(&self) {
-        self.handle.put("k64", payload(&self.counter), Metadata::new()).await.unwrap();
+        self.handle
+            .put("k64", payload(&self.counter), Metadata::new())
+            .await
+            .unwrap();
     }
 
     async fn stowage_get(&self) {
@@ -121,7 +129,10 @@ impl Fixture {
     }
 
     async fn raw_put(&self) {
-        self.raw.write("raw/k64", payload(&self.counter)).await.unwrap();
+        self.raw
+            .write("raw/k64", payload(&self.counter))
+            .await
+            .unwrap();
     }
 
     async fn raw_get(&self) {
@@ -135,13 +146,21 @@ impl Fixture {
         let blob = format!("raw-versioned/blobs/{}", blake3::hash(&bytes).to_hex());
         let (written, listed) = futures::join!(
             async { self.raw.write_with(&blob, bytes).if_not_exists(true).await },
-            async { self.raw.list_with("raw-versioned/meta/k64/").recursive(true).await }
+            async {
+                self.raw
+                    .list_with("raw-versioned/meta/k64/")
+                    .recursive(true)
+                    .await
+            }
         );
         written.unwrap();
         listed.unwrap();
         let v = self.raw_version.fetch_add(1, Ordering::Relaxed) + 1;
         self.raw
-            .write_with(&format!("raw-versioned/meta/k64/{v:020}.json"), format!("{{\"blob\":\"{blob}\"}}"))
+            .write_with(
+                &format!("raw-versioned/meta/k64/{v:020}.json"),
+                format!("{{\"blob\":\"{blob}\"}}"),
+            )
             .if_not_exists(true)
             .await
             .unwrap();
@@ -149,14 +168,20 @@ impl Fixture {
 }
 
 fn bench_64k(c: &mut Criterion) {
-    let Some(cfg) = server_config(&unique_root("64k")) else { return };
+    let Some(cfg) = server_config(&unique_root("64k")) else {
+        return;
+    };
     let rt = runtime();
     let f = rt.block_on(Fixture::new(cfg));
     let mut g = c.benchmark_group("s3_64KiB");
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.bench_function("stowage put", |b| b.to_async(&rt).iter(|| f.stowage_put()));
-    g.bench_function("raw OpenDAL write", |b| b.to_async(&rt).iter(|| f.raw_put()));
-    g.bench_function("raw OpenDAL versioned-put requests", |b| b.to_async(&rt).iter(|| f.raw_versioned_put()));
+    g.bench_function("raw OpenDAL write", |b| {
+        b.to_async(&rt).iter(|| f.raw_put())
+    });
+    g.bench_function("raw OpenDAL versioned-put requests", |b| {
+        b.to_async(&rt).iter(|| f.raw_versioned_put())
+    });
     g.bench_function("stowage get", |b| b.to_async(&rt).iter(|| f.stowage_get()));
     g.bench_function("raw OpenDAL read", |b| b.to_async(&rt).iter(|| f.raw_get()));
     g.finish();
@@ -181,7 +206,10 @@ fn interleaved(rt: &tokio::runtime::Runtime, f: &Fixture) {
             times.entry("raw write").or_default().push(t.elapsed());
             let t = Instant::now();
             f.raw_versioned_put().await;
-            times.entry("raw versioned-put requests").or_default().push(t.elapsed());
+            times
+                .entry("raw versioned-put requests")
+                .or_default()
+                .push(t.elapsed());
             let t = Instant::now();
             f.stowage_get().await;
             times.entry("stowage get").or_default().push(t.elapsed());
@@ -193,7 +221,13 @@ fn interleaved(rt: &tokio::runtime::Runtime, f: &Fixture) {
     let m: HashMap<&str, Duration> = times.into_iter().map(|(k, v)| (k, median(v))).collect();
     let ms = |k: &str| m[k].as_secs_f64() * 1000.0;
     println!("s3 64 KiB, {ROUNDS} interleaved rounds, medians:");
-    for k in ["stowage put", "raw write", "raw versioned-put requests", "stowage get", "raw read"] {
+    for k in [
+        "stowage put",
+        "raw write",
+        "raw versioned-put requests",
+        "stowage get",
+        "raw read",
+    ] {
         println!("  {k:<28} {:8.2} ms", ms(k));
     }
     println!(
@@ -224,7 +258,9 @@ fn big_size() -> u64 {
         << 20
 }
 
-fn generated(total: u64) -> impl futures::Stream<Item = stowage_core::Result<Bytes>> + Send + 'static {
+fn generated(
+    total: u64,
+) -> impl futures::Stream<Item = stowage_core::Result<Bytes>> + Send + 'static {
     const CHUNK: u64 = 1 << 20;
     futures::stream::iter(0..total.div_ceil(CHUNK)).map(move |i| {
         let len = CHUNK.min(total - i * CHUNK) as usize;
@@ -237,7 +273,9 @@ fn generated(total: u64) -> impl futures::Stream<Item = stowage_core::Result<Byt
 /// In a child process: a big put (streamed from a generator) and get (streamed, hashed) through
 /// stowage (`which = stowage`) or a raw OpenDAL writer/reader (`which = raw`).
 fn rss_child(which: &str) {
-    let Some(cfg) = server_config(&unique_root("big")) else { return };
+    let Some(cfg) = server_config(&unique_root("big")) else {
+        return;
+    };
     let total = big_size();
     let rt = runtime();
     rt.block_on(async {
@@ -250,7 +288,14 @@ fn rss_child(which: &str) {
         let t = Instant::now();
         let mut hasher = ContentHasher::new();
         let (put_time, get_time) = if which == "stowage" {
-            handle.put("big", Body::from_stream(generated(total), Some(total)), Metadata::new()).await.unwrap();
+            handle
+                .put(
+                    "big",
+                    Body::from_stream(generated(total), Some(total)),
+                    Metadata::new(),
+                )
+                .await
+                .unwrap();
             let put_time = t.elapsed();
             let t = Instant::now();
             let (_, mut body) = handle.get("big").await.unwrap();
@@ -259,7 +304,12 @@ fn rss_child(which: &str) {
             }
             (put_time, t.elapsed())
         } else {
-            let mut w = raw.writer_with("raw/big").chunk(8 << 20).concurrent(2).await.unwrap();
+            let mut w = raw
+                .writer_with("raw/big")
+                .chunk(8 << 20)
+                .concurrent(2)
+                .await
+                .unwrap();
             let mut gen = Box::pin(generated(total));
             while let Some(chunk) = gen.next().await {
                 w.write(chunk.unwrap()).await.unwrap();
@@ -267,7 +317,13 @@ fn rss_child(which: &str) {
             w.close().await.unwrap();
             let put_time = t.elapsed();
             let t = Instant::now();
-            let mut s = raw.reader("raw/big").await.unwrap().into_bytes_stream(..).await.unwrap();
+            let mut s = raw
+                .reader("raw/big")
+                .await
+                .unwrap()
+                .into_bytes_stream(..)
+                .await
+                .unwrap();
             while let Some(chunk) = s.next().await {
                 hasher.update(&chunk.unwrap());
             }
@@ -282,7 +338,11 @@ fn rss_child(which: &str) {
         } else {
             raw.delete("raw/big").await.unwrap();
         }
-        println!("RSS before={before} peak={peak} put_ms={} get_ms={}", put_time.as_millis(), get_time.as_millis());
+        println!(
+            "RSS before={before} peak={peak} put_ms={} get_ms={}",
+            put_time.as_millis(),
+            get_time.as_millis()
+        );
     });
 }
 
@@ -292,7 +352,11 @@ fn rss_parent(which: &str) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rss child failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rss child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let Some(line) = stdout.lines().find(|l| l.starts_with("RSS ")) else {
         println!("{stdout}");
         return;
@@ -302,7 +366,12 @@ fn rss_parent(which: &str) {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
             .unwrap_or(0)
     };
-    let (before, peak, put_ms, get_ms) = (field("before"), field("peak"), field("put_ms"), field("get_ms"));
+    let (before, peak, put_ms, get_ms) = (
+        field("before"),
+        field("peak"),
+        field("put_ms"),
+        field("get_ms"),
+    );
     let mib = big_size() as f64 / (1 << 20) as f64;
     println!(
         "s3 {which} {mib:.0} MiB put + get: peak RSS {:.1} MiB (before the transfer {:.1} MiB); put {:.2} s ({:.0} MiB/s), get {:.2} s ({:.0} MiB/s)",

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use stowage_core::{Body, ContentHash, ErrorKind, GetOptions, ListOptions, Metadata, PutMode, Stowage};
+use stowage_core::{
+    Body, ContentHash, ErrorKind, GetOptions, ListOptions, Metadata, PutMode, Stowage,
+};
 use stowage_providers::s3::{factory, operator, S3Config};
 
 /// Connection details of the test server.
@@ -46,7 +48,9 @@ fn server() -> Option<Server> {
         eprintln!("s3 test SKIPPED: STOWAGE_SKIP_S3=1 is set");
         return None;
     }
-    let mut vars: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("STOWAGE_TEST_S3_")).collect();
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("STOWAGE_TEST_S3_"))
+        .collect();
     if !vars.contains_key("STOWAGE_TEST_S3_ENDPOINT") {
         let path = env_file();
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -59,7 +63,8 @@ fn server() -> Option<Server> {
         });
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=') {
-                vars.entry(k.trim().to_string()).or_insert_with(|| v.trim().to_string());
+                vars.entry(k.trim().to_string())
+                    .or_insert_with(|| v.trim().to_string());
             }
         }
     }
@@ -81,7 +86,11 @@ fn unique_root(label: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("t/{label}-{nanos}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t/{label}-{nanos}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn config(server: &Server, root: &str) -> Value {
@@ -99,7 +108,10 @@ fn config(server: &Server, root: &str) -> Value {
 }
 
 async fn store(config: Value) -> Stowage {
-    let backend = factory().create(config).await.expect("creating the s3 backend");
+    let backend = factory()
+        .create(config)
+        .await
+        .expect("creating the s3 backend");
     Stowage::from_backend(backend)
 }
 
@@ -143,8 +155,13 @@ fn streamed(data: Arc<Vec<u8>>) -> Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_kit_passes() {
     let Some(server) = server() else { return };
-    let report = stowage_core::testkit::run_all(factory(), config(&server, &unique_root("ck"))).await;
-    eprintln!("s3 conformance: passed {:?}, skipped {:?}", report.passed(), report.skipped());
+    let report =
+        stowage_core::testkit::run_all(factory(), config(&server, &unique_root("ck"))).await;
+    eprintln!(
+        "s3 conformance: passed {:?}, skipped {:?}",
+        report.passed(),
+        report.skipped()
+    );
     report.assert_passed();
 }
 
@@ -157,10 +174,20 @@ async fn layout_and_dedup_across_namespaces() {
     let hash = ContentHash::of(&payload);
     for ns in ["alpha", "beta"] {
         let handle = store.namespace(ns).unwrap();
-        handle.put("same/bytes", payload.clone(), Metadata::new()).await.unwrap();
-        handle.put("same/bytes", payload.clone(), Metadata::new()).await.unwrap();
+        handle
+            .put("same/bytes", payload.clone(), Metadata::new())
+            .await
+            .unwrap();
+        handle
+            .put("same/bytes", payload.clone(), Metadata::new())
+            .await
+            .unwrap();
     }
-    assert_eq!(objects(&cfg, "blobs/").await, vec![format!("blobs/{}", hash.to_hex())], "one blob for four versions");
+    assert_eq!(
+        objects(&cfg, "blobs/").await,
+        vec![format!("blobs/{}", hash.to_hex())],
+        "one blob for four versions"
+    );
     let key_hex = hex::encode("same/bytes");
     assert_eq!(
         objects(&cfg, "meta/alpha/").await,
@@ -181,24 +208,52 @@ async fn large_payload_streams_through_multipart_and_ranges() {
     let store = store(cfg.clone()).await;
     let handle = store.namespace("big").unwrap();
     let data = Arc::new(pattern(2, 23 * 1024 * 1024 + 17));
-    let info = handle.put("blob", streamed(data.clone()), Metadata::new()).await.unwrap();
+    let info = handle
+        .put("blob", streamed(data.clone()), Metadata::new())
+        .await
+        .unwrap();
     assert_eq!(info.size, data.len() as u64);
     assert_eq!(info.hash, ContentHash::of(&data));
-    let (_, body) = handle.get_with("blob", GetOptions::default()).await.unwrap();
-    let back = body.into_bytes().await.unwrap();
-    assert!(back[..] == data[..], "23 MiB payload did not read back byte-exact");
-    let range = stowage_core::ByteRange { start: 6 * 1024 * 1024 - 3, end: Some(6 * 1024 * 1024 + 5) };
     let (_, body) = handle
-        .get_with("blob", GetOptions { version: None, range: Some(range) })
+        .get_with("blob", GetOptions::default())
+        .await
+        .unwrap();
+    let back = body.into_bytes().await.unwrap();
+    assert!(
+        back[..] == data[..],
+        "23 MiB payload did not read back byte-exact"
+    );
+    let range = stowage_core::ByteRange {
+        start: 6 * 1024 * 1024 - 3,
+        end: Some(6 * 1024 * 1024 + 5),
+    };
+    let (_, body) = handle
+        .get_with(
+            "blob",
+            GetOptions {
+                version: None,
+                range: Some(range),
+            },
+        )
         .await
         .unwrap();
     let part = body.into_bytes().await.unwrap();
     assert_eq!(&part[..], &data[6 * 1024 * 1024 - 3..6 * 1024 * 1024 + 5]);
-    assert!(objects(&cfg, "staging/").await.is_empty(), "the staging object was not removed");
+    assert!(
+        objects(&cfg, "staging/").await.is_empty(),
+        "the staging object was not removed"
+    );
     // Dedup of a large payload: the second upload finds blobs/<hash> and copies nothing.
-    handle.put("blob-again", streamed(data.clone()), Metadata::new()).await.unwrap();
+    handle
+        .put("blob-again", streamed(data.clone()), Metadata::new())
+        .await
+        .unwrap();
     assert_eq!(objects(&cfg, "blobs/").await.len(), 1);
-    let report = store.backend().verify(&stowage_core::NoProgress).await.unwrap();
+    let report = store
+        .backend()
+        .verify(&stowage_core::NoProgress)
+        .await
+        .unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.blobs_checked, 1);
 }
@@ -218,14 +273,25 @@ async fn failed_body_leaves_nothing_behind() {
             std::io::Error::other("disk gone"),
         ))));
     let err = handle
-        .put("k", Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()), None), Metadata::new())
+        .put(
+            "k",
+            Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()), None),
+            Metadata::new(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("disk gone"), "{err}");
     let versions = handle.versions("k").await.unwrap();
     assert_eq!(versions.len(), 1, "a failed upload created a version");
-    assert_eq!(objects(&cfg, "blobs/").await.len(), 1, "a failed upload left a blob");
-    assert!(objects(&cfg, "staging/").await.is_empty(), "a failed upload left a staging object");
+    assert_eq!(
+        objects(&cfg, "blobs/").await.len(),
+        1,
+        "a failed upload left a blob"
+    );
+    assert!(
+        objects(&cfg, "staging/").await.is_empty(),
+        "a failed upload left a staging object"
+    );
     let (_, body) = handle.get_with("k", GetOptions::default()).await.unwrap();
     assert_eq!(&body.into_bytes().await.unwrap()[..], b"first");
 }
@@ -240,7 +306,12 @@ async fn racing_overwrites_lose_no_update() {
             tokio::spawn(async move {
                 let handle = store.namespace("race").unwrap();
                 handle
-                    .put_with("hot", format!("writer {i}"), Metadata::new(), PutMode::Overwrite)
+                    .put_with(
+                        "hot",
+                        format!("writer {i}"),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
                     .await
                     .unwrap()
                     .version
@@ -252,9 +323,19 @@ async fn racing_overwrites_lose_no_update() {
         got.push(w.await.unwrap());
     }
     got.sort();
-    assert_eq!(got, (1..=16).collect::<Vec<_>>(), "each writer must get its own version");
+    assert_eq!(
+        got,
+        (1..=16).collect::<Vec<_>>(),
+        "each writer must get its own version"
+    );
     let handle = store.namespace("race").unwrap();
-    let versions: Vec<u64> = handle.versions("hot").await.unwrap().iter().map(|r| r.version).collect();
+    let versions: Vec<u64> = handle
+        .versions("hot")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
     assert_eq!(versions, (1..=16).collect::<Vec<_>>());
 }
 
@@ -267,7 +348,10 @@ async fn listing_pages_follow_key_byte_order() {
     for k in keys.iter().rev() {
         handle.put(k, *k, Metadata::new()).await.unwrap();
     }
-    handle.delete("b", stowage_core::DeleteOptions::default()).await.unwrap();
+    handle
+        .delete("b", stowage_core::DeleteOptions::default())
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
@@ -275,7 +359,11 @@ async fn listing_pages_follow_key_byte_order() {
             .backend()
             .list(
                 &stowage_core::Namespace::new("l").unwrap(),
-                ListOptions { limit: Some(2), cursor: cursor.clone(), ..ListOptions::default() },
+                ListOptions {
+                    limit: Some(2),
+                    cursor: cursor.clone(),
+                    ..ListOptions::default()
+                },
             )
             .await
             .unwrap();
@@ -290,7 +378,11 @@ async fn listing_pages_follow_key_byte_order() {
         .backend()
         .list(
             &stowage_core::Namespace::new("l").unwrap(),
-            ListOptions { prefix: Some("a".into()), start_after: Some("a/b".into()), ..ListOptions::default() },
+            ListOptions {
+                prefix: Some("a".into()),
+                start_after: Some("a/b".into()),
+                ..ListOptions::default()
+            },
         )
         .await
         .unwrap();
@@ -304,10 +396,19 @@ fn assert_backend_error(err: &stowage_core::Error, endpoint: &str, bucket: &str,
     let text = err.to_string();
     eprintln!("error as the user sees it: {text}");
     assert_eq!(err.kind(), ErrorKind::Backend, "{text}");
-    assert!(text.contains(endpoint), "error does not name the endpoint {endpoint}: {text}");
-    assert!(text.contains(bucket), "error does not name the bucket {bucket}: {text}");
+    assert!(
+        text.contains(endpoint),
+        "error does not name the endpoint {endpoint}: {text}"
+    );
+    assert!(
+        text.contains(bucket),
+        "error does not name the bucket {bucket}: {text}"
+    );
     assert!(text.contains(also), "error does not say {also:?}: {text}");
-    assert!(!text.contains("stowage-test-secret"), "error leaks the secret: {text}");
+    assert!(
+        !text.contains("stowage-test-secret"),
+        "error leaks the secret: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +423,12 @@ async fn server_down_is_a_clear_error_after_retries() {
     cfg["endpoint"] = json!(endpoint);
     cfg["retries"] = json!(2);
     let store = store(cfg).await;
-    let err = store.namespace("n").unwrap().put("k", "v", Metadata::new()).await.unwrap_err();
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .put("k", "v", Metadata::new())
+        .await
+        .unwrap_err();
     assert_backend_error(&err, &endpoint, &server.bucket, "up to 2 retries");
     assert!(err.to_string().contains("is it running"), "{err}");
 }
@@ -333,8 +439,18 @@ async fn wrong_bucket_is_named() {
     let mut cfg = config(&server, "x");
     cfg["bucket"] = json!("no-such-bucket-for-stowage");
     let store = store(cfg).await;
-    let err = store.namespace("n").unwrap().head("k", None).await.unwrap_err();
-    assert_backend_error(&err, &server.endpoint, "no-such-bucket-for-stowage", "does not exist");
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .head("k", None)
+        .await
+        .unwrap_err();
+    assert_backend_error(
+        &err,
+        &server.endpoint,
+        "no-such-bucket-for-stowage",
+        "does not exist",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +470,12 @@ async fn a_silent_server_times_out() {
     cfg["timeout_ms"] = json!(300);
     cfg["retries"] = json!(1);
     let store = store(cfg).await;
-    let err = store.namespace("n").unwrap().head("k", None).await.unwrap_err();
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .head("k", None)
+        .await
+        .unwrap_err();
     assert_backend_error(&err, &endpoint, &server.bucket, "timeout_ms = 300");
 }
 
@@ -366,20 +487,31 @@ struct OwnServer {
     python: String,
     port: u16,
     recording: PathBuf,
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl OwnServer {
     fn start(python: &str, dir: &std::path::Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let s = Self::start_with(python, dir, Vec::new());
+        http(s.port, "PUT", "/fault-bucket").expect("creating the bucket");
+        s
+    }
+
+    fn start_with(python: &str, dir: &std::path::Path, extra_env: Vec<(String, String)>) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut s = OwnServer {
             python: python.to_string(),
             port,
             recording: dir.join("moto-recording.jsonl"),
+            extra_env,
             child: None,
         };
         s.spawn();
-        http(port, "PUT", "/fault-bucket").expect("creating the bucket");
         s
     }
 
@@ -389,9 +521,17 @@ impl OwnServer {
 
     fn spawn(&mut self) {
         let child = Command::new(&self.python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
             .env("MOTO_ENABLE_RECORDING", "True")
             .env("MOTO_RECORDER_FILEPATH", &self.recording)
+            .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -399,7 +539,11 @@ impl OwnServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while http(self.port, "GET", "/moto-api/").is_err() {
-            assert!(Instant::now() < deadline, "moto did not come up on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "moto did not come up on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -415,7 +559,8 @@ impl OwnServer {
     /// Restarts on the same port and replays the recorded requests.
     fn restart(&mut self) {
         self.spawn();
-        http(self.port, "POST", "/moto-api/recorder/replay-recording").expect("replaying the recording");
+        http(self.port, "POST", "/moto-api/recorder/replay-recording")
+            .expect("replaying the recording");
     }
 }
 
@@ -429,7 +574,10 @@ impl Drop for OwnServer {
 fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
     let mut conn = TcpStream::connect(("127.0.0.1", port))?;
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n")?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer)?;
     let code = answer
@@ -438,7 +586,9 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not HTTP: {answer:.80}")))?;
     if code >= 400 {
-        return Err(std::io::Error::other(format!("{method} {path} answered {code}")));
+        return Err(std::io::Error::other(format!(
+            "{method} {path} answered {code}"
+        )));
     }
     Ok(code)
 }
@@ -446,7 +596,10 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_upload_keeps_the_earlier_version() {
     let Some(server) = server() else { return };
-    let python = server.python.clone().unwrap_or_else(|| "python3".to_string());
+    let python = server
+        .python
+        .clone()
+        .unwrap_or_else(|| "python3".to_string());
     let dir = tempfile::tempdir().unwrap();
     let mut own = OwnServer::start(&python, dir.path());
     let endpoint = own.endpoint();
@@ -460,11 +613,17 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
     {
         let store = store(cfg.clone()).await;
         let handle = store.namespace("f").unwrap();
-        let info = handle.put("tape", first.clone(), Metadata::new().with_tag("v1")).await.unwrap();
+        let info = handle
+            .put("tape", first.clone(), Metadata::new().with_tag("v1"))
+            .await
+            .unwrap();
         assert_eq!(info.version, 1);
 
         // 40 MiB in 1 MiB chunks; after 17 MiB the server is killed, the rest keeps coming.
-        let (reached, killed) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let (reached, killed) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
         let (reached2, killed2) = (reached.clone(), killed.clone());
         let chunks = futures::stream::unfold(0u64, move |i| {
             let (reached, killed) = (reached2.clone(), killed2.clone());
@@ -481,7 +640,11 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
         });
         let mut upload = tokio::spawn({
             let store_handle = store.namespace("f").unwrap();
-            async move { store_handle.put("tape", Body::from_stream(chunks, None), Metadata::new()).await }
+            async move {
+                store_handle
+                    .put("tape", Body::from_stream(chunks, None), Metadata::new())
+                    .await
+            }
         });
         tokio::select! {
             _ = reached.notified() => {}
@@ -489,7 +652,10 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
         }
         own.kill();
         killed.notify_one();
-        let err = upload.await.unwrap().expect_err("the upload must fail when the server dies");
+        let err = upload
+            .await
+            .unwrap()
+            .expect_err("the upload must fail when the server dies");
         assert_backend_error(&err, &endpoint, "fault-bucket", "retries");
     }
 
@@ -497,17 +663,36 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
     let store = store(cfg.clone()).await;
     let handle = store.namespace("f").unwrap();
     let versions = handle.versions("tape").await.unwrap();
-    assert_eq!(versions.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1], "an orphan version is visible");
-    let (info, body) = handle.get_with("tape", GetOptions::default()).await.unwrap();
+    assert_eq!(
+        versions.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![1],
+        "an orphan version is visible"
+    );
+    let (info, body) = handle
+        .get_with("tape", GetOptions::default())
+        .await
+        .unwrap();
     assert!(info.metadata.tags.contains("v1"));
-    assert!(body.into_bytes().await.unwrap() == first, "version 1 does not read back byte-exact");
+    assert!(
+        body.into_bytes().await.unwrap() == first,
+        "version 1 does not read back byte-exact"
+    );
     let listed = handle.list(ListOptions::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].version, 1);
-    assert_eq!(objects(&cfg, "blobs/").await, vec![format!("blobs/{}", ContentHash::of(&first).to_hex())]);
-    assert!(objects(&cfg, "staging/").await.is_empty(), "a half-uploaded payload is visible");
+    assert_eq!(
+        objects(&cfg, "blobs/").await,
+        vec![format!("blobs/{}", ContentHash::of(&first).to_hex())]
+    );
+    assert!(
+        objects(&cfg, "staging/").await.is_empty(),
+        "a half-uploaded payload is visible"
+    );
     // The store works on: the next write is version 2.
-    let again = handle.put("tape", "after restart", Metadata::new()).await.unwrap();
+    let again = handle
+        .put("tape", "after restart", Metadata::new())
+        .await
+        .unwrap();
     assert_eq!(again.version, 2);
 }
 
@@ -522,7 +707,11 @@ async fn another_writers_changes_are_seen_through_the_cache() {
     assert_eq!(&ha.get_bytes("k").await.unwrap().1[..], b"one");
     hb.put("k", "two", Metadata::new()).await.unwrap();
     let (info, bytes) = ha.get_bytes("k").await.unwrap();
-    assert_eq!((info.version, &bytes[..]), (2, &b"two"[..]), "a stale cached version was served");
+    assert_eq!(
+        (info.version, &bytes[..]),
+        (2, &b"two"[..]),
+        "a stale cached version was served"
+    );
     // Purge and rewrite: same object names, new contents; `a` must not serve its cache.
     assert_eq!(hb.purge("k").await.unwrap(), 2);
     hb.put("k", "fresh", Metadata::new()).await.unwrap();
@@ -530,11 +719,102 @@ async fn another_writers_changes_are_seen_through_the_cache() {
     let (info, bytes) = ha.get_bytes("k").await.unwrap();
     assert_eq!((info.version, &bytes[..]), (2, &b"fresher"[..]));
     // A conditional put from `a` against what it last saw wins exactly when nothing changed.
-    let won = ha.put_with("k", "from a", Metadata::new(), PutMode::IfVersion(2)).await.unwrap();
+    let won = ha
+        .put_with("k", "from a", Metadata::new(), PutMode::IfVersion(2))
+        .await
+        .unwrap();
     assert_eq!(won.version, 3);
-    hb.delete("k", stowage_core::DeleteOptions::default()).await.unwrap();
+    hb.delete("k", stowage_core::DeleteOptions::default())
+        .await
+        .unwrap();
     let err = ha.get_bytes("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    let err = ha.put_with("k", "late", Metadata::new(), PutMode::IfVersion(3)).await.unwrap_err();
+    let err = ha
+        .put_with("k", "late", Metadata::new(), PutMode::IfVersion(3))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+}
+
+/// Makes a bucket, an IAM user with an access key and an S3 policy on a moto whose first four
+/// requests are unauthenticated; prints the key id and secret.
+const AUTH_SETUP: &str = r#"
+import sys, json, boto3
+kw = dict(endpoint_url=sys.argv[1], aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
+boto3.client("s3", **kw).create_bucket(Bucket="auth-bucket")
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="stowage")
+key = iam.create_access_key(UserName="stowage")["AccessKey"]
+iam.put_user_policy(UserName="stowage", PolicyName="s3", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_refused_with_a_hint() {
+    let Some(server) = server() else { return };
+    let python = server
+        .python
+        .clone()
+        .unwrap_or_else(|| "python3".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    // The shared test server accepts any signature; this one checks them (moto's IAM mode,
+    // on after the four setup requests).
+    let own = OwnServer::start_with(
+        &python,
+        dir.path(),
+        vec![("INITIAL_NO_AUTH_ACTION_COUNT".into(), "4".into())],
+    );
+    let out = Command::new(&python)
+        .args(["-c", AUTH_SETUP, &own.endpoint()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "IAM setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (id, secret) = text.trim().split_once(' ').expect("key id and secret");
+    let mut cfg = config(&server, "auth");
+    cfg["endpoint"] = json!(own.endpoint());
+    cfg["bucket"] = json!("auth-bucket");
+    cfg["access_key_id"] = json!(id);
+    cfg["secret_access_key"] = json!(secret);
+    // The right key is accepted: the refusal below is about the key, not the server. (Only
+    // raw requests here: moto's signature check rejects any listing whose prefix holds a `/`,
+    // even from boto3, so stowage itself cannot run on moto with IAM checks on.)
+    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    op.write("auth/probe", "signed")
+        .await
+        .expect("moto refused the right key");
+    assert_eq!(op.read("auth/probe").await.unwrap().to_vec(), b"signed");
+
+    // An access key the server does not know: refused before any signature is computed, so
+    // this is the credential check itself, not moto's listing quirk above.
+    cfg["access_key_id"] = json!("AKIASTOWAGEUNKNOWN01");
+    let bad = store(cfg).await;
+    let err = bad
+        .namespace("a")
+        .unwrap()
+        .put("k", "forged", Metadata::new())
+        .await
+        .unwrap_err();
+    assert_backend_error(
+        &err,
+        &own.endpoint(),
+        "auth-bucket",
+        "refused the credentials",
+    );
+    assert!(
+        !err.to_string().contains(secret),
+        "the error leaks the right secret"
+    );
+    let blob = format!("blobs/{}", ContentHash::of(b"forged").to_hex());
+    let absent = op.stat(&blob).await.unwrap_err();
+    assert_eq!(
+        absent.kind(),
+        opendal::ErrorKind::NotFound,
+        "the refused put stored its payload"
+    );
 }

@@ -16,17 +16,17 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use opendal::Operator;
 use stowage_core::{
-    Body, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key, ListOptions, Metadata, Namespace,
-    Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend, Timestamp, Version, VerifyProblem,
-    VerifyReport,
+    Body, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key, ListOptions,
+    Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend,
+    Timestamp, VerifyProblem, VerifyReport, Version,
 };
 
 use super::blob::BlobStore;
 use super::config::S3Config;
 use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{
-    after_key, decode_meta, encode_meta, hash_of_blob_path, key_dir, key_prefix_prefix, meta_path, namespace_prefix,
-    parse_meta_path, MetaName, BLOBS, META, STAGING,
+    after_key, decode_meta, encode_meta, hash_of_blob_path, key_dir, key_prefix_prefix, meta_path,
+    namespace_prefix, parse_meta_path, MetaName, BLOBS, META, STAGING,
 };
 use super::PROVIDER;
 
@@ -79,7 +79,10 @@ struct MetaCache {
 impl MetaCache {
     fn get(&self, path: &str, etag: &str) -> Option<RecordInfo> {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        records.get(path).filter(|(e, _)| e == etag).map(|(_, r)| r.clone())
+        records
+            .get(path)
+            .filter(|(e, _)| e == etag)
+            .map(|(_, r)| r.clone())
     }
 
     fn put(&self, path: String, etag: String, record: RecordInfo) {
@@ -96,7 +99,11 @@ impl MetaCache {
     }
 
     fn latest_hint(&self, dir: &str) -> Option<Version> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied()
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .copied()
     }
 
     fn set_latest_hint(&self, dir: &str, version: Option<Version>) {
@@ -125,7 +132,9 @@ pub struct S3Backend {
 
 impl std::fmt::Debug for S3Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Backend").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("S3Backend")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,7 +151,12 @@ impl S3Backend {
     }
 
     /// Lists metadata objects under `prefix` (recursively), after `start_after` if given.
-    async fn list_meta(&self, ns: &Namespace, prefix: &str, start_after: Option<&str>) -> Result<Vec<Listed>> {
+    async fn list_meta(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<Listed>> {
         let ns_prefix = namespace_prefix(ns);
         let mut lister = self.op.lister_with(prefix).recursive(true);
         if let Some(after) = start_after {
@@ -180,7 +194,8 @@ impl S3Backend {
         }
         let all = self.list_meta(ns, &dir, None).await?;
         let last = all.into_iter().max_by_key(|l| l.name.version);
-        self.cache.set_latest_hint(&dir, last.as_ref().map(|l| l.name.version));
+        self.cache
+            .set_latest_hint(&dir, last.as_ref().map(|l| l.name.version));
         Ok(last)
     }
 
@@ -189,7 +204,8 @@ impl S3Backend {
         let dir = key_dir(ns, key.as_str());
         let mut all = self.list_meta(ns, &dir, None).await?;
         all.sort_by_key(|l| l.name.version);
-        self.cache.set_latest_hint(&dir, all.last().map(|l| l.name.version));
+        self.cache
+            .set_latest_hint(&dir, all.last().map(|l| l.name.version));
         Ok(all)
     }
 
@@ -202,8 +218,14 @@ impl S3Backend {
             }
         }
         let name = &listed.name;
-        self.read_meta(ns, &name.path, &name.key_hex, name.version, listed.etag.as_deref())
-            .await
+        self.read_meta(
+            ns,
+            &name.path,
+            &name.key_hex,
+            name.version,
+            listed.etag.as_deref(),
+        )
+        .await
     }
 
     /// Reads and decodes a metadata object; `None` if it does not exist (or, with `etag`, no
@@ -223,11 +245,16 @@ impl S3Backend {
         let bytes = match read.await {
             Ok(bytes) => bytes,
             Err(e) if is_not_found(&e) || is_precondition_failed(&e) => return Ok(None),
-            Err(e) => return Err(self.target.error(format_args!("reading metadata {path}"), e)),
+            Err(e) => {
+                return Err(self
+                    .target
+                    .error(format_args!("reading metadata {path}"), e))
+            }
         };
         let record = decode_meta(path, &bytes.to_bytes(), ns, key_hex, version)?;
         if let Some(etag) = etag {
-            self.cache.put(path.to_string(), etag.to_string(), record.clone());
+            self.cache
+                .put(path.to_string(), etag.to_string(), record.clone());
         }
         Ok(Some(record))
     }
@@ -252,7 +279,9 @@ impl S3Backend {
     /// The latest version this process last saw of the key (unchecked).
     fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
         let v = self.cache.latest_hint(&key_dir(ns, key.as_str()))?;
-        self.cache.entry(&meta_path(ns, key.as_str(), v)).map(|(_, r)| r)
+        self.cache
+            .entry(&meta_path(ns, key.as_str(), v))
+            .map(|(_, r)| r)
     }
 
     /// The latest version without a listing, when this process saw the key before: version
@@ -277,12 +306,20 @@ impl S3Backend {
         let unchanged = match current {
             Ok(_) => true,
             Err(e) if is_not_found(&e) || is_precondition_failed(&e) => false,
-            Err(e) => return Err(self.target.error(format_args!("checking metadata {path}"), e)),
+            Err(e) => {
+                return Err(self
+                    .target
+                    .error(format_args!("checking metadata {path}"), e))
+            }
         };
         let superseded = match newer {
             Ok(_) => true,
             Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(self.target.error(format_args!("checking metadata {next}"), e)),
+            Err(e) => {
+                return Err(self
+                    .target
+                    .error(format_args!("checking metadata {next}"), e))
+            }
         };
         Ok((unchanged && !superseded).then_some(record))
     }
@@ -310,7 +347,9 @@ impl S3Backend {
                 Ok(true)
             }
             Err(e) if is_precondition_failed(&e) => Ok(false),
-            Err(e) => Err(self.target.error(format_args!("writing metadata {path}"), e)),
+            Err(e) => Err(self
+                .target
+                .error(format_args!("writing metadata {path}"), e)),
         }
     }
 
@@ -359,7 +398,9 @@ impl S3Backend {
         let ns_prefix = namespace_prefix(ns);
         let hex_prefix = hex::encode(prefix.unwrap_or(""));
         // Every object of a key with this prefix sorts after the bare hex prefix.
-        let mut start_after = prefix.filter(|p| !p.is_empty()).map(|p| key_prefix_prefix(ns, p));
+        let mut start_after = prefix
+            .filter(|p| !p.is_empty())
+            .map(|p| key_prefix_prefix(ns, p));
         if let Some(lower) = lower {
             let bound = after_key(ns, lower);
             if start_after.as_ref().is_none_or(|s| bound > *s) {
@@ -384,7 +425,8 @@ impl S3Backend {
                     exhausted = true;
                     break;
                 };
-                let entry = entry.map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
+                let entry =
+                    entry.map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
                 let Some(name) = parse_meta_path(&ns_prefix, entry.path()) else {
                     continue;
                 };
@@ -489,7 +531,12 @@ impl S3Backend {
             .await
     }
 
-    fn live_or_not_found(ns: &Namespace, key: &Key, record: Option<RecordInfo>, version: Option<Version>) -> Result<RecordInfo> {
+    fn live_or_not_found(
+        ns: &Namespace,
+        key: &Key,
+        record: Option<RecordInfo>,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         match record {
             Some(r) if !r.is_deleted() => Ok(r),
             _ => Err(Error::not_found(ns, key, version)),
@@ -507,7 +554,12 @@ fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<&Record
 }
 
 /// Checks a put's precondition against the latest version.
-fn check_put_mode(ns: &Namespace, key: &Key, mode: PutMode, latest: Option<&RecordInfo>) -> Result<()> {
+fn check_put_mode(
+    ns: &Namespace,
+    key: &Key,
+    mode: PutMode,
+    latest: Option<&RecordInfo>,
+) -> Result<()> {
     match mode {
         PutMode::Overwrite => Ok(()),
         PutMode::Create => match latest {
@@ -575,7 +627,14 @@ impl StorageBackend for S3Backend {
         Ok(())
     }
 
-    async fn put(&self, ns: &Namespace, key: &Key, body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
         // A conditional put checks first so a conflict costs no upload; an overwrite learns the
         // latest version while the payload uploads.
         let (stored, latest) = if mode == PutMode::Overwrite {
@@ -589,12 +648,25 @@ impl StorageBackend for S3Backend {
         let (hash, size) = stored;
         self.write_next(ns, key, Some(latest), |latest, version, now| {
             check_put_mode(ns, key, mode, latest)?;
-            Ok(new_record(ns, key, latest, version, now, (hash, size, metadata.clone()), None))
+            Ok(new_record(
+                ns,
+                key,
+                latest,
+                version,
+                now,
+                (hash, size, metadata.clone()),
+                None,
+            ))
         })
         .await
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         // Seen before: start reading the payload this process last knew while the probes check
         // it is still the latest; the read is dropped unread if it is not.
         if let (None, Some(cached)) = (options.version, self.cached_latest(ns, key)) {
@@ -610,7 +682,9 @@ impl StorageBackend for S3Backend {
             }
         }
         let record = match options.version {
-            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?,
+            Some(v) => {
+                Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?
+            }
             None => Self::live_or_not_found(ns, key, self.latest(ns, key).await?, None)?,
         };
         let range = options.range.map(|r| r.resolve(record.size)).transpose()?;
@@ -618,14 +692,26 @@ impl StorageBackend for S3Backend {
         Ok((record, body))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         match version {
-            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v)),
+            Some(v) => {
+                Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))
+            }
             None => Self::live_or_not_found(ns, key, self.latest(ns, key).await?, None),
         }
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         self.write_next(ns, key, None, |latest, version, now| {
             let live = match latest {
                 Some(r) if !r.is_deleted() => r,
@@ -637,7 +723,15 @@ impl StorageBackend for S3Backend {
                 }
             }
             let content = (live.hash, live.size, live.metadata.clone());
-            Ok(new_record(ns, key, latest, version, now, content, Some(now)))
+            Ok(new_record(
+                ns,
+                key,
+                latest,
+                version,
+                now,
+                content,
+                Some(now),
+            ))
         })
         .await
     }
@@ -647,14 +741,18 @@ impl StorageBackend for S3Backend {
         let include_deleted = options.include_deleted;
         let want = options.limit.map(|l| l.saturating_add(1));
         let latest = self
-            .scan_latest(ns, options.prefix.as_deref(), lower.as_deref(), want, |r| include_deleted || !r.is_deleted())
+            .scan_latest(ns, options.prefix.as_deref(), lower.as_deref(), want, |r| {
+                include_deleted || !r.is_deleted()
+            })
             .await?;
         options.apply(latest)
     }
 
     async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
         let candidates = self
-            .scan_latest(ns, query.prefix.as_deref(), None, None, |r| query.matches(r))
+            .scan_latest(ns, query.prefix.as_deref(), None, None, |r| {
+                query.matches(r)
+            })
             .await?;
         query.apply(candidates)
     }
@@ -672,9 +770,16 @@ impl StorageBackend for S3Backend {
         Ok(records.into_iter().flatten().collect())
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let source = match version {
-            Some(v) => Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?,
+            Some(v) => {
+                Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?
+            }
             None => {
                 let names = self.all_names(ns, key).await?;
                 let mut found = None;
@@ -704,17 +809,18 @@ impl StorageBackend for S3Backend {
         // Oldest first: an interrupted purge leaves the newest versions, never resurrects an
         // old one as the latest.
         for listed in &names {
-            self.op
-                .delete(&listed.name.path)
-                .await
-                .map_err(|e| self.target.error(format_args!("deleting metadata {}", listed.name.path), e))?;
+            self.op.delete(&listed.name.path).await.map_err(|e| {
+                self.target
+                    .error(format_args!("deleting metadata {}", listed.name.path), e)
+            })?;
         }
         self.cache.set_latest_hint(&key_dir(ns, key.as_str()), None);
         Ok(names.len() as u64)
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let referenced: HashSet<ContentHash> = self.all_meta().await?.into_iter().map(|r| r.hash).collect();
+        let referenced: HashSet<ContentHash> =
+            self.all_meta().await?.into_iter().map(|r| r.hash).collect();
         let blobs = self.all_objects(BLOBS).await?;
         let staging = self.all_objects(STAGING).await?;
         progress.set_total((blobs.len() + staging.len()) as u64);
@@ -727,7 +833,11 @@ impl StorageBackend for S3Backend {
                         report.blobs_removed += 1;
                         report.bytes_freed += size;
                     }
-                    Err(e) => return Err(self.target.error(format_args!("deleting payload {path}"), e)),
+                    Err(e) => {
+                        return Err(self
+                            .target
+                            .error(format_args!("deleting payload {path}"), e))
+                    }
                 }
             } else {
                 report.blobs_kept += 1;
@@ -737,10 +847,10 @@ impl StorageBackend for S3Backend {
         let cutoff = Timestamp::now().as_micros() - STAGING_GRACE.as_micros() as i64;
         for (path, size, modified) in staging {
             if modified.is_some_and(|m| m < cutoff) {
-                self.op
-                    .delete(&path)
-                    .await
-                    .map_err(|e| self.target.error(format_args!("deleting leftover {path}"), e))?;
+                self.op.delete(&path).await.map_err(|e| {
+                    self.target
+                        .error(format_args!("deleting leftover {path}"), e)
+                })?;
                 report.bytes_freed += size;
             }
             progress.inc(1);
@@ -773,10 +883,15 @@ impl StorageBackend for S3Backend {
                     if got != *hash {
                         Some(("corrupt", format!("payload {path} hashes to {got}")))
                     } else {
-                        users
-                            .iter()
-                            .find(|r| r.size != size)
-                            .map(|r| ("size", format!("payload {path} has {size} bytes but version {} says {}", r.version, r.size)))
+                        users.iter().find(|r| r.size != size).map(|r| {
+                            (
+                                "size",
+                                format!(
+                                    "payload {path} has {size} bytes but version {} says {}",
+                                    r.version, r.size
+                                ),
+                            )
+                        })
                     }
                 }
             };

@@ -36,7 +36,11 @@ enum UploadError {
 impl BlobStore {
     /// A blob store over `op` with multipart parts of `part_size` bytes.
     pub(crate) fn new(op: Operator, target: Target, part_size: usize) -> Self {
-        BlobStore { op, target, part_size }
+        BlobStore {
+            op,
+            target,
+            part_size,
+        }
     }
 
     /// Stores `body` (streamed) and returns its hash and size.
@@ -76,11 +80,18 @@ impl BlobStore {
             Ok(_) => Ok(()),
             // Same name, same bytes: the payload is stored already (dedup).
             Err(e) if is_precondition_failed(&e) => Ok(()),
-            Err(e) => Err(self.target.error(format_args!("uploading payload {path}"), e)),
+            Err(e) => Err(self
+                .target
+                .error(format_args!("uploading payload {path}"), e)),
         }
     }
 
-    async fn put_large(&self, head: Vec<Bytes>, mut body: Body, mut hasher: ContentHasher) -> Result<(ContentHash, u64)> {
+    async fn put_large(
+        &self,
+        head: Vec<Bytes>,
+        mut body: Body,
+        mut hasher: ContentHasher,
+    ) -> Result<(ContentHash, u64)> {
         let staging = staging_path();
         let mut writer = self
             .op
@@ -88,7 +99,10 @@ impl BlobStore {
             .chunk(self.part_size)
             .concurrent(UPLOAD_CONCURRENCY)
             .await
-            .map_err(|e| self.target.error(format_args!("starting the upload of {staging}"), e))?;
+            .map_err(|e| {
+                self.target
+                    .error(format_args!("starting the upload of {staging}"), e)
+            })?;
         let streamed: std::result::Result<(), UploadError> = async {
             for chunk in head {
                 writer.write(chunk).await.map_err(UploadError::Server)?;
@@ -110,7 +124,9 @@ impl BlobStore {
             }
             return Err(match failure {
                 UploadError::Body(e) => e,
-                UploadError::Server(e) => self.target.error(format_args!("uploading payload to {staging}"), e),
+                UploadError::Server(e) => self
+                    .target
+                    .error(format_args!("uploading payload to {staging}"), e),
             });
         }
         let (hash, size) = hasher.finish();
@@ -126,17 +142,26 @@ impl BlobStore {
         match self.op.stat(&path).await {
             Ok(_) => return Ok(()),
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(self.target.error(format_args!("checking payload {path}"), e)),
+            Err(e) => {
+                return Err(self
+                    .target
+                    .error(format_args!("checking payload {path}"), e))
+            }
         }
-        self.op
-            .copy(staging, &path)
-            .await
-            .map_err(|e| self.target.error(format_args!("copying {staging} to {path}"), e))
+        self.op.copy(staging, &path).await.map_err(|e| {
+            self.target
+                .error(format_args!("copying {staging} to {path}"), e)
+        })
     }
 
     /// Streams the payload `hash` of `size` bytes, or bytes `[offset, offset + len)` of it.
     /// A whole read is re-hashed on the fly and ends in `Corrupt` if the bytes differ.
-    pub(crate) async fn read(&self, hash: ContentHash, size: u64, range: Option<(u64, u64)>) -> Result<Body> {
+    pub(crate) async fn read(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        range: Option<(u64, u64)>,
+    ) -> Result<Body> {
         let (offset, len) = range.unwrap_or((0, size));
         if len == 0 {
             return Ok(Body::empty());
@@ -154,16 +179,14 @@ impl BlobStore {
         let target = self.target.clone();
         let stream_path = path.clone();
         let stream = stream.map(move |r| {
-            r.map_err(|e| {
-                Error::Backend {
-                    provider: PROVIDER.to_string(),
-                    message: format!(
-                        "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
-                        target.endpoint(),
-                        target.bucket()
-                    ),
-                    source: Some(Box::new(e)),
-                }
+            r.map_err(|e| Error::Backend {
+                provider: PROVIDER.to_string(),
+                message: format!(
+                    "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
+                    target.endpoint(),
+                    target.bucket()
+                ),
+                source: Some(Box::new(e)),
             })
         });
         if range.is_some() {
@@ -219,7 +242,15 @@ impl BlobStore {
             match chunk {
                 Ok(chunk) => hasher.update(&chunk),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io(format!("reading payload {path} from bucket `{}`", self.target.bucket()), e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!(
+                            "reading payload {path} from bucket `{}`",
+                            self.target.bucket()
+                        ),
+                        e,
+                    ))
+                }
             }
         }
         Ok(Some(hasher.finish()))

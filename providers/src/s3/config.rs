@@ -103,7 +103,11 @@ impl fmt::Debug for S3Config {
 impl S3Config {
     /// Parses and checks a config without any I/O; every error names the field.
     pub fn parse(config: &serde_json::Value) -> Result<Self> {
-        if config.is_null() || config.as_object().is_some_and(|o| !o.contains_key("bucket")) {
+        if config.is_null()
+            || config
+                .as_object()
+                .is_some_and(|o| !o.contains_key("bucket"))
+        {
             return Err(Error::invalid_config(
                 "storage.config.bucket",
                 "is required: the name of an existing bucket (provider `s3`)",
@@ -118,7 +122,8 @@ impl S3Config {
         let field = |name: &str| format!("storage.config.{name}");
         let b = &self.bucket;
         let bucket_ok = (3..=63).contains(&b.len())
-            && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+            && b.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
             && b.as_bytes()[0].is_ascii_alphanumeric()
             && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric();
         if !bucket_ok {
@@ -139,7 +144,10 @@ impl S3Config {
             }
         }
         if self.region.is_empty() {
-            return Err(Error::invalid_config(field("region"), "must not be empty (use us-east-1 when the server ignores it)"));
+            return Err(Error::invalid_config(
+                field("region"),
+                "must not be empty (use us-east-1 when the server ignores it)",
+            ));
         }
         if self.root.split('/').any(|s| s == "." || s == "..") || self.root.contains('\\') {
             return Err(Error::invalid_config(
@@ -149,23 +157,38 @@ impl S3Config {
         }
         match (&self.access_key_id, &self.secret_access_key) {
             (Some(_), None) => {
-                return Err(Error::invalid_config(field("secret_access_key"), "is missing while access_key_id is set; give both or neither"))
+                return Err(Error::invalid_config(
+                    field("secret_access_key"),
+                    "is missing while access_key_id is set; give both or neither",
+                ))
             }
             (None, Some(_)) => {
-                return Err(Error::invalid_config(field("access_key_id"), "is missing while secret_access_key is set; give both or neither"))
+                return Err(Error::invalid_config(
+                    field("access_key_id"),
+                    "is missing while secret_access_key is set; give both or neither",
+                ))
             }
             _ => {}
         }
         if self.timeout_ms == 0 {
-            return Err(Error::invalid_config(field("timeout_ms"), "must be at least 1 (milliseconds)"));
+            return Err(Error::invalid_config(
+                field("timeout_ms"),
+                "must be at least 1 (milliseconds)",
+            ));
         }
         if self.retries > 100 {
-            return Err(Error::invalid_config(field("retries"), format!("{} is too many; use at most 100", self.retries)));
+            return Err(Error::invalid_config(
+                field("retries"),
+                format!("{} is too many; use at most 100", self.retries),
+            ));
         }
         if !(MIN_PART_SIZE_MIB..=5 * 1024).contains(&self.part_size_mib) {
             return Err(Error::invalid_config(
                 field("part_size_mib"),
-                format!("{} is outside what S3 accepts ({MIN_PART_SIZE_MIB} to 5120 MiB)", self.part_size_mib),
+                format!(
+                    "{} is outside what S3 accepts ({MIN_PART_SIZE_MIB} to 5120 MiB)",
+                    self.part_size_mib
+                ),
             ));
         }
         Ok(())
@@ -257,19 +280,34 @@ mod tests {
         let cases = [
             (json!({}), "bucket"),
             (json!({"bucket": "Bad_Bucket"}), "bucket"),
-            (json!({"bucket": "ok-b", "endpoint": "127.0.0.1:9000"}), "endpoint"),
+            (
+                json!({"bucket": "ok-b", "endpoint": "127.0.0.1:9000"}),
+                "endpoint",
+            ),
             (json!({"bucket": "ok-b", "root": "a/../b"}), "root"),
-            (json!({"bucket": "ok-b", "access_key_id": "x"}), "secret_access_key"),
-            (json!({"bucket": "ok-b", "secret_access_key": "x"}), "access_key_id"),
+            (
+                json!({"bucket": "ok-b", "access_key_id": "x"}),
+                "secret_access_key",
+            ),
+            (
+                json!({"bucket": "ok-b", "secret_access_key": "x"}),
+                "access_key_id",
+            ),
             (json!({"bucket": "ok-b", "timeout_ms": 0}), "timeout_ms"),
-            (json!({"bucket": "ok-b", "part_size_mib": 1}), "part_size_mib"),
+            (
+                json!({"bucket": "ok-b", "part_size_mib": 1}),
+                "part_size_mib",
+            ),
             (json!({"bucket": "ok-b", "bukket": "x"}), "storage.config"),
         ];
         for (cfg, field) in cases {
             let err = S3Config::parse(&cfg).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidConfig);
             let named = field_of(err);
-            assert!(named.contains(field), "config {cfg} should name {field}, named {named}");
+            assert!(
+                named.contains(field),
+                "config {cfg} should name {field}, named {named}"
+            );
         }
     }
 
@@ -281,7 +319,10 @@ mod tests {
         }))
         .unwrap();
         let shown = format!("{cfg:?}");
-        assert!(!shown.contains("s3cr3t-value") && !shown.contains("tok3n-value"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t-value") && !shown.contains("tok3n-value"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 

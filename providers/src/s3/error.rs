@@ -51,10 +51,19 @@ impl Target {
         {
             "the server refused the credentials: check access_key_id and secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".to_string()
         } else if text.contains("NoSuchBucket") {
-            format!("bucket `{}` does not exist there: create it or fix `bucket`", self.bucket)
+            format!(
+                "bucket `{}` does not exist there: create it or fix `bucket`",
+                self.bucket
+            )
         } else if text.contains("timeout reached") {
-            format!("no answer within timeout_ms = {} ms: raise timeout_ms or check the server's load", self.timeout_ms)
-        } else if err.is_temporary() || text.contains("error sending request") || text.contains("connect") {
+            format!(
+                "no answer within timeout_ms = {} ms: raise timeout_ms or check the server's load",
+                self.timeout_ms
+            )
+        } else if err.is_temporary()
+            || text.contains("error sending request")
+            || text.contains("connect")
+        {
             "the server did not answer: is it running and reachable at that endpoint?".to_string()
         } else {
             "see the cause".to_string()

@@ -52,7 +52,10 @@ pub(crate) fn staging_path() -> String {
     seed.update(&now.to_le_bytes());
     seed.update(&std::process::id().to_le_bytes());
     seed.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    format!("{STAGING}{}", hex::encode(&seed.finalize().as_bytes()[..16]))
+    format!(
+        "{STAGING}{}",
+        hex::encode(&seed.finalize().as_bytes()[..16])
+    )
 }
 
 /// The prefix of every metadata object of a namespace.
@@ -123,14 +126,31 @@ pub(crate) fn encode_meta(record: &RecordInfo) -> Result<Vec<u8>> {
         format: META_FORMAT,
         record: record.clone(),
     };
-    serde_json::to_vec(&object)
-        .map_err(|e| Error::corrupt(PROVIDER, format!("cannot encode metadata of {}/{}: {e}", record.namespace, record.key)))
+    serde_json::to_vec(&object).map_err(|e| {
+        Error::corrupt(
+            PROVIDER,
+            format!(
+                "cannot encode metadata of {}/{}: {e}",
+                record.namespace, record.key
+            ),
+        )
+    })
 }
 
 /// Parses a metadata object read from `path`, checking it belongs where it was found.
-pub(crate) fn decode_meta(path: &str, bytes: &[u8], ns: &Namespace, key_hex: &str, version: Version) -> Result<RecordInfo> {
-    let object: MetaObject = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(PROVIDER, format!("metadata object {path} is not valid JSON of format {META_FORMAT}: {e}")))?;
+pub(crate) fn decode_meta(
+    path: &str,
+    bytes: &[u8],
+    ns: &Namespace,
+    key_hex: &str,
+    version: Version,
+) -> Result<RecordInfo> {
+    let object: MetaObject = serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            PROVIDER,
+            format!("metadata object {path} is not valid JSON of format {META_FORMAT}: {e}"),
+        )
+    })?;
     if object.format != META_FORMAT {
         return Err(Error::corrupt(
             PROVIDER,
@@ -141,7 +161,10 @@ pub(crate) fn decode_meta(path: &str, bytes: &[u8], ns: &Namespace, key_hex: &st
     if &r.namespace != ns || hex::encode(r.key.as_str()) != key_hex || r.version != version {
         return Err(Error::corrupt(
             PROVIDER,
-            format!("metadata object {path} holds {}/{} version {}, not what its name says", r.namespace, r.key, r.version),
+            format!(
+                "metadata object {path} holds {}/{} version {}, not what its name says",
+                r.namespace, r.key, r.version
+            ),
         ));
     }
     Ok(object.record)
@@ -155,7 +178,8 @@ mod tests {
     fn object_names_sort_like_keys() {
         let ns = Namespace::new("n").unwrap();
         let mut keys = vec!["b", "a/b", "a", "ab", "a\u{e9}", "a0", "z/\u{7f}x"];
-        let mut names: Vec<(String, &str)> = keys.iter().map(|k| (meta_path(&ns, k, 7), *k)).collect();
+        let mut names: Vec<(String, &str)> =
+            keys.iter().map(|k| (meta_path(&ns, k, 7), *k)).collect();
         names.sort();
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         assert_eq!(names.iter().map(|(_, k)| *k).collect::<Vec<_>>(), keys);

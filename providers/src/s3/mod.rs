@@ -39,7 +39,9 @@ use async_trait::async_trait;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::services::S3;
 use opendal::Operator;
-use stowage_core::{BuiltinProvider, Capabilities, Error, Result, StorageBackend, StorageProviderFactory};
+use stowage_core::{
+    BuiltinProvider, Capabilities, Error, Result, StorageBackend, StorageProviderFactory,
+};
 
 pub use backend::S3Backend;
 pub use config::S3Config;
@@ -68,7 +70,13 @@ fn credentials(cfg: &S3Config) -> Option<(String, String, Option<String>)> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let id = env("AWS_ACCESS_KEY_ID")?;
     let secret = env("AWS_SECRET_ACCESS_KEY")?;
-    Some((id, secret, cfg.session_token.clone().or_else(|| env("AWS_SESSION_TOKEN"))))
+    Some((
+        id,
+        secret,
+        cfg.session_token
+            .clone()
+            .or_else(|| env("AWS_SESSION_TOKEN")),
+    ))
 }
 
 /// An OpenDAL operator for `cfg`, with its retry and timeout layers (no I/O).
@@ -99,8 +107,17 @@ pub fn operator(cfg: &S3Config) -> Result<Operator> {
     };
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let op = Operator::new(builder)
-        .map_err(|e| Error::invalid_config("storage.config", format!("OpenDAL refused the s3 config: {e}")))?
-        .layer(TimeoutLayer::new().with_timeout(timeout).with_io_timeout(timeout))
+        .map_err(|e| {
+            Error::invalid_config(
+                "storage.config",
+                format!("OpenDAL refused the s3 config: {e}"),
+            )
+        })?
+        .layer(
+            TimeoutLayer::new()
+                .with_timeout(timeout)
+                .with_io_timeout(timeout),
+        )
         .layer(
             RetryLayer::new()
                 .with_max_times(cfg.retries)
