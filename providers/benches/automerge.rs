@@ -25,7 +25,11 @@ const SHORT: u64 = 10;
 const SHORT_ROTATE: u64 = 50;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn store(root: &Path) -> AutomergeBackend {
@@ -35,7 +39,10 @@ fn store(root: &Path) -> AutomergeBackend {
 }
 
 fn bench_root(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stowage-automerge-bench-{label}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "stowage-automerge-bench-{label}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -58,7 +65,10 @@ fn json() -> Metadata {
 async fn fill(store: &AutomergeBackend, key: &Key, changes: u64) {
     let ns = Namespace::default();
     for n in 0..changes {
-        store.put(&ns, key, record(n).into(), json(), PutMode::Overwrite).await.unwrap();
+        store
+            .put(&ns, key, record(n).into(), json(), PutMode::Overwrite)
+            .await
+            .unwrap();
     }
 }
 
@@ -75,7 +85,8 @@ fn main() {
         .configure_from_args();
     let ns = Namespace::default();
     // name → (total time, iterations) over every run of the benchmark, warm-up included.
-    let results: Mutex<std::collections::BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(Default::default());
+    let results: Mutex<std::collections::BTreeMap<&'static str, (Duration, u64)>> =
+        Mutex::new(Default::default());
     let record_time = |name: &'static str, d: Duration, iters: u64| {
         let mut r = results.lock().unwrap();
         let e = r.entry(name).or_default();
@@ -89,7 +100,10 @@ fn main() {
     let long_key = Key::new("long.json").unwrap();
     let filled = Instant::now();
     rt.block_on(fill(&am, &long_key, LONG));
-    println!("filled a {LONG}-change record in {:.1} s", filled.elapsed().as_secs_f64());
+    println!(
+        "filled a {LONG}-change record in {:.1} s",
+        filled.elapsed().as_secs_f64()
+    );
     // Each iteration times one put on a short record and one on the long record, alternately,
     // so noise from other processes on the machine hits both the same way.
     let mut group = c.benchmark_group("automerge_put");
@@ -107,10 +121,24 @@ fn main() {
                 }
                 short_puts += 1;
                 let started = Instant::now();
-                rt.block_on(am.put(&ns, &short_key, record(1_000_000 + i).into(), json(), PutMode::Overwrite)).unwrap();
+                rt.block_on(am.put(
+                    &ns,
+                    &short_key,
+                    record(1_000_000 + i).into(),
+                    json(),
+                    PutMode::Overwrite,
+                ))
+                .unwrap();
                 short_total += started.elapsed();
                 let started = Instant::now();
-                rt.block_on(am.put(&ns, &long_key, record(2_000_000 + i).into(), json(), PutMode::Overwrite)).unwrap();
+                rt.block_on(am.put(
+                    &ns,
+                    &long_key,
+                    record(2_000_000 + i).into(),
+                    json(),
+                    PutMode::Overwrite,
+                ))
+                .unwrap();
                 long_total += started.elapsed();
             }
             record_time("put_10", short_total, iters);
@@ -126,15 +154,30 @@ fn main() {
     let key = Key::new("loaded.json").unwrap();
     rt.block_on(fill(&writer, &key, LONG));
     rt.block_on(writer.compact_all()).unwrap();
-    let folder = std::fs::read_dir(load_root.join("docs").join("default")).unwrap().next().unwrap().unwrap().path();
+    let folder = std::fs::read_dir(load_root.join("docs").join("default"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let snapshot = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("snapshot-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snapshot-")
+        })
         .expect("compaction wrote a snapshot");
     // The baseline's blob: the same document saved in one piece.
-    let blob = automerge::Automerge::load(&std::fs::read(&snapshot).unwrap()).unwrap().save();
-    println!("compacted {LONG}-change record: {} bytes in one save() blob", blob.len());
+    let blob = automerge::Automerge::load(&std::fs::read(&snapshot).unwrap())
+        .unwrap()
+        .save();
+    println!(
+        "compacted {LONG}-change record: {} bytes in one save() blob",
+        blob.len()
+    );
 
     let mut group = c.benchmark_group("automerge_load");
     group.bench_function("stowage_open_head_and_automerge_load_alternating", |b| {
@@ -159,7 +202,12 @@ fn main() {
     group.finish();
 
     let results = results.into_inner().unwrap();
-    let last = |name: &str| results.get(name).map(|(d, n)| mean(*d, *n)).unwrap_or(f64::NAN);
+    let last = |name: &str| {
+        results
+            .get(name)
+            .map(|(d, n)| mean(*d, *n))
+            .unwrap_or(f64::NAN)
+    };
     let (p10, p10k) = (last("put_10"), last("put_10000"));
     let (ls, lb) = (last("load_stowage"), last("load_baseline"));
     println!("put at {SHORT} changes: {p10:.1} µs; at {LONG} changes: {p10k:.1} µs; ratio {:.2}x (goal <= 2x)", p10k / p10);

@@ -20,6 +20,23 @@ mod conformance {
     });
 }
 
+/// The same suite without fsync: writes then commit on the caller's task when the commit
+/// thread is idle, so this covers that path and its races with the queued one.
+mod conformance_no_fsync {
+    stowage_core::conformance_tests!(async {
+        let root = tempfile::Builder::new()
+            .prefix("fs-ck-nofsync-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("creating a scratch directory")
+            .keep();
+        let backend = stowage_providers::fs::factory()
+            .create(serde_json::json!({ "root": root, "fsync": "never" }))
+            .await
+            .expect("creating an fs store");
+        stowage_core::Stowage::from_backend(backend)
+    });
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -56,6 +56,7 @@ pub(crate) const CAPABILITIES: Capabilities = Capabilities {
 pub struct KvBackend {
     db: Arc<Database>,
     path: PathBuf,
+    sync: bool,
 }
 
 impl std::fmt::Debug for KvBackend {
@@ -234,6 +235,15 @@ fn read_range(
     Ok(out)
 }
 
+/// A write transaction; `sync: false` skips the fsync of each commit.
+fn begin_write(db: &Database, sync: bool) -> Result<redb::WriteTransaction> {
+    let mut txn = db.begin_write().map_err(err)?;
+    if !sync {
+        txn.set_durability(redb::Durability::Eventual);
+    }
+    Ok(txn)
+}
+
 fn check_mode(
     mode: PutMode,
     ns: &Namespace,
@@ -259,8 +269,9 @@ fn check_mode(
 }
 
 impl KvBackend {
-    /// Opens (creating if needed) the database at `path`.
-    pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
+    /// Opens (creating if needed) the database at `path`; with `sync` false, commits skip
+    /// their fsync (see [`crate::KvConfig::sync`]).
+    pub async fn open(path: impl Into<PathBuf>, sync: bool) -> Result<Self> {
         let path = path.into();
         let p = path.clone();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
@@ -289,6 +300,7 @@ impl KvBackend {
         Ok(KvBackend {
             db: Arc::new(db),
             path,
+            sync,
         })
     }
 
@@ -341,7 +353,10 @@ impl StorageBackend for KvBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        Capabilities {
+            durable: self.sync,
+            ..CAPABILITIES
+        }
     }
 
     async fn put(
@@ -352,11 +367,12 @@ impl StorageBackend for KvBackend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
+        let sync = self.sync;
         let (ns, key) = (ns.clone(), key.clone());
         let runtime = tokio::runtime::Handle::current();
         self.blocking(move |db| {
             let mut body = body;
-            let txn = db.begin_write().map_err(err)?;
+            let txn = begin_write(db, sync)?;
             let info = {
                 let mut records = txn.open_table(RECORDS).map_err(err)?;
                 let mut latest = txn.open_table(LATEST).map_err(err)?;
@@ -505,9 +521,10 @@ impl StorageBackend for KvBackend {
         key: &Key,
         options: DeleteOptions,
     ) -> Result<RecordInfo> {
+        let sync = self.sync;
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = begin_write(db, sync)?;
             let tombstone = {
                 let mut records = txn.open_table(RECORDS).map_err(err)?;
                 let mut latest = txn.open_table(LATEST).map_err(err)?;
@@ -583,9 +600,10 @@ impl StorageBackend for KvBackend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
+        let sync = self.sync;
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = begin_write(db, sync)?;
             let restored = {
                 let mut records = txn.open_table(RECORDS).map_err(err)?;
                 let mut latest = txn.open_table(LATEST).map_err(err)?;
@@ -616,9 +634,10 @@ impl StorageBackend for KvBackend {
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        let sync = self.sync;
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = begin_write(db, sync)?;
             let removed = {
                 let mut records = txn.open_table(RECORDS).map_err(err)?;
                 let mut latest = txn.open_table(LATEST).map_err(err)?;
@@ -643,9 +662,10 @@ impl StorageBackend for KvBackend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let sync = self.sync;
         let (report, total) = self
             .blocking(move |db| {
-                let txn = db.begin_write().map_err(err)?;
+                let txn = begin_write(db, sync)?;
                 let mut report = GcReport::default();
                 let total;
                 {

@@ -34,6 +34,14 @@ pub const PROVIDER: &str = "kv";
 pub struct KvConfig {
     /// The redb database file; created (with its folder) when absent.
     pub path: std::path::PathBuf,
+    /// Whether each commit waits for fsync (default). `false` is for benchmarks and scratch
+    /// stores: the last commits may be lost if the machine crashes.
+    #[serde(default = "sync_default")]
+    pub sync: bool,
+}
+
+fn sync_default() -> bool {
+    true
 }
 
 /// Makes [`KvBackend`]s.
@@ -53,7 +61,10 @@ impl StorageProviderFactory for KvFactory {
     fn config_schema(&self) -> serde_json::Value {
         serde_json::json!({
             "type": "object",
-            "properties": { "path": { "type": "string", "description": "the redb database file" } },
+            "properties": {
+                "path": { "type": "string", "description": "the redb database file" },
+                "sync": { "type": "boolean", "default": true, "description": "fsync every commit" }
+            },
             "required": ["path"],
             "additionalProperties": false
         })
@@ -76,7 +87,7 @@ impl StorageProviderFactory for KvFactory {
 
     async fn create(&self, config: serde_json::Value) -> Result<Arc<dyn StorageBackend>> {
         let cfg: KvConfig = parse_config(PROVIDER, &config)?;
-        Ok(Arc::new(KvBackend::open(cfg.path).await?))
+        Ok(Arc::new(KvBackend::open(cfg.path, cfg.sync).await?))
     }
 }
 

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use automerge::{ActorId, ReadDoc};
 use stowage_core::{
-    async_trait, Body, Capabilities, DeleteOptions, Error, GetOptions, Key, ListOptions, Metadata, Namespace, Page, Progress,
-    PutMode, Query, RecordInfo, Result, StorageBackend, VerifyProblem, VerifyReport, Version,
+    async_trait, Body, Capabilities, DeleteOptions, Error, GetOptions, Key, ListOptions, Metadata,
+    Namespace, Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend, VerifyProblem,
+    VerifyReport, Version,
 };
 
 use super::config::AutomergeConfig;
@@ -79,7 +80,10 @@ impl AutomergeBackend {
         self.inner.settings.actor.to_hex_string()
     }
 
-    async fn blocking<R: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<R> + Send + 'static) -> Result<R> {
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
@@ -165,32 +169,51 @@ fn conflict(ns: &Namespace, key: &Key, expected: String, latest: Version) -> Err
 impl Inner {
     pub(crate) fn ensure_root(&self) -> Result<()> {
         let docs = self.root.join("docs");
-        fs::create_dir_all(&docs).map_err(|e| Error::io(format!("creating {}", docs.display()), e))?;
+        fs::create_dir_all(&docs)
+            .map_err(|e| Error::io(format!("creating {}", docs.display()), e))?;
         let format = self.root.join(FORMAT_FILE);
         match fs::read_to_string(&format) {
             Ok(s) if s == FORMAT_LINE => Ok(()),
             Ok(s) => Err(Error::corrupt(
                 PROVIDER,
-                format!("{} says {:?}, but this build reads {:?}; use a matching stowage version", format.display(), s.trim(), FORMAT_LINE.trim()),
+                format!(
+                    "{} says {:?}, but this build reads {:?}; use a matching stowage version",
+                    format.display(),
+                    s.trim(),
+                    FORMAT_LINE.trim()
+                ),
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::atomic_file::write_atomic(&format, FORMAT_LINE.as_bytes(), self.settings.durability)
-                    .map_err(|e| Error::io(format!("writing {}", format.display()), e))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::atomic_file::write_atomic(
+                &format,
+                FORMAT_LINE.as_bytes(),
+                self.settings.durability,
+            )
+            .map_err(|e| Error::io(format!("writing {}", format.display()), e)),
             Err(e) => Err(Error::io(format!("reading {}", format.display()), e)),
         }
     }
 
-    pub(crate) fn doc(&self, dir: PathBuf, name: Option<(Namespace, Key)>) -> Arc<Mutex<RecordDoc>> {
+    pub(crate) fn doc(
+        &self,
+        dir: PathBuf,
+        name: Option<(Namespace, Key)>,
+    ) -> Arc<Mutex<RecordDoc>> {
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         docs.entry(dir.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(RecordDoc::new(dir, name, &self.settings.actor))))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RecordDoc::new(dir, name, &self.settings.actor)))
+            })
             .clone()
     }
 
     /// Runs `f` on the document after reading what other writers added (under the shared lock
     /// only while reading files).
-    pub(crate) fn read_dir<R>(&self, dir: PathBuf, name: Option<(Namespace, Key)>, f: impl FnOnce(&mut RecordDoc) -> Result<R>) -> Result<R> {
+    pub(crate) fn read_dir<R>(
+        &self,
+        dir: PathBuf,
+        name: Option<(Namespace, Key)>,
+        f: impl FnOnce(&mut RecordDoc) -> Result<R>,
+    ) -> Result<R> {
         let doc = self.doc(dir, name);
         let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut lock) = DocLock::acquire(rd.dir(), false, false)? {
@@ -214,17 +237,40 @@ impl Inner {
         f(&mut rd, &mut lock)
     }
 
-    fn read<R>(&self, ns: &Namespace, key: &Key, f: impl FnOnce(&mut RecordDoc) -> Result<R>) -> Result<R> {
-        self.read_dir(storage::doc_dir(&self.root, ns, key), Some((ns.clone(), key.clone())), f)
+    fn read<R>(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        f: impl FnOnce(&mut RecordDoc) -> Result<R>,
+    ) -> Result<R> {
+        self.read_dir(
+            storage::doc_dir(&self.root, ns, key),
+            Some((ns.clone(), key.clone())),
+            f,
+        )
     }
 
-    fn write<R>(&self, ns: &Namespace, key: &Key, f: impl FnOnce(&mut RecordDoc, &mut DocLock) -> Result<R>) -> Result<R> {
+    fn write<R>(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        f: impl FnOnce(&mut RecordDoc, &mut DocLock) -> Result<R>,
+    ) -> Result<R> {
         self.ensure_root()?;
-        self.write_dir(storage::doc_dir(&self.root, ns, key), Some((ns.clone(), key.clone())), f)
+        self.write_dir(
+            storage::doc_dir(&self.root, ns, key),
+            Some((ns.clone(), key.clone())),
+            f,
+        )
     }
 
     /// The version a read without a version number means, or `NotFound`.
-    fn resolve(rd: &mut RecordDoc, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<Version> {
+    fn resolve(
+        rd: &mut RecordDoc,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<Version> {
         match version {
             None => {
                 let latest = rd.latest();
@@ -272,7 +318,14 @@ impl StorageBackend for AutomergeBackend {
         self.blocking(|inner| inner.ensure_root()).await
     }
 
-    async fn put(&self, ns: &Namespace, key: &Key, body: Body, metadata: Metadata, mode: PutMode) -> Result<RecordInfo> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        metadata: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
         let bytes = body.into_bytes().await?;
         let payload = Payload::parse(bytes.to_vec(), metadata.content_type.as_deref());
         let (ns, key) = (ns.clone(), key.clone());
@@ -295,7 +348,12 @@ impl StorageBackend for AutomergeBackend {
                     }
                     PutMode::Base(v) => {
                         if v == 0 || v > latest {
-                            return Err(conflict(&ns, &key, format!("base version {v} to exist"), latest));
+                            return Err(conflict(
+                                &ns,
+                                &key,
+                                format!("base version {v} to exist"),
+                                latest,
+                            ));
                         }
                         (v < latest).then(|| rd.heads_of(v)).flatten()
                     }
@@ -314,14 +372,23 @@ impl StorageBackend for AutomergeBackend {
         .await
     }
 
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
         let (ns, key) = (ns.clone(), key.clone());
         let (info, bytes) = self
             .blocking(move |inner| {
                 inner.read(&ns, &key, |rd| {
                     let v = Inner::resolve(rd, &ns, &key, options.version)?;
                     let info = rd.record_info(v)?;
-                    let bytes = rd.state_at(v)?.payload.map(|p| p.render()).unwrap_or_default();
+                    let bytes = rd
+                        .state_at(v)?
+                        .payload
+                        .map(|p| p.render())
+                        .unwrap_or_default();
                     Ok((info, bytes))
                 })
             })
@@ -336,7 +403,12 @@ impl StorageBackend for AutomergeBackend {
         Ok((info, body))
     }
 
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn head(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |inner| {
             inner.read(&ns, &key, |rd| {
@@ -347,7 +419,12 @@ impl StorageBackend for AutomergeBackend {
         .await
     }
 
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |inner| {
             inner.write(&ns, &key, |rd, lock| {
@@ -361,7 +438,14 @@ impl StorageBackend for AutomergeBackend {
                     }
                 }
                 let at = now_ms();
-                let v = rd.commit(None, "delete", at, |tx| document::write_tombstone(tx, at), &inner.settings, lock)?;
+                let v = rd.commit(
+                    None,
+                    "delete",
+                    at,
+                    |tx| document::write_tombstone(tx, at),
+                    &inner.settings,
+                    lock,
+                )?;
                 rd.record_info(v)
             })
         })
@@ -394,7 +478,12 @@ impl StorageBackend for AutomergeBackend {
         .await
     }
 
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |inner| {
             inner.write(&ns, &key, |rd, lock| {
@@ -421,7 +510,14 @@ impl StorageBackend for AutomergeBackend {
                     None,
                     "restore",
                     now_ms(),
-                    |tx| document::reconcile_record(tx, state.payload.as_ref(), &state.metadata, None),
+                    |tx| {
+                        document::reconcile_record(
+                            tx,
+                            state.payload.as_ref(),
+                            &state.metadata,
+                            None,
+                        )
+                    },
                     &inner.settings,
                     lock,
                 )?;
@@ -457,7 +553,9 @@ impl StorageBackend for AutomergeBackend {
         progress.set_total(docs.len() as u64);
         let mut report = VerifyReport::default();
         for dir in docs {
-            let part = self.blocking(move |inner| verify_document(inner, &dir)).await?;
+            let part = self
+                .blocking(move |inner| verify_document(inner, &dir))
+                .await?;
             report.records_checked += part.records_checked;
             report.blobs_checked += part.blobs_checked;
             report.bytes_checked += part.bytes_checked;
@@ -538,14 +636,31 @@ fn verify_document(inner: &Inner, dir: &Path) -> Result<VerifyReport> {
         detail,
     };
     if storage::doc_dir(&inner.root, &ns, &key) != dir {
-        report.problems.push(problem(None, "misplaced", format!("{} holds this record, whose folder is elsewhere", dir.display())));
+        report.problems.push(problem(
+            None,
+            "misplaced",
+            format!(
+                "{} holds this record, whose folder is elsewhere",
+                dir.display()
+            ),
+        ));
     }
     let missing = fresh.doc.get_missing_deps(&[]);
     if !missing.is_empty() {
-        report.problems.push(problem(None, "missing", format!("{} lacks {} changes its history depends on", dir.display(), missing.len())));
+        report.problems.push(problem(
+            None,
+            "missing",
+            format!(
+                "{} lacks {} changes its history depends on",
+                dir.display(),
+                missing.len()
+            ),
+        ));
     }
     let served = inner.read_dir(dir.to_path_buf(), Some((ns.clone(), key.clone())), |rd| {
-        (1..=rd.latest()).map(|v| rd.summary(v)).collect::<Result<Vec<_>>>()
+        (1..=rd.latest())
+            .map(|v| rd.summary(v))
+            .collect::<Result<Vec<_>>>()
     })?;
     for v in 1..=latest {
         let on_disk = fresh.summary(v)?;
@@ -556,9 +671,20 @@ fn verify_document(inner: &Inner, dir: &Path) -> Result<VerifyReport> {
             Some(s) if s.hash == on_disk.hash && s.size == on_disk.size => {}
             Some(s) => report.problems.push(VerifyProblem {
                 hash: Some(on_disk.hash),
-                ..problem(Some(v), "corrupt", format!("the files render {} ({} bytes), the backend serves {} ({} bytes)", on_disk.hash, on_disk.size, s.hash, s.size))
+                ..problem(
+                    Some(v),
+                    "corrupt",
+                    format!(
+                        "the files render {} ({} bytes), the backend serves {} ({} bytes)",
+                        on_disk.hash, on_disk.size, s.hash, s.size
+                    ),
+                )
             }),
-            None => report.problems.push(problem(Some(v), "missing", "the backend serves fewer versions than the files hold".into())),
+            None => report.problems.push(problem(
+                Some(v),
+                "missing",
+                "the backend serves fewer versions than the files hold".into(),
+            )),
         }
     }
     Ok(report)

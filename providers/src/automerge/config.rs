@@ -81,7 +81,10 @@ impl AutomergeConfig {
                 if bytes.is_empty() || bytes.len() > 32 {
                     return Err(Error::invalid_config(
                         "storage.config.actor",
-                        format!("must be 1–32 bytes (2–64 hex digits), got {} bytes", bytes.len()),
+                        format!(
+                            "must be 1–32 bytes (2–64 hex digits), got {} bytes",
+                            bytes.len()
+                        ),
                     ));
                 }
                 Ok(ActorId::from(bytes))

@@ -16,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{
+    ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT,
+};
 use stowage_core::{Conflict, Key, Metadata, Namespace, Timestamp};
 
 /// The record content a put brings, parsed.
@@ -52,8 +54,14 @@ impl Payload {
 /// Whether a content type names JSON (`application/json`, `application/x+json`, with or
 /// without parameters).
 pub(crate) fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The record as it is at one point of the document's history.
@@ -81,7 +89,11 @@ pub(crate) fn genesis_actor(ns: &Namespace, key: &Key) -> ActorId {
 /// Adds the genesis change (time 0, no message): `ns`, `key` and the empty `body`, `tags` and
 /// `attributes` maps. Creating these containers in one shared change is what lets two replicas
 /// that both create a record merge their fields instead of one container hiding the other.
-pub(crate) fn add_genesis(doc: &mut Automerge, ns: &Namespace, key: &Key) -> Result<(), automerge::AutomergeError> {
+pub(crate) fn add_genesis(
+    doc: &mut Automerge,
+    ns: &Namespace,
+    key: &Key,
+) -> Result<(), automerge::AutomergeError> {
     let own_actor = doc.get_actor().clone();
     doc.set_actor(genesis_actor(ns, key));
     let result = doc.transact_with(
@@ -119,7 +131,10 @@ pub(crate) fn reconcile_record<T: Transactable + ReadDoc>(
             }
         }
     }
-    match (&metadata.content_type, read_string(tx, &ROOT, "content_type")?) {
+    match (
+        &metadata.content_type,
+        read_string(tx, &ROOT, "content_type")?,
+    ) {
         (Some(want), Some(have)) if *want == have => {}
         (Some(want), _) => tx.put(ROOT, "content_type", want.as_str())?,
         (None, Some(_)) => tx.delete(ROOT, "content_type")?,
@@ -134,11 +149,18 @@ pub(crate) fn reconcile_record<T: Transactable + ReadDoc>(
         tx.put(&tags, added.as_str(), true)?;
     }
     let attributes = ensure_object(tx, &ROOT, "attributes", ObjType::Map)?;
-    let want: serde_json::Map<String, serde_json::Value> =
-        metadata.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let want: serde_json::Map<String, serde_json::Value> = metadata
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     reconcile_json_map(tx, &attributes, &want)?;
     match (deleted_at, tx.get(ROOT, "deleted")?.is_some()) {
-        (Some(t), _) => tx.put(ROOT, "deleted", ScalarValue::Timestamp(t.as_micros() / 1000))?,
+        (Some(t), _) => tx.put(
+            ROOT,
+            "deleted",
+            ScalarValue::Timestamp(t.as_micros() / 1000),
+        )?,
         (None, true) => tx.delete(ROOT, "deleted")?,
         (None, false) => {}
     }
@@ -146,7 +168,10 @@ pub(crate) fn reconcile_record<T: Transactable + ReadDoc>(
 }
 
 /// Marks the record deleted at `at`.
-pub(crate) fn write_tombstone<T: Transactable>(tx: &mut T, at_ms: i64) -> Result<(), automerge::AutomergeError> {
+pub(crate) fn write_tombstone<T: Transactable>(
+    tx: &mut T,
+    at_ms: i64,
+) -> Result<(), automerge::AutomergeError> {
     tx.put(ROOT, "deleted", ScalarValue::Timestamp(at_ms))
 }
 
@@ -162,7 +187,11 @@ fn ensure_object<T: Transactable + ReadDoc>(
     }
 }
 
-fn read_string<R: ReadDoc>(doc: &R, obj: &ObjId, field: &str) -> Result<Option<String>, automerge::AutomergeError> {
+fn read_string<R: ReadDoc>(
+    doc: &R,
+    obj: &ObjId,
+    field: &str,
+) -> Result<Option<String>, automerge::AutomergeError> {
     Ok(match doc.get(obj, field)? {
         Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
@@ -195,7 +224,9 @@ fn reconcile_value<T: Transactable + ReadDoc>(
     prop: Prop,
     want: &serde_json::Value,
 ) -> Result<(), automerge::AutomergeError> {
-    let current = tx.get(parent, prop.clone())?.map(|(v, id)| (v.into_owned(), id));
+    let current = tx
+        .get(parent, prop.clone())?
+        .map(|(v, id)| (v.into_owned(), id));
     match want {
         serde_json::Value::Object(map) => {
             let obj = match current {
@@ -285,7 +316,12 @@ fn insert_value<T: Transactable>(
     Ok(())
 }
 
-fn put_new<T: Transactable>(tx: &mut T, map: &ObjId, field: &str, value: &serde_json::Value) -> Result<(), automerge::AutomergeError> {
+fn put_new<T: Transactable>(
+    tx: &mut T,
+    map: &ObjId,
+    field: &str,
+    value: &serde_json::Value,
+) -> Result<(), automerge::AutomergeError> {
     match value {
         serde_json::Value::Object(inner) => {
             let obj = tx.put_object(map, field, ObjType::Map)?;
@@ -364,17 +400,28 @@ impl<'a, R: ReadDoc> At<'a, R> {
 
     /// The state at `heads`.
     pub(crate) fn heads(doc: &'a R, heads: &'a [ChangeHash]) -> Self {
-        At { doc, heads: Some(heads) }
+        At {
+            doc,
+            heads: Some(heads),
+        }
     }
 
-    fn get(&self, obj: &ObjId, prop: Prop) -> Result<Option<(Value<'a>, ObjId)>, automerge::AutomergeError> {
+    fn get(
+        &self,
+        obj: &ObjId,
+        prop: Prop,
+    ) -> Result<Option<(Value<'a>, ObjId)>, automerge::AutomergeError> {
         match self.heads {
             None => self.doc.get(obj, prop),
             Some(h) => self.doc.get_at(obj, prop, h),
         }
     }
 
-    fn get_all(&self, obj: &ObjId, prop: Prop) -> Result<Vec<(Value<'a>, ObjId)>, automerge::AutomergeError> {
+    fn get_all(
+        &self,
+        obj: &ObjId,
+        prop: Prop,
+    ) -> Result<Vec<(Value<'a>, ObjId)>, automerge::AutomergeError> {
         match self.heads {
             None => self.doc.get_all(obj, prop),
             Some(h) => self.doc.get_all_at(obj, prop, h),
@@ -422,7 +469,11 @@ impl<'a, R: ReadDoc> At<'a, R> {
     }
 }
 
-fn render_value<R: ReadDoc>(at: &At<'_, R>, value: &Value<'_>, id: &ObjId) -> Result<serde_json::Value, automerge::AutomergeError> {
+fn render_value<R: ReadDoc>(
+    at: &At<'_, R>,
+    value: &Value<'_>,
+    id: &ObjId,
+) -> Result<serde_json::Value, automerge::AutomergeError> {
     Ok(match value {
         Value::Scalar(s) => scalar_to_json(s.as_ref()),
         Value::Object(ObjType::Map | ObjType::Table) => {
@@ -443,13 +494,17 @@ fn render_value<R: ReadDoc>(at: &At<'_, R>, value: &Value<'_>, id: &ObjId) -> Re
 }
 
 /// Reads the record as `at` sees it.
-pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, automerge::AutomergeError> {
+pub(crate) fn read_record<R: ReadDoc>(
+    at: &At<'_, R>,
+) -> Result<RecordState, automerge::AutomergeError> {
     let payload = match at.get(&ROOT, "body".into())? {
         None => None,
-        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Bytes(_)) => match s.as_ref() {
-            ScalarValue::Bytes(b) => Some(Payload::Bytes(b.clone())),
-            _ => None,
-        },
+        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Bytes(_)) => {
+            match s.as_ref() {
+                ScalarValue::Bytes(b) => Some(Payload::Bytes(b.clone())),
+                _ => None,
+            }
+        }
         Some((value, id)) => Some(Payload::Json(render_value(at, &value, &id)?)),
     };
     let content_type = match at.get(&ROOT, "content_type".into())? {
@@ -460,7 +515,9 @@ pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, aut
         _ => None,
     };
     let tags = match at.get(&ROOT, "tags".into())? {
-        Some((Value::Object(ObjType::Map), id)) => at.map_items(&id).into_iter().map(|(k, _)| k).collect(),
+        Some((Value::Object(ObjType::Map), id)) => {
+            at.map_items(&id).into_iter().map(|(k, _)| k).collect()
+        }
         _ => BTreeSet::new(),
     };
     let mut attributes = BTreeMap::new();
@@ -471,7 +528,9 @@ pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, aut
     }
     let deleted_at = match at.get(&ROOT, "deleted".into())? {
         Some((Value::Scalar(s), _)) => match s.as_ref() {
-            ScalarValue::Timestamp(ms) | ScalarValue::Int(ms) => Some(Timestamp::from_micros(ms.saturating_mul(1000))),
+            ScalarValue::Timestamp(ms) | ScalarValue::Int(ms) => {
+                Some(Timestamp::from_micros(ms.saturating_mul(1000)))
+            }
             _ => None,
         },
         _ => None,
@@ -489,12 +548,21 @@ pub(crate) fn read_record<R: ReadDoc>(at: &At<'_, R>) -> Result<RecordState, aut
 
 /// Every field (of the body and the attributes) holding concurrent values, each value rendered
 /// as JSON, the winning value first. Identical concurrent values are not a conflict.
-pub(crate) fn conflicts<R: ReadDoc>(at: &At<'_, R>) -> Result<Vec<Conflict>, automerge::AutomergeError> {
+pub(crate) fn conflicts<R: ReadDoc>(
+    at: &At<'_, R>,
+) -> Result<Vec<Conflict>, automerge::AutomergeError> {
     let mut out = Vec::new();
     for (field, item) in at.map_items(&ROOT) {
         match field.as_str() {
             "body" => visit_conflicts(at, &ROOT, Prop::Map(field), &item, "", &mut out)?,
-            "content_type" => visit_conflicts(at, &ROOT, Prop::Map(field), &item, "metadata/content_type", &mut out)?,
+            "content_type" => visit_conflicts(
+                at,
+                &ROOT,
+                Prop::Map(field),
+                &item,
+                "metadata/content_type",
+                &mut out,
+            )?,
             "attributes" => {
                 if let Value::Object(ObjType::Map) = item.value {
                     for (k, attr) in at.map_items(&item.id) {
@@ -534,7 +602,11 @@ fn visit_conflicts<R: ReadDoc>(
         }
         if values.len() > 1 {
             out.push(Conflict {
-                path: if path.is_empty() { "/".into() } else { path.to_string() },
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.to_string()
+                },
                 values,
             });
         }

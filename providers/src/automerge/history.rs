@@ -95,7 +95,12 @@ impl History {
                 self.rebuild(doc, genesis);
                 return;
             }
-            self.push(meta.hash, meta.actor.as_ref().clone(), meta.timestamp, vec![meta.hash]);
+            self.push(
+                meta.hash,
+                meta.actor.as_ref().clone(),
+                meta.timestamp,
+                vec![meta.hash],
+            );
         }
         let mut tip = self.tip.clone();
         tip.sort();
@@ -142,10 +147,17 @@ impl History {
             if meta.actor.as_ref() == genesis && meta.deps.is_empty() {
                 self.tip = heads.clone();
             } else {
-                self.push(hash, meta.actor.as_ref().clone(), meta.timestamp, heads.clone());
+                self.push(
+                    hash,
+                    meta.actor.as_ref().clone(),
+                    meta.timestamp,
+                    heads.clone(),
+                );
             }
             for &j in dependents.get(&hash).map(Vec::as_slice).unwrap_or(&[]) {
-                let left = pending.get_mut(&all[j].hash).expect("every change is counted");
+                let left = pending
+                    .get_mut(&all[j].hash)
+                    .expect("every change is counted");
                 *left -= 1;
                 if *left == 0 {
                     ready.push(Reverse((all[j].timestamp, all[j].hash, j)));

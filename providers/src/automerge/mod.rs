@@ -36,10 +36,11 @@
 //!
 //! # Storage and concurrency
 //! Each document has a folder named after a hash of namespace and key, holding immutable
-//! content-addressed change files and a snapshot that replaces them once they outweigh it (see
-//! [`storage`](self) in `docs/formats.md`). A write holds the document's lock file only while
+//! content-addressed change files and a snapshot that replaces them once they outweigh it
+//! (`docs/formats.md`, section `automerge`). A write holds the document's lock file only while
 //! it reloads, commits one change and writes its file. Payloads are not shared between
-//! documents (`dedup = false`).
+//! documents (`dedup = false`), and `gc` has nothing to reclaim (compaction removes covered
+//! change files as it goes). Each backend caches the documents it has opened in memory.
 //!
 //! # Replication
 //! [`sync_stores`] runs Automerge's sync protocol between two stores for every document, in
@@ -55,7 +56,9 @@ mod sync;
 
 use std::sync::Arc;
 
-use stowage_core::{async_trait, BuiltinProvider, Capabilities, Result, StorageBackend, StorageProviderFactory};
+use stowage_core::{
+    async_trait, BuiltinProvider, Capabilities, Result, StorageBackend, StorageProviderFactory,
+};
 
 pub use backend::{AutomergeBackend, ChangeInfo};
 pub use config::AutomergeConfig;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, ChangeHash, PatchLog, ReadDoc, ScalarValue, Value, ROOT};
-use stowage_core::{ContentHash, Error, Key, Metadata, Namespace, RecordInfo, Result, Timestamp, Version};
+use stowage_core::{
+    ContentHash, Error, Key, Metadata, Namespace, RecordInfo, Result, Timestamp, Version,
+};
 
 use super::document::{self, At, Payload, RecordState};
 use super::history::History;
@@ -62,7 +64,9 @@ pub(crate) fn ms_to_timestamp(ms: i64) -> Timestamp {
 impl RecordDoc {
     /// An empty document for the folder `dir` (nothing read yet).
     pub(crate) fn new(dir: PathBuf, name: Option<(Namespace, Key)>, actor: &ActorId) -> Self {
-        let genesis = name.as_ref().map(|(ns, key)| document::genesis_actor(ns, key));
+        let genesis = name
+            .as_ref()
+            .map(|(ns, key)| document::genesis_actor(ns, key));
         RecordDoc {
             dir,
             name,
@@ -99,7 +103,10 @@ impl RecordDoc {
             self.files.clear();
             self.history.clear();
         }
-        let mut fresh: Vec<(&String, &u64)> = on_disk.iter().filter(|(n, _)| !self.files.contains_key(*n)).collect();
+        let mut fresh: Vec<(&String, &u64)> = on_disk
+            .iter()
+            .filter(|(n, _)| !self.files.contains_key(*n))
+            .collect();
         fresh.sort_by_key(|(n, _)| storage::file_kind(n));
         for (name, size) in fresh {
             let bytes = storage::read_file(&self.dir, name)?;
@@ -131,8 +138,18 @@ impl RecordDoc {
             }
         };
         if let (Some(ns), Some(key)) = (read("ns"), read("key")) {
-            let ns = Namespace::new(ns).map_err(|e| Error::corrupt(PROVIDER, format!("document {} names a bad namespace: {e}", self.dir.display())))?;
-            let key = Key::new(key).map_err(|e| Error::corrupt(PROVIDER, format!("document {} names a bad key: {e}", self.dir.display())))?;
+            let ns = Namespace::new(ns).map_err(|e| {
+                Error::corrupt(
+                    PROVIDER,
+                    format!("document {} names a bad namespace: {e}", self.dir.display()),
+                )
+            })?;
+            let key = Key::new(key).map_err(|e| {
+                Error::corrupt(
+                    PROVIDER,
+                    format!("document {} names a bad key: {e}", self.dir.display()),
+                )
+            })?;
             self.genesis = Some(document::genesis_actor(&ns, &key));
             self.name = Some((ns, key));
             // Numbering so far did not know which change is the genesis one.
@@ -142,7 +159,10 @@ impl RecordDoc {
     }
 
     fn refresh_history(&mut self) {
-        let genesis = self.genesis.clone().unwrap_or_else(|| ActorId::from(&[0u8][..]));
+        let genesis = self
+            .genesis
+            .clone()
+            .unwrap_or_else(|| ActorId::from(&[0u8][..]));
         self.history.refresh(&self.doc, &genesis);
         if self.history.epoch() != self.summaries_epoch {
             self.summaries.clear();
@@ -162,9 +182,15 @@ impl RecordDoc {
 
     /// The record as it was at version `v`.
     pub(crate) fn state_at(&self, v: Version) -> Result<RecordState> {
-        let heads = self.heads_of(v).ok_or_else(|| Error::invalid_input(format!("no version {v}")))?;
+        let heads = self
+            .heads_of(v)
+            .ok_or_else(|| Error::invalid_input(format!("no version {v}")))?;
         // The latest version is the current state: read it without resolving heads.
-        let at = if v == self.latest() { At::current(&self.doc) } else { At::heads(&self.doc, &heads) };
+        let at = if v == self.latest() {
+            At::current(&self.doc)
+        } else {
+            At::heads(&self.doc, &heads)
+        };
         document::read_record(&at).map_err(am_err("reading a version"))
     }
 
@@ -174,7 +200,11 @@ impl RecordDoc {
             return Ok(s.clone());
         }
         let state = self.state_at(v)?;
-        let bytes = state.payload.as_ref().map(Payload::render).unwrap_or_default();
+        let bytes = state
+            .payload
+            .as_ref()
+            .map(Payload::render)
+            .unwrap_or_default();
         let summary = Arc::new(VersionSummary {
             hash: ContentHash::of(&bytes),
             size: bytes.len() as u64,
@@ -192,16 +222,22 @@ impl RecordDoc {
 
     /// The `RecordInfo` of version `v`, with the conflicts present at that version.
     pub(crate) fn record_info(&mut self, v: Version) -> Result<RecordInfo> {
-        let (ns, key) = self
-            .name
-            .clone()
-            .ok_or_else(|| Error::corrupt(PROVIDER, format!("document {} does not name its record", self.dir.display())))?;
+        let (ns, key) = self.name.clone().ok_or_else(|| {
+            Error::corrupt(
+                PROVIDER,
+                format!("document {} does not name its record", self.dir.display()),
+            )
+        })?;
         let summary = self.summary(v)?;
         let entry = self.history.get(v).expect("summary checked the version");
         let heads = entry.heads.clone();
         let updated_at = ms_to_timestamp(entry.time_ms);
         let created_at = ms_to_timestamp(self.history.get(1).expect("v >= 1").time_ms);
-        let at = if v == self.latest() { At::current(&self.doc) } else { At::heads(&self.doc, &heads) };
+        let at = if v == self.latest() {
+            At::current(&self.doc)
+        } else {
+            At::heads(&self.doc, &heads)
+        };
         let conflicts = document::conflicts(&at).map_err(am_err("reading conflicts"))?;
         Ok(RecordInfo {
             namespace: ns,
@@ -233,9 +269,14 @@ impl RecordDoc {
         let heads_before = self.doc.get_heads();
         if self.doc.is_empty() {
             let (ns, key) = self.name.clone().expect("writes know their record");
-            document::add_genesis(&mut self.doc, &ns, &key).map_err(am_err("creating the document"))?;
+            document::add_genesis(&mut self.doc, &ns, &key)
+                .map_err(am_err("creating the document"))?;
         }
-        let options = || CommitOptions::default().with_message(message).with_time(time_ms);
+        let options = || {
+            CommitOptions::default()
+                .with_message(message)
+                .with_time(time_ms)
+        };
         let mut tx = match &base {
             Some(heads) => self
                 .doc
@@ -257,17 +298,31 @@ impl RecordDoc {
     }
 
     fn version_of(&self, hash: &ChangeHash) -> Result<Version> {
-        self.history
-            .version_of(hash)
-            .ok_or_else(|| Error::backend(PROVIDER, format!("change {hash} was committed but has no version"), std::io::Error::other("history out of step")))
+        self.history.version_of(hash).ok_or_else(|| {
+            Error::backend(
+                PROVIDER,
+                format!("change {hash} was committed but has no version"),
+                std::io::Error::other("history out of step"),
+            )
+        })
     }
 
     /// Writes the changes made since `heads_before` as one content-addressed file, then
     /// compacts when the change files outweigh the snapshot.
-    pub(crate) fn persist(&mut self, heads_before: &[ChangeHash], settings: &DocSettings, lock: &mut DocLock) -> Result<()> {
+    pub(crate) fn persist(
+        &mut self,
+        heads_before: &[ChangeHash],
+        settings: &DocSettings,
+        lock: &mut DocLock,
+    ) -> Result<()> {
         let bytes = self.doc.save_after(heads_before);
         if !bytes.is_empty() {
-            let name = storage::write_content_file(&self.dir, FileKind::Incremental, &bytes, settings.durability)?;
+            let name = storage::write_content_file(
+                &self.dir,
+                FileKind::Incremental,
+                &bytes,
+                settings.durability,
+            )?;
             self.files.insert(name, bytes.len() as u64);
         }
         self.maybe_compact(settings)?;
@@ -293,7 +348,12 @@ impl RecordDoc {
     /// Writes a snapshot of the whole document and removes the files it covers.
     pub(crate) fn compact(&mut self, settings: &DocSettings) -> Result<()> {
         let bytes = self.doc.save();
-        let name = storage::write_content_file(&self.dir, FileKind::Snapshot, &bytes, settings.durability)?;
+        let name = storage::write_content_file(
+            &self.dir,
+            FileKind::Snapshot,
+            &bytes,
+            settings.durability,
+        )?;
         // The snapshot is durable before anything it replaces goes away.
         let covered: Vec<String> = self.files.keys().filter(|n| **n != name).cloned().collect();
         for old in covered {
@@ -321,7 +381,12 @@ impl RecordDoc {
     }
 
     /// Notes data files written by someone else under the same lock (sync).
-    pub(crate) fn after_external_merge(&mut self, heads_before: &[ChangeHash], settings: &DocSettings, lock: &mut DocLock) -> Result<()> {
+    pub(crate) fn after_external_merge(
+        &mut self,
+        heads_before: &[ChangeHash],
+        settings: &DocSettings,
+        lock: &mut DocLock,
+    ) -> Result<()> {
         self.learn_name()?;
         self.persist(heads_before, settings, lock)
     }

@@ -77,7 +77,8 @@ impl DocLock {
     /// false: the document was never written.
     pub(crate) fn acquire(dir: &Path, exclusive: bool, create: bool) -> Result<Option<DocLock>> {
         if create {
-            fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating document folder {}", dir.display()), e))?;
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating document folder {}", dir.display()), e))?;
         } else if !dir.exists() {
             return Ok(None);
         }
@@ -89,10 +90,16 @@ impl DocLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
-        let locked = if exclusive { file.lock() } else { file.lock_shared() };
+        let locked = if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        };
         locked.map_err(|e| Error::Locked {
             path: path.clone(),
-            message: format!("could not lock the document ({e}); check the file system supports advisory locks"),
+            message: format!(
+                "could not lock the document ({e}); check the file system supports advisory locks"
+            ),
         })?;
         Ok(Some(DocLock { file, path }))
     }
@@ -166,7 +173,12 @@ pub(crate) fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
 
 /// Writes a data file named after its content's blake3; returns its name. An existing file of
 /// that name already holds these bytes and is kept.
-pub(crate) fn write_content_file(dir: &Path, kind: FileKind, bytes: &[u8], durability: Durability) -> Result<String> {
+pub(crate) fn write_content_file(
+    dir: &Path,
+    kind: FileKind,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<String> {
     let hash = blake3::hash(bytes).to_hex();
     let name = match kind {
         FileKind::Snapshot => format!("{SNAPSHOT_PREFIX}{hash}{SNAPSHOT_SUFFIX}"),
@@ -174,7 +186,8 @@ pub(crate) fn write_content_file(dir: &Path, kind: FileKind, bytes: &[u8], durab
     };
     let path = dir.join(&name);
     if !path.exists() {
-        write_atomic(&path, bytes, durability).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        write_atomic(&path, bytes, durability)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     Ok(name)
 }

@@ -98,7 +98,10 @@ fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
     for rel in all {
         report.documents += 1;
         let (first, second) = if a_first { (a, b) } else { (b, a) };
-        let (d1, d2) = (first.doc(first.root.join(&rel), None), second.doc(second.root.join(&rel), None));
+        let (d1, d2) = (
+            first.doc(first.root.join(&rel), None),
+            second.doc(second.root.join(&rel), None),
+        );
         let mut g1 = d1.lock().unwrap_or_else(|e| e.into_inner());
         let mut g2 = d2.lock().unwrap_or_else(|e| e.into_inner());
         let mut l1 = DocLock::acquire(g1.dir(), true, true)?.expect("created on demand");
@@ -119,20 +122,34 @@ fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
                 let bytes = msg.encode();
                 report.bytes_a_to_b += bytes.len() as u64;
                 report.messages += 1;
-                let msg = sync::Message::decode(&bytes).map_err(|e| Error::backend(PROVIDER, "decoding a sync message", e))?;
+                let msg = sync::Message::decode(&bytes)
+                    .map_err(|e| Error::backend(PROVIDER, "decoding a sync message", e))?;
                 db.doc
                     .receive_sync_message(&mut state_b, msg)
-                    .map_err(|e| Error::backend(PROVIDER, format!("receiving changes into {}", db.dir().display()), e))?;
+                    .map_err(|e| {
+                        Error::backend(
+                            PROVIDER,
+                            format!("receiving changes into {}", db.dir().display()),
+                            e,
+                        )
+                    })?;
             }
             if let Some(msg) = db.doc.generate_sync_message(&mut state_b) {
                 quiet = false;
                 let bytes = msg.encode();
                 report.bytes_b_to_a += bytes.len() as u64;
                 report.messages += 1;
-                let msg = sync::Message::decode(&bytes).map_err(|e| Error::backend(PROVIDER, "decoding a sync message", e))?;
+                let msg = sync::Message::decode(&bytes)
+                    .map_err(|e| Error::backend(PROVIDER, "decoding a sync message", e))?;
                 da.doc
                     .receive_sync_message(&mut state_a, msg)
-                    .map_err(|e| Error::backend(PROVIDER, format!("receiving changes into {}", da.dir().display()), e))?;
+                    .map_err(|e| {
+                        Error::backend(
+                            PROVIDER,
+                            format!("receiving changes into {}", da.dir().display()),
+                            e,
+                        )
+                    })?;
             }
             if quiet {
                 break;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,6 +83,9 @@ struct Core {
     writer_lock: WriterLock,
     pins: BlobPins,
     state: RwLock<LogState>,
+    /// The log opened for appending (with the inode it belongs to); held for a whole commit,
+    /// which also keeps two commits of this process from sharing the writer lock's `flock`.
+    append: Mutex<Option<(u64, File)>>,
 }
 
 /// The index and how far into which log file it has read.
@@ -197,6 +200,13 @@ impl FsBackend {
 
     async fn submit(&self, ns: Namespace, key: Option<Key>, op: Op) -> Result<Outcome> {
         let opened = self.opened().await?;
+        let op = match &key {
+            Some(key) => match opened.core.try_commit_inline(&ns, key, op) {
+                Ok(done) => return done,
+                Err(op) => op,
+            },
+            None => op,
+        };
         let (reply, answer) = oneshot::channel();
         let stopped = || {
             Error::backend(
@@ -292,6 +302,7 @@ impl Core {
                 index: Index::default(),
                 notes: Vec::new(),
             }),
+            append: Mutex::new(None),
         };
         {
             let mut state = core.write_state();
@@ -418,7 +429,6 @@ impl Core {
     }
 
     fn commit_loop(self: Arc<Self>, rx: mpsc::Receiver<Intent>) {
-        let mut append: Option<(u64, File)> = None;
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -431,7 +441,13 @@ impl Core {
                 .into_iter()
                 .map(|i| ((i.ns, i.key, i.op), i.reply))
                 .unzip();
-            let outcomes = match self.commit_batch(requests, &mut append) {
+            let committed = {
+                let mut append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+                self.writer_lock
+                    .lock()
+                    .and_then(|_guard| self.commit_batch(requests, &mut append))
+            };
+            let outcomes = match committed {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
                     let message = e.to_string();
@@ -457,13 +473,43 @@ impl Core {
         }
     }
 
-    /// One group commit; returns one outcome per request, in order.
+    /// Commits one change on the calling task when that costs no waiting: without fsync
+    /// (page-cache writes only), with the commit thread idle and no other process writing.
+    /// Saves the two thread hops of the queue; hands the change back (`Err`) for the queue
+    /// otherwise.
+    // The `Err` is the caller's own change handed back, not an error: boxing it would cost an
+    // allocation per queued write.
+    #[allow(clippy::result_large_err)]
+    fn try_commit_inline(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        op: Op,
+    ) -> std::result::Result<Result<Outcome>, Op> {
+        if self.durability == Durability::Sync {
+            return Err(op);
+        }
+        let Ok(mut append) = self.append.try_lock() else {
+            return Err(op);
+        };
+        let guard = match self.writer_lock.try_lock() {
+            Ok(Some(guard)) => guard,
+            Ok(None) => return Err(op),
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = self
+            .commit_batch(vec![(ns.clone(), Some(key.clone()), op)], &mut append)
+            .and_then(|mut outcomes| outcomes.pop().expect("one outcome per request"));
+        drop(guard);
+        Ok(result)
+    }
+
+    /// One group commit, under the writer lock; returns one outcome per request, in order.
     fn commit_batch(
         &self,
         requests: Vec<(Namespace, Option<Key>, Op)>,
         append: &mut Option<(u64, File)>,
     ) -> Result<Vec<Result<Outcome>>> {
-        let _guard = self.writer_lock.lock()?;
         self.catch_up(&mut self.write_state(), true)?;
         let now = Timestamp::now();
         let mut outcomes = Vec::with_capacity(requests.len());

@@ -7,6 +7,9 @@
 //!   until the record that references it is committed; `gc` holds it *exclusive*, so it
 //!   never deletes a blob that a write in flight (in any process) is about to reference.
 //!
+//! Within one process, one open file holds each lock (a second `flock` through the same open
+//! file would not wait), so the commit code serialises its own users with a mutex first.
+//!
 //! Both are `flock`-style locks (`std::fs::File::lock`): released by the OS when a process
 //! dies, so a crashed writer never leaves the store locked.
 
@@ -51,6 +54,15 @@ impl WriterLock {
             file: open_lock_file(path)?,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Takes the lock if no other process holds it.
+    pub(crate) fn try_lock(&self) -> Result<Option<WriterGuard<'_>>> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(Some(WriterGuard { lock: self })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_error(&self.path, e)),
+        }
     }
 
     /// Blocks until this process holds the lock; it is released when the guard drops.
