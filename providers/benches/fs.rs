@@ -385,13 +385,14 @@ fn process_cpu_ms() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = rest
+    // Numeric fields from the 4th on (the state letter is skipped; tpgid may be -1).
+    let fields: Vec<i64> = rest
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
         .collect();
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the state letter.
+    // utime and stime are fields 14 and 15 of the line.
     let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-    ticks * 10 // USER_HZ is 100 on Linux
+    ticks.max(0) as u64 * 10 // USER_HZ is 100 on Linux
 }
 
 /// Peak resident memory of this process so far, in KiB.

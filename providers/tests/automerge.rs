@@ -677,3 +677,36 @@ async fn if_version_stays_atomic_and_base_of_missing_version_conflicts() {
         .unwrap_err();
     assert_eq!(err.kind(), stowage_core::ErrorKind::Conflict, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_change_file_is_reported_never_served() {
+    let root = fresh_root("damaged");
+    let store = backend(&root);
+    let key = Key::new("fragile.json").unwrap();
+    store
+        .put(
+            &ns(),
+            &key,
+            br#"{"ok":true}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let clean = store.verify(&stowage_core::NoProgress).await.unwrap();
+    assert!(clean.is_clean(), "{:?}", clean.problems);
+    assert_eq!(clean.records_checked, 1);
+    let bad = only_doc_folder(&root).join(format!("incremental-{}.amc", "0".repeat(64)));
+    std::fs::write(&bad, b"not automerge at all").unwrap();
+    let err = backend(&root).head(&ns(), &key, None).await.unwrap_err();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string().contains(&bad.display().to_string()),
+        "{err}"
+    );
+    let report = backend(&root)
+        .verify(&stowage_core::NoProgress)
+        .await
+        .unwrap();
+    assert!(!report.is_clean(), "verify missed the damaged file");
+}

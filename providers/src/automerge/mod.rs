@@ -29,7 +29,9 @@
 //! - `Base(v)`: the writer read version `v`. The change is made *at* `v` (an Automerge
 //!   transaction isolated at the heads of `v`) and merged: fields changed after `v` by others
 //!   stay; a field both changed is a conflict, one value wins and `RecordInfo::conflicts`
-//!   lists both. `v` must exist (else `Conflict`).
+//!   lists both. `v` must exist (else `Conflict`). A delete made after `v` is a change too:
+//!   the merged record stays deleted (the returned info says so) until a plain put or a
+//!   restore.
 //! - `IfVersion(v)` and `Create`: checked under the document's exclusive lock after
 //!   reloading, so on one root they are atomic (of racing writers exactly one wins). Replicas
 //!   apart cannot see each other's versions until they sync: there, use `Base`.

@@ -1,0 +1,115 @@
+//! `stowage bench` with the real binary: the JSON shape `scripts/bench-report` reads, sane
+//! figures (no timing assertions: the machine is shared), temporary and configured stores.
+
+mod sandbox;
+
+use sandbox::Sandbox;
+use serde_json::Value;
+
+/// Checks one run's JSON object: exactly the documented fields, the phases in order, and
+/// figures that are possible (positive where work was done, p50 ≤ p99, no payload for head).
+fn assert_report_shape(r: &Value, provider: &str, size: u64, ops: u64, concurrency: u64) {
+    let mut fields: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["concurrency", "ops", "peak_rss_mib", "phases", "provider", "size"],
+        "{r}"
+    );
+    assert_eq!(r["provider"], provider, "{r}");
+    assert_eq!(r["size"], size, "{r}");
+    assert_eq!(r["ops"], ops, "{r}");
+    assert_eq!(r["concurrency"], concurrency, "{r}");
+    let rss = r["peak_rss_mib"].as_f64().expect("peak_rss_mib is a number on Linux");
+    assert!(rss > 1.0 && rss < 4096.0, "{r}");
+    let phases = r["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["operation"].as_str().unwrap()).collect();
+    assert_eq!(names, ["put", "get", "head"], "{r}");
+    for p in phases {
+        let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["mib_per_sec", "operation", "ops_per_sec", "p50_us", "p99_us"],
+            "{p}"
+        );
+        assert!(p["ops_per_sec"].as_f64().unwrap() > 0.0, "{p}");
+        let (p50, p99) = (p["p50_us"].as_u64().unwrap(), p["p99_us"].as_u64().unwrap());
+        assert!(p50 <= p99, "{p}");
+        let mib = p["mib_per_sec"].as_f64().unwrap();
+        if p["operation"] == "head" {
+            assert_eq!(mib, 0.0, "{p}");
+        } else {
+            assert!(mib > 0.0, "{p}");
+            // Throughput is ops/s × size: the two figures must agree (to rounding).
+            let expected = p["ops_per_sec"].as_f64().unwrap() * size as f64 / (1 << 20) as f64;
+            assert!((mib - expected).abs() <= 0.1 + expected * 0.01, "{p}");
+        }
+    }
+}
+
+#[test]
+fn json_report_of_temporary_memory_and_sqlite_stores() {
+    let sb = Sandbox::new();
+    let memory = sb.ok(&["--json", "bench", "--provider", "memory", "--ops", "200"]).json();
+    assert_report_shape(&memory, "memory", 4096, 200, 1);
+
+    let sqlite = sb
+        .ok(&[
+            "--json", "bench", "--provider", "sqlite", "--ops", "200", "--size", "64k",
+            "--concurrency", "4",
+        ])
+        .json();
+    assert_report_shape(&sqlite, "sqlite", 65536, 200, 4);
+    // The temporary store lived elsewhere and is gone: nothing was written here.
+    assert_eq!(std::fs::read_dir(sb.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn text_report_of_fs_names_every_phase() {
+    let sb = Sandbox::new();
+    let run = sb.ok(&["bench", "--provider", "fs", "--ops", "20", "--size", "1MiB"]);
+    let text = run.text();
+    assert!(text.starts_with("bench fs: 20 ops of 1.0 MiB per phase, concurrency 1\n"), "{text}");
+    for phase in ["put", "get", "head"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(phase) && l.contains("ops/s") && l.contains("p99")),
+            "{phase} missing: {text}"
+        );
+    }
+    assert!(text.trim_end().lines().last().unwrap().starts_with("peak RSS: "), "{text}");
+}
+
+#[test]
+fn configured_store_is_benchmarked_in_a_namespace_of_its_own() {
+    let sb = Sandbox::new();
+    sb.write(
+        "stowage.toml",
+        "[storage]\nprovider = \"sqlite\"\n[storage.config]\npath = \"data.db\"\n",
+    );
+    let run = sb.run_with_stdin(&["put", "mine"], b"keep me");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = sb.ok(&["--json", "bench", "--ops", "50"]);
+    assert_report_shape(&run.json(), "sqlite", 4096, 50, 1);
+    assert!(run.stderr.contains("purged its 50 records"), "{}", run.stderr);
+    let ls = sb.ok(&["--json", "ls"]).json_lines();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["key"], "mine");
+    assert_eq!(sb.ok(&["get", "mine"]).stdout, b"keep me");
+}
+
+#[test]
+fn bad_arguments_exit_2_naming_the_problem() {
+    let sb = Sandbox::new();
+    let run = sb.fails(&["bench", "--provider", "s3"], 2);
+    assert!(run.stderr.contains("--config FILE"), "{}", run.stderr);
+    let run = sb.fails(&["bench", "--provider", "nosuch"], 2);
+    assert!(run.stderr.contains("\"nosuch\""), "{}", run.stderr);
+    sb.write("x.toml", "[storage]\nprovider = \"memory\"\n");
+    let run = sb.fails(&["--config", "x.toml", "bench", "--provider", "memory"], 2);
+    assert!(run.stderr.contains("not both"), "{}", run.stderr);
+    let run = sb.fails(&["bench", "--provider", "memory", "--size", "4XB"], 2);
+    assert!(run.stderr.contains("4XB"), "{}", run.stderr);
+    sb.fails(&["bench", "--provider", "memory", "--ops", "0"], 2);
+    sb.fails(&["bench", "--provider", "memory", "--concurrency", "0"], 2);
+}

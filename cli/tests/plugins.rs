@@ -1,0 +1,72 @@
+//! `stowage plugins check FILE` with the real binary and the fixture libraries built by
+//! `scripts/build-plugin-fixtures` into `target/plugins/`.
+
+mod sandbox;
+
+use std::path::PathBuf;
+
+use sandbox::Sandbox;
+
+/// A fixture library by file stem (`libstowage_plugin_kv`), which must have been built.
+fn fixture(stem: &str) -> String {
+    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("{stem}.{ext}"));
+    assert!(
+        path.is_file(),
+        "{} is missing; run scripts/build-plugin-fixtures first",
+        path.display()
+    );
+    path.canonicalize().unwrap().display().to_string()
+}
+
+#[test]
+fn a_good_plugin_lists_its_providers() {
+    let sb = Sandbox::new();
+    let kv = fixture("libstowage_plugin_kv");
+    let text = sb.ok(&["plugins", "check", &kv]).text();
+    assert!(text.starts_with(&format!("file:     {kv}\n")), "{text}");
+    assert!(text.contains("plugin:   stowage-plugin-kv "), "{text}");
+    assert!(text.contains("abi:      1."), "{text}");
+    assert!(text.contains("provider: kv  "), "{text}");
+    assert!(text.contains("capabilities: ") && text.contains("versions"), "{text}");
+
+    let cmem = fixture("libstowage_plugin_cmem");
+    let json = sb.ok(&["--json", "plugins", "check", &cmem]).json();
+    assert_eq!(json["path"], cmem.as_str());
+    assert_eq!(json["plugin"], "cmem");
+    assert!(json["abi"].as_str().unwrap().starts_with("1."), "{json}");
+    let providers = json["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), 1, "{json}");
+    assert_eq!(providers[0]["name"], "cmem");
+    assert!(!providers[0]["description"].as_str().unwrap().is_empty());
+    assert_eq!(providers[0]["capabilities"]["versions"], false);
+    assert!(providers[0]["config_schema"].is_object(), "{json}");
+}
+
+#[test]
+fn refused_libraries_exit_2_naming_the_file() {
+    let sb = Sandbox::new();
+    // A text file given by a bare relative name: refused as not a library, not searched for
+    // on the system's library path.
+    sb.write("notes.txt", "not a plugin\n");
+    let run = sb.fails(&["plugins", "check", "notes.txt"], 2);
+    assert!(run.stderr.contains("notes.txt"), "{}", run.stderr);
+    assert!(run.stderr.contains("not a loadable shared library"), "{}", run.stderr);
+
+    let wrong = fixture("librefuse_wrong_major");
+    let run = sb.fails(&["plugins", "check", &wrong], 2);
+    assert!(run.stderr.contains(&wrong) && run.stderr.contains("ABI"), "{}", run.stderr);
+
+    let missing = fixture("librefuse_missing_symbol");
+    let run = sb.fails(&["plugins", "check", &missing], 2);
+    assert!(
+        run.stderr.contains(&missing) && run.stderr.contains("stowage_plugin_entry_v1"),
+        "{}",
+        run.stderr
+    );
+
+    let run = sb.fails(&["plugins", "check", "nowhere.so"], 2);
+    assert!(run.stderr.contains("nowhere.so"), "{}", run.stderr);
+}
