@@ -83,6 +83,16 @@ pub enum ConfigSource {
     Embedded,
 }
 
+impl ConfigSource {
+    /// The config file, unless the embedded default applies.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Flag(p) | ConfigSource::Env(p) | ConfigSource::Local(p) => Some(p),
+            ConfigSource::Embedded => None,
+        }
+    }
+}
+
 /// Shared state of one invocation.
 pub struct Context {
     /// The printer for this invocation's output mode.

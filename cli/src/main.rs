@@ -23,8 +23,8 @@ use crate::context::{Context, GlobalArgs};
 #[command(
     name = "stowage",
     version,
-    about = "Put, get, list, search, verify and collect garbage in a stowage store",
-    long_about = "Put, get, list, search, verify and collect garbage in a stowage store.\n\n\
+    about = "Put, get, list, search, verify, copy and benchmark records in a stowage store",
+    long_about = "Put, get, list, search, verify, copy and benchmark records in a stowage store.\n\n\
         The store is chosen by --config FILE, else $STOWAGE_CONFIG, else ./stowage.toml, else \
         the embedded default (SQLite at ./stowage-data/stowage.db).\n\n\
         Exit codes: 0 ok, 1 other failure, 2 invalid input, 3 not found, 4 conflict, \

@@ -13,24 +13,42 @@ fn assert_report_shape(r: &Value, provider: &str, size: u64, ops: u64, concurren
     fields.sort_unstable();
     assert_eq!(
         fields,
-        ["concurrency", "ops", "peak_rss_mib", "phases", "provider", "size"],
+        [
+            "concurrency",
+            "ops",
+            "peak_rss_mib",
+            "phases",
+            "provider",
+            "size"
+        ],
         "{r}"
     );
     assert_eq!(r["provider"], provider, "{r}");
     assert_eq!(r["size"], size, "{r}");
     assert_eq!(r["ops"], ops, "{r}");
     assert_eq!(r["concurrency"], concurrency, "{r}");
-    let rss = r["peak_rss_mib"].as_f64().expect("peak_rss_mib is a number on Linux");
+    let rss = r["peak_rss_mib"]
+        .as_f64()
+        .expect("peak_rss_mib is a number on Linux");
     assert!(rss > 1.0 && rss < 4096.0, "{r}");
     let phases = r["phases"].as_array().unwrap();
-    let names: Vec<&str> = phases.iter().map(|p| p["operation"].as_str().unwrap()).collect();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["operation"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["put", "get", "head"], "{r}");
     for p in phases {
         let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["mib_per_sec", "operation", "ops_per_sec", "p50_us", "p99_us"],
+            [
+                "mib_per_sec",
+                "operation",
+                "ops_per_sec",
+                "p50_us",
+                "p99_us"
+            ],
             "{p}"
         );
         assert!(p["ops_per_sec"].as_f64().unwrap() > 0.0, "{p}");
@@ -51,13 +69,23 @@ fn assert_report_shape(r: &Value, provider: &str, size: u64, ops: u64, concurren
 #[test]
 fn json_report_of_temporary_memory_and_sqlite_stores() {
     let sb = Sandbox::new();
-    let memory = sb.ok(&["--json", "bench", "--provider", "memory", "--ops", "200"]).json();
+    let memory = sb
+        .ok(&["--json", "bench", "--provider", "memory", "--ops", "200"])
+        .json();
     assert_report_shape(&memory, "memory", 4096, 200, 1);
 
     let sqlite = sb
         .ok(&[
-            "--json", "bench", "--provider", "sqlite", "--ops", "200", "--size", "64k",
-            "--concurrency", "4",
+            "--json",
+            "bench",
+            "--provider",
+            "sqlite",
+            "--ops",
+            "200",
+            "--size",
+            "64k",
+            "--concurrency",
+            "4",
         ])
         .json();
     assert_report_shape(&sqlite, "sqlite", 65536, 200, 4);
@@ -70,14 +98,26 @@ fn text_report_of_fs_names_every_phase() {
     let sb = Sandbox::new();
     let run = sb.ok(&["bench", "--provider", "fs", "--ops", "20", "--size", "1MiB"]);
     let text = run.text();
-    assert!(text.starts_with("bench fs: 20 ops of 1.0 MiB per phase, concurrency 1\n"), "{text}");
+    assert!(
+        text.starts_with("bench fs: 20 ops of 1.0 MiB per phase, concurrency 1\n"),
+        "{text}"
+    );
     for phase in ["put", "get", "head"] {
         assert!(
-            text.lines().any(|l| l.trim_start().starts_with(phase) && l.contains("ops/s") && l.contains("p99")),
+            text.lines().any(|l| l.trim_start().starts_with(phase)
+                && l.contains("ops/s")
+                && l.contains("p99")),
             "{phase} missing: {text}"
         );
     }
-    assert!(text.trim_end().lines().last().unwrap().starts_with("peak RSS: "), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("peak RSS: "),
+        "{text}"
+    );
 }
 
 #[test]
@@ -91,7 +131,11 @@ fn configured_store_is_benchmarked_in_a_namespace_of_its_own() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = sb.ok(&["--json", "bench", "--ops", "50"]);
     assert_report_shape(&run.json(), "sqlite", 4096, 50, 1);
-    assert!(run.stderr.contains("purged its 50 records"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("purged its 50 records"),
+        "{}",
+        run.stderr
+    );
     let ls = sb.ok(&["--json", "ls"]).json_lines();
     assert_eq!(ls.len(), 1);
     assert_eq!(ls[0]["key"], "mine");

@@ -98,15 +98,34 @@ fn listing(sb: &Sandbox, config: &str) -> BTreeMap<String, Vec<Value>> {
     NAMESPACES
         .iter()
         .map(|ns| {
-            let run = sb.ok(&["--json", "--config", config, "--namespace", ns, "ls", "--deleted"]);
-            (ns.to_string(), run.json_lines().iter().map(comparable).collect())
+            let run = sb.ok(&[
+                "--json",
+                "--config",
+                config,
+                "--namespace",
+                ns,
+                "ls",
+                "--deleted",
+            ]);
+            (
+                ns.to_string(),
+                run.json_lines().iter().map(comparable).collect(),
+            )
         })
         .collect()
 }
 
 /// `versions --json` of one key, as comparable records.
 fn versions(sb: &Sandbox, config: &str, ns: &str, key: &str) -> Vec<Value> {
-    let run = sb.ok(&["--json", "--config", config, "--namespace", ns, "versions", key]);
+    let run = sb.ok(&[
+        "--json",
+        "--config",
+        config,
+        "--namespace",
+        ns,
+        "versions",
+        key,
+    ]);
     run.json_lines().iter().map(comparable).collect()
 }
 
@@ -166,7 +185,9 @@ fn interrupted_copy_resumes_to_an_identical_target(
     assert_eq!(again["versions_copied"], 0, "{again}");
     assert_eq!(again["versions_skipped"], written.versions, "{again}");
 
-    let verify = sb.ok(&["--json", "--config", "target.toml", "verify"]).json();
+    let verify = sb
+        .ok(&["--json", "--config", "target.toml", "verify"])
+        .json();
     assert_eq!(verify["problems"], json!([]), "{verify}");
 
     let src_listing = listing(sb, "source.toml");
@@ -183,7 +204,10 @@ fn interrupted_copy_resumes_to_an_identical_target(
     }
     // Histories through the CLI for keys of every shape: large, several versions, tombstone,
     // restored, dedup'd.
-    for i in [0, 1, 2, 7, 10, 25, 50, 101, 1007, 9999].into_iter().filter(|&i| i < keys) {
+    for i in [0, 1, 2, 7, 10, 25, 50, 101, 1007, 9999]
+        .into_iter()
+        .filter(|&i| i < keys)
+    {
         let (ns, key) = corpus::place(i);
         let src = versions(sb, "source.toml", ns, &key);
         assert!(!src.is_empty());
@@ -218,7 +242,10 @@ fn sqlite_to_fs_killed_half_way_resumes_to_an_identical_target() {
         "8",
         ("sqlite", json!({ "path": sb.join("source.db") })),
         // A SIGKILL is a process crash, which the fs index log survives without fsync.
-        ("fs", json!({ "root": sb.join("target-fs"), "fsync": "never" })),
+        (
+            "fs",
+            json!({ "root": sb.join("target-fs"), "fsync": "never" }),
+        ),
     );
 }
 
@@ -262,8 +289,11 @@ fn create_bucket(endpoint: &str, bucket: &str) {
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("the test server endpoint {endpoint:?} is not http://HOST:PORT"))
         .trim_end_matches('/');
-    let mut conn = std::net::TcpStream::connect(host)
-        .unwrap_or_else(|e| panic!("the S3 test server at {endpoint} does not answer ({e}); run `scripts/s3-server start`"));
+    let mut conn = std::net::TcpStream::connect(host).unwrap_or_else(|e| {
+        panic!(
+            "the S3 test server at {endpoint} does not answer ({e}); run `scripts/s3-server start`"
+        )
+    });
     write!(
         conn,
         "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -286,7 +316,9 @@ fn fs_to_s3_killed_half_way_resumes_to_an_identical_target() {
         .unwrap()
         .as_nanos();
     let keys = match std::env::var("STOWAGE_COPY_S3_KEYS") {
-        Ok(n) => n.parse().expect("STOWAGE_COPY_S3_KEYS must be a number of keys"),
+        Ok(n) => n
+            .parse()
+            .expect("STOWAGE_COPY_S3_KEYS must be a number of keys"),
         Err(_) => S3_KEYS,
     };
     let endpoint = get("STOWAGE_TEST_S3_ENDPOINT", "");
@@ -297,7 +329,10 @@ fn fs_to_s3_killed_half_way_resumes_to_an_identical_target() {
         &sb,
         keys,
         "4",
-        ("fs", json!({ "root": sb.join("source-fs"), "fsync": "never" })),
+        (
+            "fs",
+            json!({ "root": sb.join("source-fs"), "fsync": "never" }),
+        ),
         (
             "s3",
             json!({
@@ -315,7 +350,11 @@ fn fs_to_s3_killed_half_way_resumes_to_an_identical_target() {
 
 /// The library file of the example Rust plugin, built by `scripts/build-plugin-fixtures`.
 fn kv_plugin() -> PathBuf {
-    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let ext = if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
         .join(format!("libstowage_plugin_kv.{ext}"));
@@ -339,8 +378,22 @@ fn put(sb: &Sandbox, config: &str, ns: &str, key: &str, payload: &[u8], extra: &
 /// `other`.
 fn small_source(sb: &Sandbox) {
     write_config(sb, "s.toml", "sqlite", &json!({ "path": "s.db" }));
-    put(sb, "s.toml", "default", "a/1", b"first", &["--tag", "t", "--attr", "n=1"]);
-    put(sb, "s.toml", "default", "a/1", b"second", &["--content-type", "text/plain"]);
+    put(
+        sb,
+        "s.toml",
+        "default",
+        "a/1",
+        b"first",
+        &["--tag", "t", "--attr", "n=1"],
+    );
+    put(
+        sb,
+        "s.toml",
+        "default",
+        "a/1",
+        b"second",
+        &["--content-type", "text/plain"],
+    );
     put(sb, "s.toml", "default", "a/2", b"doomed", &[]);
     sb.ok(&["--config", "s.toml", "rm", "a/2"]);
     put(sb, "s.toml", "default", "b/1", b"bee", &[]);
@@ -353,12 +406,22 @@ fn copy_options_select_keys_namespaces_and_versions_and_a_rerun_skips() {
     small_source(&sb);
     write_config(&sb, "t.toml", "sqlite", &json!({ "path": "t.db" }));
 
-    let run = sb.ok(&["--config", "s.toml", "copy", "--to-config", "t.toml", "--prefix", "a/"]);
+    let run = sb.ok(&[
+        "--config",
+        "s.toml",
+        "copy",
+        "--to-config",
+        "t.toml",
+        "--prefix",
+        "a/",
+    ]);
     assert_eq!(
         run.text().trim(),
         "copy sqlite -> sqlite: 2 keys in 1 namespace; 4 versions copied (17 B), 0 skipped (already in the target); final check: all match"
     );
-    let ls = sb.ok(&["--json", "--config", "t.toml", "ls", "--deleted"]).json_lines();
+    let ls = sb
+        .ok(&["--json", "--config", "t.toml", "ls", "--deleted"])
+        .json_lines();
     let keys: Vec<&str> = ls.iter().map(|r| r["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["a/1", "a/2"]);
     assert_eq!(
@@ -375,10 +438,22 @@ fn copy_options_select_keys_namespaces_and_versions_and_a_rerun_skips() {
         .is_empty());
 
     let again = sb
-        .ok(&["--json", "--config", "s.toml", "copy", "--to-config", "t.toml", "--prefix", "a/"])
+        .ok(&[
+            "--json",
+            "--config",
+            "s.toml",
+            "copy",
+            "--to-config",
+            "t.toml",
+            "--prefix",
+            "a/",
+        ])
         .json();
     assert_eq!(
-        (again["versions_copied"].as_u64(), again["versions_skipped"].as_u64()),
+        (
+            again["versions_copied"].as_u64(),
+            again["versions_skipped"].as_u64()
+        ),
         (Some(0), Some(4)),
         "{again}"
     );
@@ -387,19 +462,32 @@ fn copy_options_select_keys_namespaces_and_versions_and_a_rerun_skips() {
     write_config(&sb, "l.toml", "sqlite", &json!({ "path": "l.db" }));
     let report = sb
         .ok(&[
-            "--json", "--config", "s.toml", "copy", "--to-config", "l.toml", "--all-namespaces",
-            "--versions", "latest",
+            "--json",
+            "--config",
+            "s.toml",
+            "copy",
+            "--to-config",
+            "l.toml",
+            "--all-namespaces",
+            "--versions",
+            "latest",
         ])
         .json();
     assert_eq!(report["namespaces"], 2, "{report}");
     assert_eq!(report["keys"], 4, "{report}");
     assert_eq!(report["versions_copied"], 4, "{report}");
-    let latest = sb.ok(&["--json", "--config", "l.toml", "versions", "a/1"]).json_lines();
+    let latest = sb
+        .ok(&["--json", "--config", "l.toml", "versions", "a/1"])
+        .json_lines();
     assert_eq!(latest.len(), 1);
-    let src = sb.ok(&["--json", "--config", "s.toml", "head", "a/1"]).json();
+    let src = sb
+        .ok(&["--json", "--config", "s.toml", "head", "a/1"])
+        .json();
     assert_eq!(latest[0]["hash"], src["hash"]);
     assert_eq!(latest[0]["content_type"], "text/plain");
-    let deleted = sb.ok(&["--json", "--config", "l.toml", "ls", "--deleted"]).json_lines();
+    let deleted = sb
+        .ok(&["--json", "--config", "l.toml", "ls", "--deleted"])
+        .json_lines();
     assert!(deleted
         .iter()
         .any(|r| r["key"] == "a/2" && !r["deleted_at"].is_null()));
@@ -420,10 +508,21 @@ fn copy_refuses_to_overwrite_a_target_that_differs_and_names_the_record() {
     // The source is only read.
     assert_eq!(sb.ok(&["--config", "s.toml", "get", "b/1"]).stdout, b"bee");
 
-    let run = sb.fails(&["--config", "s.toml", "copy", "--to-config", "missing.toml"], 2);
+    let run = sb.fails(
+        &["--config", "s.toml", "copy", "--to-config", "missing.toml"],
+        2,
+    );
     assert!(run.stderr.contains("missing.toml"), "{}", run.stderr);
     let run = sb.fails(
-        &["--config", "s.toml", "copy", "--to-config", "t.toml", "--versions", "some"],
+        &[
+            "--config",
+            "s.toml",
+            "copy",
+            "--to-config",
+            "t.toml",
+            "--versions",
+            "some",
+        ],
         2,
     );
     assert!(run.stderr.contains("latest"), "{}", run.stderr);
@@ -441,7 +540,15 @@ fn copy_into_a_plugin_provider_store() {
         ),
     );
     let report = sb
-        .ok(&["--json", "--config", "s.toml", "copy", "--to-config", "kv.toml", "--all-namespaces"])
+        .ok(&[
+            "--json",
+            "--config",
+            "s.toml",
+            "copy",
+            "--to-config",
+            "kv.toml",
+            "--all-namespaces",
+        ])
         .json();
     assert_eq!(report["mismatches"], json!([]), "{report}");
     assert_eq!(report["versions_copied"], 6, "{report}");
@@ -453,13 +560,22 @@ fn copy_into_a_plugin_provider_store() {
         );
     }
     assert_eq!(
-        sb.ok(&["--config", "kv.toml", "--namespace", "other", "get", "x"]).stdout,
+        sb.ok(&["--config", "kv.toml", "--namespace", "other", "get", "x"])
+            .stdout,
         b"ex"
     );
     // And back out of the plugin into a fresh built-in store.
     write_config(&sb, "back.toml", "sqlite", &json!({ "path": "back.db" }));
     let back = sb
-        .ok(&["--json", "--config", "kv.toml", "copy", "--to-config", "back.toml", "--all-namespaces"])
+        .ok(&[
+            "--json",
+            "--config",
+            "kv.toml",
+            "copy",
+            "--to-config",
+            "back.toml",
+            "--all-namespaces",
+        ])
         .json();
     assert_eq!(back["versions_copied"], 6, "{back}");
     assert_eq!(

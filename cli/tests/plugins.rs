@@ -9,7 +9,11 @@ use sandbox::Sandbox;
 
 /// A fixture library by file stem (`libstowage_plugin_kv`), which must have been built.
 fn fixture(stem: &str) -> String {
-    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let ext = if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
         .join(format!("{stem}.{ext}"));
@@ -30,7 +34,10 @@ fn a_good_plugin_lists_its_providers() {
     assert!(text.contains("plugin:   stowage-plugin-kv "), "{text}");
     assert!(text.contains("abi:      1."), "{text}");
     assert!(text.contains("provider: kv  "), "{text}");
-    assert!(text.contains("capabilities: ") && text.contains("versions"), "{text}");
+    assert!(
+        text.contains("capabilities: ") && text.contains("versions"),
+        "{text}"
+    );
 
     let cmem = fixture("libstowage_plugin_cmem");
     let json = sb.ok(&["--json", "plugins", "check", &cmem]).json();
@@ -53,11 +60,19 @@ fn refused_libraries_exit_2_naming_the_file() {
     sb.write("notes.txt", "not a plugin\n");
     let run = sb.fails(&["plugins", "check", "notes.txt"], 2);
     assert!(run.stderr.contains("notes.txt"), "{}", run.stderr);
-    assert!(run.stderr.contains("not a loadable shared library"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not a loadable shared library"),
+        "{}",
+        run.stderr
+    );
 
     let wrong = fixture("librefuse_wrong_major");
     let run = sb.fails(&["plugins", "check", &wrong], 2);
-    assert!(run.stderr.contains(&wrong) && run.stderr.contains("ABI"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&wrong) && run.stderr.contains("ABI"),
+        "{}",
+        run.stderr
+    );
 
     let missing = fixture("librefuse_missing_symbol");
     let run = sb.fails(&["plugins", "check", &missing], 2);
@@ -69,4 +84,48 @@ fn refused_libraries_exit_2_naming_the_file() {
 
     let run = sb.fails(&["plugins", "check", "nowhere.so"], 2);
     assert!(run.stderr.contains("nowhere.so"), "{}", run.stderr);
+}
+
+#[test]
+fn verbose_traces_one_span_per_call_for_a_plugin_and_a_built_in_provider() {
+    let sb = Sandbox::new();
+    sb.write(
+        "kv.toml",
+        format!(
+            "[storage]\nprovider = \"kv\"\n[storage.config]\npath = \"kv.redb\"\n[plugins]\npaths = [{:?}]\n",
+            fixture("libstowage_plugin_kv")
+        ),
+    );
+    sb.write(
+        "s.toml",
+        "[storage]\nprovider = \"sqlite\"\n[storage.config]\npath = \"s.db\"\n",
+    );
+    for (config, provider) in [("kv.toml", "kv"), ("s.toml", "sqlite")] {
+        let put = sb.run_with_stdin(&["-v", "--config", config, "put", "k", "-"], b"traced");
+        assert_eq!(put.code, 0, "{}", put.stderr);
+        let get = sb.run_with_stdin(&["-v", "--config", config, "get", "k"], b"");
+        assert_eq!(get.code, 0, "{}", get.stderr);
+        for (run, operation, bytes) in [(&put, "put", None), (&get, "get", Some(6))] {
+            let spans: Vec<&str> = run
+                .stderr
+                .lines()
+                .filter(|l| l.contains("stowage.call{"))
+                .collect();
+            assert_eq!(spans.len(), 1, "one span per backend call: {}", run.stderr);
+            let span = spans[0];
+            for field in [
+                format!("provider=\"{provider}\""),
+                format!("operation=\"{operation}\""),
+                "namespace=\"default\"".to_string(),
+                "key=\"k\"".to_string(),
+                "outcome=\"ok\"".to_string(),
+                "micros=".to_string(),
+            ] {
+                assert!(span.contains(&field), "{field} missing: {span}");
+            }
+            if let Some(b) = bytes {
+                assert!(span.contains(&format!("bytes={b}")), "{span}");
+            }
+        }
+    }
 }

@@ -957,3 +957,60 @@ async fn put_many_writes_all_or_nothing() {
         ErrorKind::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_on_one_backend_share_commits_correctly() {
+    let (_, b) = fresh_backend().await;
+    let n = ns("group");
+    // Many small puts at once on one backend are written in shared transactions; each must
+    // still see the ones before it: one Create wins, one IfVersion(1) wins, overwrites count up.
+    let mut tasks = Vec::new();
+    for i in 0..48u64 {
+        let b = b.clone();
+        let n = n.clone();
+        tasks.push(tokio::spawn(async move {
+            let (k, mode) = match i % 3 {
+                0 => ("create-race", PutMode::Create),
+                1 => ("counter", PutMode::Overwrite),
+                _ => ("if-version", PutMode::IfVersion(0)),
+            };
+            let r = b
+                .put(
+                    &n,
+                    &key(k),
+                    Body::from(format!("w{i}")),
+                    Metadata::new(),
+                    mode,
+                )
+                .await;
+            (i % 3, r)
+        }));
+    }
+    let mut wins = [0usize; 3];
+    let mut counter_versions = Vec::new();
+    for t in tasks {
+        let (kind, r) = t.await.unwrap();
+        match r {
+            Ok(info) => {
+                wins[kind as usize] += 1;
+                if kind == 1 {
+                    counter_versions.push(info.version);
+                }
+            }
+            Err(e) => {
+                assert_ne!(kind, 1, "an overwrite failed: {e}");
+                assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+            }
+        }
+    }
+    assert_eq!(wins, [1, 16, 1]);
+    counter_versions.sort_unstable();
+    assert_eq!(counter_versions, (1..=16).collect::<Vec<u64>>());
+    let (info, body) = b
+        .get(&n, &key("counter"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(info.version, 16);
+    assert!(read_all(body).await.starts_with(b"w"));
+    assert!(b.verify(&NoProgress).await.unwrap().is_clean());
+}

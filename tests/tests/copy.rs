@@ -111,13 +111,13 @@ async fn latest_only_copies_the_current_state() {
     populate(&source).await;
     let options = CopyOptions {
         all_namespaces: false,
-        prefix: Some("docs/0".into()),
+        prefix: Some("docs/00".into()),
         versions: CopyVersions::Latest,
         ..Default::default()
     };
     let report = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
     assert_eq!(report.namespaces, 1);
-    assert_eq!(report.keys, 10, "prefix docs/0 selects docs/000..docs/009");
+    assert_eq!(report.keys, 10, "prefix docs/00 selects docs/000..docs/009");
     assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
     let t = target.default_namespace();
     let all = t.list_all(ListOptions { include_deleted: true, ..Default::default() }).await.unwrap();

@@ -116,3 +116,22 @@ async fn one_span_per_operation_for_a_built_in_provider_and_metrics_count() {
     assert_eq!(mem["get"].errors, 1);
     assert_eq!(mem["get"].bytes, 4096);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_span_per_operation_for_a_plugin_provider() {
+    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let lib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("libstowage_plugin_kv.{ext}"));
+    assert!(lib.is_file(), "{} is missing: run `scripts/build-plugin-fixtures` before `cargo test`", lib.display());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Stowage::builder()
+        .registry(Arc::new(Registry::new()))
+        .load_plugin(lib)
+        .with_storage("kv", serde_json::json!({ "path": dir.path().join("kv.redb"), "sync": false }))
+        .build()
+        .await
+        .unwrap();
+    let spans = workload(&store).await;
+    check(&spans, "kv", store.capabilities().search);
+}

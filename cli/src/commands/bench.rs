@@ -198,7 +198,10 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
 async fn measure(handle: &NamespaceHandle, args: &Args) -> Result<BenchReport> {
     let payload = Payload::new(args.size);
     let ops = args.ops.get();
-    let concurrency = args.concurrency.get().min(usize::try_from(ops).unwrap_or(usize::MAX));
+    let concurrency = args
+        .concurrency
+        .get()
+        .min(usize::try_from(ops).unwrap_or(usize::MAX));
     let mut phases = Vec::new();
     for phase in PHASES {
         phases.push(run_phase(handle, phase, ops, concurrency, &payload).await?);
@@ -360,10 +363,7 @@ impl Payload {
         let head_len = self.block.len().min(8);
         let head = Bytes::copy_from_slice(&i.to_le_bytes()[..head_len]);
         let rest = self.block.slice(head_len..);
-        Body::from_stream(
-            futures::stream::iter([Ok(head), Ok(rest)]),
-            Some(self.size),
-        )
+        Body::from_stream(futures::stream::iter([Ok(head), Ok(rest)]), Some(self.size))
     }
 }
 
@@ -465,7 +465,9 @@ mod tests {
         assert!(parse_size("1.2.3k").is_err());
         assert!(parse_size("0.3").is_err());
         assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("18446744073709551615k").unwrap_err().contains("too large"));
+        assert!(parse_size("18446744073709551615k")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

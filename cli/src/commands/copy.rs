@@ -41,6 +41,15 @@ fn parse_versions(text: &str) -> std::result::Result<CopyVersions, String> {
 /// Copies, then reports; any record whose final state differs is named on stderr, one per
 /// line, and makes the exit code 1 (a conflict with what the target holds is 4).
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    if let Some(path) = ctx.config_source().path() {
+        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        if same(path).is_some() && same(path) == same(&args.to_config) {
+            return Err(Error::invalid_input(format!(
+                "--to-config {} is the config of the source store itself; name the target's config",
+                args.to_config.display()
+            )));
+        }
+    }
     let source = ctx.store().await?;
     let target = ctx.store_from_file(&args.to_config, "--to-config").await?;
     let options = CopyOptions {
@@ -62,7 +71,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 .map_err(|e| Error::io("encoding the copy report", e.into()))?,
         )?;
     } else {
-        ctx.out.note(&summary(&report, source.provider(), target.provider()))?;
+        ctx.out
+            .note(&summary(&report, source.provider(), target.provider()))?;
     }
     if report.mismatches.is_empty() {
         return Ok(());

@@ -77,7 +77,10 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// The namespace and key of record `i`.
 pub fn place(i: u64) -> (&'static str, String) {
-    (NAMESPACES[(i % 3) as usize], format!("rec/{:02}/{i:05}.bin", i % 17))
+    (
+        NAMESPACES[(i % 3) as usize],
+        format!("rec/{:02}/{i:05}.bin", i % 17),
+    )
 }
 
 /// Writes the corpus of `keys` keys into `store`, `concurrency` keys at a time.
@@ -86,7 +89,11 @@ pub async fn populate(store: &Stowage, keys: u64, concurrency: usize) -> Written
         .map(|i| write_key(store, i))
         .buffer_unordered(concurrency)
         .try_fold(
-            Written { keys: 0, versions: 0, bytes: 0 },
+            Written {
+                keys: 0,
+                versions: 0,
+                bytes: 0,
+            },
             |acc, w| async move {
                 Ok::<_, stowage_core::Error>(Written {
                     keys: acc.keys + w.keys,
@@ -102,27 +109,35 @@ pub async fn populate(store: &Stowage, keys: u64, concurrency: usize) -> Written
 async fn write_key(store: &Stowage, i: u64) -> stowage_core::Result<Written> {
     let (ns, key) = place(i);
     let h = store.namespace(ns)?;
-    let mut w = Written { keys: 1, versions: 0, bytes: 0 };
-    let rounds = if i % 10 == 0 { 3 } else { 1 };
+    let mut w = Written {
+        keys: 1,
+        versions: 0,
+        bytes: 0,
+    };
+    let rounds = if i.is_multiple_of(10) { 3 } else { 1 };
     for round in 0..rounds {
         // Every 101st key repeats key 0's first payload: the target must dedup, not mix up.
-        let seed = if i % 101 == 0 && round == 0 { 0 } else { i * 4 + round };
+        let seed = if i.is_multiple_of(101) && round == 0 {
+            0
+        } else {
+            i * 4 + round
+        };
         let payload = bytes(seed, if seed == 0 { size_of(0) } else { size_of(i) });
         let mut meta = Metadata::new()
             .with_tag(format!("batch-{}", i % 5))
             .with_attribute("n", i)
             .with_attribute("round", round);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             meta = meta.with_content_type("application/octet-stream");
         }
         w.bytes += payload.len() as u64;
         h.put(&key, payload, meta).await?;
         w.versions += 1;
     }
-    if i % 25 == 0 {
+    if i.is_multiple_of(25) {
         h.delete(&key, DeleteOptions::default()).await?;
         w.versions += 1;
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             h.restore(&key, None).await?;
             w.versions += 1;
         }

@@ -1,10 +1,11 @@
 //! Guest side of the plugin ABI: what [`crate::export_plugin!`] expands to.
 //!
-//! Each factory becomes a provider vtable whose `factory` pointer is a [`FactoryState`]; each
+//! Each factory becomes a provider vtable whose `factory` pointer is a `FactoryState`; each
 //! backend instance, put writer and get reader is a `Box` handed to the host as an opaque
 //! pointer and taken back by its release function. Every entry point runs inside
-//! `catch_unwind`: a panic becomes a `PANICKED` status and poisons the factory or instance, which
-//! then refuses further calls. Async trait methods run with `block_on` on a multi-thread tokio
+//! `catch_unwind`: a panic becomes a `PANICKED` status and poisons the instance (or the writer's
+//! or reader's instance), which then refuses further calls; a panic in a factory call poisons
+//! nothing, as it leaves no instance behind. Async trait methods run with `block_on` on a multi-thread tokio
 //! runtime this plugin owns (the host's tokio is a different copy and must not be touched).
 
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -264,6 +264,11 @@ impl S3Backend {
         if let Some(record) = self.latest_by_probe(ns, key).await? {
             return Ok(Some(record));
         }
+        self.latest_listed(ns, key).await
+    }
+
+    /// The latest version as a listing of the key's prefix says.
+    async fn latest_listed(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
         for _ in 0..3 {
             let Some(listed) = self.latest_name(ns, key).await? else {
                 return Ok(None);
@@ -274,6 +279,28 @@ impl S3Backend {
             // Purged between the listing and the read: look again.
         }
         Ok(None)
+    }
+
+    /// The version a write should build on. A write needs less proof than a read: the claim
+    /// of `v + 1` fails by itself if `v + 1` exists, so only "`v` is still the object we
+    /// know" (not purged and rewritten) is checked, with one HEAD; a stale answer costs a lost
+    /// claim and a listing, never a wrong write.
+    async fn latest_for_write(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
+        if let Some(cached) = self.cached_latest(ns, key) {
+            let path = meta_path(ns, key.as_str(), cached.version);
+            if let Some((etag, _)) = self.cache.entry(&path) {
+                match self.op.stat_with(&path).if_match(&etag).await {
+                    Ok(_) => return Ok(Some(cached)),
+                    Err(e) if is_not_found(&e) || is_precondition_failed(&e) => {}
+                    Err(e) => {
+                        return Err(self
+                            .target
+                            .error(format_args!("checking metadata {path}"), e))
+                    }
+                }
+            }
+        }
+        self.latest_listed(ns, key).await
     }
 
     /// The latest version this process last saw of the key (unchecked).
@@ -363,10 +390,12 @@ impl S3Backend {
         mut known: Option<Option<RecordInfo>>,
         mut build: impl FnMut(Option<&RecordInfo>, Version, Timestamp) -> Result<RecordInfo>,
     ) -> Result<RecordInfo> {
-        for _ in 0..MAX_CLAIM_ATTEMPTS {
+        for attempt in 0..MAX_CLAIM_ATTEMPTS {
             let latest = match known.take() {
                 Some(latest) => latest,
-                None => self.latest(ns, key).await?,
+                // After a lost claim the cached version is stale: go straight to the listing.
+                None if attempt > 0 => self.latest_listed(ns, key).await?,
+                None => self.latest_for_write(ns, key).await?,
             };
             let next = latest.as_ref().map_or(1, |r| r.version + 1);
             let record = build(latest.as_ref(), next, Timestamp::now())?;
@@ -638,10 +667,11 @@ impl StorageBackend for S3Backend {
         // A conditional put checks first so a conflict costs no upload; an overwrite learns the
         // latest version while the payload uploads.
         let (stored, latest) = if mode == PutMode::Overwrite {
-            let (stored, latest) = futures::join!(self.blobs.put(body), self.latest(ns, key));
+            let (stored, latest) =
+                futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
         } else {
-            let latest = self.latest(ns, key).await?;
+            let latest = self.latest_for_write(ns, key).await?;
             check_put_mode(ns, key, mode, latest.as_ref())?;
             (self.blobs.put(body).await?, latest)
         };

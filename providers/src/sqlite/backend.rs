@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 use stowage_core::{
     async_trait, Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport,
@@ -14,7 +13,11 @@ use stowage_core::{
 };
 use tokio::sync::{Mutex, OnceCell};
 
-use super::blobs::{self, chunk_count, BlobRef, ChunkReader, Payload};
+use super::blobs::{self, BlobRef, ChunkReader, Payload};
+use super::commit::{
+    bind_put_small, Attempt, GroupCommit, PutRequest, SmallPut, WriteContext, Written,
+    PUT_SMALL_IN_TX_SQL,
+};
 use super::config::SqliteConfig;
 use super::error::map_err;
 use super::records::{decode, encode_metadata, RECORD_COLUMNS};
@@ -22,69 +25,6 @@ use super::search::{
     driver_candidates, estimate_statement, list_statement, page_rows, search_statement, Driver,
 };
 use super::{schema, PROVIDER};
-
-/// A put of a payload that fits one chunk, as a single round trip: the version row is written
-/// only if the precondition holds (`mode` 0 overwrite, 1 create, 2 if-version `expected`); the
-/// blob and its chunk only if the version was written and the hash is new (`changes()` chains
-/// them). The `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
-/// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
-/// (numbered ones would be re-bound from the start in every statement).
-macro_rules! put_small_statements {
-    () => {
-        "
-INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
-    SELECT p.ns, p.key, coalesce(l.version, 0) + 1, p.hash, p.size, coalesce(l.created_at, p.now),
-           p.now, NULL, p.metadata
-    FROM (SELECT ? AS ns, ? AS key, ? AS hash, ? AS size, ? AS now, ? AS metadata, ? AS mode,
-                 ? AS expected) p
-    LEFT JOIN latest l ON l.ns = p.ns AND l.key = p.key
-    WHERE CASE p.mode WHEN 0 THEN 1
-                      WHEN 1 THEN l.version IS NULL OR l.deleted_at IS NOT NULL
-                      ELSE coalesce(l.version, 0) = p.expected END
-    RETURNING version, created_at;
-INSERT INTO blobs (hash, size, chunk_size, chunk_count)
-    SELECT ?, ?, ?, ? WHERE changes() > 0
-    ON CONFLICT (hash) DO NOTHING;
-INSERT INTO chunks (blob_id, idx, data)
-    SELECT last_insert_rowid(), 0, ? WHERE changes() > 0 AND ? > 0;
-"
-    };
-}
-
-/// The one-round-trip put: its own write transaction around the statements.
-const PUT_SMALL_SQL: &str = concat!("BEGIN IMMEDIATE;", put_small_statements!(), "COMMIT;");
-
-/// The same statements inside a caller's transaction (`put_many`).
-const PUT_SMALL_IN_TX_SQL: &str = put_small_statements!();
-
-/// Binds the parameters of [`PUT_SMALL_SQL`] / [`PUT_SMALL_IN_TX_SQL`], in order of appearance.
-fn bind_put_small<'q>(
-    sql: &'q str,
-    req: &PutRequest<'q>,
-    hash: &'q ContentHash,
-    data: &'q [u8],
-    now: i64,
-    chunk_size: usize,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    let (mode_code, expected) = mode_code(req.mode);
-    let size = data.len() as u64;
-    let chunks = chunk_count(size, chunk_size);
-    sqlx::query(sql)
-        .bind(req.ns.as_str())
-        .bind(req.key.as_str())
-        .bind(&hash.as_bytes()[..])
-        .bind(size as i64)
-        .bind(now)
-        .bind(req.metadata)
-        .bind(mode_code)
-        .bind(expected)
-        .bind(&hash.as_bytes()[..])
-        .bind(size as i64)
-        .bind(chunk_size as i64)
-        .bind(chunks)
-        .bind(data)
-        .bind(chunks)
-}
 
 /// Record, blob and (for `?3` = the chunk holding the first byte wanted) that chunk, in one read.
 const GET_LATEST_SQL: &str = "
@@ -109,36 +49,8 @@ pub struct SqliteBackend {
     config: SqliteConfig,
     path: Arc<PathBuf>,
     pool: OnceCell<SqlitePool>,
-    writer: Mutex<()>,
-}
-
-/// A connection running a hand-written transaction: if dropped before it is known to be
-/// finished (a cancelled future, a failed rollback), it is closed rather than returned to the
-/// pool, which makes SQLite roll the transaction back.
-struct TxnConn {
-    conn: PoolConnection<Sqlite>,
-    settled: bool,
-}
-
-impl Drop for TxnConn {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-impl TxnConn {
-    /// After a failed statement: undo whatever the transaction did.
-    async fn roll_back(&mut self) {
-        // "no transaction is active" is the only expected failure and means there is nothing
-        // to undo; any other leaves `settled` false so the connection is discarded.
-        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
-            Ok(_) => self.settled = true,
-            Err(e) if e.to_string().contains("no transaction") => self.settled = true,
-            Err(_) => {}
-        }
-    }
+    writer: Arc<Mutex<()>>,
+    commits: Arc<GroupCommit>,
 }
 
 impl SqliteBackend {
@@ -148,7 +60,8 @@ impl SqliteBackend {
             path: Arc::new(config.path.clone()),
             config,
             pool: OnceCell::new(),
-            writer: Mutex::new(()),
+            writer: Arc::new(Mutex::new(())),
+            commits: Arc::new(GroupCommit::default()),
         }
     }
 
@@ -196,50 +109,6 @@ impl SqliteBackend {
             key: key.to_string(),
             expected,
             current,
-        }
-    }
-
-    /// The fast path; `Err(None)` when the precondition failed (current version unknown).
-    async fn put_small(
-        &self,
-        pool: &SqlitePool,
-        req: &PutRequest<'_>,
-        data: Bytes,
-    ) -> Result<Attempt> {
-        let hash = ContentHash::of(&data);
-        let size = data.len() as u64;
-        let now = Timestamp::now().as_micros();
-        let chunk_size = self.config.chunk_size();
-        let _turn = self.writer.lock().await;
-        let conn = pool
-            .acquire()
-            .await
-            .map_err(self.fail("getting a connection"))?;
-        let mut conn = TxnConn {
-            conn,
-            settled: false,
-        };
-        let result = bind_put_small(PUT_SMALL_SQL, req, &hash, &data, now, chunk_size)
-            .fetch_all(&mut *conn.conn)
-            .await;
-        match result {
-            Ok(rows) => {
-                conn.settled = true;
-                Ok(match rows.first() {
-                    Some(r) => Ok(Written {
-                        version: r.get::<i64, _>(0) as u64,
-                        created_at: r.get(1),
-                        updated_at: now,
-                        hash,
-                        size,
-                    }),
-                    None => Err(None),
-                })
-            }
-            Err(e) => {
-                conn.roll_back().await;
-                Err(map_err(&self.path, "writing a record", e))
-            }
         }
     }
 
@@ -417,37 +286,6 @@ impl SqliteBackend {
     }
 }
 
-/// What a put writes, besides the payload.
-#[derive(Clone, Copy)]
-struct PutRequest<'a> {
-    ns: &'a Namespace,
-    key: &'a Key,
-    /// Metadata as stored JSON.
-    metadata: &'a str,
-    mode: PutMode,
-}
-
-/// A version a put wrote.
-struct Written {
-    version: u64,
-    created_at: i64,
-    updated_at: i64,
-    hash: ContentHash,
-    size: u64,
-}
-
-/// A put's outcome: written, or refused by its precondition (with the current version when
-/// the refusing path knew it).
-type Attempt = std::result::Result<Written, Option<u64>>;
-
-fn mode_code(mode: PutMode) -> (i64, i64) {
-    match mode {
-        PutMode::Overwrite => (0, 0),
-        PutMode::Create => (1, 0),
-        PutMode::IfVersion(v) | PutMode::Base(v) => (2, v as i64),
-    }
-}
-
 #[async_trait]
 impl StorageBackend for SqliteBackend {
     fn provider(&self) -> &str {
@@ -479,7 +317,23 @@ impl StorageBackend for SqliteBackend {
             mode,
         };
         let attempt = match blobs::classify(body, self.config.chunk_size()).await? {
-            Payload::Small(data) => self.put_small(pool, &req, data).await?,
+            Payload::Small(data) => {
+                let ctx = WriteContext {
+                    pool: pool.clone(),
+                    path: self.path.clone(),
+                    chunk_size: self.config.chunk_size(),
+                    lock: self.writer.clone(),
+                };
+                let put = SmallPut {
+                    ns: ns.clone(),
+                    key: key.clone(),
+                    metadata: meta_json.clone(),
+                    mode,
+                    hash: ContentHash::of(&data),
+                    data,
+                };
+                self.commits.put(&ctx, put).await?
+            }
             Payload::Large { prefix, rest } => self.put_large(pool, &req, prefix, rest).await?,
         };
         match attempt {

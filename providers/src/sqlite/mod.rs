@@ -9,7 +9,8 @@
 //!   and read only the chunks a byte range covers.
 //! - Every version is a row of `versions`; the `latest` table, with `tags` and `attrs`, is kept
 //!   by a trigger and indexed, so `list` and `search` are SQL, not scans.
-//! - A put of a payload that fits one chunk is one round trip to SQLite.
+//! - A put of a payload that fits one chunk is one round trip to SQLite; small puts that wait
+//!   for the write lock at the same moment share one transaction (group commit).
 //!
 //! ```toml
 //! [storage]
@@ -26,6 +27,7 @@ use stowage_core::{async_trait, Capabilities, Result, StorageBackend, StoragePro
 
 mod backend;
 mod blobs;
+mod commit;
 mod config;
 mod error;
 mod records;

@@ -1,0 +1,381 @@
+//! Small puts: the one-round-trip write of a payload that fits one chunk, and group commit —
+//! puts that arrive while another write holds the lock are written together in one transaction,
+//! so concurrent writers share a commit instead of queueing for one each.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{Sqlite, SqliteArguments, SqlitePool};
+use sqlx::Row;
+use stowage_core::{ContentHash, Error, Key, Namespace, PutMode, Result, Timestamp};
+use tokio::sync::{oneshot, Mutex};
+
+use super::blobs::chunk_count;
+use super::error::map_err;
+use super::PROVIDER;
+
+/// A put of a payload that fits one chunk, as a single round trip: the version row is written
+/// only if the precondition holds (`mode` 0 overwrite, 1 create, 2 if-version `expected`); the
+/// blob and its chunk only if the version was written and the hash is new (`changes()` chains
+/// them). The `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
+/// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
+/// (numbered ones would be re-bound from the start in every statement).
+macro_rules! put_small_statements {
+    () => {
+        "
+INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+    SELECT p.ns, p.key, coalesce(l.version, 0) + 1, p.hash, p.size, coalesce(l.created_at, p.now),
+           p.now, NULL, p.metadata
+    FROM (SELECT ? AS ns, ? AS key, ? AS hash, ? AS size, ? AS now, ? AS metadata, ? AS mode,
+                 ? AS expected) p
+    LEFT JOIN latest l ON l.ns = p.ns AND l.key = p.key
+    WHERE CASE p.mode WHEN 0 THEN 1
+                      WHEN 1 THEN l.version IS NULL OR l.deleted_at IS NOT NULL
+                      ELSE coalesce(l.version, 0) = p.expected END
+    RETURNING version, created_at;
+INSERT INTO blobs (hash, size, chunk_size, chunk_count)
+    SELECT ?, ?, ?, ? WHERE changes() > 0
+    ON CONFLICT (hash) DO NOTHING;
+INSERT INTO chunks (blob_id, idx, data)
+    SELECT last_insert_rowid(), 0, ? WHERE changes() > 0 AND ? > 0;
+"
+    };
+}
+
+/// The one-round-trip put: its own write transaction around the statements.
+pub(crate) const PUT_SMALL_SQL: &str =
+    concat!("BEGIN IMMEDIATE;", put_small_statements!(), "COMMIT;");
+
+/// The same statements inside a caller's transaction (`put_many`).
+pub(crate) const PUT_SMALL_IN_TX_SQL: &str = put_small_statements!();
+
+/// Binds the parameters of [`PUT_SMALL_SQL`] / [`PUT_SMALL_IN_TX_SQL`], in order of appearance.
+pub(crate) fn bind_put_small<'q>(
+    sql: &'q str,
+    req: &PutRequest<'q>,
+    hash: &'q ContentHash,
+    data: &'q [u8],
+    now: i64,
+    chunk_size: usize,
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    let (mode_code, expected) = mode_code(req.mode);
+    let size = data.len() as u64;
+    let chunks = chunk_count(size, chunk_size);
+    sqlx::query(sql)
+        .bind(req.ns.as_str())
+        .bind(req.key.as_str())
+        .bind(&hash.as_bytes()[..])
+        .bind(size as i64)
+        .bind(now)
+        .bind(req.metadata)
+        .bind(mode_code)
+        .bind(expected)
+        .bind(&hash.as_bytes()[..])
+        .bind(size as i64)
+        .bind(chunk_size as i64)
+        .bind(chunks)
+        .bind(data)
+        .bind(chunks)
+}
+
+/// The same statements inside a savepoint, for one put of a group-commit batch: a put that
+/// fails is undone alone.
+const PUT_SMALL_SAVEPOINT_SQL: &str =
+    concat!("SAVEPOINT put;", put_small_statements!(), "RELEASE put;");
+
+/// A connection running a hand-written transaction: if dropped before it is known to be
+/// finished (a cancelled future, a failed rollback), it is closed rather than returned to the
+/// pool, which makes SQLite roll the transaction back.
+pub(crate) struct TxnConn {
+    pub(crate) conn: PoolConnection<Sqlite>,
+    pub(crate) settled: bool,
+}
+
+impl Drop for TxnConn {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl TxnConn {
+    /// After a failed statement: undo whatever the transaction did.
+    pub(crate) async fn roll_back(&mut self) {
+        // "no transaction is active" is the only expected failure and means there is nothing
+        // to undo; any other leaves `settled` false so the connection is discarded.
+        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.settled = true,
+            Err(e) if e.to_string().contains("no transaction") => self.settled = true,
+            Err(_) => {}
+        }
+    }
+}
+
+/// What a put writes, besides the payload.
+#[derive(Clone, Copy)]
+pub(crate) struct PutRequest<'a> {
+    pub(crate) ns: &'a Namespace,
+    pub(crate) key: &'a Key,
+    /// Metadata as stored JSON.
+    pub(crate) metadata: &'a str,
+    pub(crate) mode: PutMode,
+}
+
+/// A version a put wrote.
+pub(crate) struct Written {
+    pub(crate) version: u64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) hash: ContentHash,
+    pub(crate) size: u64,
+}
+
+/// A put's outcome: written, or refused by its precondition (with the current version when
+/// the refusing path knew it).
+pub(crate) type Attempt = std::result::Result<Written, Option<u64>>;
+
+fn mode_code(mode: PutMode) -> (i64, i64) {
+    match mode {
+        PutMode::Overwrite => (0, 0),
+        PutMode::Create => (1, 0),
+        PutMode::IfVersion(v) | PutMode::Base(v) => (2, v as i64),
+    }
+}
+
+/// A small put waiting to be written, owning what it writes.
+pub(crate) struct SmallPut {
+    pub(crate) ns: Namespace,
+    pub(crate) key: Key,
+    /// Metadata as stored JSON.
+    pub(crate) metadata: String,
+    pub(crate) mode: PutMode,
+    pub(crate) data: Bytes,
+    /// Hashed by the caller, outside the lock.
+    pub(crate) hash: ContentHash,
+}
+
+impl SmallPut {
+    fn request(&self) -> PutRequest<'_> {
+        PutRequest {
+            ns: &self.ns,
+            key: &self.key,
+            metadata: &self.metadata,
+            mode: self.mode,
+        }
+    }
+
+    fn written(&self, row: &sqlx::sqlite::SqliteRow, now: i64) -> Written {
+        Written {
+            version: row.get::<i64, _>(0) as u64,
+            created_at: row.get(1),
+            updated_at: now,
+            hash: self.hash,
+            size: self.data.len() as u64,
+        }
+    }
+}
+
+struct Job {
+    put: SmallPut,
+    reply: oneshot::Sender<Result<Attempt>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// Whether a task is draining the queue.
+    draining: bool,
+}
+
+/// What a batch needs to write: cheap to clone into the task that drains the queue.
+#[derive(Clone)]
+pub(crate) struct WriteContext {
+    pub(crate) pool: SqlitePool,
+    pub(crate) path: Arc<PathBuf>,
+    pub(crate) chunk_size: usize,
+    /// The lock every writer of this backend takes turns on.
+    pub(crate) lock: Arc<Mutex<()>>,
+}
+
+/// Collects small puts and writes each batch in one transaction.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    queue: std::sync::Mutex<Queue>,
+}
+
+impl GroupCommit {
+    /// Writes `put`, together with whatever other small puts wait for the lock at that moment.
+    /// The batch runs on its own task, so a caller that stops waiting cannot leave it half done.
+    pub(crate) async fn put(
+        self: &Arc<Self>,
+        ctx: &WriteContext,
+        put: SmallPut,
+    ) -> Result<Attempt> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.jobs.push(Job { put, reply });
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if start {
+            let me = self.clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move { me.drain(ctx).await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::backend(
+                PROVIDER,
+                "the write batch holding this put stopped before answering (is the runtime shutting down?)",
+                std::io::Error::other("write batch dropped"),
+            ))
+        })
+    }
+
+    async fn drain(&self, ctx: WriteContext) {
+        loop {
+            // Waiting for the lock first lets the queue fill up meanwhile: that is the batch.
+            let _turn = ctx.lock.lock().await;
+            let jobs = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.jobs.is_empty() {
+                    q.draining = false;
+                    return;
+                }
+                std::mem::take(&mut q.jobs)
+            };
+            if let [_] = jobs.as_slice() {
+                let job = jobs.into_iter().next().expect("one job");
+                let result = ctx.write_one(&job.put).await;
+                let _ = job.reply.send(result);
+            } else {
+                ctx.write_batch(jobs).await;
+            }
+        }
+    }
+}
+
+impl WriteContext {
+    fn fail(&self, doing: &str, e: sqlx::Error) -> Error {
+        map_err(&self.path, doing, e)
+    }
+
+    async fn connection(&self) -> Result<TxnConn> {
+        let conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.fail("getting a connection", e))?;
+        Ok(TxnConn {
+            conn,
+            settled: false,
+        })
+    }
+
+    /// One put in one round trip, its own transaction. `Err(None)`: the precondition failed.
+    pub(crate) async fn write_one(&self, put: &SmallPut) -> Result<Attempt> {
+        let mut conn = self.connection().await?;
+        let now = Timestamp::now().as_micros();
+        let result = bind_put_small(
+            PUT_SMALL_SQL,
+            &put.request(),
+            &put.hash,
+            &put.data,
+            now,
+            self.chunk_size,
+        )
+        .fetch_all(&mut *conn.conn)
+        .await;
+        match result {
+            Ok(rows) => {
+                conn.settled = true;
+                Ok(match rows.first() {
+                    Some(r) => Ok(put.written(r, now)),
+                    None => Err(None),
+                })
+            }
+            Err(e) => {
+                conn.roll_back().await;
+                Err(self.fail("writing a record", e))
+            }
+        }
+    }
+
+    /// Several puts in one transaction, each in a savepoint so one failing put is undone alone;
+    /// each put sees the ones before it, exactly as if they had run one after another.
+    async fn write_batch(&self, jobs: Vec<Job>) {
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return answer_all(jobs, &e.to_string()),
+        };
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn.conn)
+            .await
+        {
+            conn.roll_back().await;
+            return answer_all(
+                jobs,
+                &self.fail("locking the database for a write", e).to_string(),
+            );
+        }
+        let mut results: Vec<Result<Attempt>> = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let put = &job.put;
+            let now = Timestamp::now().as_micros();
+            let result = bind_put_small(
+                PUT_SMALL_SAVEPOINT_SQL,
+                &put.request(),
+                &put.hash,
+                &put.data,
+                now,
+                self.chunk_size,
+            )
+            .fetch_all(&mut *conn.conn)
+            .await;
+            match result {
+                Ok(rows) => results.push(Ok(match rows.first() {
+                    Some(r) => Ok(put.written(r, now)),
+                    None => Err(None),
+                })),
+                Err(e) => {
+                    let undo = sqlx::query("ROLLBACK TO put; RELEASE put;")
+                        .execute(&mut *conn.conn)
+                        .await;
+                    if undo.is_err() {
+                        // The transaction is in an unknown state: give the whole batch up.
+                        conn.roll_back().await;
+                        return answer_all(jobs, &self.fail("writing a record", e).to_string());
+                    }
+                    results.push(Err(self.fail("writing a record", e)));
+                }
+            }
+        }
+        if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn.conn).await {
+            conn.roll_back().await;
+            return answer_all(
+                jobs,
+                &self.fail("committing a batch of records", e).to_string(),
+            );
+        }
+        conn.settled = true;
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Fails every job of a batch with the same cause.
+fn answer_all(jobs: Vec<Job>, cause: &str) {
+    for job in jobs {
+        let _ = job.reply.send(Err(Error::backend(
+            PROVIDER,
+            format!(
+                "writing {}/{} failed with its batch: {cause}",
+                job.put.ns, job.put.key
+            ),
+            std::io::Error::other(cause.to_string()),
+        )));
+    }
+}
