@@ -184,4 +184,42 @@ mod tests {
         assert_eq!(p.bar.length(), Some(10));
         p.finish();
     }
+
+    fn record(size: u64, deleted: bool) -> RecordInfo {
+        let now = stowage_core::Timestamp::now();
+        RecordInfo {
+            namespace: Namespace::default(),
+            key: stowage_core::Key::new("k").unwrap(),
+            version: 1,
+            hash: stowage_core::ContentHash::of(b"x"),
+            size,
+            created_at: now,
+            updated_at: now,
+            deleted_at: deleted.then_some(now),
+            metadata: stowage_core::Metadata::new(),
+            conflicts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn copy_bar_counts_versions_and_payload_bytes_but_not_tombstones() {
+        let p = CopyProgress::new(false, true);
+        p.found(&Namespace::default(), 3, 0);
+        p.found(&Namespace::new("other").unwrap(), 2, 0);
+        assert_eq!(p.bar.length(), Some(5));
+        p.copied(&record(2048, false));
+        p.copied(&record(999, true));
+        p.skipped(&record(7, false));
+        assert_eq!(p.bar.position(), 3);
+        let message = p.message();
+        assert!(
+            message.starts_with("2 copied, 1 skipped, 2.0 KiB at "),
+            "{message}"
+        );
+        assert!(message.ends_with("/s, 5 keys found"), "{message}");
+        // Whole histories: the number of versions is unknown, so no length.
+        let p = CopyProgress::new(false, false);
+        p.found(&Namespace::default(), 3, 0);
+        assert_eq!(p.bar.length(), None);
+    }
 }

@@ -157,3 +157,39 @@ fn bad_arguments_exit_2_naming_the_problem() {
     sb.fails(&["bench", "--provider", "memory", "--ops", "0"], 2);
     sb.fails(&["bench", "--provider", "memory", "--concurrency", "0"], 2);
 }
+
+#[test]
+fn a_plugin_provider_is_benchmarked_through_its_config() {
+    let ext = if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    };
+    let plugin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("libstowage_plugin_kv.{ext}"));
+    assert!(
+        plugin.is_file(),
+        "{} is missing; run scripts/build-plugin-fixtures first",
+        plugin.display()
+    );
+    let sb = Sandbox::new();
+    sb.write(
+        "kv.toml",
+        format!(
+            "[storage]\nprovider = \"kv\"\n[storage.config]\npath = \"kv.redb\"\n[plugins]\npaths = [{:?}]\n",
+            plugin.canonicalize().unwrap().display().to_string()
+        ),
+    );
+    let run = sb.ok(&[
+        "--json",
+        "--config",
+        "kv.toml",
+        "bench",
+        "--ops",
+        "40",
+        "--concurrency",
+        "4",
+    ]);
+    assert_report_shape(&run.json(), "kv", 4096, 40, 4);
+}

@@ -64,29 +64,39 @@ impl Metrics {
 
 /// How many payload bytes a call's result moved, for spans and metrics.
 pub trait PayloadBytes {
-    /// Bytes moved (0 when the call moves no payload).
-    fn payload_bytes(&self) -> u64 {
+    /// Bytes moved by `operation` (0 when the call moves no payload).
+    fn payload_bytes(&self, operation: &str) -> u64 {
+        let _ = operation;
         0
     }
 }
 
-impl PayloadBytes for crate::model::RecordInfo {}
+impl PayloadBytes for crate::model::RecordInfo {
+    fn payload_bytes(&self, operation: &str) -> u64 {
+        // A put moved the payload it stored; head, delete and restore move none.
+        if operation == "put" {
+            self.size
+        } else {
+            0
+        }
+    }
+}
 impl PayloadBytes for () {}
 impl PayloadBytes for u64 {}
 impl PayloadBytes for crate::model::GcReport {
-    fn payload_bytes(&self) -> u64 {
+    fn payload_bytes(&self, _operation: &str) -> u64 {
         self.bytes_freed
     }
 }
 impl PayloadBytes for crate::model::VerifyReport {
-    fn payload_bytes(&self) -> u64 {
+    fn payload_bytes(&self, _operation: &str) -> u64 {
         self.bytes_checked
     }
 }
 impl<T> PayloadBytes for Vec<T> {}
 impl<T> PayloadBytes for crate::model::Page<T> {}
 impl PayloadBytes for (crate::model::RecordInfo, crate::body::Body) {
-    fn payload_bytes(&self) -> u64 {
+    fn payload_bytes(&self, _operation: &str) -> u64 {
         self.1.size_hint().unwrap_or(self.0.size)
     }
 }

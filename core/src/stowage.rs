@@ -140,7 +140,7 @@ impl Stowage {
             span.record("micros", micros);
             let outcome = match &result {
                 Ok(value) => {
-                    let bytes = value.payload_bytes();
+                    let bytes = value.payload_bytes(operation);
                     span.record("bytes", bytes);
                     span.record("outcome", "ok");
                     tracing::debug!("{operation} ok");

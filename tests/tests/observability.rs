@@ -91,6 +91,7 @@ fn check(spans: &[BTreeMap<String, String>], provider: &str, search: bool) {
     }
     assert_eq!(spans[0]["key"], "a/b");
     assert_eq!(spans[0]["outcome"], "ok");
+    assert_eq!(spans[0]["bytes"], "4096", "put reports the bytes it stored");
     assert_eq!(spans[1]["bytes"], "4096", "get reports the bytes it serves");
     assert_eq!(spans.last().unwrap()["outcome"], "NotFound");
 }
@@ -112,6 +113,7 @@ async fn one_span_per_operation_for_a_built_in_provider_and_metrics_count() {
     let snap = metrics.snapshot();
     let mem = &snap["memory"];
     assert_eq!(mem["put"].calls, 1);
+    assert_eq!(mem["put"].bytes, 4096);
     assert_eq!(mem["get"].calls, 2);
     assert_eq!(mem["get"].errors, 1);
     assert_eq!(mem["get"].bytes, 4096);

@@ -154,9 +154,13 @@ impl PluginLibrary {
                 "no such file; check [plugins] paths/dirs or the path given".into(),
             ));
         }
+        // A bare file name would make the system loader search its library path instead of
+        // the working directory, so always hand it an absolute path.
+        let load_path = std::path::absolute(&path)
+            .map_err(|e| refuse(format!("cannot make the path absolute: {e}")))?;
         // SAFETY: loading runs the library's initialisers; loading a file as a plugin is the
         // operator's explicit choice, and everything after this is checked before use.
-        let library = unsafe { libloading::Library::new(&path) }.map_err(|e| {
+        let library = unsafe { libloading::Library::new(&load_path) }.map_err(|e| {
             refuse(format!(
                 "is not a loadable shared library ({e}); a plugin is a cdylib (.so, .dylib, .dll) built for {TARGET}"
             ))

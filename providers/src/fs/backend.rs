@@ -6,6 +6,8 @@
 //! records they appended, checks each change's precondition against the now-current index,
 //! appends all resulting records in one write, fsyncs the log once, and reads its own records
 //! back into the index through the same path replay uses. Only then are the writers answered.
+//! Without fsync, a write that finds the commit thread idle and the lock free runs that same
+//! commit on its own task instead (no thread hops; nothing there can block for long).
 //!
 //! Reads: a `stat` of the log tells whether another process appended (or compacted); if so the
 //! new records are read before the index is consulted.

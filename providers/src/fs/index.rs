@@ -89,7 +89,16 @@ impl Index {
                         untag(tags, key, prev);
                     }
                     for tag in &info.metadata.tags {
-                        tags.entry(tag.clone()).or_default().insert(key.to_string());
+                        // Look up before inserting: most tags exist already, and `entry` would
+                        // allocate a copy of the tag for every record.
+                        match tags.get_mut(tag.as_str()) {
+                            Some(keys) => {
+                                keys.insert(key.to_string());
+                            }
+                            None => {
+                                tags.insert(tag.clone(), BTreeSet::from([key.to_string()]));
+                            }
+                        }
                     }
                 }
                 state.log_bytes += frame_len;

@@ -428,7 +428,7 @@ mod tests {
             size: 1,
             created_at: Timestamp::from_micros(1),
             updated_at: Timestamp::from_micros(2),
-            deleted_at: (v % 2 == 0).then(|| Timestamp::from_micros(3)),
+            deleted_at: (v & 1 == 0).then(|| Timestamp::from_micros(3)),
             metadata: Metadata::new()
                 .with_tag("t")
                 .with_tag("ü")
