@@ -17,7 +17,6 @@ fn leftovers(sb: &Sandbox) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs the sqlite provider to implement StorageBackend::close (checkpoint, close the pool)"]
 fn commands_leave_no_sqlite_wal_or_shm_files() {
     let sb = Sandbox::new();
     sb.write(

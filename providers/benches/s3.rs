@@ -246,6 +246,7 @@ fn interleaved(rt: &tokio::runtime::Runtime, f: &Fixture) {
         "raw versioned-put requests",
         "stowage get",
         "raw read",
+        "raw versioned-get requests",
     ] {
         println!("  {k:<28} {:8.2} ms", ms(k));
     }

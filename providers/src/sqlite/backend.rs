@@ -300,6 +300,25 @@ impl StorageBackend for SqliteBackend {
         self.pool().await.map(|_| ())
     }
 
+    async fn close(&self) -> Result<()> {
+        // The last connection to close checkpoints the WAL into the main file and removes the
+        // -wal/-shm side files. Pool connections close concurrently, and a closing connection
+        // that cannot get the exclusive lock (another is closing at that instant) skips that
+        // step; so after the pool is closed, one lone connection opens and closes to do it.
+        if let Some(pool) = self.pool.get() {
+            pool.close().await;
+            use sqlx::Connection;
+            if let Ok(conn) = sqlx::sqlite::SqliteConnection::connect_with(
+                &super::schema::connect_options(&self.config),
+            )
+            .await
+            {
+                let _ = conn.close().await;
+            }
+        }
+        Ok(())
+    }
+
     async fn put(
         &self,
         ns: &Namespace,

@@ -195,7 +195,7 @@ fn refuse(path: &Path, state: &DbState) -> Option<Error> {
 
 /// Connection options shared by the set-up connection and the pool. `journal_mode` is left out
 /// on purpose: switching a file to WAL writes to it, which must wait until it is known to be ours.
-fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
+pub(crate) fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(&config.path)
         .create_if_missing(true)
