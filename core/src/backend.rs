@@ -57,13 +57,24 @@ pub trait StorageBackend: Send + Sync + 'static {
     ) -> Result<RecordInfo>;
 
     /// Reads a version of `key` (by default the latest), optionally a byte range of it.
-    async fn get(&self, ns: &Namespace, key: &Key, options: GetOptions) -> Result<(RecordInfo, Body)>;
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)>;
 
     /// Reads the info of a version of `key` without its payload.
-    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo>;
+    async fn head(&self, ns: &Namespace, key: &Key, version: Option<Version>)
+        -> Result<RecordInfo>;
 
     /// Writes a tombstone for `key`, returning it.
-    async fn delete(&self, ns: &Namespace, key: &Key, options: DeleteOptions) -> Result<RecordInfo> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: DeleteOptions,
+    ) -> Result<RecordInfo> {
         let _ = (ns, key, options);
         Err(Error::unsupported("delete", self.provider()))
     }
@@ -85,7 +96,12 @@ pub trait StorageBackend: Send + Sync + 'static {
 
     /// Undeletes `key` by writing a new version equal to live version `version` (default: the
     /// newest live one).
-    async fn restore(&self, ns: &Namespace, key: &Key, version: Option<Version>) -> Result<RecordInfo> {
+    async fn restore(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        version: Option<Version>,
+    ) -> Result<RecordInfo> {
         let _ = (ns, key, version);
         Err(Error::unsupported("restore", self.provider()))
     }

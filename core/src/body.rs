@@ -66,7 +66,10 @@ impl Body {
     }
 
     /// A body read from an async reader in [`CHUNK_SIZE`] chunks.
-    pub fn from_reader(reader: impl AsyncRead + Send + Unpin + 'static, size_hint: Option<u64>) -> Self {
+    pub fn from_reader(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        size_hint: Option<u64>,
+    ) -> Self {
         let stream = stream::try_unfold(reader, |mut reader| async move {
             let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
             while buf.len() < CHUNK_SIZE {
@@ -131,8 +134,12 @@ impl Body {
     pub async fn into_bytes(self) -> Result<Bytes> {
         match self.inner {
             Inner::Bytes(b) => Ok(b),
-            Inner::Stream { mut stream, size_hint } => {
-                let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(64 << 20) as usize);
+            Inner::Stream {
+                mut stream,
+                size_hint,
+            } => {
+                let mut buf =
+                    BytesMut::with_capacity(size_hint.unwrap_or(0).min(64 << 20) as usize);
                 while let Some(chunk) = stream.next().await {
                     buf.extend_from_slice(&chunk?);
                 }

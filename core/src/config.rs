@@ -94,9 +94,8 @@ impl StowageConfig {
     /// Reads and parses a TOML file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io(format!("reading config file {}", path.display()), e)
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
         let mut cfg = Self::from_toml_str(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
@@ -133,8 +132,18 @@ impl StowageConfig {
         substitute_env(&mut value, "", env).map_err(|(field, msg)| invalid(field, msg))?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "(top level)".to_string() } else { path };
-            invalid(field, format!("{}; see docs/user-guide.md for the config format", e.into_inner()))
+            let field = if path == "." {
+                "(top level)".to_string()
+            } else {
+                path
+            };
+            invalid(
+                field,
+                format!(
+                    "{}; see docs/user-guide.md for the config format",
+                    e.into_inner()
+                ),
+            )
         })?;
         let namespace = match raw.storage.namespace {
             None => Namespace::default(),
@@ -142,12 +151,18 @@ impl StowageConfig {
                 .map_err(|e| invalid("storage.namespace".into(), e.to_string()))?,
         };
         if raw.storage.provider.trim().is_empty() {
-            return Err(invalid("storage.provider".into(), "must name a provider".into()));
+            return Err(invalid(
+                "storage.provider".into(),
+                "must name a provider".into(),
+            ));
         }
         let config = match raw.storage.config {
             None => serde_json::Value::Object(Default::default()),
             Some(t) => serde_json::to_value(t).map_err(|e| {
-                invalid("storage.config".into(), format!("cannot be expressed as JSON: {e}"))
+                invalid(
+                    "storage.config".into(),
+                    format!("cannot be expressed as JSON: {e}"),
+                )
             })?,
         };
         Ok(StowageConfig {
@@ -194,7 +209,11 @@ fn substitute_env(
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 substitute_env(v, &p, env)?;
             }
         }
@@ -214,7 +233,9 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<
             .ok_or_else(|| format!("`${{` without a closing `}}` in {s:?}"))?;
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            return Err(format!(
+                "`${{{name}}}` is not a valid environment variable name"
+            ));
         }
         let v = env(name).ok_or_else(|| {
             format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)")
@@ -247,16 +268,28 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("MISSING") && msg.contains("storage.config.key") && msg.contains("t.toml"), "{msg}");
+        assert!(
+            msg.contains("MISSING") && msg.contains("storage.config.key") && msg.contains("t.toml"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unknown_fields_and_bad_toml_are_named() {
-        let err = StowageConfig::from_toml_str("[storage]\nprovider = \"x\"\nflavour = 1\n", "c.toml").unwrap_err();
+        let err =
+            StowageConfig::from_toml_str("[storage]\nprovider = \"x\"\nflavour = 1\n", "c.toml")
+                .unwrap_err();
         assert!(err.to_string().contains("flavour"), "{err}");
         let err = StowageConfig::from_toml_str("[storage\nprovider = ", "c.toml").unwrap_err();
-        assert!(err.to_string().contains("c.toml") && err.to_string().contains("malformed TOML"), "{err}");
-        let err = StowageConfig::from_toml_str("[storage]\nprovider = \"x\"\nnamespace = \"Bad\"\n", "c.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("c.toml") && err.to_string().contains("malformed TOML"),
+            "{err}"
+        );
+        let err = StowageConfig::from_toml_str(
+            "[storage]\nprovider = \"x\"\nnamespace = \"Bad\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("storage.namespace"), "{err}");
         let err = StowageConfig::from_toml_str("[plugins]\npaths = []\n", "c.toml").unwrap_err();
         assert!(err.to_string().contains("storage"), "{err}");

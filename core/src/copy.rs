@@ -123,7 +123,12 @@ pub async fn copy(
     let copied = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
-    let counters = Counters { copied: &copied, skipped: &skipped, bytes: &bytes, observer };
+    let counters = Counters {
+        copied: &copied,
+        skipped: &skipped,
+        bytes: &bytes,
+        observer,
+    };
     let mut report = CopyReport::default();
     for ns in namespaces {
         let src = source.namespace(ns.as_str())?;
@@ -135,7 +140,11 @@ pub async fn copy(
                 ..Default::default()
             })
             .await?;
-        observer.found(&ns, listing.len() as u64, listing.iter().map(|i| i.size).sum());
+        observer.found(
+            &ns,
+            listing.len() as u64,
+            listing.iter().map(|i| i.size).sum(),
+        );
         report.namespaces += 1;
         report.keys += listing.len() as u64;
         let src = Arc::new(src);
@@ -190,7 +199,10 @@ fn naming(info: &RecordInfo, e: Error) -> Error {
         ErrorKind::Conflict => Error::Conflict {
             namespace: info.namespace.to_string(),
             key: info.key.to_string(),
-            expected: format!("to copy version {} onto a target that changed meanwhile", info.version),
+            expected: format!(
+                "to copy version {} onto a target that changed meanwhile",
+                info.version
+            ),
             current: None,
         },
         _ => Error::Backend {
@@ -217,7 +229,12 @@ fn same_state(a: &RecordInfo, b: &RecordInfo) -> bool {
     a.hash == b.hash && a.is_deleted() == b.is_deleted() && a.metadata == b.metadata
 }
 
-async fn copy_history(src: &NamespaceHandle, dst: &NamespaceHandle, latest: &RecordInfo, counters: &Counters<'_>) -> Result<()> {
+async fn copy_history(
+    src: &NamespaceHandle,
+    dst: &NamespaceHandle,
+    latest: &RecordInfo,
+    counters: &Counters<'_>,
+) -> Result<()> {
     let key = latest.key.as_str();
     let history = src.versions(key).await?;
     let existing = target_versions(dst, key).await?;
@@ -241,7 +258,17 @@ async fn copy_history(src: &NamespaceHandle, dst: &NamespaceHandle, latest: &Rec
     }
     let mut last: Option<Version> = existing.last().map(|v| v.version);
     for s in history.iter().skip(existing.len()) {
-        write_version(src, dst, s, last, history.iter().rev().find(|v| !v.is_deleted() && v.version < s.version)).await?;
+        write_version(
+            src,
+            dst,
+            s,
+            last,
+            history
+                .iter()
+                .rev()
+                .find(|v| !v.is_deleted() && v.version < s.version),
+        )
+        .await?;
         counters.copied(s);
         last = Some(s.version);
     }
@@ -266,18 +293,38 @@ async fn write_version(
             // A tombstone with nothing before it in the target: write what it deleted first.
             let base = live_before.unwrap_or(s);
             put_from(src, dst, base, mode).await?;
-            dst.delete(key, DeleteOptions { if_version: Some(1) }).await.map_err(|e| naming(s, e))?;
+            dst.delete(
+                key,
+                DeleteOptions {
+                    if_version: Some(1),
+                },
+            )
+            .await
+            .map_err(|e| naming(s, e))?;
         } else {
-            dst.delete(key, DeleteOptions { if_version: last }).await.map_err(|e| naming(s, e))?;
+            dst.delete(key, DeleteOptions { if_version: last })
+                .await
+                .map_err(|e| naming(s, e))?;
         }
         return Ok(());
     }
     put_from(src, dst, s, mode).await
 }
 
-async fn put_from(src: &NamespaceHandle, dst: &NamespaceHandle, s: &RecordInfo, mode: PutMode) -> Result<()> {
+async fn put_from(
+    src: &NamespaceHandle,
+    dst: &NamespaceHandle,
+    s: &RecordInfo,
+    mode: PutMode,
+) -> Result<()> {
     let (_, body) = src
-        .get_with(s.key.as_str(), GetOptions { version: Some(s.version), range: None })
+        .get_with(
+            s.key.as_str(),
+            GetOptions {
+                version: Some(s.version),
+                range: None,
+            },
+        )
         .await?;
     let written = dst
         .put_with(s.key.as_str(), body, s.metadata.clone(), mode)
@@ -295,7 +342,12 @@ async fn put_from(src: &NamespaceHandle, dst: &NamespaceHandle, s: &RecordInfo, 
     Ok(())
 }
 
-async fn copy_latest(src: &NamespaceHandle, dst: &NamespaceHandle, latest: &RecordInfo, counters: &Counters<'_>) -> Result<()> {
+async fn copy_latest(
+    src: &NamespaceHandle,
+    dst: &NamespaceHandle,
+    latest: &RecordInfo,
+    counters: &Counters<'_>,
+) -> Result<()> {
     let key = latest.key.as_str();
     let existing = target_versions(dst, key).await?;
     let current = existing.last();
@@ -307,7 +359,9 @@ async fn copy_latest(src: &NamespaceHandle, dst: &NamespaceHandle, latest: &Reco
     if latest.is_deleted() {
         match current {
             Some(c) if !c.is_deleted() => {
-                dst.delete(key, DeleteOptions { if_version: last }).await.map_err(|e| naming(latest, e))?;
+                dst.delete(key, DeleteOptions { if_version: last })
+                    .await
+                    .map_err(|e| naming(latest, e))?;
             }
             Some(_) => {}
             None => {
@@ -318,13 +372,23 @@ async fn copy_latest(src: &NamespaceHandle, dst: &NamespaceHandle, latest: &Reco
             }
         }
     } else {
-        put_from(src, dst, latest, last.map_or(PutMode::Create, PutMode::IfVersion)).await?;
+        put_from(
+            src,
+            dst,
+            latest,
+            last.map_or(PutMode::Create, PutMode::IfVersion),
+        )
+        .await?;
     }
     counters.copied(latest);
     Ok(())
 }
 
-async fn compare_final(dst: &NamespaceHandle, latest: &RecordInfo, versions: CopyVersions) -> Result<Option<CopyMismatch>> {
+async fn compare_final(
+    dst: &NamespaceHandle,
+    latest: &RecordInfo,
+    versions: CopyVersions,
+) -> Result<Option<CopyMismatch>> {
     let existing = target_versions(dst, latest.key.as_str()).await?;
     let mismatch = |detail: String| {
         Some(CopyMismatch {
@@ -342,10 +406,12 @@ async fn compare_final(dst: &NamespaceHandle, latest: &RecordInfo, versions: Cop
             latest.hash,
             latest.is_deleted()
         )),
-        Some(t) if versions == CopyVersions::All && t.version != latest.version => mismatch(format!(
-            "target is at version {}, source at {}",
-            t.version, latest.version
-        )),
+        Some(t) if versions == CopyVersions::All && t.version != latest.version => {
+            mismatch(format!(
+                "target is at version {}, source at {}",
+                t.version, latest.version
+            ))
+        }
         Some(_) => None,
     })
 }

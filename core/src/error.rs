@@ -22,7 +22,9 @@ pub enum Error {
         reason: String,
     },
     /// A namespace name broke the namespace rules.
-    #[error("invalid namespace {namespace:?}: {reason} (namespaces match [a-z0-9][a-z0-9_-]{{0,62}})")]
+    #[error(
+        "invalid namespace {namespace:?}: {reason} (namespaces match [a-z0-9][a-z0-9_-]{{0,62}})"
+    )]
     InvalidNamespace {
         /// The namespace as given.
         namespace: String,

@@ -32,7 +32,11 @@ impl std::fmt::Display for ProviderOrigin {
         match self {
             ProviderOrigin::BuiltIn => f.write_str("built-in"),
             ProviderOrigin::Embedded => f.write_str("registered in code"),
-            ProviderOrigin::Plugin { path, plugin, version } => {
+            ProviderOrigin::Plugin {
+                path,
+                plugin,
+                version,
+            } => {
                 write!(f, "plugin {plugin} {version} ({})", path.display())
             }
         }

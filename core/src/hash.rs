@@ -45,9 +45,8 @@ impl ContentHash {
     /// Parses 64 hex digits (no prefix).
     pub fn from_hex(hex_digits: &str) -> Result<Self> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_digits, &mut out).map_err(|e| {
-            Error::invalid_input(format!("bad content hash {hex_digits:?}: {e}"))
-        })?;
+        hex::decode_to_slice(hex_digits, &mut out)
+            .map_err(|e| Error::invalid_input(format!("bad content hash {hex_digits:?}: {e}")))?;
         Ok(ContentHash(out))
     }
 }

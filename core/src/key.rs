@@ -167,10 +167,12 @@ fn key_problem(key: &str) -> Option<String> {
     }
     for segment in key.split('/') {
         match segment {
-            "" => return Some("a key must not contain an empty segment (`//` or a trailing `/`)".into()),
-            "." | ".." => {
-                return Some(format!("a key must not contain a `{segment}` segment"))
+            "" => {
+                return Some(
+                    "a key must not contain an empty segment (`//` or a trailing `/`)".into(),
+                )
             }
+            "." | ".." => return Some(format!("a key must not contain a `{segment}` segment")),
             _ => {}
         }
     }
@@ -228,7 +230,13 @@ mod tests {
 
     #[test]
     fn keys_follow_the_rules() {
-        for good in ["a", "a/b", "a.b/c..d/.hidden", "ünï/cødé", &"x".repeat(1024)] {
+        for good in [
+            "a",
+            "a/b",
+            "a.b/c..d/.hidden",
+            "ünï/cødé",
+            &"x".repeat(1024),
+        ] {
             assert!(Key::new(good).is_ok(), "{good:?}");
         }
         for bad in [

@@ -47,12 +47,12 @@ pub use factory::{parse_config, ProviderOrigin, StorageProviderFactory};
 pub use hash::{ContentHash, ContentHasher};
 pub use key::{Key, Namespace, MAX_KEY_LEN};
 pub use metrics::{Metrics, OperationStats, PayloadBytes};
-pub use plugin::{load_plugins, PluginDescription, PluginLibrary};
 pub use model::{
-    ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions, ListOptions,
-    Metadata, NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp, VerifyProblem,
-    VerifyReport, Version,
+    ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions, ListOptions, Metadata,
+    NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp, VerifyProblem, VerifyReport,
+    Version,
 };
+pub use plugin::{load_plugins, PluginDescription, PluginLibrary};
 pub use query::{compare_json, AttrFilter, CursorPos, Order, Query, TimeRange};
 pub use registry::{BuiltinProvider, Registry};
 pub use stowage::{NamespaceHandle, Stowage, StowageBuilder};

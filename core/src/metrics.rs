@@ -41,7 +41,13 @@ impl Metrics {
     }
 
     /// Counts one call: `outcome` is the bytes moved, or the error kind.
-    pub fn record(&self, provider: &str, operation: &str, outcome: Result<u64, ErrorKind>, micros: u64) {
+    pub fn record(
+        &self,
+        provider: &str,
+        operation: &str,
+        outcome: Result<u64, ErrorKind>,
+        micros: u64,
+    ) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let entry = stats
             .entry(provider.to_string())

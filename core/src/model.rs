@@ -123,7 +123,11 @@ impl Metadata {
     }
 
     /// Sets an attribute.
-    pub fn with_attribute(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_attribute(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.attributes.insert(name.into(), value.into());
         self
     }

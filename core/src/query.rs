@@ -40,9 +40,12 @@ impl AttrFilter {
         match self {
             AttrFilter::Eq { value: want, .. } => json_eq(value, want),
             AttrFilter::Range { min, max, .. } => {
-                let lower_ok = min
-                    .as_ref()
-                    .is_none_or(|m| matches!(compare_json(value, m), Some(Ordering::Greater | Ordering::Equal)));
+                let lower_ok = min.as_ref().is_none_or(|m| {
+                    matches!(
+                        compare_json(value, m),
+                        Some(Ordering::Greater | Ordering::Equal)
+                    )
+                });
                 let upper_ok = max
                     .as_ref()
                     .is_none_or(|m| matches!(compare_json(value, m), Some(Ordering::Less)));
@@ -270,12 +273,19 @@ impl Query {
         let Some(c) = &self.cursor else {
             return Ok(None);
         };
-        let bad = || Error::invalid_input(format!("search cursor {c:?} is not one this query returned"));
+        let bad = || {
+            Error::invalid_input(format!(
+                "search cursor {c:?} is not one this query returned"
+            ))
+        };
         let pos = if let Some(k) = c.strip_prefix("k:") {
             if self.order != Order::Key {
                 return Err(bad());
             }
-            CursorPos { time: None, key: decode_hex_key(k).ok_or_else(bad)? }
+            CursorPos {
+                time: None,
+                key: decode_hex_key(k).ok_or_else(bad)?,
+            }
         } else if let Some(rest) = c.strip_prefix("t:") {
             if self.order == Order::Key {
                 return Err(bad());
@@ -306,7 +316,10 @@ impl Query {
 
     /// Filters, orders and pages `candidates` (latest versions, any order): the whole search
     /// for a provider that scans.
-    pub fn apply(&self, candidates: impl IntoIterator<Item = RecordInfo>) -> Result<Page<RecordInfo>> {
+    pub fn apply(
+        &self,
+        candidates: impl IntoIterator<Item = RecordInfo>,
+    ) -> Result<Page<RecordInfo>> {
         let pos = self.decode_cursor()?;
         let mut items: Vec<RecordInfo> = candidates
             .into_iter()
@@ -337,14 +350,17 @@ impl ListOptions {
 
     /// The exclusive lower bound on keys: the later of `start_after` and the cursor.
     pub fn lower_bound(&self) -> Result<Option<String>> {
-        let from_cursor = match &self.cursor {
-            None => None,
-            Some(c) => Some(
-                c.strip_prefix("k:")
-                    .and_then(decode_hex_key)
-                    .ok_or_else(|| Error::invalid_input(format!("list cursor {c:?} is not one a listing returned")))?,
-            ),
-        };
+        let from_cursor =
+            match &self.cursor {
+                None => None,
+                Some(c) => Some(c.strip_prefix("k:").and_then(decode_hex_key).ok_or_else(
+                    || {
+                        Error::invalid_input(format!(
+                            "list cursor {c:?} is not one a listing returned"
+                        ))
+                    },
+                )?),
+            };
         Ok(match (from_cursor, self.start_after.clone()) {
             (Some(a), Some(b)) => Some(if a.as_bytes() >= b.as_bytes() { a } else { b }),
             (a, b) => a.or(b),

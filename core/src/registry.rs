@@ -130,7 +130,11 @@ impl Registry {
     }
 
     /// Validates `config` with the factory called `name`, then creates a backend.
-    pub async fn create(&self, name: &str, config: serde_json::Value) -> Result<Arc<dyn StorageBackend>> {
+    pub async fn create(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> Result<Arc<dyn StorageBackend>> {
         let factory = self.get(name)?;
         factory.validate(&config)?;
         factory.create(config).await
@@ -139,6 +143,8 @@ impl Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("providers", &self.names()).finish()
+        f.debug_struct("Registry")
+            .field("providers", &self.names())
+            .finish()
     }
 }

@@ -15,12 +15,12 @@ use crate::body::Body;
 use crate::config::StowageConfig;
 use crate::error::{Error, Result};
 use crate::key::{Key, Namespace};
+use crate::metrics::{Metrics, PayloadBytes};
 use crate::model::{
     Capabilities, DeleteOptions, GcReport, GetOptions, ListOptions, Metadata, Page, Progress,
     PutMode, RecordInfo, VerifyReport, Version,
 };
 use crate::query::Query;
-use crate::metrics::{Metrics, PayloadBytes};
 use crate::registry::Registry;
 
 /// A configured store.
@@ -115,7 +115,13 @@ impl Stowage {
     /// initialize, then the call inside a `tracing` span (target `stowage_core`, name
     /// `stowage.call`) with fields provider, namespace, operation, key, bytes, outcome and
     /// micros, and the optional [`Metrics`] counters.
-    pub async fn call<T, F, Fut>(&self, operation: &'static str, ns: Option<&Namespace>, key: Option<&Key>, f: F) -> Result<T>
+    pub async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        ns: Option<&Namespace>,
+        key: Option<&Key>,
+        f: F,
+    ) -> Result<T>
     where
         T: PayloadBytes,
         F: FnOnce(Arc<dyn StorageBackend>) -> Fut,
@@ -173,17 +179,30 @@ impl Stowage {
 
     /// Reclaims payload bytes no version references.
     pub async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        self.call("gc", None, None, |b| async move { b.gc(progress).await }).await
+        self.call("gc", None, None, |b| async move { b.gc(progress).await })
+            .await
     }
 
     /// Re-hashes every stored payload and checks every reference.
     pub async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
-        self.call("verify", None, None, |b| async move { b.verify(progress).await }).await
+        self.call(
+            "verify",
+            None,
+            None,
+            |b| async move { b.verify(progress).await },
+        )
+        .await
     }
 
     /// Namespaces holding records.
     pub async fn namespaces(&self) -> Result<Vec<Namespace>> {
-        self.call("namespaces", None, None, |b| async move { b.namespaces().await }).await
+        self.call(
+            "namespaces",
+            None,
+            None,
+            |b| async move { b.namespaces().await },
+        )
+        .await
     }
 }
 
@@ -282,26 +301,34 @@ impl StowageBuilder {
             Some(ns) => Namespace::new(ns.clone())?,
             None => config.storage.namespace.clone(),
         };
-        let factory = registry.get(&config.storage.provider).map_err(|e| match e {
-            Error::UnknownProvider { name, known } => Error::InvalidConfig {
-                source_name: Some(config.source.clone()),
-                field: "storage.provider".into(),
-                message: format!(
-                    "unknown provider `{name}`; known providers: {}",
-                    known.join(", ")
-                ),
-            },
-            other => other,
-        })?;
+        let factory = registry
+            .get(&config.storage.provider)
+            .map_err(|e| match e {
+                Error::UnknownProvider { name, known } => Error::InvalidConfig {
+                    source_name: Some(config.source.clone()),
+                    field: "storage.provider".into(),
+                    message: format!(
+                        "unknown provider `{name}`; known providers: {}",
+                        known.join(", ")
+                    ),
+                },
+                other => other,
+            })?;
         let with_source = |e: Error| match e {
-            Error::InvalidConfig { source_name: None, field, message } => Error::InvalidConfig {
+            Error::InvalidConfig {
+                source_name: None,
+                field,
+                message,
+            } => Error::InvalidConfig {
                 source_name: Some(config.source.clone()),
                 field,
                 message,
             },
             other => other,
         };
-        factory.validate(&config.storage.config).map_err(with_source)?;
+        factory
+            .validate(&config.storage.config)
+            .map_err(with_source)?;
         let backend = factory
             .create(config.storage.config.clone())
             .await
@@ -337,7 +364,12 @@ impl NamespaceHandle {
     }
 
     /// Writes a new version (overwriting).
-    pub async fn put(&self, key: &str, body: impl Into<Body>, metadata: Metadata) -> Result<RecordInfo> {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: impl Into<Body>,
+        metadata: Metadata,
+    ) -> Result<RecordInfo> {
         self.put_with(key, body, metadata, PutMode::Overwrite).await
     }
 
@@ -354,7 +386,9 @@ impl NamespaceHandle {
         let body = body.into();
         let ns = &self.namespace;
         self.store
-            .call("put", Some(ns), Some(&key), |b| async move { b.put(ns, k, body, metadata, mode).await })
+            .call("put", Some(ns), Some(&key), |b| async move {
+                b.put(ns, k, body, metadata, mode).await
+            })
             .await
     }
 
@@ -369,7 +403,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("get", Some(ns), Some(&key), |b| async move { b.get(ns, k, options).await })
+            .call("get", Some(ns), Some(&key), |b| async move {
+                b.get(ns, k, options).await
+            })
             .await
     }
 
@@ -385,7 +421,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("head", Some(ns), Some(&key), |b| async move { b.head(ns, k, version).await })
+            .call("head", Some(ns), Some(&key), |b| async move {
+                b.head(ns, k, version).await
+            })
             .await
     }
 
@@ -395,7 +433,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("delete", Some(ns), Some(&key), |b| async move { b.delete(ns, k, options).await })
+            .call("delete", Some(ns), Some(&key), |b| async move {
+                b.delete(ns, k, options).await
+            })
             .await
     }
 
@@ -403,7 +443,9 @@ impl NamespaceHandle {
     pub async fn list(&self, options: ListOptions) -> Result<Page<RecordInfo>> {
         let ns = &self.namespace;
         self.store
-            .call("list", Some(ns), None, |b| async move { b.list(ns, options).await })
+            .call("list", Some(ns), None, |b| async move {
+                b.list(ns, options).await
+            })
             .await
     }
 
@@ -424,7 +466,9 @@ impl NamespaceHandle {
     pub async fn search(&self, query: &Query) -> Result<Page<RecordInfo>> {
         let ns = &self.namespace;
         self.store
-            .call("search", Some(ns), None, |b| async move { b.search(ns, query).await })
+            .call("search", Some(ns), None, |b| async move {
+                b.search(ns, query).await
+            })
             .await
     }
 
@@ -434,7 +478,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("versions", Some(ns), Some(&key), |b| async move { b.versions(ns, k).await })
+            .call("versions", Some(ns), Some(&key), |b| async move {
+                b.versions(ns, k).await
+            })
             .await
     }
 
@@ -444,7 +490,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("restore", Some(ns), Some(&key), |b| async move { b.restore(ns, k, version).await })
+            .call("restore", Some(ns), Some(&key), |b| async move {
+                b.restore(ns, k, version).await
+            })
             .await
     }
 
@@ -454,7 +502,9 @@ impl NamespaceHandle {
         let k = &key;
         let ns = &self.namespace;
         self.store
-            .call("purge", Some(ns), Some(&key), |b| async move { b.purge(ns, k).await })
+            .call("purge", Some(ns), Some(&key), |b| async move {
+                b.purge(ns, k).await
+            })
             .await
     }
 }

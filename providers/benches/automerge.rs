@@ -114,7 +114,7 @@ fn main() {
         b.iter_custom(|iters| {
             let (mut short_total, mut long_total) = (Duration::ZERO, Duration::ZERO);
             for i in 0..iters {
-                if short_puts % SHORT_ROTATE == 0 {
+                if short_puts.is_multiple_of(SHORT_ROTATE) {
                     short_generation += 1;
                     short_key = Key::new(format!("short-{short_generation}.json")).unwrap();
                     rt.block_on(fill(&am, &short_key, SHORT));

@@ -291,9 +291,9 @@ fn version_doc(i: u64) -> Value {
         "n": i,
         "title": format!("title {}", i / 3),
         "items": items,
-        "nested": {"even": i % 2 == 0, "ratio": (i as f64) / 8.0},
+        "nested": {"even": i.is_multiple_of(2), "ratio": (i as f64) / 8.0},
     });
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         doc["sometimes"] = json!(["x", i]);
     }
     doc

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use stowage_core::copy::{copy, CopyOptions, CopyVersions, NoCopyObserver};
 use stowage_core::{
-    async_trait, Body, Capabilities, DeleteOptions, Error, ErrorKind, GetOptions, Key,
-    ListOptions, Metadata, Namespace, Page, PutMode, RecordInfo, Registry, Result,
-    StorageBackend, Stowage, Version,
+    async_trait, Body, Capabilities, DeleteOptions, Error, ErrorKind, GetOptions, Key, ListOptions,
+    Metadata, Namespace, Page, PutMode, RecordInfo, Registry, Result, StorageBackend, Stowage,
+    Version,
 };
 
 async fn store(provider: &str, dir: &tempfile::TempDir) -> Stowage {
@@ -62,19 +62,33 @@ async fn assert_same(source: &Stowage, target: &Stowage) {
     for ns in ["default", "acme", "globex"] {
         let s = source.namespace(ns).unwrap();
         let t = target.namespace(ns).unwrap();
-        let opts = ListOptions { include_deleted: true, ..Default::default() };
+        let opts = ListOptions {
+            include_deleted: true,
+            ..Default::default()
+        };
         let sl = s.list_all(opts.clone()).await.unwrap();
         let tl = t.list_all(opts).await.unwrap();
         assert_eq!(sl.len(), tl.len(), "namespace {ns}");
         for (a, b) in sl.iter().zip(&tl) {
-            assert_eq!((&a.key, a.version, a.hash, a.is_deleted(), &a.metadata), (&b.key, b.version, b.hash, b.is_deleted(), &b.metadata));
+            assert_eq!(
+                (&a.key, a.version, a.hash, a.is_deleted(), &a.metadata),
+                (&b.key, b.version, b.hash, b.is_deleted(), &b.metadata)
+            );
             let sv = s.versions(a.key.as_str()).await.unwrap();
             let tv = t.versions(a.key.as_str()).await.unwrap();
-            let strip = |v: &[RecordInfo]| v.iter().map(|i| (i.version, i.hash, i.is_deleted())).collect::<Vec<_>>();
+            let strip = |v: &[RecordInfo]| {
+                v.iter()
+                    .map(|i| (i.version, i.hash, i.is_deleted()))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(strip(&sv), strip(&tv), "history of {ns}/{}", a.key);
         }
     }
-    assert!(target.verify(&stowage_core::NoProgress).await.unwrap().is_clean());
+    assert!(target
+        .verify(&stowage_core::NoProgress)
+        .await
+        .unwrap()
+        .is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,22 +97,41 @@ async fn copies_every_version_between_providers_and_skips_on_rerun() {
     let source = store("sqlite", &d1).await;
     let target = store("memory", &d2).await;
     let written = populate(&source).await;
-    let options = CopyOptions { all_namespaces: true, ..Default::default() };
-    let first = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    let options = CopyOptions {
+        all_namespaces: true,
+        ..Default::default()
+    };
+    let first = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert_eq!(first.namespaces, 3);
     assert_eq!(first.keys, 90);
     assert!(first.mismatches.is_empty(), "{:?}", first.mismatches);
     assert_eq!(first.versions_copied, written);
     assert_same(&source, &target).await;
 
-    let again = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    let again = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert_eq!(again.versions_copied, 0, "a re-run copies nothing");
     assert_eq!(again.versions_skipped, written);
 
     // New writes in the source: only they are copied.
-    source.namespace("acme").unwrap().put("docs/new", "fresh", Metadata::new()).await.unwrap();
-    source.namespace("acme").unwrap().put("docs/001", "changed", Metadata::new()).await.unwrap();
-    let third = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    source
+        .namespace("acme")
+        .unwrap()
+        .put("docs/new", "fresh", Metadata::new())
+        .await
+        .unwrap();
+    source
+        .namespace("acme")
+        .unwrap()
+        .put("docs/001", "changed", Metadata::new())
+        .await
+        .unwrap();
+    let third = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert_eq!(third.versions_copied, 2);
     assert_same(&source, &target).await;
 }
@@ -115,21 +148,45 @@ async fn latest_only_copies_the_current_state() {
         versions: CopyVersions::Latest,
         ..Default::default()
     };
-    let report = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    let report = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert_eq!(report.namespaces, 1);
     assert_eq!(report.keys, 10, "prefix docs/00 selects docs/000..docs/009");
     assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
     let t = target.default_namespace();
-    let all = t.list_all(ListOptions { include_deleted: true, ..Default::default() }).await.unwrap();
+    let all = t
+        .list_all(ListOptions {
+            include_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 10);
     let s = source.default_namespace();
     for info in all {
-        let src = s.list_all(ListOptions { prefix: Some(info.key.to_string()), include_deleted: true, ..Default::default() }).await.unwrap();
+        let src = s
+            .list_all(ListOptions {
+                prefix: Some(info.key.to_string()),
+                include_deleted: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(src[0].hash, info.hash);
         assert_eq!(src[0].is_deleted(), info.is_deleted());
     }
-    assert!(target.namespace("acme").unwrap().list(ListOptions::default()).await.unwrap().items.is_empty());
-    let again = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    assert!(target
+        .namespace("acme")
+        .unwrap()
+        .list(ListOptions::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let again = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert_eq!(again.versions_copied, 0);
 }
 
@@ -144,7 +201,10 @@ struct RefusingAfter {
 impl RefusingAfter {
     fn take(&self, key: &Key) -> Result<()> {
         if self.refusing.load(Ordering::SeqCst)
-            && self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err()
+            && self
+                .budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                .is_err()
         {
             return Err(Error::Backend {
                 provider: "refusing".into(),
@@ -164,7 +224,14 @@ impl StorageBackend for RefusingAfter {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn put(&self, ns: &Namespace, key: &Key, body: Body, meta: Metadata, mode: PutMode) -> Result<RecordInfo> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        meta: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
         self.take(key)?;
         self.inner.put(ns, key, body, meta, mode).await
     }
@@ -194,7 +261,12 @@ async fn a_target_that_refuses_stops_the_copy_naming_the_record_and_a_rerun_comp
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let source = store("sqlite", &d1).await;
     let written = populate(&source).await;
-    let before: Vec<_> = source.namespace("acme").unwrap().list_all(ListOptions::default()).await.unwrap();
+    let before: Vec<_> = source
+        .namespace("acme")
+        .unwrap()
+        .list_all(ListOptions::default())
+        .await
+        .unwrap();
     let memory = store("memory", &d2).await;
     let refusing = Arc::new(RefusingAfter {
         inner: memory.backend().clone(),
@@ -202,17 +274,33 @@ async fn a_target_that_refuses_stops_the_copy_naming_the_record_and_a_rerun_comp
         refusing: true.into(),
     });
     let target = Stowage::from_backend(refusing.clone());
-    let options = CopyOptions { all_namespaces: true, concurrency: Some(1), ..Default::default() };
-    let err = copy(&source, &target, &options, &NoCopyObserver).await.unwrap_err();
+    let options = CopyOptions {
+        all_namespaces: true,
+        concurrency: Some(1),
+        ..Default::default()
+    };
+    let err = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.kind(), ErrorKind::Backend, "{msg}");
-    assert!(msg.contains("docs/") && msg.contains("version") && msg.contains("quota"), "names the record: {msg}");
+    assert!(
+        msg.contains("docs/") && msg.contains("version") && msg.contains("quota"),
+        "names the record: {msg}"
+    );
     // The source is untouched.
-    let after: Vec<_> = source.namespace("acme").unwrap().list_all(ListOptions::default()).await.unwrap();
+    let after: Vec<_> = source
+        .namespace("acme")
+        .unwrap()
+        .list_all(ListOptions::default())
+        .await
+        .unwrap();
     assert_eq!(before, after);
     // The fault clears; the re-run completes and copies only what was missing.
     refusing.refusing.store(false, Ordering::SeqCst);
-    let report = copy(&source, &target, &options, &NoCopyObserver).await.unwrap();
+    let report = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
     assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
     assert_eq!(report.versions_skipped, 25);
     assert_eq!(report.versions_copied, written - 25);

@@ -21,7 +21,10 @@ struct Fields(BTreeMap<String, String>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}").trim_matches('"').to_string());
+        self.0.insert(
+            field.name().to_string(),
+            format!("{value:?}").trim_matches('"').to_string(),
+        );
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_string(), value.to_string());
@@ -62,7 +65,9 @@ async fn workload(store: &Stowage) -> Vec<BTreeMap<String, String>> {
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
     let h = store.namespace("obs").unwrap();
-    h.put("a/b", vec![7u8; 4096], Metadata::new().with_tag("x")).await.unwrap();
+    h.put("a/b", vec![7u8; 4096], Metadata::new().with_tag("x"))
+        .await
+        .unwrap();
     let (_, body) = h.get("a/b").await.unwrap();
     assert_eq!(body.into_bytes().await.unwrap().len(), 4096);
     h.head("a/b", None).await.unwrap();
@@ -121,16 +126,27 @@ async fn one_span_per_operation_for_a_built_in_provider_and_metrics_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_span_per_operation_for_a_plugin_provider() {
-    let ext = if cfg!(target_os = "macos") { "dylib" } else { "so" };
+    let ext = if cfg!(target_os = "macos") {
+        "dylib"
+    } else {
+        "so"
+    };
     let lib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
         .join(format!("libstowage_plugin_kv.{ext}"));
-    assert!(lib.is_file(), "{} is missing: run `scripts/build-plugin-fixtures` before `cargo test`", lib.display());
+    assert!(
+        lib.is_file(),
+        "{} is missing: run `scripts/build-plugin-fixtures` before `cargo test`",
+        lib.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = Stowage::builder()
         .registry(Arc::new(Registry::new()))
         .load_plugin(lib)
-        .with_storage("kv", serde_json::json!({ "path": dir.path().join("kv.redb"), "sync": false }))
+        .with_storage(
+            "kv",
+            serde_json::json!({ "path": dir.path().join("kv.redb"), "sync": false }),
+        )
         .build()
         .await
         .unwrap();
