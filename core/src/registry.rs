@@ -9,7 +9,7 @@ use crate::factory::StorageProviderFactory;
 
 /// A built-in provider, submitted with `inventory::submit!` by the crate that defines it.
 ///
-/// ```ignore
+/// ```text
 /// inventory::submit! { stowage_core::BuiltinProvider { factory: || Arc::new(MyFactory) } }
 /// ```
 pub struct BuiltinProvider {

@@ -7,7 +7,7 @@
 //! `tokio::task::spawn_blocking`, so one blocking task covers create → write → fsync → rename
 //! instead of one thread hop per step.
 //!
-//! ```ignore
+//! ```text
 //! let mut file = AtomicFile::create_in(dir, Durability::Sync)?;
 //! file.write_all(b"hello")?;
 //! file.commit(&dir.join("greeting"))?;

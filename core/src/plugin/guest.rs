@@ -41,7 +41,7 @@ use crate::query::Query;
 /// `stowage_plugin_entry_v1` with a descriptor naming this crate (`CARGO_PKG_NAME`,
 /// `CARGO_PKG_VERSION`) and one provider per factory. Build the crate as a `cdylib`.
 ///
-/// ```ignore
+/// ```text
 /// struct MyFactory;
 /// // impl stowage_core::StorageProviderFactory for MyFactory { ... }
 /// stowage_core::export_plugin!(MyFactory);
