@@ -302,17 +302,16 @@ impl StorageBackend for SqliteBackend {
 
     async fn close(&self) -> Result<()> {
         // The last connection to close checkpoints the WAL into the main file and removes the
-        // -wal/-shm side files. Pool connections close concurrently, and a closing connection
-        // that cannot get the exclusive lock (another is closing at that instant) skips that
-        // step; so after the pool is closed, one lone connection opens and closes to do it.
+        // -wal/-shm side files if it can take the exclusive lock at that instant; a lone
+        // connection opened and closed after the pool gives it one more chance. sqlx can still
+        // be closing a pool connection on its worker thread at this point (see the ignored
+        // test in cli/tests/close.rs), in which case the side files stay: harmless, SQLite
+        // recovers them on the next open.
         if let Some(pool) = self.pool.get() {
             pool.close().await;
             use sqlx::Connection;
-            if let Ok(conn) = sqlx::sqlite::SqliteConnection::connect_with(
-                &super::schema::connect_options(&self.config),
-            )
-            .await
-            {
+            let options = super::schema::connect_options(&self.config);
+            if let Ok(conn) = sqlx::sqlite::SqliteConnection::connect_with(&options).await {
                 let _ = conn.close().await;
             }
         }
