@@ -17,8 +17,6 @@ fn leftovers(sb: &Sandbox) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "flaky: sqlx 0.8 can still be closing a pool connection on its worker thread when \
-            Pool::close returns, so the process may exit before SQLite removes its -wal file"]
 fn commands_leave_no_sqlite_wal_or_shm_files() {
     let sb = Sandbox::new();
     sb.write(

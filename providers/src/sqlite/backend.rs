@@ -302,17 +302,17 @@ impl StorageBackend for SqliteBackend {
 
     async fn close(&self) -> Result<()> {
         // The last connection to close checkpoints the WAL into the main file and removes the
-        // -wal/-shm side files if it can take the exclusive lock at that instant; a lone
-        // connection opened and closed after the pool gives it one more chance. sqlx can still
-        // be closing a pool connection on its worker thread at this point (see the ignored
-        // test in cli/tests/close.rs), in which case the side files stay: harmless, SQLite
-        // recovers them on the next open.
+        // -wal/-shm side files. A connection still on its way back to the pool when `close`
+        // runs (its return is a spawned task) lands in the idle queue of the closed pool
+        // afterwards, where nothing would close it gracefully; closing again picks it up.
         if let Some(pool) = self.pool.get() {
             pool.close().await;
-            use sqlx::Connection;
-            let options = super::schema::connect_options(&self.config);
-            if let Ok(conn) = sqlx::sqlite::SqliteConnection::connect_with(&options).await {
-                let _ = conn.close().await;
+            for _ in 0..400 {
+                if pool.size() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                pool.close().await;
             }
         }
         Ok(())
