@@ -13,10 +13,6 @@
 //! generation in the lock file, so an unchanged generation lets a reader skip listing the
 //! directory.
 
-// `File::lock` and friends are stable since Rust 1.89; the `automerge` feature needs rustc 1.90
-// anyway (the automerge crate's own minimum), though the workspace's declared minimum is older.
-#![allow(clippy::incompatible_msrv)]
-
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -179,7 +175,7 @@ pub(crate) fn write_content_file(
     bytes: &[u8],
     durability: Durability,
 ) -> Result<String> {
-    let hash = blake3::hash(bytes).to_hex();
+    let hash = stowage_core::ContentHash::of(bytes).to_hex();
     let name = match kind {
         FileKind::Snapshot => format!("{SNAPSHOT_PREFIX}{hash}{SNAPSHOT_SUFFIX}"),
         FileKind::Incremental => format!("{INCREMENTAL_PREFIX}{hash}{INCREMENTAL_SUFFIX}"),

@@ -13,10 +13,6 @@
 //! Both are `flock`-style locks (`std::fs::File::lock`): released by the OS when a process
 //! dies, so a crashed writer never leaves the store locked.
 
-// `File::lock` and friends are stable since Rust 1.89; the `fs` feature needs that toolchain
-// even though the workspace's declared minimum is older.
-#![allow(clippy::incompatible_msrv)]
-
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
