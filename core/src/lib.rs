@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod blocking;
 mod body;
 mod config;
 pub mod copy;
@@ -40,6 +41,7 @@ mod stowage;
 pub mod testkit;
 
 pub use backend::StorageBackend;
+pub use blocking::run_blocking;
 pub use body::{Body, CHUNK_SIZE};
 pub use config::{PluginsConfig, StorageConfig, StowageConfig};
 pub use error::{BoxError, Error, ErrorKind, Result};

@@ -64,7 +64,8 @@ typedef struct StowageBytes {
 
 typedef void (*StowageFreeFn)(uint8_t *ptr, size_t len);
 
-/* Bytes the receiver releases by calling free(ptr, len) when free is not NULL. */
+/* Bytes the receiver releases by calling free(ptr, len) when free is not NULL, from any
+ * thread. */
 typedef struct StowageOwned {
     uint8_t *ptr;
     size_t len;

@@ -100,7 +100,8 @@ impl StowageBytes {
 /// Frees a [`StowageOwned`] buffer; called with the buffer's own `ptr` and `len`.
 pub type StowageFreeFn = unsafe extern "C" fn(ptr: *mut u8, len: usize);
 
-/// Bytes owned by the side that allocated them; the receiver releases them with `free`.
+/// Bytes owned by the side that allocated them; the receiver releases them with `free`, from
+/// any thread.
 #[repr(C)]
 #[derive(Debug)]
 pub struct StowageOwned {

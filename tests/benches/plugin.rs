@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
@@ -108,7 +108,123 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    paired(&runtime, &backends, &ns, &payload);
+}
+
+/// Direct and plugin alternate inside one loop, so the machine's load hits both alike; prints
+/// the mean and the median of each side and their ratios (docs/benchmarks.md quotes them).
+fn paired(
+    runtime: &tokio::runtime::Runtime,
+    backends: &[(&str, bool, Arc<dyn StorageBackend>)],
+    ns: &Namespace,
+    payload: &bytes::Bytes,
+) {
+    const ROUNDS: usize = 3000;
+    let pick = |name: &str, sync: bool| {
+        backends
+            .iter()
+            .find(|(n, s, _)| *n == name && *s == sync)
+            .map(|(_, _, b)| b.clone())
+            .unwrap()
+    };
+    let read_key = Key::new("bench/read").unwrap();
+    let write_key = Key::new("bench/paired").unwrap();
+    for (op, sync) in [("get", true), ("put_nosync", false), ("put", true)] {
+        let (direct, plugin) = (pick("direct", sync), pick("plugin", sync));
+        let rounds = if op == "put" { ROUNDS / 10 } else { ROUNDS };
+        let mut times = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+        runtime.block_on(async {
+            for round in 0..rounds {
+                // Alternate which side goes first, so neither always runs on a warmer cache.
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for side in order {
+                    let backend = if side == 0 { &direct } else { &plugin };
+                    let t = Instant::now();
+                    if op == "get" {
+                        let (_, body) = backend
+                            .get(ns, &read_key, GetOptions::default())
+                            .await
+                            .unwrap();
+                        std::hint::black_box(body.into_bytes().await.unwrap());
+                    } else {
+                        backend
+                            .put(
+                                ns,
+                                &write_key,
+                                Body::from(payload.clone()),
+                                Metadata::new(),
+                                PutMode::Overwrite,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    times[side].push(t.elapsed());
+                }
+            }
+        });
+        let stats = |t: &mut Vec<Duration>| {
+            t.sort();
+            let mean = t.iter().sum::<Duration>() / t.len() as u32;
+            (mean.as_secs_f64() * 1e6, t[t.len() / 2].as_secs_f64() * 1e6)
+        };
+        // CPU time of the whole process per operation, each side alone: unlike wall time, it
+        // is not inflated by other processes, so it shows whether a gap is work or waiting.
+        let cpu = |backend: &Arc<dyn StorageBackend>| {
+            let n = rounds / 2;
+            let start = process_cpu();
+            runtime.block_on(async {
+                for _ in 0..n {
+                    if op == "get" {
+                        let (_, body) = backend
+                            .get(ns, &read_key, GetOptions::default())
+                            .await
+                            .unwrap();
+                        std::hint::black_box(body.into_bytes().await.unwrap());
+                    } else {
+                        backend
+                            .put(
+                                ns,
+                                &write_key,
+                                Body::from(payload.clone()),
+                                Metadata::new(),
+                                PutMode::Overwrite,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+            (process_cpu() - start).as_secs_f64() * 1e6 / n as f64
+        };
+        let (d_cpu, p_cpu) = (cpu(&direct), cpu(&plugin));
+        println!(
+            "cpu per 4 KiB {op}: plugin {p_cpu:.1} µs vs direct {d_cpu:.1} µs = {:.2}x",
+            p_cpu / d_cpu
+        );
+        let [mut d, mut p] = times;
+        let ((d_mean, d_med), (p_mean, p_med)) = (stats(&mut d), stats(&mut p));
+        println!(
+            "paired 4 KiB {op}, {rounds} rounds: plugin mean {p_mean:.1} µs vs direct {d_mean:.1} µs = {:.2}x; median {p_med:.1} µs vs {d_med:.1} µs = {:.2}x",
+            p_mean / d_mean,
+            p_med / d_med
+        );
+    }
 }
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// CPU time this process's threads have used so far, in nanoseconds where Linux reports it
+/// (`/proc/self/task/*/schedstat`); threads that ended meanwhile are not counted, which is why
+/// each measurement runs with the runtimes' threads already started. Zero elsewhere.
+fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}

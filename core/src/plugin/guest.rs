@@ -75,6 +75,20 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Runs a future to completion on the calling thread, inside this plugin's runtime. A future
+/// that finishes at its first poll (a provider whose blocking work ran in place, see
+/// `run_blocking`, or a body already in memory) never pays for the runtime's `block_on`
+/// (parking set-up, a wake-up); any other is then driven by `block_on` as usual.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let _context = runtime().enter();
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => runtime().block_on(future),
+    }
+}
+
 /// What one plugin image exports, built once at the first call of its entry symbol.
 #[doc(hidden)]
 pub struct ExportCell(OnceLock<Option<Exported>>);
@@ -268,6 +282,9 @@ fn guarded(
             message: "it panicked earlier and refuses further calls; create a new backend".into(),
         });
     }
+    // The host waits on this thread for the answer: blocking work runs here, not on another
+    // thread (see `run_blocking`).
+    let _may_block = crate::blocking::MayBlock::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => StowageStatus {
             code: status::OK,
@@ -456,7 +473,7 @@ unsafe extern "C" fn factory_create(
     guarded_factory(state, || {
         // SAFETY: `config` is borrowed input valid for the call.
         let config: serde_json::Value = unsafe { input_json(config, "config")? };
-        let backend = runtime().block_on(state.factory.create(config))?;
+        let backend = block_on(state.factory.create(config))?;
         let instance = Instance {
             provider: state.name.clone(),
             backend,
@@ -501,7 +518,7 @@ unsafe extern "C" fn instance_capabilities(
 
 unsafe extern "C" fn instance_initialize(instance: *mut c_void) -> StowageStatus {
     // SAFETY: a live instance (ABI contract).
-    unsafe { with_instance(instance, |i| runtime().block_on(i.backend.initialize())) }
+    unsafe { with_instance(instance, |i| block_on(i.backend.initialize())) }
 }
 
 unsafe extern "C" fn put_open(
@@ -566,7 +583,7 @@ impl Writer {
         else {
             return Err(Error::invalid_input("write after the put ended"));
         };
-        if runtime().block_on(sender.send(chunk)).is_err() {
+        if block_on(sender.send(chunk)).is_err() {
             // The backend stopped reading: its put ended early, with an error or without the
             // whole payload.
             self.finish()?;
@@ -626,11 +643,11 @@ impl Writer {
                     options,
                 } = *request;
                 let body = Body::from_bytes(first.unwrap_or_default());
-                runtime().block_on(backend.put(&ns, &key, body, metadata, options.mode))
+                block_on(backend.put(&ns, &key, body, metadata, options.mode))
             }
             WriterState::Streaming { chunks, task } => {
                 drop(chunks);
-                match runtime().block_on(task) {
+                match block_on(task) {
                     Ok(result) => result,
                     Err(e) => {
                         let message = if e.is_panic() {
@@ -706,7 +723,7 @@ unsafe extern "C" fn get_open(
                 version: options.version,
                 range: options.range,
             };
-            let (info, body) = runtime().block_on(i.backend.get(&ns, &key, options))?;
+            let (info, body) = block_on(i.backend.get(&ns, &key, options))?;
             output_json(out_info, &info)?;
             let reader = Reader {
                 provider: i.provider.clone(),
@@ -724,12 +741,13 @@ unsafe extern "C" fn get_read(reader: *mut c_void, out_chunk: *mut StowageOwned)
     let poisoned = r.poisoned.clone();
     let provider = r.provider.clone();
     guarded(Some(&poisoned), &provider, || {
-        let chunk = runtime().block_on(async {
+        let chunk = block_on(async {
             // An empty chunk would read as the end of the payload: skip it.
             loop {
                 match r.body.next_chunk().await {
                     Some(Ok(c)) if c.is_empty() => continue,
-                    Some(Ok(c)) => return Ok(c.to_vec()),
+                    // Without a copy when the chunk is not shared.
+                    Some(Ok(c)) => return Ok(Vec::from(c)),
                     Some(Err(e)) => return Err(e),
                     None => return Ok(Vec::new()),
                 }
@@ -762,7 +780,7 @@ unsafe extern "C" fn instance_head(
         with_instance(instance, |i| {
             let (ns, key) = input_names(ns, key)?;
             let options: WireVersion = input_json(options, "head options")?;
-            let info = runtime().block_on(i.backend.head(&ns, &key, options.version))?;
+            let info = block_on(i.backend.head(&ns, &key, options.version))?;
             output_json(out, &info)
         })
     }
@@ -783,7 +801,7 @@ unsafe extern "C" fn instance_delete(
             let options = DeleteOptions {
                 if_version: options.if_version,
             };
-            let info = runtime().block_on(i.backend.delete(&ns, &key, options))?;
+            let info = block_on(i.backend.delete(&ns, &key, options))?;
             output_json(out, &info)
         })
     }
@@ -800,7 +818,7 @@ unsafe extern "C" fn instance_versions(
     unsafe {
         with_instance(instance, |i| {
             let (ns, key) = input_names(ns, key)?;
-            let all = runtime().block_on(i.backend.versions(&ns, &key))?;
+            let all = block_on(i.backend.versions(&ns, &key))?;
             output_json(out, &all)
         })
     }
@@ -818,7 +836,7 @@ unsafe extern "C" fn instance_restore(
         with_instance(instance, |i| {
             let (ns, key) = input_names(ns, key)?;
             let options: WireVersion = input_json(options, "restore options")?;
-            let info = runtime().block_on(i.backend.restore(&ns, &key, options.version))?;
+            let info = block_on(i.backend.restore(&ns, &key, options.version))?;
             output_json(out, &info)
         })
     }
@@ -835,7 +853,7 @@ unsafe extern "C" fn instance_purge(
     unsafe {
         with_instance(instance, |i| {
             let (ns, key) = input_names(ns, key)?;
-            let removed = runtime().block_on(i.backend.purge(&ns, &key))?;
+            let removed = block_on(i.backend.purge(&ns, &key))?;
             output_json(out, &WirePurged { removed })
         })
     }
@@ -859,7 +877,7 @@ unsafe extern "C" fn instance_list(
                 include_deleted: o.include_deleted,
                 cursor: o.cursor,
             };
-            let page = runtime().block_on(i.backend.list(&ns, options))?;
+            let page = block_on(i.backend.list(&ns, options))?;
             output_json(
                 out,
                 &WirePage {
@@ -882,7 +900,7 @@ unsafe extern "C" fn instance_search(
         with_instance(instance, |i| {
             let ns = Namespace::new(input_str(ns, "namespace")?)?;
             let query: Query = input_json(query, "query")?;
-            let page = runtime().block_on(i.backend.search(&ns, &query))?;
+            let page = block_on(i.backend.search(&ns, &query))?;
             output_json(
                 out,
                 &WirePage {
@@ -939,7 +957,7 @@ unsafe extern "C" fn instance_gc(
     unsafe {
         with_instance(instance, |i| {
             let progress = HostProgress(progress);
-            let report = runtime().block_on(i.backend.gc(&progress))?;
+            let report = block_on(i.backend.gc(&progress))?;
             output_json(out, &report)
         })
     }
@@ -954,7 +972,7 @@ unsafe extern "C" fn instance_verify(
     unsafe {
         with_instance(instance, |i| {
             let progress = HostProgress(progress);
-            let report = runtime().block_on(i.backend.verify(&progress))?;
+            let report = block_on(i.backend.verify(&progress))?;
             output_json(out, &report)
         })
     }
@@ -967,7 +985,7 @@ unsafe extern "C" fn instance_namespaces(
     // SAFETY: a live instance and the host's out-parameter (ABI contract).
     unsafe {
         with_instance(instance, |i| {
-            let all = runtime().block_on(i.backend.namespaces())?;
+            let all = block_on(i.backend.namespaces())?;
             output_json(out, &all)
         })
     }

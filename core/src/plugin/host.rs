@@ -490,6 +490,19 @@ impl Owned {
     }
 }
 
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+// SAFETY: the bytes are immutable once handed over, the ABI lets the receiver call `free` from
+// any thread, and the library holding `free` is never unloaded, so a payload chunk can travel
+// (as `Bytes`, without a copy) to whichever thread consumes it.
+unsafe impl Send for Owned {}
+// SAFETY: as above; shared access only reads the bytes.
+unsafe impl Sync for Owned {}
+
 impl Drop for Owned {
     fn drop(&mut self) {
         if let Some(free) = self.0.free {
@@ -1055,7 +1068,7 @@ impl StorageBackend for PluginBackend {
                     handle,
                 };
                 let info: RecordInfo = parse(out_info, &i.provider, "RecordInfo")?;
-                let first = Bytes::copy_from_slice(reader.read()?.as_slice());
+                let first = Bytes::from_owner(reader.read()?);
                 let whole =
                     first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
                 Ok((info, first, if whole { None } else { Some(reader) }))
@@ -1070,7 +1083,7 @@ impl StorageBackend for PluginBackend {
                 return Ok(None);
             };
             let (chunk, reader) = blocking(move || {
-                let chunk = Bytes::copy_from_slice(reader.read()?.as_slice());
+                let chunk = Bytes::from_owner(reader.read()?);
                 Ok((chunk, reader))
             })
             .await?;

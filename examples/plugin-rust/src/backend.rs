@@ -309,9 +309,8 @@ impl KvBackend {
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "a database task failed", e))?
+        // In place when called through the plugin ABI (the caller's thread may block).
+        stowage_core::run_blocking(PROVIDER, move || f(&db)).await
     }
 
     /// Resolves the version a get/head reads: `NotFound` for none or a tombstone.
@@ -397,8 +396,11 @@ impl StorageBackend for KvBackend {
                 let mut pending: Vec<u8> = Vec::with_capacity(BLOB_CHUNK);
                 let mut index = 0u64;
                 // The body streams in on this blocking thread; a failing body drops the
-                // transaction, so nothing is written.
-                while let Some(chunk) = runtime.block_on(body.next_chunk()) {
+                // transaction, so nothing is written. `futures`' executor rather than the
+                // runtime's: inside a plugin call this thread is already in the runtime's
+                // `block_on`, which cannot nest.
+                let _context = runtime.enter();
+                while let Some(chunk) = futures::executor::block_on(body.next_chunk()) {
                     let chunk: Bytes = chunk?;
                     hasher.update(&chunk);
                     pending.extend_from_slice(&chunk);
@@ -492,12 +494,11 @@ impl StorageBackend for KvBackend {
                     return Ok(None);
                 }
                 let take = (end - pos).min(CHUNK_SIZE as u64);
-                let bytes = tokio::task::spawn_blocking(move || {
+                let bytes = stowage_core::run_blocking(PROVIDER, move || {
                     let txn = db.begin_read().map_err(err)?;
                     read_range(&txn.open_table(CHUNKS).map_err(err)?, id, pos, take)
                 })
-                .await
-                .map_err(|e| Error::backend(PROVIDER, "a database task failed", e))??;
+                .await?;
                 Ok(Some((Bytes::from(bytes), pos + take)))
             }
         });
