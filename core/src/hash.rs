@@ -14,9 +14,11 @@ use crate::error::{Error, Result};
 /// assert!(h.to_string().starts_with("blake3:"));
 /// assert_eq!(h.to_string().parse::<ContentHash>().unwrap(), h);
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContentHash([u8; 32]);
+
+/// Length of the textual form: `blake3:` and 64 hex digits.
+const TEXT_LEN: usize = 7 + 64;
 
 impl ContentHash {
     /// The prefix of the textual form.
@@ -51,9 +53,54 @@ impl ContentHash {
     }
 }
 
+impl ContentHash {
+    /// Writes `blake3:<hex>` into `buf` without allocating (hashes are serialized in every
+    /// record's JSON, the plugin ABI's included).
+    fn text<'b>(&self, buf: &'b mut [u8; TEXT_LEN]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        buf[..7].copy_from_slice(Self::PREFIX.as_bytes());
+        for (i, b) in self.0.iter().enumerate() {
+            buf[7 + 2 * i] = DIGITS[(b >> 4) as usize];
+            buf[8 + 2 * i] = DIGITS[(b & 0xf) as usize];
+        }
+        std::str::from_utf8(buf).expect("ASCII by construction")
+    }
+}
+
 impl fmt::Display for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", Self::PREFIX, self.to_hex())
+        f.write_str(self.text(&mut [0; TEXT_LEN]))
+    }
+}
+
+impl Serialize for ContentHash {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.text(&mut [0; TEXT_LEN]))
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentHash {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = ContentHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a content hash `blake3:<64 hex digits>`")
+            }
+            // Borrowed or not, the text is parsed in place: no `String` per hash.
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<ContentHash, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 
@@ -113,5 +160,37 @@ impl ContentHasher {
     /// The hash and size of everything fed.
     pub fn finish(&self) -> (ContentHash, u64) {
         (ContentHash(*self.inner.finalize().as_bytes()), self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Timestamp;
+
+    #[test]
+    fn hashes_and_times_keep_their_text_in_json() {
+        let h = ContentHash::of(b"hello");
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"blake3:{}\"", h.to_hex()));
+        assert_eq!(serde_json::from_str::<ContentHash>(&json).unwrap(), h);
+        // An escaped string is not borrowed from the input; it must parse all the same.
+        let escaped = json.replacen('b', "\\u0062", 1);
+        assert_eq!(serde_json::from_str::<ContentHash>(&escaped).unwrap(), h);
+        let err = serde_json::from_str::<ContentHash>("\"sha256:00\"").unwrap_err();
+        assert!(err.to_string().contains("blake3:"), "{err}");
+
+        for micros in [0, 1_767_225_600_000_006, 253_402_300_799_999_999] {
+            let t = Timestamp::from_micros(micros);
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{t}\""));
+            assert_eq!(
+                serde_json::from_str::<Timestamp>(&json).unwrap(),
+                t,
+                "{json}"
+            );
+        }
+        let err = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
     }
 }

@@ -14,8 +14,7 @@ use crate::key::{Key, Namespace};
 pub type Version = u64;
 
 /// A point in time with microsecond precision, written as RFC 3339 (`2025-01-02T03:04:05.000006Z`).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -83,6 +82,61 @@ impl TryFrom<String> for Timestamp {
     type Error = Error;
     fn try_from(value: String) -> Result<Self> {
         Timestamp::parse_rfc3339(&value)
+    }
+}
+
+/// A small stack buffer for a timestamp's text, so serializing one allocates nothing.
+struct TimeText {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl fmt::Write for TimeText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let mut text = TimeText {
+            buf: [0; 40],
+            len: 0,
+        };
+        match fmt::Write::write_fmt(&mut text, format_args!("{self}")) {
+            Ok(()) => serializer.serialize_str(
+                std::str::from_utf8(&text.buf[..text.len]).expect("fmt writes UTF-8"),
+            ),
+            // Far-off years do not fit the buffer; they take the allocating path.
+            Err(_) => serializer.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 time like 2025-01-02T03:04:05Z")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Timestamp, E> {
+                Timestamp::parse_rfc3339(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 

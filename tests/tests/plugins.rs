@@ -61,6 +61,18 @@ async fn rust_kv_plugin_passes_the_conformance_kit() {
         .assert_passed();
 }
 
+/// The host calls plugins in place on a multi-thread runtime and on the blocking pool on a
+/// current-thread one (which cannot hand its tasks off); the kit must pass both ways.
+#[tokio::test(flavor = "current_thread")]
+async fn rust_kv_plugin_passes_the_conformance_kit_on_a_current_thread_runtime() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({ "path": dir.path().join("kv.redb") });
+    testkit::run_all(factory(&library, "kv"), config)
+        .await
+        .assert_passed();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_cmem_plugin_passes_the_conformance_kit() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap();
