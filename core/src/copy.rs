@@ -7,6 +7,7 @@
 //! [`CopyVersions::Latest`] only each key's latest state is copied. Timestamps are the target's
 //! own (providers assign them); payload, hash and metadata are preserved.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -133,13 +134,16 @@ pub async fn copy(
     for ns in namespaces {
         let src = source.namespace(ns.as_str())?;
         let dst = target.namespace(ns.as_str())?;
-        let listing = src
-            .list_all(ListOptions {
-                prefix: options.prefix.clone(),
-                include_deleted: true,
-                ..Default::default()
-            })
-            .await?;
+        let scope = ListOptions {
+            prefix: options.prefix.clone(),
+            include_deleted: true,
+            ..Default::default()
+        };
+        let listing = src.list_all(scope.clone()).await?;
+        // One listing of the target says which keys it already holds and at which version, so
+        // keys it lacks or holds complete cost no per-key look-up (on an object store, a
+        // LIST request each).
+        let held = latest_by_key(&dst, &scope).await?;
         observer.found(
             &ns,
             listing.len() as u64,
@@ -152,16 +156,20 @@ pub async fn copy(
         stream::iter(listing.iter().map(Ok::<_, Error>))
             .try_for_each_concurrent(options.concurrency.unwrap_or(4).max(1), |latest| {
                 let (src, dst, counters) = (src.clone(), dst.clone(), &counters);
+                let held = held.get(latest.key.as_str());
                 async move {
                     match versions {
-                        CopyVersions::All => copy_history(&src, &dst, latest, counters).await,
-                        CopyVersions::Latest => copy_latest(&src, &dst, latest, counters).await,
+                        CopyVersions::All => copy_history(&src, &dst, latest, held, counters).await,
+                        CopyVersions::Latest => {
+                            copy_latest(&src, &dst, latest, held, counters).await
+                        }
                     }
                 }
             })
             .await?;
+        let after = latest_by_key(&dst, &scope).await?;
         for latest in &listing {
-            if let Some(m) = compare_final(&dst, latest, versions).await? {
+            if let Some(m) = compare_final(after.get(latest.key.as_str()), latest, versions) {
                 report.mismatches.push(m);
             }
         }
@@ -216,6 +224,19 @@ fn naming(info: &RecordInfo, e: Error) -> Error {
     }
 }
 
+/// The latest version (tombstones included) of every key in `scope` of `ns`, by key.
+async fn latest_by_key(
+    ns: &NamespaceHandle,
+    scope: &ListOptions,
+) -> Result<HashMap<String, RecordInfo>> {
+    Ok(ns
+        .list_all(scope.clone())
+        .await?
+        .into_iter()
+        .map(|info| (info.key.to_string(), info))
+        .collect())
+}
+
 /// Target versions of a key, oldest first (empty when the key is absent there).
 async fn target_versions(dst: &NamespaceHandle, key: &str) -> Result<Vec<RecordInfo>> {
     match dst.versions(key).await {
@@ -233,11 +254,26 @@ async fn copy_history(
     src: &NamespaceHandle,
     dst: &NamespaceHandle,
     latest: &RecordInfo,
+    held: Option<&RecordInfo>,
     counters: &Counters<'_>,
 ) -> Result<()> {
     let key = latest.key.as_str();
     let history = src.versions(key).await?;
-    let existing = target_versions(dst, key).await?;
+    let existing = match held {
+        // Absent from the target when the copy started: everything is to be written (a
+        // writer that creates the key meanwhile makes the first, conditional write fail).
+        None => Vec::new(),
+        // The target's latest is the source's latest, same number and same state: a key an
+        // earlier run finished (it wrote the history version by version, each write
+        // conditional on the one before).
+        Some(t) if t.version == latest.version && same_state(t, latest) => {
+            for s in &history {
+                counters.skipped(s);
+            }
+            return Ok(());
+        }
+        Some(_) => target_versions(dst, key).await?,
+    };
     // The target's history must be a prefix of the source's; anything else was written by
     // someone else and is not overwritten.
     for (s, t) in history.iter().zip(existing.iter()) {
@@ -346,11 +382,10 @@ async fn copy_latest(
     src: &NamespaceHandle,
     dst: &NamespaceHandle,
     latest: &RecordInfo,
+    current: Option<&RecordInfo>,
     counters: &Counters<'_>,
 ) -> Result<()> {
     let key = latest.key.as_str();
-    let existing = target_versions(dst, key).await?;
-    let current = existing.last();
     if current.is_some_and(|c| same_state(c, latest)) {
         counters.skipped(latest);
         return Ok(());
@@ -384,12 +419,13 @@ async fn copy_latest(
     Ok(())
 }
 
-async fn compare_final(
-    dst: &NamespaceHandle,
+/// Compares a source key's latest version with the target's (`held`, from a listing made after
+/// the copy).
+fn compare_final(
+    held: Option<&RecordInfo>,
     latest: &RecordInfo,
     versions: CopyVersions,
-) -> Result<Option<CopyMismatch>> {
-    let existing = target_versions(dst, latest.key.as_str()).await?;
+) -> Option<CopyMismatch> {
     let mismatch = |detail: String| {
         Some(CopyMismatch {
             namespace: latest.namespace.to_string(),
@@ -397,7 +433,7 @@ async fn compare_final(
             detail,
         })
     };
-    Ok(match existing.last() {
+    match held {
         None => mismatch("missing in the target".into()),
         Some(t) if !same_state(t, latest) => mismatch(format!(
             "target holds {} (deleted: {}), source {} (deleted: {})",
@@ -413,5 +449,5 @@ async fn compare_final(
             ))
         }
         Some(_) => None,
-    })
+    }
 }

@@ -762,6 +762,45 @@ async fn another_writers_changes_are_seen_through_the_cache() {
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_of_a_key_another_writer_made_is_a_conflict_and_writes_nothing() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("create"));
+    // `b` has never seen the keys, so its creates claim version 1 without listing first.
+    let (a, b) = (store(cfg.clone()).await, store(cfg.clone()).await);
+    let (ha, hb) = (a.namespace("c").unwrap(), b.namespace("c").unwrap());
+    ha.put("live", "one", Metadata::new()).await.unwrap();
+    ha.put("live", "two", Metadata::new()).await.unwrap();
+    let err = hb
+        .put_with("live", "late", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let (info, bytes) = ha.get_bytes("live").await.unwrap();
+    assert_eq!((info.version, &bytes[..]), (2, &b"two"[..]));
+    // A key whose latest version is a tombstone may be created again: as version 3.
+    ha.put("gone", "x", Metadata::new()).await.unwrap();
+    ha.delete("gone", stowage_core::DeleteOptions::default())
+        .await
+        .unwrap();
+    let c = store(cfg).await;
+    let made = c
+        .namespace("c")
+        .unwrap()
+        .put_with("gone", "again", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(made.version, 3);
+    // And a new key is version 1, with its history intact.
+    let made = hb
+        .put_with("new", "first", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(made.version, 1);
+    assert_eq!(ha.versions("new").await.unwrap().len(), 1);
+    assert_eq!(ha.versions("live").await.unwrap().len(), 2);
+}
+
 /// Makes a bucket, an IAM user with an access key and an S3 policy on a moto whose first four
 /// requests are unauthenticated; prints the key id and secret.
 const AUTH_SETUP: &str = r#"

@@ -665,11 +665,19 @@ impl StorageBackend for S3Backend {
         mode: PutMode,
     ) -> Result<RecordInfo> {
         // A conditional put checks first so a conflict costs no upload; an overwrite learns the
-        // latest version while the payload uploads.
+        // latest version while the payload uploads. A create of a key this process has not
+        // seen assumes the key is new and claims version 1 straight away: the claim fails by
+        // itself if version 1 exists (versions are contiguous from 1), and only then is the
+        // key listed. Bulk loads and copies into a fresh bucket create keys by the thousand,
+        // and a LIST per key is the slowest request an object store answers.
         let (stored, latest) = if mode == PutMode::Overwrite {
             let (stored, latest) =
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
+        } else if mode == PutMode::Create
+            && self.cache.latest_hint(&key_dir(ns, key.as_str())).is_none()
+        {
+            (self.blobs.put(body).await?, None)
         } else {
             let latest = self.latest_for_write(ns, key).await?;
             check_put_mode(ns, key, mode, latest.as_ref())?;
