@@ -1,15 +1,18 @@
 //! Benchmarks of the `fs` provider, each beside its baselines in the same run:
 //!
-//! - `fs_put_4KiB`: stowage put (fsync always / never) vs raw tmp + write + rename (with and
-//!   without fsyncs), OpenDAL's fs service and object_store's `LocalFileSystem`;
-//! - `fs_get_4KiB`: stowage get vs `std::fs::read`, OpenDAL and object_store;
+//! - `fs_put_4KiB`: stowage put (default config: fsync always, payload inline in the index log;
+//!   also fsync never, and the payload-file path `inline_max = 0`) vs raw tmp + write + rename
+//!   (with and without fsyncs), OpenDAL's fs service and object_store's `LocalFileSystem`;
+//! - `fs_get_4KiB`: stowage get (default config; also `inline_max = 0`) vs `std::fs::read`,
+//!   OpenDAL and object_store;
 //! - `fs_group_commit`: 64 durable puts by 1 writer vs by 16 concurrent writers;
 //! - `fs_100k`: opening a store of 100 000 records, searching it by tag, listing a page;
 //! - peak RSS of a 1 GiB put + get, measured in a child process (`VmHWM`), printed first
 //!   (set `STOWAGE_FS_BENCH_SKIP_RSS=1` to skip it);
-//! - the 4 KiB put and get comparisons again, run round-robin (one operation of each in turn)
-//!   so disk noise from other processes hits all alike; medians and ratios are printed before
-//!   the criterion groups (`STOWAGE_FS_BENCH_SKIP_INTERLEAVED=1` skips them).
+//! - the 4 KiB put and get comparisons again as **paired** loops: one operation of each
+//!   implementation in turn, round after round, so disk noise from other processes hits all
+//!   alike; means, medians and ratios to the raw baselines are printed to stdout before the
+//!   criterion groups (`STOWAGE_FS_BENCH_SKIP_INTERLEAVED=1` skips them).
 //!
 //! Run: `cargo bench -p stowage-providers --no-default-features --features fs --bench fs`
 
@@ -42,6 +45,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn fs_store(root: &Path, fsync: &str) -> FsBackend {
     FsBackend::new(
         FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": fsync })).unwrap(),
+    )
+}
+
+/// The default config (fsync always) with every payload in a file of its own: the path small
+/// payloads took before they were kept in the log, and large ones still take.
+fn fs_store_files(root: &Path) -> FsBackend {
+    FsBackend::new(
+        FsConfig::from_json(&serde_json::json!({ "root": root, "inline_max": 0 })).unwrap(),
     )
 }
 
@@ -96,28 +107,37 @@ fn put_4k(c: &mut Criterion) {
         b.iter(|| raw_put(&raw_dir, next(), &payload(0), false, false))
     });
 
-    for fsync in ["always", "never"] {
-        let store = fs_store(&dir.path().join(format!("stowage-{fsync}")), fsync);
+    for (name, store) in [
+        (
+            "fsync=always",
+            fs_store(&dir.path().join("stowage-always"), "always"),
+        ),
+        (
+            "fsync=never",
+            fs_store(&dir.path().join("stowage-never"), "never"),
+        ),
+        (
+            "fsync=always inline_max=0",
+            fs_store_files(&dir.path().join("stowage-files")),
+        ),
+    ] {
         rt.block_on(store.initialize()).unwrap();
-        g.bench_function(
-            BenchmarkId::new("stowage fs", format!("fsync={fsync}")),
-            |b| {
-                b.to_async(&rt).iter(|| async {
-                    let n = next();
-                    let key = Key::new(format!("k/{n}")).unwrap();
-                    store
-                        .put(
-                            &ns,
-                            &key,
-                            Body::from(payload(n)),
-                            Metadata::new(),
-                            PutMode::Overwrite,
-                        )
-                        .await
-                        .unwrap()
-                })
-            },
-        );
+        g.bench_function(BenchmarkId::new("stowage fs", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let n = next();
+                let key = Key::new(format!("k/{n}")).unwrap();
+                store
+                    .put(
+                        &ns,
+                        &key,
+                        Body::from(payload(n)),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await
+                    .unwrap()
+            })
+        });
     }
 
     let op = opendal_fs(&dir.path().join("opendal"));
@@ -152,7 +172,8 @@ fn get_4k(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let ns = Namespace::default();
-    let store = fs_store(&dir.path().join("stowage"), "never");
+    let store = fs_store(&dir.path().join("stowage"), "always");
+    let files = fs_store_files(&dir.path().join("stowage-files"));
     let raw_dir = dir.path().join("raw");
     std::fs::create_dir_all(&raw_dir).unwrap();
     let op = opendal_fs(&dir.path().join("opendal"));
@@ -164,16 +185,18 @@ fn get_4k(c: &mut Criterion) {
     rt.block_on(async {
         use object_store::ObjectStore;
         for n in 0..OBJECTS {
-            store
-                .put(
-                    &ns,
-                    &keys[n as usize],
-                    Body::from(payload(n)),
-                    Metadata::new(),
-                    PutMode::Overwrite,
-                )
-                .await
-                .unwrap();
+            for store in [&store, &files] {
+                store
+                    .put(
+                        &ns,
+                        &keys[n as usize],
+                        Body::from(payload(n)),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await
+                    .unwrap();
+            }
             raw_put(&raw_dir, n, &payload(n), false, false);
             op.write(&format!("k/{n}"), payload(n)).await.unwrap();
             os.put(
@@ -195,15 +218,17 @@ fn get_4k(c: &mut Criterion) {
     g.bench_function("raw std::fs::read", |b| {
         b.iter(|| std::fs::read(&raw_paths[next()]).unwrap())
     });
-    g.bench_function("stowage fs", |b| {
-        b.to_async(&rt).iter(|| async {
-            let (_, body) = store
-                .get(&ns, &keys[next()], GetOptions::default())
-                .await
-                .unwrap();
-            body.into_bytes().await.unwrap()
-        })
-    });
+    for (name, store) in [("stowage fs", &store), ("stowage fs inline_max=0", &files)] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let (_, body) = store
+                    .get(&ns, &keys[next()], GetOptions::default())
+                    .await
+                    .unwrap();
+                body.into_bytes().await.unwrap()
+            })
+        });
+    }
     g.bench_function("opendal fs", |b| {
         b.to_async(&rt)
             .iter(|| async { op.read(&format!("k/{}", next())).await.unwrap().to_bytes() })
@@ -489,22 +514,34 @@ fn rss_parent() {
     );
 }
 
+use futures::future::BoxFuture;
 use futures::StreamExt;
 
-type Op<'a> = Box<dyn FnMut(u64) + 'a>;
+/// One operation of a paired loop, given a number unique to the call.
+type Op<'a> = Box<dyn FnMut(u64) -> BoxFuture<'a, ()> + 'a>;
 
-/// Runs every implementation once per round, round-robin, so a noisy neighbour (the disk is
-/// shared) slows them alike; prints each one's median and its ratio to the first (the
-/// baseline) and to `ratio_to`.
-fn interleaved(title: &str, rounds: u64, mut ops: Vec<(&str, Op<'_>)>, ratio_to: &[usize]) {
+/// Wraps a synchronous operation (a raw file-system baseline) as an [`Op`].
+fn sync_op<'a>(f: impl Fn(u64) + Send + Sync + Copy + 'a) -> Op<'a> {
+    Box::new(move |n| Box::pin(async move { f(n) }))
+}
+
+/// A paired loop: every implementation runs once per round, in turn, all inside one runtime
+/// `block_on` (as in the sqlite bench), so a noisy neighbour (the disk is shared) slows them
+/// alike and no one pays for entering the runtime. Prints each one's mean and median and its
+/// ratios (of means, and of medians) to the implementations in `ratio_to` (the baselines).
+async fn paired(title: &str, rounds: u64, mut ops: Vec<(&str, Op<'_>)>, ratio_to: &[usize]) {
     let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds as usize); ops.len()];
     for round in 0..rounds {
         for (i, (_, op)) in ops.iter_mut().enumerate() {
             let t = Instant::now();
-            op(round * 16 + i as u64);
+            op(round * 16 + i as u64).await;
             times[i].push(t.elapsed());
         }
     }
+    let means: Vec<Duration> = times
+        .iter()
+        .map(|t| t.iter().sum::<Duration>() / t.len() as u32)
+        .collect();
     let medians: Vec<Duration> = times
         .iter_mut()
         .map(|t| {
@@ -512,105 +549,134 @@ fn interleaved(title: &str, rounds: u64, mut ops: Vec<(&str, Op<'_>)>, ratio_to:
             t[t.len() / 2]
         })
         .collect();
-    println!("{title} ({rounds} interleaved rounds, median per operation):");
+    println!("{title} (paired, {rounds} rounds; mean / median per operation; ratios of means / of medians):");
     for (i, (name, _)) in ops.iter().enumerate() {
         let ratios: Vec<String> = ratio_to
             .iter()
+            .filter(|&&b| b != i)
             .map(|&b| {
                 format!(
-                    "{:.2}x {}",
+                    "{:.2}x / {:.2}x {}",
+                    means[i].as_secs_f64() / means[b].as_secs_f64(),
                     medians[i].as_secs_f64() / medians[b].as_secs_f64(),
                     ops[b].0
                 )
             })
             .collect();
-        println!("  {name:<38} {:>10.1?}   {}", medians[i], ratios.join(", "));
+        println!(
+            "  {name:<40} {:>10.1?} / {:>10.1?}   {}",
+            means[i],
+            medians[i],
+            ratios.join(", ")
+        );
     }
 }
 
-fn put_get_interleaved() {
+fn put_get_paired() {
     let rt = runtime();
+    rt.block_on(put_get_paired_loops());
+}
+
+async fn put_get_paired_loops() {
     let dir = tempfile::tempdir().unwrap();
-    let ns = Namespace::default();
-    let raw_dir = dir.path().join("raw");
-    std::fs::create_dir_all(&raw_dir).unwrap();
-    let always = fs_store(&dir.path().join("stowage-always"), "always");
-    let never = fs_store(&dir.path().join("stowage-never"), "never");
-    rt.block_on(async {
-        always.initialize().await.unwrap();
-        never.initialize().await.unwrap();
-    });
-    let op = opendal_fs(&dir.path().join("opendal"));
+    let ns = &Namespace::default();
+    let raw_dir = &dir.path().join("raw");
+    std::fs::create_dir_all(raw_dir).unwrap();
+    let always = &fs_store(&dir.path().join("stowage-always"), "always");
+    let files = &fs_store_files(&dir.path().join("stowage-files"));
+    let never = &fs_store(&dir.path().join("stowage-never"), "never");
+    for store in [always, files, never] {
+        store.initialize().await.unwrap();
+    }
+    let op = &opendal_fs(&dir.path().join("opendal"));
     std::fs::create_dir_all(dir.path().join("object_store")).unwrap();
-    let os = object_store_fs(&dir.path().join("object_store"));
-    let put = |store: &FsBackend, n: u64| {
-        rt.block_on(store.put(
-            &ns,
-            &Key::new(format!("k/{n}")).unwrap(),
-            Body::from(payload(n)),
-            Metadata::new(),
-            PutMode::Overwrite,
-        ))
-        .unwrap();
+    let os = &object_store_fs(&dir.path().join("object_store"));
+    let put = |store: &'static str| -> Op<'_> {
+        let store = match store {
+            "always" => always,
+            "files" => files,
+            _ => never,
+        };
+        Box::new(move |n| {
+            Box::pin(async move {
+                store
+                    .put(
+                        ns,
+                        &Key::new(format!("k/{n}")).unwrap(),
+                        Body::from(payload(n)),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await
+                    .unwrap();
+            })
+        })
     };
-    let os_put = |n: u64| {
-        use object_store::ObjectStore;
-        rt.block_on(os.put(
-            &object_store::path::Path::from(format!("k/{n}")),
-            payload(n).into(),
-        ))
-        .unwrap();
-    };
-    interleaved(
+    paired(
         "fs_put_4KiB durable",
         150,
         vec![
             (
                 "raw tmp+fsync+rename",
-                Box::new(|n| raw_put(&raw_dir, n, &payload(n), true, false)),
+                sync_op(move |n| raw_put(raw_dir, n, &payload(n), true, false)),
             ),
+            ("stowage fs (default: fsync=always)", put("always")),
             (
                 "raw tmp+fsync+rename+dir fsync",
-                Box::new(|n| raw_put(&raw_dir, n, &payload(n), true, true)),
+                sync_op(move |n| raw_put(raw_dir, n, &payload(n), true, true)),
             ),
-            ("stowage fs fsync=always", Box::new(|n| put(&always, n))),
+            ("stowage fs inline_max=0", put("files")),
             (
                 "opendal fs (file fsync, no dir fsync)",
-                Box::new(|n| {
-                    rt.block_on(op.write(&format!("k/{n}"), payload(n)))
-                        .unwrap();
+                Box::new(move |n| {
+                    Box::pin(async move {
+                        op.write(&format!("k/{n}"), payload(n)).await.unwrap();
+                    })
                 }),
             ),
         ],
-        &[0, 1, 3],
-    );
-    interleaved(
+        &[0, 2, 4],
+    )
+    .await;
+    let no_fsync = 1 << 40;
+    paired(
         "fs_put_4KiB without fsync",
         1500,
         vec![
             (
                 "raw tmp+rename (no fsync)",
-                Box::new(|n| raw_put(&raw_dir, n + (1 << 40), &payload(n), false, false)),
+                sync_op(move |n| raw_put(raw_dir, n + no_fsync, &payload(n), false, false)),
             ),
-            (
-                "stowage fs fsync=never",
-                Box::new(|n| put(&never, n + (1 << 40))),
-            ),
+            ("stowage fs fsync=never", {
+                let mut put = put("never");
+                Box::new(move |n| put(n + no_fsync))
+            }),
             (
                 "object_store LocalFileSystem",
-                Box::new(|n| os_put(n + (1 << 40))),
+                Box::new(move |n| {
+                    Box::pin(async move {
+                        use object_store::ObjectStore;
+                        os.put(
+                            &object_store::path::Path::from(format!("k/{}", n + no_fsync)),
+                            payload(n).into(),
+                        )
+                        .await
+                        .unwrap();
+                    })
+                }),
             ),
         ],
         &[0, 2],
-    );
+    )
+    .await;
     const OBJECTS: u64 = 256;
     let key = |n: u64| Key::new(format!("g/{}", n % OBJECTS)).unwrap();
     for n in 0..OBJECTS {
         use object_store::ObjectStore;
-        rt.block_on(async {
-            always
+        for store in [always, files] {
+            store
                 .put(
-                    &ns,
+                    ns,
                     &key(n),
                     Body::from(payload(n)),
                     Metadata::new(),
@@ -618,60 +684,62 @@ fn put_get_interleaved() {
                 )
                 .await
                 .unwrap();
-            op.write(&format!("g/{n}"), payload(n)).await.unwrap();
-            os.put(
-                &object_store::path::Path::from(format!("g/{n}")),
-                payload(n).into(),
-            )
-            .await
-            .unwrap();
-        });
+        }
+        op.write(&format!("g/{n}"), payload(n)).await.unwrap();
+        os.put(
+            &object_store::path::Path::from(format!("g/{n}")),
+            payload(n).into(),
+        )
+        .await
+        .unwrap();
         std::fs::write(raw_dir.join(format!("g-{n}")), payload(n)).unwrap();
     }
+    let get = |store: &'static str| -> Op<'_> {
+        let store = if store == "always" { always } else { files };
+        Box::new(move |n| {
+            Box::pin(async move {
+                let (_, body) = store.get(ns, &key(n), GetOptions::default()).await.unwrap();
+                std::hint::black_box(body.into_bytes().await.unwrap());
+            })
+        })
+    };
     let get_ops: Vec<(&str, Op<'_>)> = vec![
         (
             "raw std::fs::read",
-            Box::new(|n| {
-                std::fs::read(raw_dir.join(format!("g-{}", n % OBJECTS))).unwrap();
+            sync_op(move |n| {
+                std::hint::black_box(
+                    std::fs::read(raw_dir.join(format!("g-{}", n % OBJECTS))).unwrap(),
+                );
             }),
         ),
-        (
-            "stowage fs",
-            Box::new(|n| {
-                rt.block_on(async {
-                    let (_, body) = always
-                        .get(&ns, &key(n), GetOptions::default())
-                        .await
-                        .unwrap();
-                    body.into_bytes().await.unwrap()
-                });
-            }),
-        ),
+        ("stowage fs (default)", get("always")),
+        ("stowage fs inline_max=0", get("files")),
         (
             "opendal fs",
-            Box::new(|n| {
-                rt.block_on(op.read(&format!("g/{}", n % OBJECTS))).unwrap();
+            Box::new(move |n| {
+                Box::pin(async move {
+                    std::hint::black_box(op.read(&format!("g/{}", n % OBJECTS)).await.unwrap());
+                })
             }),
         ),
         (
             "object_store LocalFileSystem",
-            Box::new(|n| {
-                use object_store::ObjectStore;
-                rt.block_on(async {
-                    os.get(&object_store::path::Path::from(format!(
-                        "g/{}",
-                        n % OBJECTS
-                    )))
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap()
-                });
+            Box::new(move |n| {
+                Box::pin(async move {
+                    use object_store::ObjectStore;
+                    let got = os
+                        .get(&object_store::path::Path::from(format!(
+                            "g/{}",
+                            n % OBJECTS
+                        )))
+                        .await
+                        .unwrap();
+                    std::hint::black_box(got.bytes().await.unwrap());
+                })
             }),
         ),
     ];
-    interleaved("fs_get_4KiB", 3000, get_ops, &[0, 2, 3]);
+    paired("fs_get_4KiB", 3000, get_ops, &[0, 3, 4]).await;
 }
 
 criterion_group! {
@@ -693,7 +761,7 @@ fn main() {
         rss_parent();
     }
     if std::env::var_os("STOWAGE_FS_BENCH_SKIP_INTERLEAVED").is_none() && !listing {
-        put_get_interleaved();
+        put_get_paired();
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

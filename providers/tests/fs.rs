@@ -1,7 +1,9 @@
-//! The `fs` provider: the whole conformance kit (one test per behaviour), then what only this
-//! provider has: a store re-opened from disk, damage to the index log and to blobs reported
-//! without a panic, hostile keys that never reach outside the root, compaction, and two real
-//! processes sharing one root.
+//! The `fs` provider: the whole conformance kit (one test per behaviour; small payloads kept in
+//! the log, and again with every payload in a file), then what only this provider has: a store
+//! re-opened from disk, damage to the index log, to inline payloads and to blobs reported
+//! without a panic, hostile keys that never reach outside the root, compaction (with readers
+//! in flight), dedup of inline payloads, a version-1 log upgraded, and two real processes
+//! sharing one root.
 
 mod conformance {
     stowage_core::conformance_tests!(async {
@@ -37,6 +39,23 @@ mod conformance_no_fsync {
     });
 }
 
+/// The suite again with every payload in a file of its own (`inline_max = 0`), the path large
+/// payloads always take.
+mod conformance_payload_files {
+    stowage_core::conformance_tests!(async {
+        let root = tempfile::Builder::new()
+            .prefix("fs-ck-files-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("creating a scratch directory")
+            .keep();
+        let backend = stowage_providers::fs::factory()
+            .create(serde_json::json!({ "root": root, "inline_max": 0 }))
+            .await
+            .expect("creating an fs store");
+        stowage_core::Stowage::from_backend(backend)
+    });
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -52,6 +71,17 @@ fn config(root: &Path) -> FsConfig {
 
 async fn open(root: &Path) -> FsBackend {
     FsBackend::open(config(root)).await.unwrap()
+}
+
+/// Opens with extra settings (a JSON object merged over `root`).
+async fn open_with(root: &Path, extra: serde_json::Value) -> FsBackend {
+    let mut json = serde_json::json!({ "root": root });
+    for (k, v) in extra.as_object().unwrap() {
+        json[k] = v.clone();
+    }
+    FsBackend::open(FsConfig::from_json(&json).unwrap())
+        .await
+        .unwrap()
 }
 
 fn key(k: &str) -> Key {
@@ -195,7 +225,7 @@ async fn flipped_byte_in_log_tail_is_saved_aside_and_verify_reports_it() {
 #[tokio::test]
 async fn deleted_and_altered_blobs_are_reported_by_key_and_version() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await;
     let gone = put(&store, "gone", "payload that vanishes").await;
     let bent = put(&store, "bent", "payload that changes").await;
     put(&store, "fine", "payload that stays").await;
@@ -376,6 +406,8 @@ async fn compaction_drops_purged_records_and_keeps_the_rest() {
     }
     let report = store.compact().await.unwrap();
     assert!(report.bytes_after * 3 < report.bytes_before, "{report:?}");
+    // The payloads are small, so they lived in the log: the 50 purged ones went with it.
+    assert_eq!(report.payloads_dropped, 50, "{report:?}");
     drop(store);
     let store = open(dir.path()).await;
     for i in 0..60 {
@@ -400,9 +432,9 @@ async fn compaction_drops_purged_records_and_keeps_the_rest() {
             .collect::<Vec<_>>(),
         ["k/052", "k/055", "k/058"]
     );
-    // gc now frees the purged payloads.
+    // The compaction freed them already; gc keeps the 10 live ones.
     let gc = store.gc(&NoProgress).await.unwrap();
-    assert_eq!((gc.blobs_removed, gc.blobs_kept), (50, 10));
+    assert_eq!((gc.blobs_removed, gc.blobs_kept), (0, 10));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,4 +677,473 @@ async fn config_is_checked_before_any_io() {
         .to_string()
         .contains("root"));
     assert!(stowage_core::Registry::global().contains("fs"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads kept inline in the index log.
+
+fn log_len(root: &Path) -> u64 {
+    std::fs::metadata(log_path(root)).unwrap().len()
+}
+
+/// Payload files under `blobs/`.
+fn blob_files(root: &Path) -> usize {
+    tree(&root.join("blobs"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .count()
+}
+
+fn patterned(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn put_bytes(store: &FsBackend, ns: &Namespace, k: &str, bytes: Vec<u8>) {
+    store
+        .put(
+            ns,
+            &key(k),
+            Body::from(bytes),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+}
+
+async fn read_in(store: &FsBackend, ns: &Namespace, k: &str) -> stowage_core::Result<Vec<u8>> {
+    let (_, body) = store.get(ns, &key(k), GetOptions::default()).await?;
+    Ok(body.into_bytes().await?.to_vec())
+}
+
+#[tokio::test]
+async fn small_payloads_live_in_the_log_and_are_stored_once_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let (one, two) = (
+        Namespace::new("one").unwrap(),
+        Namespace::new("two").unwrap(),
+    );
+    let payload = patterned(1, 4000);
+
+    let before = log_len(dir.path());
+    put_bytes(&store, &one, "a", payload.clone()).await;
+    let first = log_len(dir.path()) - before;
+    assert!(
+        first > 4000,
+        "the first put appends the payload: {first} bytes"
+    );
+    for (ns, k) in [(&one, "b"), (&two, "a"), (&one, "a")] {
+        let before = log_len(dir.path());
+        put_bytes(&store, ns, k, payload.clone()).await;
+        let grew = log_len(dir.path()) - before;
+        assert!(
+            grew < 300,
+            "{ns}/{k}: a known payload is referenced, not copied: +{grew} bytes"
+        );
+    }
+    assert_eq!(
+        blob_files(dir.path()),
+        0,
+        "no payload file for small payloads"
+    );
+
+    // A second backend on the root (as another process would) reads them from the log.
+    let other = open(dir.path()).await;
+    for (ns, k) in [(&one, "a"), (&one, "b"), (&two, "a")] {
+        assert_eq!(read_in(&other, ns, k).await.unwrap(), payload, "{ns}/{k}");
+    }
+    // Range reads slice the inline bytes.
+    let (_, body) = other
+        .get(
+            &one,
+            &key("b"),
+            GetOptions {
+                version: None,
+                range: Some(stowage_core::ByteRange {
+                    start: 100,
+                    end: Some(110),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(&body.into_bytes().await.unwrap()[..], &payload[100..110]);
+
+    // While one reference is left the bytes stay, through compaction and re-open.
+    store.purge(&one, &key("a")).await.unwrap();
+    store.purge(&one, &key("b")).await.unwrap();
+    let compacted = store.compact().await.unwrap();
+    assert_eq!(compacted.payloads_dropped, 0, "{compacted:?}");
+    assert_eq!(read_in(&other, &two, "a").await.unwrap(), payload);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(read_in(&store, &two, "a").await.unwrap(), payload);
+
+    // With the last reference gone, the next put of the same bytes stores them again.
+    store.purge(&two, &key("a")).await.unwrap();
+    let before = log_len(dir.path());
+    put_bytes(&store, &one, "c", payload.clone()).await;
+    assert!(log_len(dir.path()) - before > 4000);
+    assert_eq!(read_in(&other, &one, "c").await.unwrap(), payload);
+    // gc drops the purged copy with a compaction and reports it as a freed payload.
+    let gc = store.gc(&NoProgress).await.unwrap();
+    assert_eq!((gc.blobs_removed, gc.bytes_freed), (1, 4000), "{gc:?}");
+    assert_eq!(read_in(&other, &one, "c").await.unwrap(), payload);
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn the_inline_limit_decides_where_a_payload_goes_for_bytes_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), serde_json::json!({ "inline_max": 1000 })).await;
+    let ns = Namespace::default();
+    let chunked = |bytes: Vec<u8>, hint: Option<u64>| {
+        let chunks: Vec<stowage_core::Result<bytes::Bytes>> = bytes
+            .chunks(300)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks), hint)
+    };
+    let cases = [
+        (
+            "bytes at the limit",
+            Body::from(patterned(2, 1000)),
+            patterned(2, 1000),
+            0,
+        ),
+        (
+            "bytes over the limit",
+            Body::from(patterned(3, 1001)),
+            patterned(3, 1001),
+            1,
+        ),
+        (
+            "stream within, no size",
+            chunked(patterned(4, 999), None),
+            patterned(4, 999),
+            0,
+        ),
+        (
+            "stream over, no size",
+            chunked(patterned(5, 2500), None),
+            patterned(5, 2500),
+            1,
+        ),
+        (
+            "stream over, sized",
+            chunked(patterned(6, 2500), Some(2500)),
+            patterned(6, 2500),
+            1,
+        ),
+        ("empty", Body::empty(), Vec::new(), 0),
+    ];
+    for (i, (what, body, expected, files)) in cases.into_iter().enumerate() {
+        let before = blob_files(dir.path());
+        let k = format!("k{i}");
+        let info = store
+            .put(&ns, &key(&k), body, Metadata::new(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(info.size, expected.len() as u64, "{what}");
+        assert_eq!(
+            blob_files(dir.path()) - before,
+            files,
+            "{what}: payload files written"
+        );
+        assert_eq!(read_in(&store, &ns, &k).await.unwrap(), expected, "{what}");
+    }
+    // A payload stored as a file already is referenced, not inlined again.
+    store
+        .put(
+            &ns,
+            &key("copy"),
+            Body::from(patterned(3, 1001)),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let small_store = open_with(dir.path(), serde_json::json!({ "inline_max": 4096 })).await;
+    let before = log_len(dir.path());
+    put_bytes(&small_store, &ns, "copy2", patterned(3, 1001)).await;
+    assert!(
+        log_len(dir.path()) - before < 300,
+        "the payload file is reused"
+    );
+    assert_eq!(
+        read_in(&store, &ns, "copy2").await.unwrap(),
+        patterned(3, 1001)
+    );
+}
+
+#[tokio::test]
+async fn torn_inline_bytes_at_the_end_of_the_log_are_cut_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        put_bytes(&store, &Namespace::default(), "keep", patterned(7, 3000)).await;
+        put_bytes(&store, &Namespace::default(), "torn", patterned(8, 3000)).await;
+    }
+    // Cut inside the second payload's bytes: its record frame is whole, its bytes are not.
+    let len = log_len(dir.path());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log_path(dir.path()))
+        .unwrap();
+    f.set_len(len - 1000).unwrap();
+    drop(f);
+
+    let store = open(dir.path()).await;
+    let notes = store.recovery_notes().await.unwrap();
+    assert!(
+        notes.len() == 1 && notes[0].contains("torn tail"),
+        "{notes:?}"
+    );
+    let ns = Namespace::default();
+    assert_eq!(
+        read_in(&store, &ns, "keep").await.unwrap(),
+        patterned(7, 3000)
+    );
+    assert_eq!(
+        read_in(&store, &ns, "torn").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+    put_bytes(&store, &ns, "torn", patterned(9, 3000)).await;
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(
+        read_in(&store, &ns, "torn").await.unwrap(),
+        patterned(9, 3000)
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_inline_byte_is_corrupt_for_that_payload_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::default();
+    let bent = patterned(10, 2000);
+    {
+        let store = open(dir.path()).await;
+        put_bytes(&store, &ns, "before", patterned(11, 2000)).await;
+        put_bytes(&store, &ns, "bent", bent.clone()).await;
+        put_bytes(&store, &ns, "bent-too", bent.clone()).await;
+        put_bytes(&store, &ns, "after", patterned(12, 2000)).await;
+    }
+    let mut bytes = std::fs::read(log_path(dir.path())).unwrap();
+    let at = bytes
+        .windows(bent.len())
+        .position(|w| w == &bent[..])
+        .expect("the payload is in the log");
+    bytes[at + 1234] ^= 0x08;
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+
+    let store = open(dir.path()).await;
+    // Replay does not read payload bytes: nothing to repair at open.
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    for k in ["bent", "bent-too"] {
+        let err = read_in(&store, &ns, k).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.to_string().contains(&format!("default/{k} version 1"))
+                && err.to_string().contains("index.log"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        read_in(&store, &ns, "before").await.unwrap(),
+        patterned(11, 2000)
+    );
+    assert_eq!(
+        read_in(&store, &ns, "after").await.unwrap(),
+        patterned(12, 2000)
+    );
+    let mut problems = store.verify(&NoProgress).await.unwrap().problems;
+    problems.sort_by(|a, b| a.key.cmp(&b.key));
+    let summary: Vec<_> = problems
+        .iter()
+        .map(|p| {
+            (
+                p.namespace.as_deref().unwrap(),
+                p.key.as_deref().unwrap(),
+                p.version.unwrap(),
+                p.problem.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("default", "bent", 1, "corrupt"),
+            ("default", "bent-too", 1, "corrupt")
+        ]
+    );
+    // The store stays writable, and the new payload lands after the damaged one.
+    put_bytes(&store, &ns, "fresh", patterned(13, 2000)).await;
+    assert_eq!(
+        read_in(&store, &ns, "fresh").await.unwrap(),
+        patterned(13, 2000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_under_readers_in_flight_never_serves_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(dir.path()).await);
+    let ns = Namespace::default();
+    for i in 0..40u8 {
+        put_bytes(
+            &store,
+            &ns,
+            &format!("live/{i}"),
+            patterned(i, 1500 + i as usize),
+        )
+        .await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4u8)
+        .map(|r| {
+            let (store, stop, ns) = (store.clone(), stop.clone(), ns.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let i = (reads as u8).wrapping_mul(7).wrapping_add(r) % 40;
+                    let got = read_in(&store, &ns, &format!("live/{i}")).await.unwrap();
+                    assert_eq!(got, patterned(i, 1500 + i as usize), "live/{i}");
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    // Another backend on the root compacts too: this one notices a new log file mid-read.
+    let other = open(dir.path()).await;
+    for round in 0..30u8 {
+        let scratch = format!("scratch/{round}");
+        put_bytes(
+            &store,
+            &ns,
+            &scratch,
+            patterned(round.wrapping_add(100), 5000),
+        )
+        .await;
+        store.purge(&ns, &key(&scratch)).await.unwrap();
+        if round % 2 == 0 {
+            store.compact().await.unwrap();
+        } else {
+            other.compact().await.unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_version_1_log_is_read_and_upgraded_on_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::default();
+    // A version-1 store: payloads in files, records without inline bytes, version byte 1.
+    {
+        let store = open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await;
+        put_bytes(&store, &ns, "old/a", patterned(20, 100)).await;
+        put_bytes(&store, &ns, "old/a", patterned(21, 200)).await;
+        put_bytes(&store, &ns, "old/b", patterned(22, 300)).await;
+    }
+    let mut bytes = std::fs::read(log_path(dir.path())).unwrap();
+    assert_eq!(&bytes[..9], b"STOWFSIX\x02");
+    bytes[8] = 1;
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(
+        read_in(&store, &ns, "old/a").await.unwrap(),
+        patterned(21, 200)
+    );
+    assert_eq!(
+        read_in(&store, &ns, "old/b").await.unwrap(),
+        patterned(22, 300)
+    );
+    assert_eq!(
+        std::fs::read(log_path(dir.path())).unwrap()[8],
+        1,
+        "reads change nothing"
+    );
+
+    put_bytes(&store, &ns, "new", patterned(23, 400)).await;
+    // A payload stored as a file before the upgrade is still reused, not inlined.
+    let before = log_len(dir.path());
+    put_bytes(&store, &ns, "old/c", patterned(22, 300)).await;
+    assert!(log_len(dir.path()) - before < 300);
+    let upgraded = std::fs::read(log_path(dir.path())).unwrap();
+    assert_eq!(upgraded[8], 2, "the first write raises the version byte");
+    assert_eq!(
+        upgraded[9..bytes.len()],
+        bytes[9..],
+        "old records are left as they were"
+    );
+    drop(store);
+    let store = open(dir.path()).await;
+    for (k, p) in [
+        ("old/a", patterned(21, 200)),
+        ("old/b", patterned(22, 300)),
+        ("old/c", patterned(22, 300)),
+        ("new", patterned(23, 400)),
+    ] {
+        assert_eq!(read_in(&store, &ns, k).await.unwrap(), p, "{k}");
+    }
+    assert_eq!(store.versions(&ns, &key("old/a")).await.unwrap().len(), 2);
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+
+    // A version this release does not know is refused with both versions named.
+    drop(store);
+    let mut future = std::fs::read(log_path(dir.path())).unwrap();
+    future[8] = 3;
+    std::fs::write(log_path(dir.path()), &future).unwrap();
+    let err = FsBackend::open(config(dir.path())).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(
+        err.to_string().contains("version 3") && err.to_string().contains("1 to 2"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn inline_max_is_checked_and_named() {
+    let factory = stowage_providers::fs::factory();
+    for bad in [
+        serde_json::json!({ "root": "x", "inline_max": 2 * 1024 * 1024 }),
+        serde_json::json!({ "root": "x", "inline_max": (1 << 20) + 1 }),
+    ] {
+        let err = factory.validate(&bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(
+            err.to_string().contains("storage.config.inline_max"),
+            "{err}"
+        );
+    }
+    for bad in [
+        serde_json::json!({ "root": "x", "inline_max": -1 }),
+        serde_json::json!({ "root": "x", "inline_max": "16k" }),
+    ] {
+        let err = factory.validate(&bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.to_string().contains("inline_max"), "{err}");
+    }
+    for good in [0, 1, 16384, 1 << 20] {
+        factory
+            .validate(&serde_json::json!({ "root": "x", "inline_max": good }))
+            .unwrap();
+    }
+    let schema = factory.config_schema();
+    assert_eq!(schema["properties"]["inline_max"]["default"], 16384);
+    assert_eq!(schema["properties"]["inline_max"]["maximum"], 1 << 20);
 }

@@ -3,6 +3,10 @@
 //! parent kills it with SIGKILL at seeded random moments, then opens the store and checks that
 //! every acknowledged write reads back byte-exact and `verify` finds nothing wrong.
 //!
+//! Most payloads are small, so most kills land in appends of records carrying their payload
+//! inline; some generations keep every payload in a file (`inline_max = 0`), so the store also
+//! mixes both kinds, and large payloads always take the file path.
+//!
 //! Replay a failure with `STOWAGE_CRASH_SEED=<seed printed by the failing run>`.
 
 use std::collections::HashMap;
@@ -50,9 +54,22 @@ fn payload(generation: u64, n: u64, size: usize) -> Vec<u8> {
     (0..size).map(|_| rng.next() as u8).collect()
 }
 
-fn open(root: &Path, fsync: &str) -> FsBackend {
-    let config = FsConfig::from_json(&serde_json::json!({ "root": root, "fsync": fsync })).unwrap();
+fn open(root: &Path, fsync: &str, inline_max: u64) -> FsBackend {
+    let config = FsConfig::from_json(
+        &serde_json::json!({ "root": root, "fsync": fsync, "inline_max": inline_max }),
+    )
+    .unwrap();
     FsBackend::new(config)
+}
+
+/// One generation in three keeps every payload in a file; the others keep small ones (most of
+/// them) in the log.
+fn inline_max(generation: u64) -> u64 {
+    if generation % 3 == 2 {
+        0
+    } else {
+        stowage_providers::fs::DEFAULT_INLINE_MAX
+    }
 }
 
 /// Even generations write with fsync, odd ones without (their commits then run on the
@@ -79,7 +96,11 @@ fn crash_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let store = Arc::new(open(Path::new(&root), fsync_mode(generation)));
+        let store = Arc::new(open(
+            Path::new(&root),
+            fsync_mode(generation),
+            inline_max(generation),
+        ));
         let ns = Namespace::default();
         let mut rng = Rng::new(generation);
         let stdout = Arc::new(Mutex::new(std::io::stdout()));
@@ -94,8 +115,8 @@ fn crash_child() {
                 for n in 0.. {
                     let id = writer << 40 | n;
                     let roll = rng.below(100);
-                    // Mostly small payloads; some above the 64 KiB single-read limit so the
-                    // streamed paths are crashed too.
+                    // Mostly small payloads (kept inline); some above the 64 KiB single-read
+                    // limit so the payload-file and streamed paths are crashed too.
                     let size = if roll < 5 {
                         70_000 + rng.below(50_000) as usize
                     } else {
@@ -255,7 +276,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_write() {
 
 async fn check_store(root: &Path, acked: &[Ack], generation: u64, seed: u64) {
     let ctx = format!("after kill {generation} (seed {seed})");
-    let store = open(root, "always");
+    let store = open(root, "always", stowage_providers::fs::DEFAULT_INLINE_MAX);
     let ns = Namespace::default();
     let mut latest: HashMap<&str, u64> = HashMap::new();
     for ack in acked {

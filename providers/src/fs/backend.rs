@@ -1,7 +1,9 @@
 //! [`FsBackend`]: the `fs` provider's [`StorageBackend`].
 //!
-//! Writes: the payload is streamed into `blobs/` first (concurrently, outside any lock), then
-//! the metadata change is queued to this backend's commit thread. The commit thread takes
+//! Writes: a payload of at most `inline_max` bytes travels with its metadata change to the
+//! commit thread and is appended to the index log right after its record (one write, one
+//! fsync, no file of its own). A larger one is streamed into `blobs/` first (concurrently,
+//! outside any lock), then the metadata change is queued. The commit thread takes
 //! everything queued (group commit), locks the root against other processes, catches up with
 //! records they appended, checks each change's precondition against the now-current index,
 //! appends all resulting records in one write, fsyncs the log once, and reads its own records
@@ -9,10 +11,12 @@
 //! Without fsync, a write that finds the commit thread idle and the lock free runs that same
 //! commit on its own task instead (no thread hops; nothing there can block for long).
 //!
-//! Reads: a `stat` of the log tells whether another process appended (or compacted); if so the
-//! new records are read before the index is consulted.
+//! Reads: an `fstat` of the open log tells whether another process appended (or compacted); if
+//! so the new records are read before the index is consulted. An inline payload is read with
+//! one positioned read from the open log file the index points into: a compaction swaps in a
+//! new file, but a reader holding the old one keeps reading valid bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,8 @@ use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
 use stowage_core::{
     Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key,
     ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result,
@@ -30,7 +36,7 @@ use tokio::sync::{oneshot, OnceCell};
 use super::blob_store::{BlobStore, SMALL_READ};
 use super::config::FsConfig;
 use super::index::Index;
-use super::index_log::{self, Damage, DamageKind, LogRecord, HEADER_LEN};
+use super::index_log::{self, Damage, DamageKind, InlineAt, LogRecord, FORMAT_VERSION, HEADER_LEN};
 use super::lock::{BlobPins, WriterLock};
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
@@ -75,12 +81,18 @@ pub struct CompactReport {
     pub bytes_before: u64,
     /// Log size after.
     pub bytes_after: u64,
+    /// Payloads kept in the log that no version referenced any more, dropped.
+    pub payloads_dropped: u64,
+    /// Their bytes (part of `bytes_before - bytes_after`).
+    pub payload_bytes_dropped: u64,
 }
 
 struct Core {
     root: PathBuf,
     log_path: PathBuf,
     durability: Durability,
+    /// Payloads up to this size are kept in the log (`FsConfig::inline_max`).
+    inline_max: u64,
     blobs: BlobStore,
     writer_lock: WriterLock,
     pins: BlobPins,
@@ -92,8 +104,12 @@ struct Core {
 
 /// The index and how far into which log file it has read.
 struct LogState {
-    file: File,
+    /// The log the index describes, open for reading; shared with readers of inline payloads,
+    /// who keep it (and its bytes) even after a compaction replaces the file.
+    file: Arc<File>,
     ino: u64,
+    /// Format version in the file's header (1 until the first append raises it).
+    version: u8,
     offset: u64,
     index: Index,
     /// Damage this process found and repaired, for `recovery_notes`.
@@ -106,6 +122,9 @@ enum Op {
         size: u64,
         metadata: Metadata,
         mode: PutMode,
+        /// The payload itself, to keep in the log, when it is small; `None`: it is in
+        /// `blobs/` already.
+        inline: Option<Bytes>,
     },
     Delete {
         if_version: Option<Version>,
@@ -243,18 +262,101 @@ impl FsBackend {
         version: Option<Version>,
     ) -> Result<RecordInfo> {
         let core = self.core().await?;
-        core.refresh()?;
-        let state = core.read_state();
-        let versions = state.index.versions(ns, key).unwrap_or(&[]);
-        let found = match version {
-            None => versions.last(),
-            Some(v) => versions.iter().find(|i| i.version == v),
-        };
-        match found {
-            Some(info) if !info.is_deleted() => Ok(info.clone()),
-            _ => Err(Error::not_found(ns, key, version)),
+        let state = core.fresh_state()?;
+        find_in(&state.index, ns, key, version)
+    }
+}
+
+/// The version `version` (default: latest) of `key`, `NotFound` if absent or a tombstone.
+fn find_in(
+    index: &super::index::Index,
+    ns: &Namespace,
+    key: &Key,
+    version: Option<Version>,
+) -> Result<RecordInfo> {
+    let versions = index.versions(ns, key).unwrap_or(&[]);
+    let found = match version {
+        None => versions.last(),
+        Some(v) => versions.iter().find(|i| i.version == v),
+    };
+    match found {
+        Some(info) if !info.is_deleted() => Ok(info.clone()),
+        _ => Err(Error::not_found(ns, key, version)),
+    }
+}
+
+/// The whole body when it is at most `max` bytes (`Ok`), or a body that yields the same bytes
+/// for the payload-file path (`Err`: the chunks read so far, then the rest of the stream).
+async fn small_payload(body: Body, max: u64) -> Result<std::result::Result<Bytes, Body>> {
+    if max == 0 || body.size_hint().is_some_and(|n| n > max) {
+        return Ok(Err(body));
+    }
+    if let Some(bytes) = body.as_bytes() {
+        return Ok(Ok(bytes.clone()));
+    }
+    let size_hint = body.size_hint();
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(chunk) = body.next_chunk().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        chunks.push(chunk);
+        if total > max {
+            let read = futures::stream::iter(chunks.into_iter().map(Ok));
+            return Ok(Err(Body::from_stream(
+                read.chain(body.into_stream()),
+                size_hint,
+            )));
         }
     }
+    Ok(Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => Bytes::from(chunks.concat()),
+    }))
+}
+
+/// Reads `len` bytes at `offset` of an inline payload; with `expect` (a whole read), checks
+/// them against the payload's hash. Blocking (a page-cache read for small payloads).
+fn read_inline(
+    file: &File,
+    at: InlineAt,
+    offset: u64,
+    len: u64,
+    expect: Option<&ContentHash>,
+) -> std::io::Result<Bytes> {
+    if offset + len > u64::from(at.len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the range ends at byte {}, past the {} bytes kept in the log",
+                offset + len,
+                at.len
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    index_log::read_at(file, &mut buf, at.offset + offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the log file ends before the payload's bytes",
+            )
+        } else {
+            e
+        }
+    })?;
+    if let Some(hash) = expect {
+        let got = ContentHash::of(&buf);
+        if got != *hash {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("its bytes hash to {got}, not {hash}"),
+            ));
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 impl Core {
@@ -267,6 +369,7 @@ impl Core {
             )
         })?;
         let durability = Durability::from_fsync(config.fsync());
+        let inline_max = config.inline_max.min(super::config::MAX_INLINE);
         let blobs = BlobStore::new(&root, durability);
         blobs.prepare()?;
         let writer_lock = WriterLock::open(&root.join("lock"))?;
@@ -289,17 +392,19 @@ impl Core {
             }
             Err(e) => return Err(Error::io(format!("checking {}", log_path.display()), e)),
         }
-        let (file, ino) = open_log(&log_path)?;
+        let (file, ino, version) = open_log(&log_path)?;
         let core = Core {
             root,
             log_path,
             durability,
+            inline_max,
             blobs,
             writer_lock,
             pins,
             state: RwLock::new(LogState {
-                file,
+                file: Arc::new(file),
                 ino,
+                version,
                 offset: HEADER_LEN,
                 index: Index::default(),
                 notes: Vec::new(),
@@ -334,16 +439,45 @@ impl Core {
     /// Catches up with records appended (or a compaction done) by another process. Never
     /// repairs: a tail that looks torn may be another process's append in progress.
     fn refresh(&self) -> Result<()> {
+        self.fresh_state().map(drop)
+    }
+
+    /// The state, caught up with what other processes committed (see [`Core::refresh`]); one
+    /// read lock when nothing changed, which is the common case.
+    fn fresh_state(&self) -> Result<RwLockReadGuard<'_, LogState>> {
+        let state = self.read_state();
+        if !self.log_changed(&state)? {
+            return Ok(state);
+        }
+        drop(state);
+        self.catch_up(&mut self.write_state(), false)?;
+        Ok(self.read_state())
+    }
+
+    /// Whether the log grew or was replaced since `state` read it. An `fstat` of the open file
+    /// rather than a `stat` of its path: no path walk on every read. A compaction renames a new
+    /// file over the log, which leaves the file this process holds without a name.
+    #[cfg(unix)]
+    fn log_changed(&self, state: &LogState) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = state
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
+        Ok(meta.nlink() == 0 || meta.len() != state.offset)
+    }
+
+    #[cfg(not(unix))]
+    fn log_changed(&self, state: &LogState) -> Result<bool> {
         let meta = fs::metadata(&self.log_path)
             .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
-        {
-            let state = self.read_state();
-            if state.ino == inode(&meta) && state.offset == meta.len() {
-                return Ok(());
-            }
-        }
-        let mut state = self.write_state();
-        self.catch_up(&mut state, false)
+        Ok(state.ino != inode(&meta) || state.offset != meta.len())
+    }
+
+    /// Log bytes no live record or referenced inline payload needs (freed by a compaction).
+    fn log_garbage(&self) -> u64 {
+        let state = self.read_state();
+        state.offset - HEADER_LEN - state.index.live_bytes()
     }
 
     /// Reads new records into the index. With `repair` (only under the writer lock, when no
@@ -359,13 +493,14 @@ impl Core {
             .len();
         if path_ino != state.ino || len < state.offset {
             // Compacted (a new file) or shrunk by hand: start over from the current file.
-            let (file, ino) = open_log(&self.log_path)?;
+            let (file, ino, version) = open_log(&self.log_path)?;
             len = file
                 .metadata()
                 .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?
                 .len();
-            state.file = file;
+            state.file = Arc::new(file);
             state.ino = ino;
+            state.version = version;
             state.offset = HEADER_LEN;
             state.index = Index::default();
         }
@@ -373,8 +508,8 @@ impl Core {
             return Ok(());
         }
         let index = &mut state.index;
-        let end = index_log::scan(&state.file, state.offset, len, |record, frame| {
-            index.apply(record, frame)
+        let end = index_log::scan(&state.file, state.offset, len, |record, framed| {
+            index.apply(record, framed)
         })
         .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
         state.offset = end.offset;
@@ -515,17 +650,36 @@ impl Core {
         self.catch_up(&mut self.write_state(), true)?;
         let now = Timestamp::now();
         let mut outcomes = Vec::with_capacity(requests.len());
-        let mut buf = Vec::new();
+        // Sized up front: growing the buffer would copy the inline payloads again.
+        let inline_bytes: usize = requests
+            .iter()
+            .map(|(_, _, op)| match op {
+                Op::Put {
+                    inline: Some(bytes),
+                    ..
+                } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut buf = Vec::with_capacity(inline_bytes + 256 * requests.len());
         let mut compact = false;
         {
             let state = self.read_state();
             // Changes earlier in this batch, per key, on top of the index (no history copied).
             let mut touched: HashMap<(Namespace, Key), KeyView<'_>> = HashMap::new();
-            for (ns, key, op) in requests {
+            // Payloads this batch puts into the log, and those whose last reference a purge in
+            // this batch may remove (a later record must not lean on their old bytes).
+            let mut inlined: HashSet<ContentHash> = HashSet::new();
+            let mut purged: HashSet<ContentHash> = HashSet::new();
+            for (ns, key, mut op) in requests {
                 let Some(key) = key else {
                     compact = true;
                     outcomes.push(None);
                     continue;
+                };
+                let inline = match &mut op {
+                    Op::Put { inline, .. } => inline.take(),
+                    _ => None,
                 };
                 let view = touched
                     .entry((ns.clone(), key.clone()))
@@ -534,11 +688,29 @@ impl Core {
                         added: Vec::new(),
                     });
                 let outcome = decide(&ns, &key, op, view, now).and_then(|(record, outcome)| {
-                    index_log::encode(&record, &mut buf)
+                    let bytes = match (&record, &inline) {
+                        (LogRecord::Version(info), Some(bytes)) => {
+                            let stored = inlined.contains(&info.hash)
+                                || (!purged.contains(&info.hash)
+                                    && self.payload_stored(&state.index, &info.hash));
+                            (!stored).then_some(&bytes[..])
+                        }
+                        _ => None,
+                    };
+                    index_log::encode(&record, bytes, &mut buf)
                         .map_err(|e| Error::invalid_input(format!("{ns}/{key}: {e}")))?;
                     match record {
-                        LogRecord::Version(info) => view.added.push(info),
+                        LogRecord::Version(info) => {
+                            if bytes.is_some() {
+                                inlined.insert(info.hash);
+                            }
+                            view.added.push(info);
+                        }
                         LogRecord::Purge { .. } => {
+                            for info in view.iter() {
+                                inlined.remove(&info.hash);
+                                purged.insert(info.hash);
+                            }
                             view.base = &[];
                             view.added.clear();
                         }
@@ -549,6 +721,7 @@ impl Core {
             }
         }
         if !buf.is_empty() {
+            self.upgrade_format()?;
             self.append(&buf, append)?;
             self.catch_up(&mut self.write_state(), true)?;
         }
@@ -562,6 +735,41 @@ impl Core {
             }
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Whether the payload `hash` is stored already, so a new record can reference it without
+    /// bytes of its own: inline in the log, or as a payload file that a version references (and
+    /// that exists: a missing one is stored again, inline). A payload file no version
+    /// references is garbage for `gc` and not relied on. Called under the writer lock.
+    fn payload_stored(&self, index: &super::index::Index, hash: &ContentHash) -> bool {
+        match index.payload(hash) {
+            Some(p) if p.inline.is_some() => true,
+            Some(_) => self.blobs.path_of(hash).is_file(),
+            None => false,
+        }
+    }
+
+    /// Raises a version-1 log to the current format before the first append. Under the writer
+    /// lock.
+    fn upgrade_format(&self) -> Result<()> {
+        if self.read_state().version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let mut state = self.write_state();
+        let io_err = |e| {
+            Error::io(
+                format!("raising the format version of {}", self.log_path.display()),
+                e,
+            )
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.log_path)
+            .map_err(io_err)?;
+        index_log::upgrade_header(&file, self.durability == Durability::Sync).map_err(io_err)?;
+        tracing::info!(log = %self.log_path.display(), "index log upgraded from format version {} to {FORMAT_VERSION}", state.version);
+        state.version = FORMAT_VERSION;
+        Ok(())
     }
 
     /// Appends `buf` at the end of the log and makes it durable; on failure the log is cut back
@@ -602,14 +810,28 @@ impl Core {
         Ok(())
     }
 
-    /// Rewrites the log with one record per existing version. Under the writer lock.
+    /// Rewrites the log with one record per existing version; each inline payload still
+    /// referenced is copied once, after the first record that references it. Under the writer
+    /// lock.
     fn compact(&self, state: &mut LogState) -> Result<CompactReport> {
         let bytes_before = state.offset;
+        let dead = state.index.dead_inline();
         let io_err = |e| Error::io(format!("compacting {}", self.log_path.display()), e);
         let mut file = AtomicFile::create_in(&self.root, self.durability).map_err(io_err)?;
         let mut buf = index_log::header().to_vec();
+        let mut copied: HashSet<ContentHash> = HashSet::new();
+        let mut payload = Vec::new();
         for info in state.index.all_versions() {
-            index_log::encode(&LogRecord::Version(info.clone()), &mut buf).map_err(io_err)?;
+            let inline = match state.index.payload(&info.hash).and_then(|p| p.inline) {
+                Some(at) if copied.insert(info.hash) => {
+                    payload.resize(at.len as usize, 0);
+                    index_log::read_at(&state.file, &mut payload, at.offset).map_err(io_err)?;
+                    Some(&payload[..])
+                }
+                _ => None,
+            };
+            index_log::encode(&LogRecord::Version(info.clone()), inline, &mut buf)
+                .map_err(io_err)?;
             if buf.len() >= 1 << 20 {
                 file.write_all(&buf).map_err(io_err)?;
                 buf.clear();
@@ -623,11 +845,14 @@ impl Core {
         Ok(CompactReport {
             bytes_before,
             bytes_after,
+            payloads_dropped: dead.payloads,
+            payload_bytes_dropped: dead.bytes,
         })
     }
 }
 
-fn open_log(path: &Path) -> Result<(File, u64)> {
+/// Opens the log for reading; returns it, its inode and its format version.
+fn open_log(path: &Path) -> Result<(File, u64, u8)> {
     let mut file =
         File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let ino = inode(
@@ -636,7 +861,7 @@ fn open_log(path: &Path) -> Result<(File, u64)> {
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
     );
     match index_log::check_header(&mut file) {
-        Ok(Ok(())) => Ok((file, ino)),
+        Ok(Ok(version)) => Ok((file, ino, version)),
         Ok(Err(why)) => Err(Error::corrupt(
             PROVIDER,
             format!("{} cannot be read: {why}", path.display()),
@@ -709,6 +934,7 @@ fn decide(
             size,
             metadata,
             mode,
+            ..
         } => {
             match mode {
                 PutMode::Overwrite => {}
@@ -788,6 +1014,27 @@ fn decide(
     ))
 }
 
+impl Core {
+    /// The error for an inline payload that could not be read or did not match its hash.
+    fn inline_error(&self, info: &RecordInfo, at: InlineAt, e: std::io::Error) -> Error {
+        let what = format!("{}/{} version {}", info.namespace, info.key, info.version);
+        let place = format!(
+            "{} bytes at offset {} of {}",
+            at.len,
+            at.offset,
+            self.log_path.display()
+        );
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Error::corrupt(
+                PROVIDER,
+                format!("the payload of {what}, kept in the index log ({place}), is damaged: {e}; run `stowage verify`"),
+            )
+        } else {
+            Error::io(format!("reading the payload of {what} from {place}"), e)
+        }
+    }
+}
+
 fn blob_error(core: &Core, info: &RecordInfo, e: std::io::Error) -> Error {
     let path = core.blobs.path_of(&info.hash);
     let what = format!("{}/{} version {}", info.namespace, info.key, info.version);
@@ -848,7 +1095,23 @@ impl StorageBackend for FsBackend {
                     .map_err(|e| Error::backend(PROVIDER, "waiting for gc failed", e))??
             }
         };
-        let (hash, size) = core.blobs.write_body(body).await?;
+        let (hash, size, inline) = match small_payload(body, core.inline_max).await? {
+            Ok(bytes) => {
+                let hash = if bytes.len() as u64 <= SMALL_READ {
+                    ContentHash::of(&bytes)
+                } else {
+                    let bytes = bytes.clone();
+                    tokio::task::spawn_blocking(move || ContentHash::of(&bytes))
+                        .await
+                        .map_err(|e| Error::backend(PROVIDER, "hashing the payload failed", e))?
+                };
+                (hash, bytes.len() as u64, Some(bytes))
+            }
+            Err(body) => {
+                let (hash, size) = core.blobs.write_body(body).await?;
+                (hash, size, None)
+            }
+        };
         self.write(
             ns,
             key,
@@ -857,6 +1120,7 @@ impl StorageBackend for FsBackend {
                 size,
                 metadata,
                 mode,
+                inline,
             },
         )
         .await
@@ -868,8 +1132,17 @@ impl StorageBackend for FsBackend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
-        let info = self.find(ns, key, options.version).await?;
         let core = self.core().await?;
+        let (info, inline) = {
+            let state = core.fresh_state()?;
+            let info = find_in(&state.index, ns, key, options.version)?;
+            let inline = state
+                .index
+                .payload(&info.hash)
+                .and_then(|p| p.inline)
+                .map(|at| (state.file.clone(), at));
+            (info, inline)
+        };
         let (offset, len) = options
             .range
             .unwrap_or(ByteRange {
@@ -877,7 +1150,22 @@ impl StorageBackend for FsBackend {
                 end: None,
             })
             .resolve(info.size)?;
-        let whole = (offset == 0 && len == info.size).then_some(info.size);
+        let whole = offset == 0 && len == info.size;
+        if let Some((file, at)) = inline {
+            let bytes = if len <= SMALL_READ {
+                read_inline(&file, at, offset, len, whole.then_some(&info.hash))
+            } else {
+                let hash = info.hash;
+                tokio::task::spawn_blocking(move || {
+                    read_inline(&file, at, offset, len, whole.then_some(&hash))
+                })
+                .await
+                .map_err(|e| Error::backend(PROVIDER, "reading an inline payload failed", e))?
+            }
+            .map_err(|e| core.inline_error(&info, at, e))?;
+            return Ok((info, Body::from_bytes(bytes)));
+        }
+        let whole = whole.then_some(info.size);
         let body = if len <= SMALL_READ {
             Body::from_bytes(
                 core.blobs
@@ -921,22 +1209,19 @@ impl StorageBackend for FsBackend {
 
     async fn list(&self, ns: &Namespace, options: ListOptions) -> Result<Page<RecordInfo>> {
         let core = self.core().await?;
-        core.refresh()?;
-        let state = core.read_state();
+        let state = core.fresh_state()?;
         state.index.list(ns, &options)
     }
 
     async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
         let core = self.core().await?;
-        core.refresh()?;
-        let state = core.read_state();
+        let state = core.fresh_state()?;
         state.index.search(ns, query)
     }
 
     async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
         let core = self.core().await?;
-        core.refresh()?;
-        let state = core.read_state();
+        let state = core.fresh_state()?;
         match state.index.versions(ns, key) {
             Some(v) => Ok(v.to_vec()),
             None => Err(Error::not_found(ns, key, None)),
@@ -974,7 +1259,11 @@ impl StorageBackend for FsBackend {
             .await
             .map_err(|e| Error::backend(PROVIDER, "waiting for writers failed", e))??;
         core.refresh()?;
-        let referenced = core.read_state().index.referenced_hashes();
+        let (referenced, inline): (HashSet<ContentHash>, Vec<ContentHash>) = {
+            let state = core.read_state();
+            let inline = state.index.inline_payloads().map(|(h, _)| *h).collect();
+            (state.index.referenced_hashes(), inline)
+        };
         let store = core.blobs.clone();
         let stored = tokio::task::spawn_blocking(move || store.list_all())
             .await
@@ -982,6 +1271,9 @@ impl StorageBackend for FsBackend {
             .map_err(|e| Error::io("listing the payload blobs", e))?;
         progress.set_total(stored.len() as u64);
         let mut report = GcReport::default();
+        // Inline payloads are kept too; a payload both inline and in a file counts once.
+        let files: HashSet<ContentHash> = stored.iter().map(|(h, _)| *h).collect();
+        report.blobs_kept += inline.iter().filter(|h| !files.contains(h)).count() as u64;
         for chunk in stored.chunks(256) {
             let doomed: Vec<(ContentHash, u64)> = chunk
                 .iter()
@@ -1016,16 +1308,23 @@ impl StorageBackend for FsBackend {
             progress.inc(chunk.len() as u64);
         }
         drop(exclusive);
+        // Inline payloads of purged keys (and the purge records) go with a compaction; only
+        // payloads count as freed, as for files.
+        if core.log_garbage() > 0 {
+            let compacted = self.compact().await?;
+            report.blobs_removed += compacted.payloads_dropped;
+            report.bytes_freed += compacted.payload_bytes_dropped;
+        }
         Ok(report)
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
         let core = self.core().await?.clone();
         core.refresh()?;
-        let mut by_hash: HashMap<ContentHash, (u64, Vec<(String, String, Version)>)> =
-            HashMap::new();
+        type Refs = Vec<(String, String, Version)>;
+        let mut by_hash: HashMap<ContentHash, (u64, Refs)> = HashMap::new();
         let mut report = VerifyReport::default();
-        {
+        let (log, inline) = {
             let state = core.read_state();
             for info in state.index.all_versions() {
                 report.records_checked += 1;
@@ -1039,7 +1338,12 @@ impl StorageBackend for FsBackend {
                         info.version,
                     ));
             }
-        }
+            let inline: HashMap<ContentHash, InlineAt> = by_hash
+                .keys()
+                .filter_map(|h| Some((*h, state.index.payload(h)?.inline?)))
+                .collect();
+            (state.file.clone(), inline)
+        };
         for entry in fs::read_dir(&core.root)
             .map_err(|e| Error::io(format!("listing {}", core.root.display()), e))?
         {
@@ -1064,6 +1368,51 @@ impl StorageBackend for FsBackend {
         let mut hashes: Vec<_> = by_hash.into_iter().collect();
         hashes.sort_by_key(|h| h.0);
         for (hash, (size, refs)) in hashes {
+            if let Some(&at) = inline.get(&hash) {
+                let file = log.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    read_inline(&file, at, 0, u64::from(at.len), Some(&hash))
+                })
+                .await
+                .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
+                let place = format!(
+                    "{} bytes at offset {} of {}",
+                    at.len,
+                    at.offset,
+                    core.log_path.display()
+                );
+                let problem = match read {
+                    Ok(bytes) => {
+                        report.blobs_checked += 1;
+                        report.bytes_checked += bytes.len() as u64;
+                        (bytes.len() as u64 != size).then(|| {
+                            (
+                                "corrupt",
+                                format!("the payload kept in the index log ({place}) is not the recorded {size} bytes"),
+                            )
+                        })
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Some((
+                        "corrupt",
+                        format!("the payload kept in the index log ({place}) is damaged: {e}"),
+                    )),
+                    Err(e) => Some(("unreadable", format!("{place}: {e}"))),
+                };
+                if let Some((what, detail)) = problem {
+                    for (ns, key, version) in refs {
+                        report.problems.push(VerifyProblem {
+                            namespace: Some(ns),
+                            key: Some(key),
+                            version: Some(version),
+                            hash: Some(hash),
+                            problem: what.into(),
+                            detail: detail.clone(),
+                        });
+                    }
+                }
+                progress.inc(1);
+                continue;
+            }
             let store = core.blobs.clone();
             let found = tokio::task::spawn_blocking(move || store.rehash(&hash))
                 .await
@@ -1102,8 +1451,7 @@ impl StorageBackend for FsBackend {
 
     async fn namespaces(&self) -> Result<Vec<Namespace>> {
         let core = self.core().await?;
-        core.refresh()?;
-        let state = core.read_state();
+        let state = core.fresh_state()?;
         Ok(state.index.namespaces())
     }
 }

@@ -15,6 +15,7 @@ use super::PROVIDER;
 /// [storage.config]
 /// root = "stowage-data/fs"   # created if missing
 /// fsync = "always"            # or "never"
+/// inline_max = 16384          # payloads up to this many bytes live in the index log; 0 = never
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,22 @@ pub struct FsConfig {
     /// When writes are forced to stable storage.
     #[serde(default)]
     pub fsync: FsyncMode,
+    /// Payloads of at most this many bytes are kept inside the index log instead of a file of
+    /// their own, so a small durable put costs one `fsync` instead of three. `0` keeps every
+    /// payload in a file; at most [`MAX_INLINE`].
+    #[serde(default = "default_inline_max")]
+    pub inline_max: u64,
+}
+
+/// The default of [`FsConfig::inline_max`]: 16 KiB.
+pub const DEFAULT_INLINE_MAX: u64 = 16 * 1024;
+
+/// The largest accepted [`FsConfig::inline_max`]: 1 MiB (the index log is replayed at open, and
+/// payloads larger than this gain nothing from skipping their own file).
+pub const MAX_INLINE: u64 = 1 << 20;
+
+fn default_inline_max() -> u64 {
+    DEFAULT_INLINE_MAX
 }
 
 /// Whether a write is on stable storage before it is acknowledged.
@@ -52,7 +69,25 @@ impl FsConfig {
                 "is empty; give the directory the fs provider should keep its data in",
             ));
         }
+        if cfg.inline_max > MAX_INLINE {
+            return Err(Error::invalid_config(
+                "storage.config.inline_max",
+                format!(
+                    "is {} bytes, over the 1 MiB ({MAX_INLINE} bytes) limit; payloads that large are better kept in files: use at most {MAX_INLINE}, or 0 to keep every payload in a file",
+                    cfg.inline_max
+                ),
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// A config for `root` with every other setting at its default.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsConfig {
+            root: root.into(),
+            fsync: FsyncMode::default(),
+            inline_max: DEFAULT_INLINE_MAX,
+        }
     }
 
     /// The JSON Schema of this config.
@@ -73,6 +108,13 @@ impl FsConfig {
                     "enum": ["always", "never"],
                     "default": "always",
                     "description": "`always`: acknowledged writes survive a power cut. `never`: faster, survives process crashes only."
+                },
+                "inline_max": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_INLINE,
+                    "default": DEFAULT_INLINE_MAX,
+                    "description": "Payloads of at most this many bytes are stored inside the index log (one fsync per durable put instead of three); 0 = every payload in a file of its own."
                 }
             }
         })
@@ -101,5 +143,23 @@ mod tests {
         assert!(err.to_string().contains("rot"), "{err}");
         let err = FsConfig::from_json(&json!({"root": ""})).unwrap_err();
         assert!(err.to_string().contains("root"), "{err}");
+        assert_eq!(cfg.inline_max, DEFAULT_INLINE_MAX);
+        let cfg = FsConfig::from_json(&json!({"root": "x", "inline_max": 0})).unwrap();
+        assert_eq!(cfg.inline_max, 0);
+        let cfg = FsConfig::from_json(&json!({"root": "x", "inline_max": MAX_INLINE})).unwrap();
+        assert_eq!(cfg.inline_max, MAX_INLINE);
+        let err =
+            FsConfig::from_json(&json!({"root": "x", "inline_max": MAX_INLINE + 1})).unwrap_err();
+        assert!(
+            err.to_string().contains("storage.config.inline_max")
+                && err.to_string().contains("1 MiB"),
+            "{err}"
+        );
+        let err = FsConfig::from_json(&json!({"root": "x", "inline_max": -1})).unwrap_err();
+        assert!(err.to_string().contains("inline_max"), "{err}");
+        assert_eq!(
+            FsConfig::new("x"),
+            FsConfig::from_json(&json!({"root": "x"})).unwrap()
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! The in-memory index: every version of every key, per namespace, in key order, plus a tag
-//! index, so `list`, `search`, `head` and `versions` never touch a payload file.
+//! index, so `list`, `search`, `head` and `versions` never touch a payload file; and per
+//! payload hash, how many versions reference it and, for a payload kept inside the log, where
+//! its bytes are.
 //!
 //! The index is only ever changed by applying [`LogRecord`]s read from the index log, whether
 //! at open, when catching up with another process, or after this process's own append: one
@@ -12,7 +14,7 @@ use stowage_core::{
     ContentHash, Key, ListOptions, Namespace, Order, Page, Query, RecordInfo, Result,
 };
 
-use super::index_log::LogRecord;
+use super::index_log::{Framed, InlineAt, LogRecord};
 
 /// Every version of one key, oldest first.
 #[derive(Debug, Default)]
@@ -41,21 +43,74 @@ fn untag(index: &mut HashMap<String, BTreeSet<String>>, key: &str, tags: &BTreeS
     }
 }
 
+/// One payload, as the versions referencing it see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Payload {
+    /// Versions (tombstones included) whose hash is this payload's.
+    refs: u64,
+    /// Where the bytes are in the log, when kept inline; `None`: in a payload file.
+    pub inline: Option<InlineAt>,
+}
+
+/// Drops one reference to `hash`; the last one frees the payload (and its inline bytes
+/// become garbage, counted in `dead`).
+fn unref(
+    payloads: &mut HashMap<ContentHash, Payload>,
+    live_bytes: &mut u64,
+    dead: &mut DeadInline,
+    hash: &ContentHash,
+) {
+    let Some(payload) = payloads.get_mut(hash) else {
+        return;
+    };
+    payload.refs -= 1;
+    if payload.refs == 0 {
+        if let Some(at) = payload.inline {
+            *live_bytes -= u64::from(at.len);
+            dead.payloads += 1;
+            dead.bytes += u64::from(at.len);
+        }
+        payloads.remove(hash);
+    }
+}
+
+/// Inline payloads in the log that no version references any more (freed by a compaction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DeadInline {
+    /// How many.
+    pub payloads: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// The whole index.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     namespaces: BTreeMap<Namespace, NsIndex>,
-    /// Log bytes describing versions that still exist; the rest of the log is garbage.
+    /// Every referenced payload by hash: dedup and the location of inline bytes.
+    payloads: HashMap<ContentHash, Payload>,
+    /// Log bytes describing versions that still exist, plus the inline bytes of referenced
+    /// payloads; the rest of the log is garbage.
     live_bytes: u64,
     versions: u64,
+    dead_inline: DeadInline,
 }
 
 impl Index {
-    /// Applies one log record of `frame_len` bytes. A version that does not follow its key's
-    /// latest one is refused: the log is then not one this provider wrote.
-    pub(crate) fn apply(&mut self, record: LogRecord, frame_len: u64) -> Result<(), String> {
+    /// Applies one log record, framed as `framed` says. A version that does not follow its
+    /// key's latest one is refused: the log is then not one this provider wrote.
+    pub(crate) fn apply(&mut self, record: LogRecord, framed: Framed) -> Result<(), String> {
+        let frame_len = framed.frame_len;
         match record {
             LogRecord::Version(info) => {
+                if let Some(at) = framed.inline {
+                    if u64::from(at.len) != info.size {
+                        return Err(format!(
+                            "version {} of {}/{} carries {} inline payload bytes but has size {}",
+                            info.version, info.namespace, info.key, at.len, info.size
+                        ));
+                    }
+                }
                 if !self.namespaces.contains_key(&info.namespace) {
                     self.namespaces
                         .insert(info.namespace.clone(), NsIndex::default());
@@ -102,6 +157,16 @@ impl Index {
                     }
                 }
                 state.log_bytes += frame_len;
+                let payload = self.payloads.entry(info.hash).or_insert(Payload {
+                    refs: 0,
+                    inline: None,
+                });
+                payload.refs += 1;
+                // Bytes of a payload already located stay garbage: reads use the first copy.
+                if let (Some(at), None) = (framed.inline, payload.inline) {
+                    payload.inline = Some(at);
+                    self.live_bytes += u64::from(at.len);
+                }
                 state.versions.push(info);
                 self.live_bytes += frame_len;
                 self.versions += 1;
@@ -114,6 +179,14 @@ impl Index {
                         }
                         self.live_bytes -= state.log_bytes;
                         self.versions -= state.versions.len() as u64;
+                        for info in &state.versions {
+                            unref(
+                                &mut self.payloads,
+                                &mut self.live_bytes,
+                                &mut self.dead_inline,
+                                &info.hash,
+                            );
+                        }
                     }
                     if nsi.keys.is_empty() {
                         self.namespaces.remove(&ns);
@@ -124,9 +197,27 @@ impl Index {
         Ok(())
     }
 
-    /// Log bytes of records that still describe a version.
+    /// Log bytes of records that still describe a version, plus the inline bytes of payloads
+    /// still referenced.
     pub(crate) fn live_bytes(&self) -> u64 {
         self.live_bytes
+    }
+
+    /// Inline payloads in the log that no version references any more.
+    pub(crate) fn dead_inline(&self) -> DeadInline {
+        self.dead_inline
+    }
+
+    /// Every referenced payload kept inline, with where its bytes are.
+    pub(crate) fn inline_payloads(&self) -> impl Iterator<Item = (&ContentHash, InlineAt)> {
+        self.payloads
+            .iter()
+            .filter_map(|(h, p)| Some((h, p.inline?)))
+    }
+
+    /// The payload of `hash`, if any version references it.
+    pub(crate) fn payload(&self, hash: &ContentHash) -> Option<&Payload> {
+        self.payloads.get(hash)
     }
 
     /// Number of versions (all keys, all namespaces).
@@ -155,7 +246,7 @@ impl Index {
     /// Hashes referenced by any version (tombstones reference what they deleted, so a
     /// `restore` can bring it back).
     pub(crate) fn referenced_hashes(&self) -> HashSet<ContentHash> {
-        self.all_versions().map(|i| i.hash).collect()
+        self.payloads.keys().copied().collect()
     }
 
     /// Namespaces with at least one key.
@@ -267,7 +358,25 @@ mod tests {
     use super::*;
     use stowage_core::{Metadata, Timestamp};
 
+    fn framed(frame_len: u64) -> Framed {
+        Framed {
+            frame_len,
+            inline: None,
+        }
+    }
+
     fn put(idx: &mut Index, key: &str, v: u64, tags: &[&str]) -> Result<(), String> {
+        put_payload(idx, key, v, tags, key.as_bytes(), None)
+    }
+
+    fn put_payload(
+        idx: &mut Index,
+        key: &str,
+        v: u64,
+        tags: &[&str],
+        payload: &[u8],
+        inline: Option<InlineAt>,
+    ) -> Result<(), String> {
         let mut m = Metadata::new();
         for t in tags {
             m = m.with_tag(*t);
@@ -277,15 +386,18 @@ mod tests {
                 namespace: Namespace::default(),
                 key: Key::new(key).unwrap(),
                 version: v,
-                hash: ContentHash::of(key.as_bytes()),
-                size: 1,
+                hash: ContentHash::of(payload),
+                size: payload.len() as u64,
                 created_at: Timestamp::from_micros(0),
                 updated_at: Timestamp::from_micros(0),
                 deleted_at: None,
                 metadata: m,
                 conflicts: Vec::new(),
             }),
-            100,
+            Framed {
+                frame_len: 100,
+                inline,
+            },
         )
     }
 
@@ -316,7 +428,7 @@ mod tests {
                 ns: Namespace::default(),
                 k: Key::new("a").unwrap(),
             },
-            50,
+            framed(50),
         )
         .unwrap();
         assert_eq!(idx.live_bytes(), 0);
@@ -365,6 +477,43 @@ mod tests {
         assert_eq!(
             s2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
             ["a/3", "ab"]
+        );
+    }
+
+    #[test]
+    fn inline_payloads_are_counted_by_reference() {
+        let mut idx = Index::default();
+        let ns = Namespace::default();
+        let at = |offset| InlineAt { offset, len: 5 };
+        let hash = ContentHash::of(b"hello");
+        put_payload(&mut idx, "a", 1, &[], b"hello", Some(at(10))).unwrap();
+        // A second record of the same payload without bytes (dedup), one with a second copy.
+        put_payload(&mut idx, "b", 1, &[], b"hello", None).unwrap();
+        put_payload(&mut idx, "c", 1, &[], b"hello", Some(at(500))).unwrap();
+        assert_eq!(idx.payload(&hash).unwrap().inline, Some(at(10)));
+        assert_eq!(idx.live_bytes(), 300 + 5);
+        // Inline bytes must match the size the record claims.
+        let short = put_payload(&mut idx, "d", 1, &[], b"hello!", Some(at(900)));
+        assert!(short.unwrap_err().contains("inline"));
+        for (k, left) in [("a", 200 + 5), ("b", 100 + 5), ("c", 0)] {
+            idx.apply(
+                LogRecord::Purge {
+                    ns: ns.clone(),
+                    k: Key::new(k).unwrap(),
+                },
+                framed(50),
+            )
+            .unwrap();
+            assert_eq!(idx.live_bytes(), left, "after purging {k}");
+        }
+        assert!(idx.payload(&hash).is_none());
+        assert!(idx.referenced_hashes().is_empty());
+        assert_eq!(
+            idx.dead_inline(),
+            DeadInline {
+                payloads: 1,
+                bytes: 5
+            }
         );
     }
 }

@@ -4,25 +4,39 @@
 //! Layout (all integers little-endian; see `docs/formats.md`):
 //!
 //! ```text
-//! header  : b"STOWFSIX" (8) | format version u8 (= 1) | 7 reserved zero bytes
+//! header  : b"STOWFSIX" (8) | format version u8 (= 2) | 7 reserved zero bytes
 //! record* : payload length u32 | checksum u32 (first 4 bytes of blake3(payload)) | payload
+//!           | inline payload bytes (only when the payload's flags say so)
 //! payload : kind u8 (1 version, 2 purge) | namespace | key | [version fields] (docs/formats.md)
 //! ```
 //!
-//! A record counts only when its whole frame is present and its checksum matches. A frame cut
-//! short at the end of the file is a *torn tail* (a writer died mid-append); a complete frame
-//! with a wrong checksum or an undecodable payload is *corruption*. Either way the scan stops
-//! there: everything before is served, nothing from there on is.
+//! A record counts only when its whole frame (and its inline bytes) are present and its
+//! checksum matches. A record cut short at the end of the file is a *torn tail* (a writer died
+//! mid-append); a complete frame with a wrong checksum or an undecodable payload is
+//! *corruption*. Either way the scan stops there: everything before is served, nothing from
+//! there on is.
+//!
+//! Inline payload bytes are not covered by the frame checksum: a scan seeks over them (within
+//! its read buffer, or past it for large ones), never copying or hashing them, so replay cost
+//! hardly grows with payload size. They are checked against the record's blake3 content hash
+//! whenever they are read whole, as payload files are.
+//!
+//! Format version 1 is version 2 without inline payloads; a version-1 log is read as it is and
+//! its version byte is raised to 2 (see [`upgrade_header`]) before the first append.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use stowage_core::{ContentHash, Key, Metadata, Namespace, RecordInfo, Timestamp};
 
+use super::config::MAX_INLINE;
+
 /// First bytes of every index log.
 pub(crate) const MAGIC: &[u8; 8] = b"STOWFSIX";
-/// The format version this code writes and reads.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+/// The format version this code writes (it reads this one and every older one).
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// Offset of the format version byte in the header.
+const VERSION_OFFSET: u64 = 8;
 /// Bytes before the first record.
 pub(crate) const HEADER_LEN: u64 = 16;
 /// Bytes before each record's payload (length + checksum).
@@ -57,14 +71,14 @@ impl std::fmt::Display for HeaderError {
             HeaderError::BadMagic => f.write_str("it does not start with STOWFSIX; it is not a stowage fs index log"),
             HeaderError::Version(v) => write!(
                 f,
-                "it has format version {v}, this stowage reads version {FORMAT_VERSION}; use a stowage release that knows version {v}"
+                "it has format version {v}, this stowage reads versions 1 to {FORMAT_VERSION}; use a stowage release that knows version {v}"
             ),
         }
     }
 }
 
-/// Checks the header of an open log (reads from the start).
-pub(crate) fn check_header(file: &mut File) -> io::Result<Result<(), HeaderError>> {
+/// Checks the header of an open log (reads from the start); returns its format version.
+pub(crate) fn check_header(file: &mut File) -> io::Result<Result<u8, HeaderError>> {
     let mut h = [0u8; HEADER_LEN as usize];
     file.seek(SeekFrom::Start(0))?;
     let mut got = 0;
@@ -78,10 +92,57 @@ pub(crate) fn check_header(file: &mut File) -> io::Result<Result<(), HeaderError
     if &h[..8] != MAGIC {
         return Ok(Err(HeaderError::BadMagic));
     }
-    if h[8] != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&h[8]) {
         return Ok(Err(HeaderError::Version(h[8])));
     }
-    Ok(Ok(()))
+    Ok(Ok(h[8]))
+}
+
+/// Raises an older log's version byte to [`FORMAT_VERSION`], so releases that only know the old
+/// format refuse it (with a message naming both versions) instead of misreading inline
+/// payloads. Called under the writer lock, before the first append to such a log.
+pub(crate) fn upgrade_header(file: &File, sync: bool) -> io::Result<()> {
+    write_at(file, &[FORMAT_VERSION], VERSION_OFFSET)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(buf)
+}
+
+/// Reads `buf.len()` bytes at `offset` without moving any shared file position, so readers on
+/// several threads can share one open log.
+#[cfg(unix)]
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Reads `buf.len()` bytes at `offset`.
+#[cfg(windows)]
+pub(crate) fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One entry of the log.
@@ -102,6 +163,27 @@ const KIND_VERSION: u8 = 1;
 const KIND_PURGE: u8 = 2;
 const FLAG_DELETED: u8 = 1;
 const FLAG_CONTENT_TYPE: u8 = 2;
+/// Format version 2: the record ends with `inline_len: u32` and that many payload bytes follow
+/// the frame.
+const FLAG_INLINE: u8 = 4;
+
+/// Where a payload kept inside the log lives: `len` bytes at `offset` of the log file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InlineAt {
+    /// Offset of the first payload byte in the log file.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+/// What a scan found besides the record itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Framed {
+    /// Bytes of the frame (length, checksum and record), inline payload bytes not included.
+    pub frame_len: u64,
+    /// The payload bytes that follow the frame, if the record carries them.
+    pub inline: Option<InlineAt>,
+}
 
 fn checksum(payload: &[u8]) -> u32 {
     let h = blake3::hash(payload);
@@ -123,14 +205,38 @@ fn put_str16(out: &mut Vec<u8>, what: &str, s: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Appends the framed encoding of `record` to `out`, returning the frame length. The payload
-/// is a small hand-written binary encoding (see `docs/formats.md`): replaying 100 000 records
-/// must take well under a second.
-pub(crate) fn encode(record: &LogRecord, out: &mut Vec<u8>) -> io::Result<u64> {
+/// Appends the framed encoding of `record` to `out`, followed by `inline` (the payload bytes of
+/// a version record kept in the log), returning the frame length (inline bytes not included).
+/// The record is a small hand-written binary encoding (see `docs/formats.md`): replaying
+/// 100 000 records must take well under a second.
+pub(crate) fn encode(
+    record: &LogRecord,
+    inline: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> io::Result<u64> {
+    let inline_len = match inline {
+        Some(bytes) if bytes.len() as u64 > MAX_INLINE => {
+            return Err(too_long(
+                "an inline payload",
+                bytes.len(),
+                MAX_INLINE as usize,
+            ))
+        }
+        Some(bytes) => {
+            if !matches!(record, LogRecord::Version(_)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "only a version record can carry an inline payload",
+                ));
+            }
+            Some(bytes.len() as u32)
+        }
+        None => None,
+    };
     let frame_start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN as usize]);
     let payload_start = out.len();
-    let written = encode_payload(record, out);
+    let written = encode_payload(record, inline_len, out);
     if let Err(e) = written {
         out.truncate(frame_start);
         return Err(e);
@@ -143,10 +249,17 @@ pub(crate) fn encode(record: &LogRecord, out: &mut Vec<u8>) -> io::Result<u64> {
     let sum = checksum(&out[payload_start..]);
     out[frame_start..frame_start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[frame_start + 4..payload_start].copy_from_slice(&sum.to_le_bytes());
+    if let Some(bytes) = inline {
+        out.extend_from_slice(bytes);
+    }
     Ok(FRAME_HEADER_LEN + len as u64)
 }
 
-fn encode_payload(record: &LogRecord, out: &mut Vec<u8>) -> io::Result<()> {
+fn encode_payload(
+    record: &LogRecord,
+    inline_len: Option<u32>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let (kind, ns, key) = match record {
         LogRecord::Version(i) => (KIND_VERSION, &i.namespace, &i.key),
         LogRecord::Purge { ns, k } => (KIND_PURGE, ns, k),
@@ -173,7 +286,7 @@ fn encode_payload(record: &LogRecord, out: &mut Vec<u8>) -> io::Result<()> {
         FLAG_CONTENT_TYPE
     } else {
         0
-    };
+    } | if inline_len.is_some() { FLAG_INLINE } else { 0 };
     out.push(flags);
     if let Some(d) = info.deleted_at {
         out.extend_from_slice(&d.as_micros().to_le_bytes());
@@ -191,6 +304,9 @@ fn encode_payload(record: &LogRecord, out: &mut Vec<u8>) -> io::Result<()> {
         let json = serde_json::to_vec(&meta.attributes).map_err(io::Error::other)?;
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
         out.extend_from_slice(&json);
+    }
+    if let Some(len) = inline_len {
+        out.extend_from_slice(&len.to_le_bytes());
     }
     Ok(())
 }
@@ -238,13 +354,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes one payload.
-pub(crate) fn decode(payload: &[u8]) -> Result<LogRecord, String> {
+/// Decodes one record; the second value is the length of the inline payload bytes that follow
+/// its frame, if any.
+pub(crate) fn decode(payload: &[u8]) -> Result<(LogRecord, Option<u32>), String> {
     let mut c = Cursor { buf: payload };
     let kind = c.u8("kind")?;
     let ns_len = c.u8("namespace")? as usize;
     let ns = Namespace::new(c.string(ns_len, "namespace")?).map_err(|e| e.to_string())?;
     let key = Key::new(c.str16("key")?).map_err(|e| e.to_string())?;
+    let mut inline_len = None;
     let record = match kind {
         KIND_PURGE => LogRecord::Purge { ns, k: key },
         KIND_VERSION => {
@@ -271,6 +389,15 @@ pub(crate) fn decode(payload: &[u8]) -> Result<LogRecord, String> {
                 metadata.attributes = serde_json::from_slice(c.take(attrs_len, "attributes")?)
                     .map_err(|e| format!("attributes do not decode: {e}"))?;
             }
+            if flags & FLAG_INLINE != 0 {
+                let len = c.u32("inline length")?;
+                if u64::from(len) > MAX_INLINE {
+                    return Err(format!(
+                        "inline payload length {len} is over the {MAX_INLINE}-byte limit"
+                    ));
+                }
+                inline_len = Some(len);
+            }
             LogRecord::Version(RecordInfo {
                 namespace: ns,
                 key,
@@ -289,7 +416,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<LogRecord, String> {
     if !c.buf.is_empty() {
         return Err(format!("{} unexpected bytes after the record", c.buf.len()));
     }
-    Ok(record)
+    Ok((record, inline_len))
 }
 
 /// Where and why a scan stopped before the end of the file.
@@ -339,13 +466,14 @@ pub(crate) struct ScanEnd {
 }
 
 /// Reads records from `start` up to `end` (the file length the caller saw), calling `apply`
-/// with each decoded record and its frame length. `apply` refusing a record (a version that
-/// does not follow its predecessor) stops the scan as corruption.
+/// with each decoded record, its frame length and where its inline payload lies (skipped, not
+/// read). `apply` refusing a record (a version that does not follow its predecessor) stops the
+/// scan as corruption.
 pub(crate) fn scan(
     file: &File,
     start: u64,
     end: u64,
-    mut apply: impl FnMut(LogRecord, u64) -> Result<(), String>,
+    mut apply: impl FnMut(LogRecord, Framed) -> Result<(), String>,
 ) -> io::Result<ScanEnd> {
     // Sized to the bytes to read: a catch-up after one append reads a few hundred bytes, and a
     // large buffer would cost an mmap per call.
@@ -391,7 +519,7 @@ pub(crate) fn scan(
                 DamageKind::Corrupt("checksum mismatch".into()),
             ));
         }
-        let record = match decode(&payload) {
+        let (record, inline_len) = match decode(&payload) {
             Ok(r) => r,
             Err(e) => {
                 return Ok(stop(
@@ -403,10 +531,28 @@ pub(crate) fn scan(
             }
         };
         let frame = FRAME_HEADER_LEN + u64::from(len);
-        if let Err(reason) = apply(record, frame) {
+        let inline = match inline_len {
+            Some(n) if end - offset - frame < u64::from(n) => {
+                return Ok(stop(offset, DamageKind::Torn));
+            }
+            Some(n) => {
+                // Skipped, not read: replay cost must not grow with the payloads' size.
+                reader.seek_relative(i64::from(n))?;
+                Some(InlineAt {
+                    offset: offset + frame,
+                    len: n,
+                })
+            }
+            None => None,
+        };
+        let framed = Framed {
+            frame_len: frame,
+            inline,
+        };
+        if let Err(reason) = apply(record, framed) {
             return Ok(stop(offset, DamageKind::Corrupt(reason)));
         }
-        offset += frame;
+        offset += frame + inline.map_or(0, |i| u64::from(i.len));
     }
     Ok(ScanEnd {
         offset,
@@ -440,10 +586,21 @@ mod tests {
     }
 
     fn write_log(records: &[LogRecord]) -> (tempfile::NamedTempFile, Vec<u64>) {
+        write_log_inline(
+            &records
+                .iter()
+                .map(|r| (r.clone(), None))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn write_log_inline(
+        records: &[(LogRecord, Option<&[u8]>)],
+    ) -> (tempfile::NamedTempFile, Vec<u64>) {
         let mut buf = header().to_vec();
         let mut ends = Vec::new();
-        for r in records {
-            encode(r, &mut buf).unwrap();
+        for (r, inline) in records {
+            encode(r, *inline, &mut buf).unwrap();
             ends.push(buf.len() as u64);
         }
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -452,21 +609,27 @@ mod tests {
     }
 
     fn scan_all(f: &File) -> (Vec<LogRecord>, ScanEnd) {
+        let (records, _, end) = scan_framed(f);
+        (records, end)
+    }
+
+    fn scan_framed(f: &File) -> (Vec<LogRecord>, Vec<Framed>, ScanEnd) {
         let len = f.metadata().unwrap().len();
-        let mut out = Vec::new();
-        let end = scan(f, HEADER_LEN, len, |r, _| {
-            out.push(r);
+        let (mut records, mut framed) = (Vec::new(), Vec::new());
+        let end = scan(f, HEADER_LEN, len, |r, fr| {
+            records.push(r);
+            framed.push(fr);
             Ok(())
         })
         .unwrap();
-        (out, end)
+        (records, framed, end)
     }
 
     #[test]
     fn round_trip() {
         let (f, ends) = write_log(&[rec(1), rec(2)]);
         let mut file = f.reopen().unwrap();
-        assert!(check_header(&mut file).unwrap().is_ok());
+        assert_eq!(check_header(&mut file).unwrap().unwrap(), FORMAT_VERSION);
         let (got, end) = scan_all(&file);
         assert_eq!(got, vec![rec(1), rec(2)]);
         assert_eq!(end.offset, ends[1]);
@@ -505,5 +668,77 @@ mod tests {
             check_header(&mut f).unwrap(),
             Err(HeaderError::BadMagic)
         ));
+    }
+
+    #[test]
+    fn inline_payloads_are_located_and_skipped() {
+        let big = vec![0x5Au8; 300_000];
+        let (f, ends) = write_log_inline(&[
+            (rec(1), Some(b"hello")),
+            (rec(2), None),
+            (rec(3), Some(&big)),
+            (rec(4), Some(b"")),
+        ]);
+        let file = f.reopen().unwrap();
+        let (got, framed, end) = scan_framed(&file);
+        assert_eq!(got, vec![rec(1), rec(2), rec(3), rec(4)]);
+        assert!(end.damage.is_none());
+        assert_eq!(end.offset, ends[3]);
+        let at = framed[0].inline.unwrap();
+        assert_eq!(at.offset + u64::from(at.len), ends[0]);
+        let mut buf = vec![0u8; at.len as usize];
+        read_at(&file, &mut buf, at.offset).unwrap();
+        assert_eq!(buf, b"hello");
+        assert_eq!(framed[1].inline, None);
+        assert_eq!(framed[1].frame_len, ends[1] - ends[0]);
+        let at = framed[2].inline.unwrap();
+        assert_eq!(
+            (at.offset, at.len),
+            (ends[2] - big.len() as u64, big.len() as u32)
+        );
+        assert_eq!(framed[3].inline.unwrap().len, 0);
+
+        // Inline bytes cut short by the end of the file: a torn tail, cut before the record.
+        file.set_len(ends[2] - 1).unwrap();
+        let (got, end) = scan_all(&file);
+        assert_eq!(got, vec![rec(1), rec(2)]);
+        let damage = end.damage.unwrap();
+        assert_eq!((damage.offset, damage.kind), (ends[1], DamageKind::Torn));
+
+        // A flipped inline byte is not the scan's business (the content hash catches it).
+        let (f, _) = write_log_inline(&[(rec(1), Some(b"hello")), (rec(2), None)]);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(f.path(), &bytes).unwrap();
+        let (got, end) = scan_all(&f.reopen().unwrap());
+        assert_eq!((got.len(), end.damage), (2, None));
+
+        let mut out = Vec::new();
+        let purge = LogRecord::Purge {
+            ns: Namespace::default(),
+            k: Key::new("a").unwrap(),
+        };
+        assert!(encode(&purge, Some(b"x"), &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn version_1_logs_are_read_and_upgraded() {
+        let (f, _) = write_log(&[rec(1), rec(2)]);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        bytes[8] = 1;
+        std::fs::write(f.path(), &bytes).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f.path())
+            .unwrap();
+        assert_eq!(check_header(&mut file).unwrap().unwrap(), 1);
+        let (got, end) = scan_all(&file);
+        assert_eq!((got.len(), end.damage), (2, None));
+        upgrade_header(&file, true).unwrap();
+        assert_eq!(check_header(&mut file).unwrap().unwrap(), FORMAT_VERSION);
+        assert_eq!(std::fs::read(f.path()).unwrap()[9..], bytes[9..]);
     }
 }

@@ -1,8 +1,13 @@
 //! The `fs` provider: a store in one directory, built as a small storage engine.
 //!
-//! - Payloads are content-addressed files under `blobs/ab/cdef…`, written to a temporary file
-//!   while hashed, fsynced, linked to their hash name and the directory fsynced; stored once
-//!   per hash (dedup), streamed both ways, range reads seek.
+//! - Small payloads (at most `inline_max` bytes, 16 KiB by default) are kept inside the index
+//!   log, right after the record of the version that first stores them: a small durable put is
+//!   one append and one `fdatasync`. Reads are one positioned read of the log, checked against
+//!   the payload's blake3 hash.
+//! - Larger payloads are content-addressed files under `blobs/ab/cdef…`, written to a temporary
+//!   file while hashed, fsynced, linked to their hash name and the directory fsynced; streamed
+//!   both ways, range reads seek.
+//! - Either way a payload is stored once per hash (dedup).
 //! - Metadata lives in `index.log`, an append-only log of checksummed records, replayed into an
 //!   in-memory index on open, so `list`, `search`, `head` and `versions` never read payloads.
 //!   A torn or corrupt tail is cut off (a corrupt one saved aside) and reported, never served.
@@ -19,6 +24,7 @@
 //! [storage.config]
 //! root = "stowage-data/fs"
 //! fsync = "always"   # default; "never" trades power-cut durability for speed
+//! inline_max = 16384 # default; payloads up to this size live in the index log, 0 = never
 //! ```
 
 mod backend;
@@ -34,7 +40,7 @@ use async_trait::async_trait;
 use stowage_core::{BuiltinProvider, Capabilities, Result, StorageBackend, StorageProviderFactory};
 
 pub use backend::{CompactReport, FsBackend};
-pub use config::{FsConfig, FsyncMode};
+pub use config::{FsConfig, FsyncMode, DEFAULT_INLINE_MAX, MAX_INLINE};
 
 /// The provider name (`provider = "fs"`).
 pub const PROVIDER: &str = "fs";
@@ -80,7 +86,7 @@ impl StorageProviderFactory for FsFactory {
     }
 
     fn description(&self) -> &str {
-        "a directory: content-addressed blobs and a crash-safe, checksummed index log"
+        "a directory: a crash-safe, checksummed index log holding small payloads, content-addressed files for large ones"
     }
 
     fn config_schema(&self) -> serde_json::Value {
