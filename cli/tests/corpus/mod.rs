@@ -230,7 +230,11 @@ pub async fn assert_holds_histories(
             let found = h.head(&key, Some(version)).await;
             if expected["deleted"] == Value::Bool(true) {
                 let err = found.expect_err("a tombstone version read back as live");
-                assert_eq!(err.kind(), ErrorKind::NotFound, "{ns}/{key} v{version}: {err}");
+                assert_eq!(
+                    err.kind(),
+                    ErrorKind::NotFound,
+                    "{ns}/{key} v{version}: {err}"
+                );
             } else {
                 let info = found.unwrap_or_else(|e| panic!("{ns}/{key} v{version}: {e}"));
                 assert_eq!(
