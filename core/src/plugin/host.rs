@@ -2,9 +2,9 @@
 //! adapter per provider implements [`StorageProviderFactory`] and a backend adapter implements
 //! [`StorageBackend`] over the plugin's vtables, so the rest of stowage never sees FFI.
 //!
-//! Async calls into the plugin run where blocking is allowed: in place with `block_in_place` on
-//! a multi-thread runtime, on tokio's blocking threads (`spawn_blocking`) on a current-thread
-//! one (see `blocking`); the cheap synchronous factory calls (`validate`, `config_schema`, `capabilities`) are made directly.
+//! Async calls into the plugin run where blocking is allowed ([`crate::run_blocking`]: in place
+//! on a multi-thread runtime, on tokio's blocking threads on a current-thread one); the cheap
+//! synchronous factory calls (`validate`, `config_schema`, `capabilities`) are made directly.
 //! Every adapter, body stream and writer holds an `Arc` of its library; the library itself is
 //! never unloaded (see the module docs of [`crate::plugin`]).
 
@@ -626,23 +626,11 @@ impl StorageProviderFactory for PluginFactory {
     }
 }
 
-/// Runs a plugin call, which blocks its thread, without stalling the async runtime. On a
-/// multi-thread runtime the call runs in place (`block_in_place`: the worker's other tasks move
-/// to another thread while this one waits in the plugin), so the answer reaches the caller
-/// without a thread hop on its way; a current-thread runtime cannot hand its tasks off, so
-/// there the call goes to the blocking pool.
+/// Runs a plugin call, which blocks its thread, without stalling the async runtime: the same
+/// rule as every provider's blocking work ([`crate::run_blocking`]), so on a multi-thread
+/// runtime the call runs in place and its answer reaches the caller without a thread hop.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
-        return tokio::task::block_in_place(f);
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Backend {
-            provider: "plugin host".into(),
-            message: format!("a plugin call's thread failed: {e}"),
-            source: None,
-        })?
+    crate::run_blocking("plugin host", f).await
 }
 
 /// One backend instance of a plugin; released when the last adapter, reader or writer using
