@@ -140,10 +140,8 @@ fn concurrent(
                         let (backend, ns, key) = (backend.clone(), ns.clone(), read_key.clone());
                         tokio::spawn(async move {
                             for _ in 0..PER_TASK {
-                                let (_, body) = backend
-                                    .get(&ns, &key, GetOptions::default())
-                                    .await
-                                    .unwrap();
+                                let (_, body) =
+                                    backend.get(&ns, &key, GetOptions::default()).await.unwrap();
                                 std::hint::black_box(body.into_bytes().await.unwrap());
                             }
                         })
