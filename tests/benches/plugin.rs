@@ -218,40 +218,6 @@ fn paired(
             let mean = t.iter().sum::<Duration>() / t.len() as u32;
             (mean.as_secs_f64() * 1e6, t[t.len() / 2].as_secs_f64() * 1e6)
         };
-        // CPU time of the whole process per operation, each side alone: unlike wall time, it
-        // is not inflated by other processes, so it shows whether a gap is work or waiting.
-        let cpu = |backend: &Arc<dyn StorageBackend>| {
-            let n = rounds / 2;
-            let start = process_cpu();
-            runtime.block_on(async {
-                for _ in 0..n {
-                    if op == "get" {
-                        let (_, body) = backend
-                            .get(ns, &read_key, GetOptions::default())
-                            .await
-                            .unwrap();
-                        std::hint::black_box(body.into_bytes().await.unwrap());
-                    } else {
-                        backend
-                            .put(
-                                ns,
-                                &write_key,
-                                Body::from(payload.clone()),
-                                Metadata::new(),
-                                PutMode::Overwrite,
-                            )
-                            .await
-                            .unwrap();
-                    }
-                }
-            });
-            (process_cpu() - start).as_secs_f64() * 1e6 / n as f64
-        };
-        let (d_cpu, p_cpu) = (cpu(&direct), cpu(&plugin));
-        println!(
-            "cpu per 4 KiB {op}: plugin {p_cpu:.1} µs vs direct {d_cpu:.1} µs = {:.2}x",
-            p_cpu / d_cpu
-        );
         let [mut d, mut p] = times;
         let ((d_mean, d_med), (p_mean, p_med)) = (stats(&mut d), stats(&mut p));
         println!(
@@ -264,18 +230,3 @@ fn paired(
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
-
-/// CPU time this process's threads have used so far, in nanoseconds where Linux reports it
-/// (`/proc/self/task/*/schedstat`); threads that ended meanwhile are not counted, which is why
-/// each measurement runs with the runtimes' threads already started. Zero elsewhere.
-fn process_cpu() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    let nanos: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
-}
