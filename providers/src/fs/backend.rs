@@ -1368,7 +1368,7 @@ impl StorageBackend for FsBackend {
         let mut hashes: Vec<_> = by_hash.into_iter().collect();
         hashes.sort_by_key(|h| h.0);
         for (hash, (size, refs)) in hashes {
-            if let Some(&at) = inline.get(&hash) {
+            let problem = if let Some(&at) = inline.get(&hash) {
                 let file = log.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     read_inline(&file, at, 0, u64::from(at.len), Some(&hash))
@@ -1381,7 +1381,7 @@ impl StorageBackend for FsBackend {
                     at.offset,
                     core.log_path.display()
                 );
-                let problem = match read {
+                match read {
                     Ok(bytes) => {
                         report.blobs_checked += 1;
                         report.bytes_checked += bytes.len() as u64;
@@ -1397,40 +1397,27 @@ impl StorageBackend for FsBackend {
                         format!("the payload kept in the index log ({place}) is damaged: {e}"),
                     )),
                     Err(e) => Some(("unreadable", format!("{place}: {e}"))),
-                };
-                if let Some((what, detail)) = problem {
-                    for (ns, key, version) in refs {
-                        report.problems.push(VerifyProblem {
-                            namespace: Some(ns),
-                            key: Some(key),
-                            version: Some(version),
-                            hash: Some(hash),
-                            problem: what.into(),
-                            detail: detail.clone(),
-                        });
+                }
+            } else {
+                let store = core.blobs.clone();
+                let found = tokio::task::spawn_blocking(move || store.rehash(&hash))
+                    .await
+                    .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
+                let path = core.blobs.path_of(&hash);
+                match found {
+                    Ok(None) => Some(("missing", format!("{} does not exist", path.display()))),
+                    Ok(Some((got, n))) => {
+                        report.blobs_checked += 1;
+                        report.bytes_checked += n;
+                        (got != hash || n != size).then(|| {
+                            (
+                                "corrupt",
+                                format!("{} holds {n} bytes hashing to {got}; expected {size} bytes hashing to {hash}", path.display()),
+                            )
+                        })
                     }
+                    Err(e) => Some(("unreadable", format!("{}: {e}", path.display()))),
                 }
-                progress.inc(1);
-                continue;
-            }
-            let store = core.blobs.clone();
-            let found = tokio::task::spawn_blocking(move || store.rehash(&hash))
-                .await
-                .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
-            let path = core.blobs.path_of(&hash);
-            let problem = match found {
-                Ok(None) => Some(("missing", format!("{} does not exist", path.display()))),
-                Ok(Some((got, n))) => {
-                    report.blobs_checked += 1;
-                    report.bytes_checked += n;
-                    (got != hash || n != size).then(|| {
-                        (
-                            "corrupt",
-                            format!("{} holds {n} bytes hashing to {got}; expected {size} bytes hashing to {hash}", path.display()),
-                        )
-                    })
-                }
-                Err(e) => Some(("unreadable", format!("{}: {e}", path.display()))),
             };
             if let Some((what, detail)) = problem {
                 for (ns, key, version) in refs {
