@@ -51,8 +51,8 @@ fn key(k: &str) -> Key {
     Key::new(k).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rust_kv_plugin_passes_the_conformance_kit() {
+/// Runs the whole kit against the Rust example plugin on the test's runtime.
+async fn kv_plugin_kit() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = json!({ "path": dir.path().join("kv.redb") });
@@ -63,14 +63,14 @@ async fn rust_kv_plugin_passes_the_conformance_kit() {
 
 /// The host calls plugins in place on a multi-thread runtime and on the blocking pool on a
 /// current-thread one (which cannot hand its tasks off); the kit must pass both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_kv_plugin_passes_the_conformance_kit() {
+    kv_plugin_kit().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn rust_kv_plugin_passes_the_conformance_kit_on_a_current_thread_runtime() {
-    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = json!({ "path": dir.path().join("kv.redb") });
-    testkit::run_all(factory(&library, "kv"), config)
-        .await
-        .assert_passed();
+    kv_plugin_kit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
