@@ -274,12 +274,17 @@ impl WriteContext {
         })
     }
 
-    /// One put in one round trip, its own transaction. `Err(None)`: the precondition failed.
-    pub(crate) async fn write_one(&self, put: &SmallPut) -> Result<Attempt> {
-        let mut conn = self.connection().await?;
+    /// Runs one small put's statements (`sql`: with its own transaction or in a savepoint):
+    /// the version written, or `Err(None)` when the precondition failed.
+    async fn run_put(
+        &self,
+        sql: &'static str,
+        put: &SmallPut,
+        conn: &mut TxnConn,
+    ) -> std::result::Result<Attempt, sqlx::Error> {
         let now = Timestamp::now().as_micros();
-        let result = bind_put_small(
-            PUT_SMALL_SQL,
+        let rows = bind_put_small(
+            sql,
             &put.request(),
             &put.hash,
             &put.data,
@@ -287,14 +292,20 @@ impl WriteContext {
             self.chunk_size,
         )
         .fetch_all(&mut *conn.conn)
-        .await;
-        match result {
-            Ok(rows) => {
+        .await?;
+        Ok(match rows.first() {
+            Some(r) => Ok(put.written(r, now)),
+            None => Err(None),
+        })
+    }
+
+    /// One put in one round trip, its own transaction. `Err(None)`: the precondition failed.
+    pub(crate) async fn write_one(&self, put: &SmallPut) -> Result<Attempt> {
+        let mut conn = self.connection().await?;
+        match self.run_put(PUT_SMALL_SQL, put, &mut conn).await {
+            Ok(attempt) => {
                 conn.settled = true;
-                Ok(match rows.first() {
-                    Some(r) => Ok(put.written(r, now)),
-                    None => Err(None),
-                })
+                Ok(attempt)
             }
             Err(e) => {
                 conn.roll_back().await;
@@ -322,23 +333,11 @@ impl WriteContext {
         }
         let mut results: Vec<Result<Attempt>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let put = &job.put;
-            let now = Timestamp::now().as_micros();
-            let result = bind_put_small(
-                PUT_SMALL_SAVEPOINT_SQL,
-                &put.request(),
-                &put.hash,
-                &put.data,
-                now,
-                self.chunk_size,
-            )
-            .fetch_all(&mut *conn.conn)
-            .await;
-            match result {
-                Ok(rows) => results.push(Ok(match rows.first() {
-                    Some(r) => Ok(put.written(r, now)),
-                    None => Err(None),
-                })),
+            match self
+                .run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, &mut conn)
+                .await
+            {
+                Ok(attempt) => results.push(Ok(attempt)),
                 Err(e) => {
                     let undo = sqlx::query("ROLLBACK TO put; RELEASE put;")
                         .execute(&mut *conn.conn)
