@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench -p stowage-providers --no-default-features --features automerge --bench automerge`
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,20 +19,13 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use stowage_core::{Key, Metadata, Namespace, PutMode, StorageBackend};
 use stowage_providers::automerge::{AutomergeBackend, AutomergeConfig};
+use support::runtime;
 
 const LONG: u64 = 10_000;
 const SHORT: u64 = 10;
 /// A short record is replaced by a fresh one after this many measured puts, so its history
 /// stays between 10 and 60 changes.
 const SHORT_ROTATE: u64 = 50;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn store(root: &Path) -> AutomergeBackend {
     let mut config = AutomergeConfig::new(root);

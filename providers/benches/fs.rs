@@ -16,6 +16,8 @@
 //!
 //! Run: `cargo bench -p stowage-providers --no-default-features --features fs --bench fs`
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,18 +31,11 @@ use stowage_core::{
     StorageBackend,
 };
 use stowage_providers::fs::{FsBackend, FsConfig};
+use support::{generated, runtime, vm_hwm_kib, BigTransfer};
 
 const SIZE: usize = 4096;
 const RSS_CHILD: &str = "STOWAGE_FS_BENCH_RSS_CHILD";
 const GIB: u64 = 1 << 30;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn fs_store(root: &Path, fsync: &str) -> FsBackend {
     FsBackend::new(
@@ -420,18 +415,6 @@ fn process_cpu_ms() -> u64 {
     ticks.max(0) as u64 * 10 // USER_HZ is 100 on Linux
 }
 
-/// Peak resident memory of this process so far, in KiB.
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// In a child process: 1 GiB put (streamed from a generator) and get (streamed, hashed).
 fn rss_child(root: &str) {
     let rt = runtime();
@@ -439,12 +422,7 @@ fn rss_child(root: &str) {
         let store = fs_store(Path::new(root), "always");
         store.initialize().await.unwrap();
         let before = vm_hwm_kib();
-        const CHUNK: u64 = 1 << 20;
-        let stream = futures::stream::iter(0..GIB / CHUNK).map(|i| {
-            let mut chunk = vec![(i % 251) as u8; CHUNK as usize];
-            chunk[..8].copy_from_slice(&i.to_le_bytes());
-            Ok::<_, stowage_core::Error>(Bytes::from(chunk))
-        });
+        let stream = generated(GIB, 1 << 20);
         let ns = Namespace::default();
         let key = Key::new("big").unwrap();
         let t = Instant::now();
@@ -467,55 +445,24 @@ fn rss_child(root: &str) {
         }
         let get_time = t.elapsed();
         assert_eq!(hasher.finish(), (info.hash, GIB));
-        println!(
-            "RSS before={before} peak={} put_ms={} get_ms={}",
-            vm_hwm_kib(),
-            put_time.as_millis(),
-            get_time.as_millis()
-        );
+        BigTransfer {
+            before_kib: before,
+            peak_kib: vm_hwm_kib(),
+            put: put_time,
+            get: get_time,
+        }
+        .print();
     });
 }
 
 fn rss_parent() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(RSS_CHILD, dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "rss child failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RSS "))
-        .unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (before, peak, put_ms, get_ms) = (
-        field("before"),
-        field("peak"),
-        field("put_ms"),
-        field("get_ms"),
-    );
-    println!(
-        "fs 1 GiB put + get: peak RSS {:.1} MiB (before the transfer {:.1} MiB); put {:.2} s ({:.0} MiB/s), get {:.2} s ({:.0} MiB/s)",
-        peak as f64 / 1024.0,
-        before as f64 / 1024.0,
-        put_ms as f64 / 1000.0,
-        1024.0 * 1000.0 / put_ms.max(1) as f64,
-        get_ms as f64 / 1000.0,
-        1024.0 * 1000.0 / get_ms.max(1) as f64,
-    );
+    if let Some(m) = BigTransfer::run_child(RSS_CHILD, dir.path()) {
+        println!("{}", m.describe("fs", (GIB >> 20) as f64));
+    }
 }
 
 use futures::future::BoxFuture;
-use futures::StreamExt;
 
 /// One operation of a paired loop, given a number unique to the call.
 type Op<'a> = Box<dyn FnMut(u64) -> BoxFuture<'a, ()> + 'a>;

@@ -14,6 +14,8 @@
 //! Run: `scripts/s3-server start && cargo bench -p stowage-providers --no-default-features
 //! --features s3 --bench s3; scripts/s3-server stop`
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use opendal::Operator;
 use serde_json::{json, Value};
 use stowage_core::{Body, ContentHasher, Metadata, NamespaceHandle, Stowage};
 use stowage_providers::s3::{factory, operator, S3Config};
+use support::{generated, runtime, vm_hwm_kib, BigTransfer};
 
 const SIZE: usize = 64 * 1024;
 const RSS_CHILD: &str = "STOWAGE_S3_BENCH_RSS_CHILD";
@@ -66,14 +69,6 @@ fn server_config(root: &str) -> Option<Value> {
         "root": root,
         "retries": 2,
     }))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn unique_root(label: &str) -> String {
@@ -259,36 +254,12 @@ fn interleaved(rt: &tokio::runtime::Runtime, f: &Fixture) {
     );
 }
 
-/// Peak resident memory of this process so far, in KiB.
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn big_size() -> u64 {
     std::env::var("STOWAGE_S3_BENCH_BIG_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024u64)
         << 20
-}
-
-fn generated(
-    total: u64,
-) -> impl futures::Stream<Item = stowage_core::Result<Bytes>> + Send + 'static {
-    const CHUNK: u64 = 1 << 20;
-    futures::stream::iter(0..total.div_ceil(CHUNK)).map(move |i| {
-        let len = CHUNK.min(total - i * CHUNK) as usize;
-        let mut chunk = vec![(i % 251) as u8; len];
-        chunk[..8.min(len)].copy_from_slice(&i.to_le_bytes()[..8.min(len)]);
-        Ok(Bytes::from(chunk))
-    })
 }
 
 /// In a child process: a big put (streamed from a generator) and get (streamed, hashed) through
@@ -312,7 +283,7 @@ fn rss_child(which: &str) {
             handle
                 .put(
                     "big",
-                    Body::from_stream(generated(total), Some(total)),
+                    Body::from_stream(generated(total, 1 << 20), Some(total)),
                     Metadata::new(),
                 )
                 .await
@@ -331,7 +302,7 @@ fn rss_child(which: &str) {
                 .concurrent(2)
                 .await
                 .unwrap();
-            let mut gen = Box::pin(generated(total));
+            let mut gen = Box::pin(generated(total, 1 << 20));
             while let Some(chunk) = gen.next().await {
                 w.write(chunk.unwrap()).await.unwrap();
             }
@@ -359,50 +330,21 @@ fn rss_child(which: &str) {
         } else {
             raw.delete("raw/big").await.unwrap();
         }
-        println!(
-            "RSS before={before} peak={peak} put_ms={} get_ms={}",
-            put_time.as_millis(),
-            get_time.as_millis()
-        );
+        BigTransfer {
+            before_kib: before,
+            peak_kib: peak,
+            put: put_time,
+            get: get_time,
+        }
+        .print();
     });
 }
 
 fn rss_parent(which: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(RSS_CHILD, which)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "rss child failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let Some(line) = stdout.lines().find(|l| l.starts_with("RSS ")) else {
-        println!("{stdout}");
-        return;
-    };
-    let field = |name: &str| -> u64 {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (before, peak, put_ms, get_ms) = (
-        field("before"),
-        field("peak"),
-        field("put_ms"),
-        field("get_ms"),
-    );
-    let mib = big_size() as f64 / (1 << 20) as f64;
-    println!(
-        "s3 {which} {mib:.0} MiB put + get: peak RSS {:.1} MiB (before the transfer {:.1} MiB); put {:.2} s ({:.0} MiB/s), get {:.2} s ({:.0} MiB/s)",
-        peak as f64 / 1024.0,
-        before as f64 / 1024.0,
-        put_ms as f64 / 1000.0,
-        mib * 1000.0 / put_ms.max(1) as f64,
-        get_ms as f64 / 1000.0,
-        mib * 1000.0 / get_ms.max(1) as f64,
-    );
+    if let Some(m) = BigTransfer::run_child(RSS_CHILD, which) {
+        let mib = big_size() as f64 / (1 << 20) as f64;
+        println!("{}", m.describe(&format!("s3 {which}"), mib));
+    }
 }
 
 criterion_group! {

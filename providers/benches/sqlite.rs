@@ -14,6 +14,8 @@
 //!
 //! `cargo bench -p stowage-providers --no-default-features --features sqlite --bench sqlite`
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use stowage_core::{
     StorageProviderFactory,
 };
 use stowage_providers::sqlite::{SqliteBackend, SqliteConfig, SqliteFactory, Synchronous};
+use support::{generated, runtime, vm_hwm_kib};
 use tokio::runtime::Runtime;
 use tokio::sync::Mutex;
 
@@ -44,14 +47,6 @@ fn bench_dir() -> PathBuf {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("creating a temp dir")
         .keep()
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 async fn provider(path: &Path) -> Arc<dyn StorageBackend> {
@@ -381,13 +376,6 @@ fn search(c: &mut Criterion, rt: &Runtime) {
     group.finish();
 }
 
-/// Peak resident memory of this process, from `/proc/self/status` (Linux only).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn large_streamed(rt: &Runtime) {
     let mib: u64 = std::env::var("STOWAGE_BENCH_LARGE_MIB")
         .ok()
@@ -398,18 +386,12 @@ fn large_streamed(rt: &Runtime) {
     }
     let total = mib << 20;
     let dir = bench_dir();
-    let before = peak_rss_kib();
+    let before = vm_hwm_kib();
     rt.block_on(async {
         let backend = provider(&dir.join("large.db")).await;
         let ns = Namespace::new("large").unwrap();
         let key = Key::new("large.bin").unwrap();
-        const PIECE: u64 = 64 * 1024;
-        let pieces = futures::stream::iter((0..total.div_ceil(PIECE)).map(move |i| {
-            let len = PIECE.min(total - i * PIECE) as usize;
-            let mut piece = vec![(i % 251) as u8; len];
-            piece[..8.min(len)].copy_from_slice(&i.to_le_bytes()[..8.min(len)]);
-            Ok(Bytes::from(piece))
-        }));
+        let pieces = generated(total, 64 * 1024);
         let started = Instant::now();
         let info = backend
             .put(&ns, &key, Body::from_stream(pieces, Some(total)), Metadata::new(), PutMode::Overwrite)
@@ -430,15 +412,11 @@ fn large_streamed(rt: &Runtime) {
             mib as f64 / get_secs
         );
     });
-    let after = peak_rss_kib();
+    let after = vm_hwm_kib();
     eprintln!(
         "peak RSS (VmHWM): {} MiB before, {} MiB after the {mib} MiB put + get",
-        before
-            .map(|k| (k / 1024).to_string())
-            .unwrap_or_else(|| "?".into()),
-        after
-            .map(|k| (k / 1024).to_string())
-            .unwrap_or_else(|| "?".into()),
+        before / 1024,
+        after / 1024,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
