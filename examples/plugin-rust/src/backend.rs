@@ -274,7 +274,7 @@ impl KvBackend {
     pub async fn open(path: impl Into<PathBuf>, sync: bool) -> Result<Self> {
         let path = path.into();
         let p = path.clone();
-        let db = tokio::task::spawn_blocking(move || -> Result<Database> {
+        let db = stowage_core::run_blocking(PROVIDER, move || -> Result<Database> {
             if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating folder {}", parent.display()), e))?;
@@ -295,8 +295,7 @@ impl KvBackend {
             txn.commit().map_err(err)?;
             Ok(db)
         })
-        .await
-        .map_err(|e| Error::backend(PROVIDER, "opening the database panicked", e))??;
+        .await?;
         Ok(KvBackend {
             db: Arc::new(db),
             path,

@@ -85,9 +85,7 @@ impl AutomergeBackend {
         f: impl FnOnce(&Inner) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "a blocking task failed", e))?
+        stowage_core::run_blocking(PROVIDER, move || f(&inner)).await
     }
 
     /// The change behind every version of `key`, oldest first: which actor made it, when, with

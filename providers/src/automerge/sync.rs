@@ -62,9 +62,7 @@ pub async fn sync_stores(a: &AutomergeBackend, b: &AutomergeBackend) -> Result<S
         )));
     }
     let (ia, ib) = (a.inner.clone(), b.inner.clone());
-    tokio::task::spawn_blocking(move || sync_blocking(&ia, &ib))
-        .await
-        .map_err(|e| Error::backend(PROVIDER, "the sync task failed", e))?
+    stowage_core::run_blocking(PROVIDER, move || sync_blocking(&ia, &ib)).await
 }
 
 fn same_root(a: &AutomergeBackend, b: &AutomergeBackend) -> bool {

@@ -27,9 +27,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use stowage_core::{
-    Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key,
-    ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result,
-    StorageBackend, Timestamp, VerifyProblem, VerifyReport, Version,
+    run_blocking, Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport,
+    GetOptions, Key, ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo,
+    Result, StorageBackend, Timestamp, VerifyProblem, VerifyReport, Version,
 };
 use tokio::sync::{oneshot, OnceCell};
 
@@ -200,9 +200,7 @@ impl FsBackend {
         self.opened
             .get_or_try_init(|| async {
                 let config = self.config.clone();
-                let core = tokio::task::spawn_blocking(move || Core::open(&config))
-                    .await
-                    .map_err(|e| Error::backend(PROVIDER, "opening the store failed", e))??;
+                let core = run_blocking(PROVIDER, move || Core::open(&config)).await?;
                 let core = Arc::new(core);
                 let (tx, rx) = mpsc::channel::<Intent>();
                 let worker = core.clone();
@@ -1090,9 +1088,7 @@ impl StorageBackend for FsBackend {
             Some(pin) => pin,
             None => {
                 let pins = core.pins.clone();
-                tokio::task::spawn_blocking(move || pins.pin())
-                    .await
-                    .map_err(|e| Error::backend(PROVIDER, "waiting for gc failed", e))??
+                run_blocking(PROVIDER, move || pins.pin()).await?
             }
         };
         let (hash, size, inline) = match small_payload(body, core.inline_max).await? {
@@ -1101,9 +1097,7 @@ impl StorageBackend for FsBackend {
                     ContentHash::of(&bytes)
                 } else {
                     let bytes = bytes.clone();
-                    tokio::task::spawn_blocking(move || ContentHash::of(&bytes))
-                        .await
-                        .map_err(|e| Error::backend(PROVIDER, "hashing the payload failed", e))?
+                    run_blocking(PROVIDER, move || Ok(ContentHash::of(&bytes))).await?
                 };
                 (hash, bytes.len() as u64, Some(bytes))
             }
@@ -1156,11 +1150,10 @@ impl StorageBackend for FsBackend {
                 read_inline(&file, at, offset, len, whole.then_some(&info.hash))
             } else {
                 let hash = info.hash;
-                tokio::task::spawn_blocking(move || {
-                    read_inline(&file, at, offset, len, whole.then_some(&hash))
+                run_blocking(PROVIDER, move || {
+                    Ok(read_inline(&file, at, offset, len, whole.then_some(&hash)))
                 })
-                .await
-                .map_err(|e| Error::backend(PROVIDER, "reading an inline payload failed", e))?
+                .await?
             }
             .map_err(|e| core.inline_error(&info, at, e))?;
             return Ok((info, Body::from_bytes(bytes)));
@@ -1255,9 +1248,7 @@ impl StorageBackend for FsBackend {
         let core = self.core().await?.clone();
         let pins = core.pins.clone();
         // Waits until no write in any process is between storing a blob and committing it.
-        let exclusive = tokio::task::spawn_blocking(move || pins.exclusive())
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "waiting for writers failed", e))??;
+        let exclusive = run_blocking(PROVIDER, move || pins.exclusive()).await?;
         core.refresh()?;
         let (referenced, inline): (HashSet<ContentHash>, Vec<ContentHash>) = {
             let state = core.read_state();
@@ -1265,10 +1256,12 @@ impl StorageBackend for FsBackend {
             (state.index.referenced_hashes(), inline)
         };
         let store = core.blobs.clone();
-        let stored = tokio::task::spawn_blocking(move || store.list_all())
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "listing blobs failed", e))?
-            .map_err(|e| Error::io("listing the payload blobs", e))?;
+        let stored = run_blocking(PROVIDER, move || {
+            store
+                .list_all()
+                .map_err(|e| Error::io("listing the payload blobs", e))
+        })
+        .await?;
         progress.set_total(stored.len() as u64);
         let mut report = GcReport::default();
         // Inline payloads are kept too; a payload both inline and in a file counts once.
@@ -1282,7 +1275,7 @@ impl StorageBackend for FsBackend {
                 .collect();
             report.blobs_kept += (chunk.len() - doomed.len()) as u64;
             let store = core.blobs.clone();
-            let (removed, freed) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+            let (removed, freed) = run_blocking(PROVIDER, move || -> Result<(u64, u64)> {
                 let (mut removed, mut freed) = (0, 0);
                 for (hash, size) in doomed {
                     match store.remove(&hash) {
@@ -1301,8 +1294,7 @@ impl StorageBackend for FsBackend {
                 }
                 Ok((removed, freed))
             })
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "removing blobs failed", e))??;
+            .await?;
             report.blobs_removed += removed;
             report.bytes_freed += freed;
             progress.inc(chunk.len() as u64);
@@ -1370,11 +1362,10 @@ impl StorageBackend for FsBackend {
         for (hash, (size, refs)) in hashes {
             let problem = if let Some(&at) = inline.get(&hash) {
                 let file = log.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    read_inline(&file, at, 0, u64::from(at.len), Some(&hash))
+                let read = run_blocking(PROVIDER, move || {
+                    Ok(read_inline(&file, at, 0, u64::from(at.len), Some(&hash)))
                 })
-                .await
-                .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
+                .await?;
                 let place = format!(
                     "{} bytes at offset {} of {}",
                     at.len,
@@ -1400,9 +1391,7 @@ impl StorageBackend for FsBackend {
                 }
             } else {
                 let store = core.blobs.clone();
-                let found = tokio::task::spawn_blocking(move || store.rehash(&hash))
-                    .await
-                    .map_err(|e| Error::backend(PROVIDER, "re-hashing failed", e))?;
+                let found = run_blocking(PROVIDER, move || Ok(store.rehash(&hash))).await?;
                 let path = core.blobs.path_of(&hash);
                 match found {
                     Ok(None) => Some(("missing", format!("{} does not exist", path.display()))),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
+use stowage_core::{run_blocking, Body, ContentHash, ContentHasher, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::PROVIDER;
@@ -96,16 +96,14 @@ impl BlobStore {
     /// Stores a payload, streaming it to disk while hashing it; returns its hash and size.
     pub(crate) async fn write_body(&self, body: Body) -> Result<(ContentHash, u64)> {
         if let Some(bytes) = body.as_bytes() {
-            // Without fsync a small write only touches the page cache: cheaper in place than a
-            // hop to a blocking thread. An fsync can take milliseconds, so never on this task.
+            // Without fsync a small write only touches the page cache: cheaper right here. An
+            // fsync can take milliseconds, so it goes where blocking is allowed.
             if self.durability == Durability::NoSync && bytes.len() as u64 <= SMALL_READ {
                 return self.write_bytes(bytes);
             }
             let bytes = bytes.clone();
             let store = self.clone();
-            return tokio::task::spawn_blocking(move || store.write_bytes(&bytes))
-                .await
-                .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
+            return run_blocking(PROVIDER, move || store.write_bytes(&bytes)).await;
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteMsg>(WRITE_QUEUE);
         let store = self.clone();
