@@ -47,9 +47,9 @@ fn default_inline_max() -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncMode {
-    /// Every acknowledged write survives a power cut: payload file, its directory entry and the
-    /// index log record are fsynced before `put` returns (concurrent writers share one log
-    /// fsync). The default.
+    /// Every acknowledged write survives a power cut: the index log record (with a small
+    /// payload kept inline) is fsynced before `put` returns, and a larger payload's file and its
+    /// directory entry before that (concurrent writers share one log fsync). The default.
     #[default]
     Always,
     /// No fsync at all: several times faster for small writes and still safe against a crashed
