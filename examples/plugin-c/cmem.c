@@ -27,6 +27,17 @@
 #define CMEM_PLUGIN_NAME "cmem"
 #endif
 #define PROVIDER "cmem"
+
+/* Built with -DCMEM_ABI_1_0, the plugin presents itself as an ABI 1.0 plugin: minor 0 and a
+ * backend vtable that ends before 1.1's get_first, as a plugin built against the old header
+ * would. The host must serve it through get_open. */
+#ifdef CMEM_ABI_1_0
+#define CMEM_ABI_MINOR 0
+#define CMEM_BACKEND_SIZE offsetof(StowageBackendVTable, get_first)
+#else
+#define CMEM_ABI_MINOR STOWAGE_ABI_MINOR
+#define CMEM_BACKEND_SIZE sizeof(StowageBackendVTable)
+#endif
 #define TEXT(s) {(const uint8_t *)(s), sizeof(s) - 1}
 
 /* ---- growable byte buffers and owned outputs ---- */
@@ -571,8 +582,9 @@ static StowageStatus list(void *instance, StowageBytes ns, StowageBytes options,
 
 /* ---- what the plugin exports ---- */
 
+/* get_first (ABI 1.1) is optional and left NULL: the host then opens gets with get_open. */
 static const StowageBackendVTable BACKEND = {
-    .struct_size = sizeof(StowageBackendVTable),
+    .struct_size = CMEM_BACKEND_SIZE,
     .release = release,
     .capabilities = capabilities,
     .put_open = put_open,
@@ -601,7 +613,7 @@ static const StowageProviderVTable PROVIDERS[] = {{
 static const StowagePluginDescriptor DESCRIPTOR = {
     .struct_size = sizeof(StowagePluginDescriptor),
     .abi_major = STOWAGE_ABI_MAJOR,
-    .abi_minor = STOWAGE_ABI_MINOR,
+    .abi_minor = CMEM_ABI_MINOR,
     .target = TEXT(STOWAGE_TARGET),
     .plugin_name = TEXT(CMEM_PLUGIN_NAME),
     .plugin_version = TEXT("0.1.0"),

@@ -1,5 +1,5 @@
 /*
- * stowage_plugin.h: the C contract between the stowage host and a provider plugin (ABI 1.0).
+ * stowage_plugin.h: the C contract between the stowage host and a provider plugin (ABI 1.1).
  *
  * A plugin is a shared library exporting one function, stowage_plugin_entry_v1, that returns a
  * descriptor living as long as the library. Rules (docs/plugins.md has the JSON shapes):
@@ -21,7 +21,7 @@
 
 #define STOWAGE_ENTRY_SYMBOL "stowage_plugin_entry_v1"
 #define STOWAGE_ABI_MAJOR 1
-#define STOWAGE_ABI_MINOR 0
+#define STOWAGE_ABI_MINOR 1
 
 /* The Rust target triple of the host this plugin is built for; define it to override. */
 #ifndef STOWAGE_TARGET
@@ -85,6 +85,35 @@ typedef struct StowageProgress {
     StowageProgressFn inc;
 } StowageProgress;
 
+/* ABI 1.1: the binary get of get_first. Flags say which optional fields are set. */
+#define STOWAGE_FLAG_GET_VERSION 1
+#define STOWAGE_FLAG_GET_RANGE 2
+#define STOWAGE_FLAG_GET_RANGE_END 4
+#define STOWAGE_FLAG_INFO_DELETED 1
+
+typedef struct StowageGetOptions {
+    uint32_t struct_size;
+    uint32_t flags;       /* STOWAGE_FLAG_GET_* */
+    uint64_t version;     /* with STOWAGE_FLAG_GET_VERSION, else the latest */
+    uint64_t range_start; /* with STOWAGE_FLAG_GET_RANGE */
+    uint64_t range_end;   /* exclusive, with STOWAGE_FLAG_GET_RANGE_END, else to the end */
+} StowageGetOptions;
+
+/* The host sets struct_size; the plugin writes the fields that fit. Times are microseconds
+ * since the Unix epoch. rest_json holds the RecordInfo fields not below that are not empty
+ * ("metadata", "conflicts") as a JSON object, or is empty. */
+typedef struct StowageRecordInfo {
+    uint32_t struct_size;
+    uint32_t flags;       /* STOWAGE_FLAG_INFO_* */
+    uint64_t version;
+    uint64_t size;
+    int64_t created_at;
+    int64_t updated_at;
+    int64_t deleted_at;   /* with STOWAGE_FLAG_INFO_DELETED */
+    uint8_t hash[32];     /* blake3 */
+    StowageOwned rest_json;
+} StowageRecordInfo;
+
 typedef StowageStatus (*StowageFactoryJsonFn)(const void *factory, StowageOwned *out_json);
 typedef StowageStatus (*StowageValidateFn)(const void *factory, StowageBytes config_json);
 typedef StowageStatus (*StowageCreateFn)(const void *factory, StowageBytes config_json,
@@ -103,6 +132,12 @@ typedef StowageStatus (*StowageGetOpenFn)(void *instance, StowageBytes ns, Stowa
                                           void **out_reader);
 /* An empty chunk means the end of the payload. */
 typedef StowageStatus (*StowageGetReadFn)(void *reader, StowageOwned *out_chunk);
+/* ABI 1.1: a get in one call. *out_reader is set to NULL when *out_first holds the whole
+ * payload, else to a reader of the rest (get_read / get_close). */
+typedef StowageStatus (*StowageGetFirstFn)(void *instance, StowageBytes ns, StowageBytes key,
+                                           const StowageGetOptions *options,
+                                           StowageRecordInfo *out_info, StowageOwned *out_first,
+                                           void **out_reader);
 typedef StowageStatus (*StowageKeyOpFn)(void *instance, StowageBytes ns, StowageBytes key,
                                         StowageBytes options_json, StowageOwned *out_json);
 typedef StowageStatus (*StowageScanFn)(void *instance, StowageBytes ns,
@@ -110,7 +145,8 @@ typedef StowageStatus (*StowageScanFn)(void *instance, StowageBytes ns,
 typedef StowageStatus (*StowageReportFn)(void *instance, const StowageProgress *progress,
                                          StowageOwned *out_json);
 
-/* Required: release, capabilities, put_*, get_*, head, list. The rest are optional (NULL). */
+/* Required: release, capabilities, put_*, get_open, get_read, get_close, head, list. The rest
+ * are optional (NULL). */
 typedef struct StowageBackendVTable {
     uint32_t struct_size;
     StowageReleaseFn release;
@@ -133,6 +169,7 @@ typedef struct StowageBackendVTable {
     StowageReportFn gc;
     StowageReportFn verify;
     StowageInstanceJsonFn namespaces;
+    StowageGetFirstFn get_first; /* ABI 1.1, optional */
 } StowageBackendVTable;
 
 /* All four factory functions are required. */

@@ -23,7 +23,11 @@ pub const ENTRY_SYMBOL: &str = "stowage_plugin_entry_v1";
 /// Major version of the plugin ABI: a plugin built for another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of the plugin ABI: vtables only grow; a plugin with a newer minor is refused.
-pub const ABI_MINOR: u32 = 0;
+///
+/// - 1.0: the first contract.
+/// - 1.1: [`StowageBackendVTable::get_first`], a get with binary options and record info that
+///   hands back the first payload chunk in the same call.
+pub const ABI_MINOR: u32 = 1;
 /// The Rust target triple this crate was compiled for; host and plugin must agree on it.
 pub const TARGET: &str = env!("STOWAGE_PLUGIN_TARGET");
 
@@ -133,6 +137,63 @@ pub struct StowageStatus {
     pub message: StowageOwned,
 }
 
+/// Bits of [`StowageGetOptions::flags`] and [`StowageRecordInfo::flags`].
+pub mod flags {
+    /// [`StowageGetOptions::version`](super::StowageGetOptions::version) is set (else: the latest).
+    pub const GET_VERSION: u32 = 1;
+    /// [`StowageGetOptions::range_start`](super::StowageGetOptions::range_start) is set: a byte
+    /// range is asked for.
+    pub const GET_RANGE: u32 = 2;
+    /// [`StowageGetOptions::range_end`](super::StowageGetOptions::range_end) is set (else the
+    /// range runs to the end of the payload).
+    pub const GET_RANGE_END: u32 = 4;
+    /// The record is a tombstone; [`StowageRecordInfo::deleted_at`](super::StowageRecordInfo::deleted_at) is set.
+    pub const INFO_DELETED: u32 = 1;
+}
+
+/// What a `get_first` asks for (ABI 1.1): the binary form of the get options.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StowageGetOptions {
+    /// `size_of` this struct as the host knows it.
+    pub struct_size: u32,
+    /// [`flags`]`::GET_*` bits saying which fields below are set.
+    pub flags: u32,
+    /// The version to read, when `GET_VERSION` is set.
+    pub version: u64,
+    /// First byte of the range (inclusive), when `GET_RANGE` is set.
+    pub range_start: u64,
+    /// End of the range (exclusive), when `GET_RANGE_END` is set.
+    pub range_end: u64,
+}
+
+/// A record's description as `get_first` returns it (ABI 1.1): the fixed fields in binary, the
+/// rest as JSON only when there is any. The namespace and key are the ones asked for.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StowageRecordInfo {
+    /// `size_of` this struct as the host knows it: the host sets it before the call and the
+    /// plugin writes only the fields that fit.
+    pub struct_size: u32,
+    /// [`flags`]`::INFO_*` bits.
+    pub flags: u32,
+    /// The version's number.
+    pub version: u64,
+    /// Payload size in bytes.
+    pub size: u64,
+    /// When the key's first version was written, in microseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When this version was written, in microseconds since the Unix epoch.
+    pub updated_at: i64,
+    /// When the record was deleted, with `INFO_DELETED`.
+    pub deleted_at: i64,
+    /// The payload's blake3 hash.
+    pub hash: [u8; 32],
+    /// A JSON object with the RecordInfo fields not above that are not empty (`metadata`,
+    /// `conflicts`), in the RecordInfo JSON shape; an empty buffer when all are empty.
+    pub rest_json: StowageOwned,
+}
+
 /// Reports progress of `gc`/`verify` back to the host; callable from any thread.
 pub type StowageProgressFn = unsafe extern "C" fn(ctx: *mut c_void, n: u64);
 
@@ -195,6 +256,19 @@ pub type StowageGetOpenFn = unsafe extern "C" fn(
 /// Reads the next payload chunk; an empty chunk means the end.
 pub type StowageGetReadFn =
     unsafe extern "C" fn(reader: *mut c_void, out_chunk: *mut StowageOwned) -> StowageStatus;
+/// Starts a get (ABI 1.1): binary options in, binary record info and the first payload chunk
+/// out. `out_reader` receives a reader for the rest of the payload, or null when `out_first`
+/// already holds all of it (an empty `out_first` with a null reader is an empty payload). The
+/// reader is read with `get_read` and closed with `get_close`.
+pub type StowageGetFirstFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    ns: StowageBytes,
+    key: StowageBytes,
+    options: *const StowageGetOptions,
+    out_info: *mut StowageRecordInfo,
+    out_first: *mut StowageOwned,
+    out_reader: *mut *mut c_void,
+) -> StowageStatus;
 /// A call about one key with JSON options, writing a JSON result (head, delete, versions,
 /// restore, purge).
 pub type StowageKeyOpFn = unsafe extern "C" fn(
@@ -267,6 +341,9 @@ pub struct StowageBackendVTable {
     pub verify: Option<StowageReportFn>,
     /// Namespaces holding records.
     pub namespaces: Option<StowageInstanceJsonFn>,
+    /// ABI 1.1, optional: a get in one call for a payload that fits one chunk (the host falls
+    /// back to `get_open` when it is null or the vtable predates it).
+    pub get_first: Option<StowageGetFirstFn>,
 }
 
 /// One provider a plugin offers: its name, its factory functions and its backend functions.
@@ -319,10 +396,16 @@ pub struct StowagePluginDescriptor {
 /// The type of [`ENTRY_SYMBOL`].
 pub type StowageEntryFn = unsafe extern "C" fn() -> *const StowagePluginDescriptor;
 
-/// `struct_size` a struct must at least have for `abi_minor` 0 of major 1 (every field of 1.0).
+/// `struct_size` a struct must at least have for `abi_minor` 0 of major 1 (every field of 1.0),
+/// for the structs that have not grown since 1.0 (the descriptor, the provider vtable).
 pub const fn size_v1_0<T>() -> u32 {
     std::mem::size_of::<T>() as u32
 }
+
+/// `struct_size` a [`StowageBackendVTable`] must at least have: every field of ABI 1.0, which
+/// ends where 1.1's `get_first` begins.
+pub const BACKEND_VTABLE_SIZE_V1_0: u32 =
+    std::mem::offset_of!(StowageBackendVTable, get_first) as u32;
 
 /// Whether a struct of `struct_size` bytes (as its author knew it) contains the field that
 /// starts at `offset` and is `size` bytes long: how a reader skips fields appended later.

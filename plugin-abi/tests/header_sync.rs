@@ -28,10 +28,15 @@ fn rust_layouts() -> Vec<Layout> {
         StowageOwned { ptr, len, free }
         StowageStatus { code, message }
         StowageProgress { ctx, set_total, inc }
+        StowageGetOptions { struct_size, flags, version, range_start, range_end }
+        StowageRecordInfo {
+            struct_size, flags, version, size, created_at, updated_at, deleted_at, hash,
+            rest_json,
+        }
         StowageBackendVTable {
             struct_size, release, capabilities, initialize, put_open, put_write, put_finish,
             put_abort, get_open, get_read, get_close, head, list, delete, search, versions,
-            restore, purge, gc, verify, namespaces,
+            restore, purge, gc, verify, namespaces, get_first,
         }
         StowageProviderVTable {
             struct_size, name, description, factory, config_schema, capabilities, validate,
@@ -65,7 +70,12 @@ fn header_structs(text: &str) -> BTreeMap<String, Vec<String>> {
             .split(';')
             .map(str::trim)
             .filter(|f| !f.is_empty())
+            // Comments after a field end up before the next one.
+            .map(|f| f.rsplit("*/").next().unwrap().trim())
+            .filter(|f| !f.is_empty())
             .map(|f| {
+                // `uint8_t hash[32]` declares `hash`.
+                let f = f.split('[').next().unwrap();
                 f.rsplit(|c: char| c.is_whitespace() || c == '*')
                     .next()
                     .unwrap()
@@ -143,6 +153,7 @@ fn header_constants_match_rust() {
         k.starts_with("STOWAGE_")
             && defines[*k].parse::<u32>().is_ok()
             && !k.starts_with("STOWAGE_ABI_")
+            && !k.starts_with("STOWAGE_FLAG_")
     });
     assert_eq!(
         header_codes.count(),
@@ -151,6 +162,21 @@ fn header_constants_match_rust() {
     );
     for (name, code) in codes {
         assert_eq!(defines[name], code.to_string(), "{name}");
+    }
+    let flag_bits = [
+        ("STOWAGE_FLAG_GET_VERSION", flags::GET_VERSION),
+        ("STOWAGE_FLAG_GET_RANGE", flags::GET_RANGE),
+        ("STOWAGE_FLAG_GET_RANGE_END", flags::GET_RANGE_END),
+        ("STOWAGE_FLAG_INFO_DELETED", flags::INFO_DELETED),
+    ];
+    let header_flags = defines.keys().filter(|k| k.starts_with("STOWAGE_FLAG_"));
+    assert_eq!(
+        header_flags.count(),
+        flag_bits.len(),
+        "the header has flags Rust lacks"
+    );
+    for (name, bit) in flag_bits {
+        assert_eq!(defines[name], bit.to_string(), "{name}");
     }
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
+use stowage_core::plugin::abi::{ABI_MAJOR, ABI_MINOR};
 use stowage_core::{
-    testkit, Body, Error, ErrorKind, GetOptions, Key, ListOptions, Metadata, Namespace,
+    testkit, Body, ByteRange, Error, ErrorKind, GetOptions, Key, ListOptions, Metadata, Namespace,
     PluginLibrary, ProviderOrigin, PutMode, Registry, StorageProviderFactory, Stowage,
 };
 
@@ -81,6 +82,17 @@ async fn c_cmem_plugin_passes_the_conformance_kit() {
         .assert_passed();
 }
 
+/// A plugin built against ABI 1.0 (a backend vtable that ends before 1.1's `get_first`) is
+/// still served in full by this host, through `get_open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_1_0_plugin_without_get_first_passes_the_conformance_kit() {
+    let library = PluginLibrary::load(plugin("libcmem_twin")).unwrap();
+    assert_eq!(library.describe().abi, "1.0");
+    testkit::run_all(factory(&library, "cmem"), json!({}))
+        .await
+        .assert_passed();
+}
+
 /// Loads a library that must be refused; returns the message after checking it names the file.
 fn refused(stem: &str) -> String {
     let path = plugin(stem);
@@ -94,23 +106,30 @@ fn refused(stem: &str) -> String {
     message
 }
 
+/// The host's ABI version as messages print it.
+fn host_abi() -> String {
+    format!("ABI {ABI_MAJOR}.{ABI_MINOR}")
+}
+
 #[test]
 fn wrong_abi_major_is_refused_naming_both_versions() {
     let m = refused("librefuse_wrong_major");
-    assert!(m.contains("ABI 2.0") && m.contains("ABI 1.0"), "{m}");
+    let plugin = format!("ABI {}.{ABI_MINOR}", ABI_MAJOR + 1);
+    assert!(m.contains(&plugin) && m.contains(&host_abi()), "{m}");
 }
 
 #[test]
 fn newer_abi_minor_is_refused_naming_both_versions() {
     let m = refused("librefuse_newer_minor");
-    assert!(m.contains("ABI 1.1") && m.contains("ABI 1.0"), "{m}");
+    let plugin = format!("ABI {ABI_MAJOR}.{}", ABI_MINOR + 1);
+    assert!(m.contains(&plugin) && m.contains(&host_abi()), "{m}");
 }
 
 #[test]
 fn too_small_descriptor_is_refused() {
     let m = refused("librefuse_small_struct");
     assert!(
-        m.contains("struct_size is 16 bytes") && m.contains("ABI 1.0"),
+        m.contains("struct_size is 16 bytes") && m.contains(&host_abi()),
         "{m}"
     );
 }
@@ -191,7 +210,10 @@ fn describe_reports_what_a_library_provides() {
         .describe();
     assert_eq!(
         (d.plugin.as_str(), d.abi.as_str()),
-        ("stowage-plugin-kv", "1.0")
+        (
+            "stowage-plugin-kv",
+            format!("{ABI_MAJOR}.{ABI_MINOR}").as_str()
+        )
     );
     assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(d.providers.len(), 1);
@@ -536,4 +558,89 @@ async fn config_file_plugins_load_before_the_provider_is_chosen() {
         .await
         .unwrap();
     assert_eq!(store.provider(), "cmem");
+}
+
+/// A get through ABI 1.1's binary `get_first` describes the record exactly as the JSON `head`
+/// does (metadata, times, hash, version), for the latest version, an older one and a range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_get_agrees_with_json_head() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = factory(&library, "kv")
+        .create(json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap();
+    let (ns, key) = (
+        Namespace::new("acme").unwrap(),
+        Key::new("docs/a.json").unwrap(),
+    );
+    let meta = Metadata::new()
+        .with_content_type("application/json")
+        .with_tag("blue")
+        .with_attribute("n", 7);
+    backend
+        .put(
+            &ns,
+            &key,
+            Body::from("first"),
+            meta.clone(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    backend
+        .put(
+            &ns,
+            &key,
+            Body::from("second!"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    for (version, range, bytes) in [
+        (None, None, &b"second!"[..]),
+        (Some(1), None, &b"first"[..]),
+        (
+            Some(1),
+            Some(ByteRange {
+                start: 1,
+                end: Some(3),
+            }),
+            &b"ir"[..],
+        ),
+        (
+            None,
+            Some(ByteRange {
+                start: 4,
+                end: None,
+            }),
+            &b"nd!"[..],
+        ),
+    ] {
+        let (info, body) = backend
+            .get(&ns, &key, GetOptions { version, range })
+            .await
+            .unwrap();
+        assert_eq!(info, backend.head(&ns, &key, version).await.unwrap());
+        assert_eq!(&body.into_bytes().await.unwrap()[..], bytes);
+    }
+    let (old, _) = backend
+        .get(
+            &ns,
+            &key,
+            GetOptions {
+                version: Some(1),
+                range: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.metadata, meta);
+    backend.delete(&ns, &key, Default::default()).await.unwrap();
+    let err = backend
+        .get(&ns, &key, GetOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }

@@ -20,14 +20,16 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stowage_plugin_abi::{
-    status, StowageBackendVTable, StowageBytes, StowageOwned, StowagePluginDescriptor,
-    StowageProgress, StowageProviderVTable, StowageStatus, ABI_MAJOR, ABI_MINOR, TARGET,
+    status, StowageBackendVTable, StowageBytes, StowageGetOptions, StowageOwned,
+    StowagePluginDescriptor, StowageProgress, StowageProviderVTable, StowageRecordInfo,
+    StowageStatus, ABI_MAJOR, ABI_MINOR, TARGET,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    encode_error, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut, WireVersion,
+    encode_error, expected_len, get_options_from_wire, info_to_wire, WireDelete, WireGet, WireList,
+    WirePage, WirePurged, WirePut, WireVersion,
 };
 use crate::backend::StorageBackend;
 use crate::body::Body;
@@ -81,6 +83,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// (parking set-up, a wake-up); any other is then driven by `block_on` as usual.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let _context = runtime().enter();
+    run_entered(future)
+}
+
+/// [`block_on`] for a caller already inside the plugin's runtime context.
+fn run_entered<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match future.as_mut().poll(&mut cx) {
@@ -205,6 +212,7 @@ static BACKEND_VTABLE: StowageBackendVTable = StowageBackendVTable {
     gc: Some(instance_gc),
     verify: Some(instance_verify),
     namespaces: Some(instance_namespaces),
+    get_first: Some(get_first),
 };
 
 struct FactoryState {
@@ -735,26 +743,90 @@ unsafe extern "C" fn get_open(
     }
 }
 
+/// The next non-empty chunk of `body`, or an empty one at its end.
+async fn next_nonempty(body: &mut Body) -> Result<Bytes> {
+    // An empty chunk would read as the end of the payload: skip it.
+    loop {
+        match body.next_chunk().await {
+            Some(Ok(c)) if c.is_empty() => continue,
+            Some(Ok(c)) => return Ok(c),
+            Some(Err(e)) => return Err(e),
+            None => return Ok(Bytes::new()),
+        }
+    }
+}
+
+unsafe extern "C" fn get_first(
+    instance: *mut c_void,
+    ns: StowageBytes,
+    key: StowageBytes,
+    options: *const StowageGetOptions,
+    out_info: *mut StowageRecordInfo,
+    out_first: *mut StowageOwned,
+    out_reader: *mut *mut c_void,
+) -> StowageStatus {
+    // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameters.
+    unsafe {
+        with_instance(instance, |i| {
+            // One runtime context for the whole call (a streamed body that turns out whole is
+            // dropped here too).
+            let _enter = runtime().enter();
+            let (ns, key) = input_names(ns, key)?;
+            if options.is_null() || out_info.is_null() || out_first.is_null() {
+                return Err(Error::invalid_input(
+                    "the host passed a null get_first argument",
+                ));
+            }
+            // SAFETY: non-null, and valid for the call per the ABI.
+            let options = get_options_from_wire(&*options)?;
+            // SAFETY: non-null; the host sets `struct_size` before the call.
+            let info_size = (*out_info).struct_size as usize;
+            if info_size < std::mem::size_of::<StowageRecordInfo>() {
+                return Err(Error::invalid_input(format!(
+                    "the host's record info struct_size is {info_size} bytes, ABI 1.1 needs {}",
+                    std::mem::size_of::<StowageRecordInfo>()
+                )));
+            }
+            let (info, mut body) = run_entered(i.backend.get(&ns, &key, options))?;
+            // An in-memory body is one chunk: taken out, not cloned, so a payload the provider
+            // allocated reaches the host without a copy.
+            let in_memory = body.as_bytes().is_some();
+            let first = run_entered(next_nonempty(&mut body))?;
+            let whole = in_memory
+                || first.is_empty()
+                || expected_len(&info, &options) == Some(first.len() as u64);
+            let reader = (!whole).then(|| Reader {
+                provider: i.provider.clone(),
+                poisoned: i.poisoned.clone(),
+                body,
+            });
+            // Outputs last, so a failure above hands the host nothing to free.
+            match reader {
+                Some(reader) => output_handle(out_reader, reader)?,
+                None if out_reader.is_null() => {}
+                // SAFETY: non-null, valid for a write per the ABI.
+                None => out_reader.write(std::ptr::null_mut()),
+            }
+            let (mut fixed, rest) = info_to_wire(&info);
+            fixed.rest_json = owned(rest);
+            // SAFETY: non-null and at least as large as the struct (checked above).
+            out_info.write(fixed);
+            // Without a copy when the chunk is not shared.
+            output(out_first, Vec::from(first))
+        })
+    }
+}
+
 unsafe extern "C" fn get_read(reader: *mut c_void, out_chunk: *mut StowageOwned) -> StowageStatus {
     // SAFETY: the host uses a reader from one thread at a time until `get_close`.
     let r = unsafe { &mut *(reader as *mut Reader) };
     let poisoned = r.poisoned.clone();
     let provider = r.provider.clone();
     guarded(Some(&poisoned), &provider, || {
-        let chunk = block_on(async {
-            // An empty chunk would read as the end of the payload: skip it.
-            loop {
-                match r.body.next_chunk().await {
-                    Some(Ok(c)) if c.is_empty() => continue,
-                    // Without a copy when the chunk is not shared.
-                    Some(Ok(c)) => return Ok(Vec::from(c)),
-                    Some(Err(e)) => return Err(e),
-                    None => return Ok(Vec::new()),
-                }
-            }
-        })?;
-        // SAFETY: the host's out-parameter, valid for the call.
-        unsafe { output(out_chunk, chunk) }
+        let chunk = block_on(next_nonempty(&mut r.body))?;
+        // SAFETY: the host's out-parameter, valid for the call; without a copy when the chunk
+        // is not shared.
+        unsafe { output(out_chunk, Vec::from(chunk)) }
     })
 }
 

@@ -20,14 +20,15 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stowage_plugin_abi::{
-    has_field, size_v1_0, status, StowageBackendVTable, StowageBytes, StowageEntryFn, StowageOwned,
-    StowagePluginDescriptor, StowageProgress, StowageProviderVTable, StowageStatus, ABI_MAJOR,
-    ABI_MINOR, ENTRY_SYMBOL, TARGET,
+    has_field, size_v1_0, status, StowageBackendVTable, StowageBytes, StowageEntryFn,
+    StowageGetFirstFn, StowageOwned, StowagePluginDescriptor, StowageProgress,
+    StowageProviderVTable, StowageRecordInfo, StowageStatus, ABI_MAJOR, ABI_MINOR,
+    BACKEND_VTABLE_SIZE_V1_0, ENTRY_SYMBOL, TARGET,
 };
 
 use super::{
-    decode_error, CallContext, WireDelete, WireGet, WireList, WirePage, WirePurged, WirePut,
-    WireVersion,
+    decode_error, expected_len, get_options_to_wire, info_from_wire, CallContext, WireDelete,
+    WireGet, WireList, WirePage, WirePurged, WirePut, WireVersion,
 };
 use crate::backend::StorageBackend;
 use crate::body::Body;
@@ -279,7 +280,7 @@ impl PluginLibrary {
             }
             // SAFETY: non-null (checked above); every vtable starts with `struct_size`.
             let backend_size = unsafe { std::ptr::addr_of!((*vtable.backend).struct_size).read() };
-            let needed = size_v1_0::<StowageBackendVTable>();
+            let needed = BACKEND_VTABLE_SIZE_V1_0;
             if backend_size < needed {
                 return Err(refuse(format!(
                     "backend vtable of provider `{name}` has struct_size {backend_size}, but ABI {major}.{minor} needs at least {needed} (host ABI {ABI_MAJOR}.{ABI_MINOR})"
@@ -865,6 +866,33 @@ impl Drop for GetReader {
     }
 }
 
+/// A get's payload: the chunk the opening call returned, then (with a reader) the rest, read
+/// from the plugin on a blocking thread chunk by chunk.
+fn body_of(first: Bytes, reader: Option<GetReader>, size_hint: Option<u64>) -> Body {
+    let Some(reader) = reader else {
+        return Body::from_bytes(first);
+    };
+    let rest = futures::stream::try_unfold(Some(reader), |reader| async move {
+        let Some(mut reader) = reader else {
+            return Ok(None);
+        };
+        let (chunk, reader) = blocking(move || {
+            let chunk = Bytes::from_owner(reader.read()?);
+            Ok((chunk, reader))
+        })
+        .await?;
+        if chunk.is_empty() {
+            // Closing calls into the plugin: not on this async worker.
+            let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
+            Ok(None)
+        } else {
+            Ok(Some((chunk, Some(reader))))
+        }
+    });
+    let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
+    Body::from_stream(futures::StreamExt::chain(first, rest), size_hint)
+}
+
 /// The [`StorageBackend`] over one plugin instance.
 struct PluginBackend {
     shared: Arc<Instance>,
@@ -872,6 +900,86 @@ struct PluginBackend {
 }
 
 impl PluginBackend {
+    /// A get through ABI 1.1's `get_first`: binary options and info, and the first payload
+    /// chunk in the same call, so a small record costs one plugin call and no JSON.
+    async fn get_first(
+        &self,
+        first_fn: StowageGetFirstFn,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
+        let (ns, key) = (ns.clone(), key.clone());
+        let wire = get_options_to_wire(&options);
+        let (info, first, reader) = self
+            .run(move |i| {
+                let mut out_info = StowageRecordInfo {
+                    struct_size: size_of::<StowageRecordInfo>() as u32,
+                    flags: 0,
+                    version: 0,
+                    size: 0,
+                    created_at: 0,
+                    updated_at: 0,
+                    deleted_at: 0,
+                    hash: [0; 32],
+                    rest_json: StowageOwned::EMPTY,
+                };
+                let mut out_first = StowageOwned::EMPTY;
+                let mut handle: *mut c_void = std::ptr::null_mut();
+                // SAFETY: a function of this instance's vtable (present: checked by the
+                // caller), the live instance, inputs that outlive the call, and valid
+                // out-parameters.
+                let status = unsafe {
+                    first_fn(
+                        i.handle,
+                        StowageBytes::from_slice(ns.as_str().as_bytes()),
+                        StowageBytes::from_slice(key.as_str().as_bytes()),
+                        &wire,
+                        &mut out_info,
+                        &mut out_first,
+                        &mut handle,
+                    )
+                };
+                // Owned at once, so whatever the plugin handed over is released on every path.
+                let rest = Owned(std::mem::replace(
+                    &mut out_info.rest_json,
+                    StowageOwned::EMPTY,
+                ));
+                let first = Bytes::from_owner(Owned(out_first));
+                let reader = (!handle.is_null()).then(|| GetReader {
+                    instance: i.clone(),
+                    handle,
+                });
+                check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
+                let info = info_from_wire(ns, key, &out_info, rest.as_slice()).map_err(|e| {
+                    Error::Backend {
+                        provider: i.provider.clone(),
+                        message: format!("the plugin's get_first returned a bad record: {e}"),
+                        source: None,
+                    }
+                })?;
+                if reader.is_none() && expected_len(&info, &options) != Some(first.len() as u64)
+                {
+                    return Err(Error::Backend {
+                        provider: i.provider.clone(),
+                        message: format!(
+                            "the plugin's get_first returned {} payload bytes and no reader for {}/{} version {} of {} bytes",
+                            first.len(),
+                            info.namespace,
+                            info.key,
+                            info.version,
+                            info.size
+                        ),
+                        source: None,
+                    });
+                }
+                Ok((info, first, reader))
+            })
+            .await?;
+        let size_hint = expected_len(&info, &options);
+        Ok((info, body_of(first, reader, size_hint)))
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Arc<Instance>) -> Result<T> + Send + 'static,
@@ -941,15 +1049,6 @@ unsafe extern "C" fn progress_inc(ctx: *mut c_void, n: u64) {
     // SAFETY: `ctx` is the boxed sender lent for the duration of the gc/verify call.
     let sender = unsafe { &*(ctx as *const ProgressSender) };
     let _ = sender.send((false, n));
-}
-
-/// Reads up to the whole payload in the opening call when it fits in one chunk, so a small
-/// get costs one trip to a blocking thread.
-fn expected_len(info: &RecordInfo, options: &GetOptions) -> Option<u64> {
-    match options.range {
-        None => Some(info.size),
-        Some(range) => range.resolve(info.size).ok().map(|(_, len)| len),
-    }
 }
 
 #[async_trait]
@@ -1028,8 +1127,13 @@ impl StorageBackend for PluginBackend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
+        if let Some(first) = optional!(self.shared, get_first) {
+            return self.get_first(first, ns, key, options).await;
+        }
         let ns_s = ns.to_string();
         let key_s = key.to_string();
+        // Reads up to the whole payload in the opening call when it fits in one chunk, so a
+        // small get costs one trip to a blocking thread.
         let wire = to_json(&WireGet {
             version: options.version,
             range: options.range,
@@ -1072,31 +1176,7 @@ impl StorageBackend for PluginBackend {
             })
             .await?;
         let size_hint = expected_len(&info, &options);
-        let Some(reader) = reader else {
-            return Ok((info, Body::from_bytes(first)));
-        };
-        let rest = futures::stream::try_unfold(Some(reader), |reader| async move {
-            let Some(mut reader) = reader else {
-                return Ok(None);
-            };
-            let (chunk, reader) = blocking(move || {
-                let chunk = Bytes::from_owner(reader.read()?);
-                Ok((chunk, reader))
-            })
-            .await?;
-            if chunk.is_empty() {
-                // Closing calls into the plugin: not on this async worker.
-                let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
-                Ok(None)
-            } else {
-                Ok(Some((chunk, Some(reader))))
-            }
-        });
-        let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
-        Ok((
-            info,
-            Body::from_stream(futures::StreamExt::chain(first, rest), size_hint),
-        ))
+        Ok((info, body_of(first, reader, size_hint)))
     }
 
     async fn head(

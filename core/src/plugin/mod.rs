@@ -8,8 +8,10 @@
 //!   runtime the plugin owns.
 //!
 //! Everything that crosses the boundary is C: function pointers, opaque handles, borrowed
-//! bytes, owned buffers with their own `free`, and JSON for every structured value (the shapes
-//! are the serde forms below; `docs/plugins.md` lists them for C authors).
+//! bytes, owned buffers with their own `free`, and JSON for structured values (the shapes are
+//! the serde forms below; `docs/plugins.md` lists them for C authors) — except on the hot path
+//! of ABI 1.1's `get_first`, whose options and record info are `#[repr(C)]` structs, so a
+//! small get crosses in one call without JSON.
 //!
 //! Libraries are never unloaded: a Rust plugin's runtime threads and thread-locals would run
 //! code from an unmapped image. Every proxy still holds an `Arc<PluginLibrary>`, so the
@@ -21,11 +23,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stowage_plugin_abi::status;
+use stowage_plugin_abi::{flags, status, StowageGetOptions, StowageRecordInfo};
 
 use crate::config::PluginsConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ByteRange, PutMode, RecordInfo, Version};
+use crate::hash::ContentHash;
+use crate::key::{Key, Namespace};
+use crate::model::{
+    ByteRange, Conflict, GetOptions, Metadata, PutMode, RecordInfo, Timestamp, Version,
+};
 use crate::registry::Registry;
 
 #[doc(hidden)]
@@ -107,6 +113,136 @@ pub(crate) struct WirePut {
 pub(crate) struct WireGet {
     pub version: Option<Version>,
     pub range: Option<ByteRange>,
+}
+
+/// `get` options in the binary form of `get_first` (ABI 1.1).
+pub(crate) fn get_options_to_wire(options: &GetOptions) -> StowageGetOptions {
+    let mut wire = StowageGetOptions {
+        struct_size: std::mem::size_of::<StowageGetOptions>() as u32,
+        ..StowageGetOptions::default()
+    };
+    if let Some(v) = options.version {
+        wire.flags |= flags::GET_VERSION;
+        wire.version = v;
+    }
+    if let Some(range) = options.range {
+        wire.flags |= flags::GET_RANGE;
+        wire.range_start = range.start;
+        if let Some(end) = range.end {
+            wire.flags |= flags::GET_RANGE_END;
+            wire.range_end = end;
+        }
+    }
+    wire
+}
+
+/// Reads binary `get` options, refusing a struct too small for its fields or unknown flags.
+pub(crate) fn get_options_from_wire(wire: &StowageGetOptions) -> Result<GetOptions> {
+    let size = std::mem::size_of::<StowageGetOptions>();
+    if (wire.struct_size as usize) < size {
+        return Err(Error::invalid_input(format!(
+            "get options struct_size is {} bytes, ABI 1.1 needs {size}",
+            wire.struct_size
+        )));
+    }
+    let known = flags::GET_VERSION | flags::GET_RANGE | flags::GET_RANGE_END;
+    if wire.flags & !known != 0 {
+        return Err(Error::invalid_input(format!(
+            "get options carry unknown flags {:#x}; the host is newer than this plugin's ABI",
+            wire.flags & !known
+        )));
+    }
+    let set = |bit: u32| wire.flags & bit != 0;
+    Ok(GetOptions {
+        version: set(flags::GET_VERSION).then_some(wire.version),
+        range: set(flags::GET_RANGE).then_some(ByteRange {
+            start: wire.range_start,
+            end: set(flags::GET_RANGE_END).then_some(wire.range_end),
+        }),
+    })
+}
+
+/// The RecordInfo fields [`StowageRecordInfo`] carries as JSON (`rest_json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct WireRest {
+    pub metadata: Metadata,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The fixed fields of `info` in binary, and its `rest_json` (empty when metadata and
+/// conflicts are empty, so a plain record crosses without JSON).
+pub(crate) fn info_to_wire(info: &RecordInfo) -> (StowageRecordInfo, Vec<u8>) {
+    let rest = if info.metadata == Metadata::default() && info.conflicts.is_empty() {
+        Vec::new()
+    } else {
+        #[derive(Serialize)]
+        struct RestRef<'a> {
+            metadata: &'a Metadata,
+            #[serde(skip_serializing_if = "<[Conflict]>::is_empty")]
+            conflicts: &'a [Conflict],
+        }
+        serde_json::to_vec(&RestRef {
+            metadata: &info.metadata,
+            conflicts: &info.conflicts,
+        })
+        .expect("metadata always serialises")
+    };
+    let fixed = StowageRecordInfo {
+        struct_size: std::mem::size_of::<StowageRecordInfo>() as u32,
+        flags: if info.deleted_at.is_some() {
+            flags::INFO_DELETED
+        } else {
+            0
+        },
+        version: info.version,
+        size: info.size,
+        created_at: info.created_at.as_micros(),
+        updated_at: info.updated_at.as_micros(),
+        deleted_at: info.deleted_at.map_or(0, |t| t.as_micros()),
+        hash: *info.hash.as_bytes(),
+        rest_json: stowage_plugin_abi::StowageOwned::EMPTY,
+    };
+    (fixed, rest)
+}
+
+/// Rebuilds the RecordInfo of `ns`/`key` from the binary form and its `rest_json`.
+pub(crate) fn info_from_wire(
+    ns: Namespace,
+    key: Key,
+    fixed: &StowageRecordInfo,
+    rest: &[u8],
+) -> std::result::Result<RecordInfo, String> {
+    if fixed.flags & !flags::INFO_DELETED != 0 {
+        return Err(format!("unknown record flags {:#x}", fixed.flags));
+    }
+    let rest: WireRest = if rest.is_empty() {
+        WireRest::default()
+    } else {
+        serde_json::from_slice(rest).map_err(|e| format!("malformed rest_json: {e}"))?
+    };
+    Ok(RecordInfo {
+        namespace: ns,
+        key,
+        version: fixed.version,
+        hash: ContentHash::from_bytes(fixed.hash),
+        size: fixed.size,
+        created_at: Timestamp::from_micros(fixed.created_at),
+        updated_at: Timestamp::from_micros(fixed.updated_at),
+        deleted_at: (fixed.flags & flags::INFO_DELETED != 0)
+            .then(|| Timestamp::from_micros(fixed.deleted_at)),
+        metadata: rest.metadata,
+        conflicts: rest.conflicts,
+    })
+}
+
+/// How many payload bytes a get of `info` with `options` yields, when the range is valid.
+pub(crate) fn expected_len(info: &RecordInfo, options: &GetOptions) -> Option<u64> {
+    match options.range {
+        None => Some(info.size),
+        Some(range) => range.resolve(info.size).ok().map(|(_, len)| len),
+    }
 }
 
 /// `head` and `restore` options on the wire.
