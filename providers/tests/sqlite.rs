@@ -537,6 +537,19 @@ async fn count_chunks(path: &Path) -> i64 {
         .unwrap()
 }
 
+/// Blobs holding their payload in their own row (one-chunk payloads, schema version 3).
+async fn count_inline(path: &Path) -> i64 {
+    use sqlx::Connection;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM blobs WHERE data IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 async fn count_blobs(path: &Path) -> i64 {
     use sqlx::Connection;
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
@@ -614,7 +627,12 @@ async fn dedup_is_visible_in_the_chunks_table() {
     .await
     .unwrap();
     assert_eq!(count_blobs(&path).await, 2);
-    assert_eq!(count_chunks(&path).await, 4);
+    assert_eq!(
+        count_chunks(&path).await,
+        3,
+        "a payload of one chunk lives in its blob row"
+    );
+    assert_eq!(count_inline(&path).await, 1);
     let (_, body) = b.get(&a, &key("y"), GetOptions::default()).await.unwrap();
     assert_eq!(read_all(body).await, payload);
 
@@ -626,7 +644,8 @@ async fn dedup_is_visible_in_the_chunks_table() {
     assert_eq!(report.blobs_removed, 1);
     assert_eq!(report.bytes_freed, 10_000);
     assert_eq!(report.blobs_kept, 1);
-    assert_eq!(count_chunks(&path).await, 1);
+    assert_eq!(count_chunks(&path).await, 0);
+    assert_eq!(count_inline(&path).await, 1);
     assert!(b.verify(&NoProgress).await.unwrap().is_clean());
 }
 
@@ -664,7 +683,7 @@ async fn verify_names_the_records_of_a_damaged_payload() {
         let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
         let sql = format!(
-            "UPDATE chunks SET data = CAST('tampered' AS BLOB) WHERE blob_id = (SELECT id FROM blobs WHERE hash = X'{}')",
+            "UPDATE blobs SET data = CAST('tampered' AS BLOB) WHERE hash = X'{}'",
             bad.hash.to_hex()
         );
         conn.execute(sql.as_str()).await.unwrap();
@@ -1013,4 +1032,334 @@ async fn concurrent_puts_on_one_backend_share_commits_correctly() {
     assert_eq!(info.version, 16);
     assert!(read_all(body).await.starts_with(b"w"));
     assert!(b.verify(&NoProgress).await.unwrap().is_clean());
+}
+
+/// Writes a record as schema version 2 stored it: the payload in rows of `chunks` under a blob
+/// row without `data`, the version numbered after the key's last one; `None` writes a tombstone,
+/// which copies the last version's payload reference and metadata, as `delete` does.
+async fn put_in_v2_layout(
+    conn: &mut sqlx::SqliteConnection,
+    (n, k): (&str, &str),
+    payload: Option<&[u8]>,
+    metadata: &Metadata,
+) {
+    const CHUNK: usize = 4096;
+    let at = Timestamp::now().as_micros();
+    let Some(payload) = payload else {
+        sqlx::query(
+            "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+             SELECT ns, key, version + 1, hash, size, created_at, ?3, ?3, metadata FROM latest
+             WHERE ns = ?1 AND key = ?2",
+        )
+        .bind(n)
+        .bind(k)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        return;
+    };
+    let hash = ContentHash::of(payload);
+    let new_blob: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO blobs (hash, size, chunk_size, chunk_count) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (hash) DO NOTHING RETURNING id",
+    )
+    .bind(&hash.as_bytes()[..])
+    .bind(payload.len() as i64)
+    .bind(CHUNK as i64)
+    .bind(payload.len().div_ceil(CHUNK) as i64)
+    .fetch_optional(&mut *conn)
+    .await
+    .unwrap();
+    if let Some(id) = new_blob {
+        for (idx, piece) in payload.chunks(CHUNK).enumerate() {
+            sqlx::query("INSERT INTO chunks (blob_id, idx, data) VALUES (?1, ?2, ?3)")
+                .bind(id)
+                .bind(idx as i64)
+                .bind(piece)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query(
+        "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
+         SELECT ?1, ?2, coalesce(max(version), 0) + 1, ?3, ?4, coalesce(min(created_at), ?5), ?5,
+                NULL, ?6
+         FROM versions WHERE ns = ?1 AND key = ?2",
+    )
+    .bind(n)
+    .bind(k)
+    .bind(&hash.as_bytes()[..])
+    .bind(payload.len() as i64)
+    .bind(at)
+    .bind(serde_json::to_string(metadata).unwrap())
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_file_migrates_in_place_and_reads_back_byte_exact() {
+    use sqlx::{Connection, Executor};
+    let dir = fresh_dir();
+    let path = dir.join("v2.db");
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let tagged = Metadata::new().with_tag("old").with_attribute("n", 1);
+    // (namespace, key, payload; None for a tombstone), in the order written.
+    let writes: Vec<(&str, &str, Option<Vec<u8>>)> = vec![
+        ("old", "small", Some(b"first small".to_vec())),
+        ("old", "small", Some(b"second small".to_vec())),
+        ("old", "big", Some(big.clone())),
+        ("old", "gone", Some(b"bye".to_vec())),
+        ("old", "gone", None),
+        ("old", "shared", Some(b"first small".to_vec())),
+        ("other", "empty", Some(Vec::new())),
+    ];
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        for step in &schema::MIGRATIONS[..2] {
+            conn.execute(step.sql).await.unwrap();
+        }
+        conn.execute(
+            format!(
+                "PRAGMA application_id = {}; PRAGMA user_version = 2;",
+                schema::APPLICATION_ID
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        for (n, k, payload) in &writes {
+            put_in_v2_layout(&mut conn, (n, k), payload.as_deref(), &tagged).await;
+        }
+        conn.close().await.unwrap();
+    }
+    assert_eq!(schema::schema_version_of(&path).await.unwrap(), 2);
+    let (blobs_before, chunks_before) = (count_blobs(&path).await, count_chunks(&path).await);
+    assert_eq!(
+        (blobs_before, chunks_before),
+        (5, 6),
+        "the fixture is in the old layout"
+    );
+
+    let b = backend_at(&path, serde_json::json!({})).await;
+    b.initialize().await.unwrap();
+    assert_eq!(
+        schema::schema_version_of(&path).await.unwrap(),
+        schema::SCHEMA_VERSION
+    );
+    // Every version reads back byte-exact, by number and (when live) as the latest.
+    let mut numbers = std::collections::HashMap::<(&str, &str), u64>::new();
+    for (n, k, payload) in &writes {
+        let v = numbers.entry((n, k)).or_default();
+        *v += 1;
+        let Some(payload) = payload else {
+            let err = b
+                .get(&ns(n), &key(k), GetOptions::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+            continue;
+        };
+        let (info, body) = b
+            .get(
+                &ns(n),
+                &key(k),
+                GetOptions {
+                    version: Some(*v),
+                    range: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((info.version, info.size), (*v, payload.len() as u64));
+        assert_eq!(info.hash, ContentHash::of(payload));
+        assert_eq!(info.metadata, tagged);
+        assert_eq!(&read_all(body).await, payload, "{n}/{k} version {v}");
+    }
+    let (_, latest) = b
+        .get(&ns("old"), &key("small"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(latest).await, b"second small");
+    let (_, piece) = b
+        .get(
+            &ns("old"),
+            &key("big"),
+            GetOptions {
+                version: None,
+                range: Some(ByteRange {
+                    start: 4000,
+                    end: Some(8200),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(piece).await, &big[4000..8200]);
+    let found = b
+        .search(&ns("old"), &Query::new().tag("old").attr_eq("n", 1))
+        .await
+        .unwrap();
+    let found: Vec<_> = found
+        .items
+        .iter()
+        .map(|r| r.key.as_str().to_string())
+        .collect();
+    assert_eq!(found, ["big", "shared", "small"]);
+    let report = b.verify(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.blobs_checked, 5);
+
+    // New writes dedup against payloads stored the old way, and new payloads go inline.
+    let again = b
+        .put(
+            &ns("new"),
+            &key("again"),
+            Body::from("first small"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.hash, ContentHash::of(b"first small"));
+    assert_eq!(count_blobs(&path).await, blobs_before);
+    b.put(
+        &ns("new"),
+        &key("fresh"),
+        Body::from("fresh bytes"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert_eq!(count_inline(&path).await, 1);
+    let (_, body) = b
+        .get(&ns("new"), &key("again"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(body).await, b"first small");
+
+    // gc still reclaims a payload stored the old way, chunks included.
+    b.purge(&ns("old"), &key("big")).await.unwrap();
+    let gc = b.gc(&NoProgress).await.unwrap();
+    assert_eq!((gc.blobs_removed, gc.bytes_freed), (1, big.len() as u64));
+    assert_eq!(count_chunks(&path).await, chunks_before - 3);
+    assert!(b.verify(&NoProgress).await.unwrap().is_clean());
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_put_is_written_whole_or_not_at_all() {
+    use futures::FutureExt;
+    let dir = fresh_dir();
+    let path = dir.join("cancel.db");
+    // One connection in all: the pool keeps one for reading, the writer its own.
+    let b = backend_at(&path, serde_json::json!({"max_connections": 1})).await;
+    let n = ns("cancel");
+    let tags = Metadata::new().with_tag("t").with_attribute("i", 1);
+    let mut kept = Vec::new();
+    for i in 0..24u32 {
+        // A put that completes first, so the write connection is open and the cancelled put
+        // below gets as far as handing its statements to SQLite within its first poll.
+        b.put(
+            &n,
+            &key("between"),
+            Body::from(format!("b{i}")),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        let k = key(&format!("k{i:02}"));
+        let payload = format!("payload {i}");
+        let put = b.put(
+            &n,
+            &k,
+            Body::from(payload.clone()),
+            tags.clone(),
+            PutMode::Overwrite,
+        );
+        // Dropped after one poll, or after a short while, whatever stage it reached.
+        let finished = if i % 2 == 0 {
+            put.now_or_never().is_some()
+        } else {
+            tokio::time::timeout(std::time::Duration::from_micros(50 * i as u64), put)
+                .await
+                .is_ok()
+        };
+        if finished {
+            kept.push(k.clone());
+        }
+    }
+    // Nothing holds SQLite's write lock: another backend on the file writes at once.
+    let other = backend_at(&path, serde_json::json!({"busy_timeout_ms": 10000})).await;
+    other
+        .put(
+            &n,
+            &key("other"),
+            Body::from("o"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    b.put(
+        &n,
+        &key("after"),
+        Body::from("a"),
+        Metadata::new(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    // Each cancelled put is there whole (version, payload, tags index) or not at all.
+    let mut present = Vec::new();
+    for i in 0..24u32 {
+        let k = key(&format!("k{i:02}"));
+        match b.get(&n, &k, GetOptions::default()).await {
+            Ok((info, body)) => {
+                assert_eq!(info.version, 1);
+                assert_eq!(info.metadata, tags);
+                assert_eq!(read_all(body).await, format!("payload {i}").into_bytes());
+                present.push(k);
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+        }
+    }
+    for k in &kept {
+        assert!(present.contains(k), "{k} completed but is missing");
+    }
+    let indexed = b
+        .search(&n, &Query::new().tag("t").attr_eq("i", 1))
+        .await
+        .unwrap();
+    let indexed: Vec<Key> = indexed.items.into_iter().map(|r| r.key).collect();
+    assert_eq!(
+        indexed, present,
+        "the tag and attribute indexes match the records"
+    );
+    let versions = b.versions(&n, &key("between")).await.unwrap();
+    assert_eq!(versions.len(), 24);
+    assert!(b.verify(&NoProgress).await.unwrap().is_clean());
+    b.close().await.unwrap();
+    other.close().await.unwrap();
+    let late = b
+        .put(
+            &n,
+            &key("late"),
+            Body::from("x"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await;
+    assert!(
+        late.is_err(),
+        "a closed backend opens no new write connection"
+    );
 }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::Connection;
 use sqlx::Row;
 use stowage_core::{
     async_trait, Body, ByteRange, Capabilities, ContentHash, DeleteOptions, Error, GcReport,
     GetOptions, Key, ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo,
     Result, StorageBackend, Timestamp, VerifyReport, Version,
 };
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 
 use super::blobs::{self, BlobRef, ChunkReader, Payload};
 use super::commit::{
@@ -24,43 +25,52 @@ use super::records::{decode, encode_metadata, RECORD_COLUMNS};
 use super::search::{
     driver_candidates, estimate_statement, list_statement, page_rows, search_statement, Driver,
 };
+use super::writer::Writer;
 use super::{schema, PROVIDER};
 
-/// Record, blob and (for `?3` = the chunk holding the first byte wanted) that chunk, in one read.
+/// Record, blob and (for `?3` = the first byte wanted) the chunk holding that byte, in one
+/// read: a row of `chunks`, or for a one-chunk payload its blob row's `data` (then the chunk
+/// index is NULL, which SQLite checks before searching `chunks`).
 const GET_LATEST_SQL: &str = "
 SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
-       b.id, b.chunk_size, c.data
+       b.id, b.chunk_size,
+       coalesce(c.data, CASE WHEN ?3 / b.chunk_size = 0 AND r.deleted_at IS NULL THEN b.data END)
 FROM latest r
 LEFT JOIN blobs b ON b.hash = r.hash
-LEFT JOIN chunks c ON c.blob_id = b.id AND c.idx = ?3 / b.chunk_size AND r.deleted_at IS NULL
+LEFT JOIN chunks c ON c.blob_id = b.id
+    AND c.idx = CASE WHEN b.data IS NULL AND r.deleted_at IS NULL THEN ?3 / b.chunk_size END
 WHERE r.ns = ?1 AND r.key = ?2";
 
 const GET_VERSION_SQL: &str = "
 SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
-       b.id, b.chunk_size, c.data
+       b.id, b.chunk_size,
+       coalesce(c.data, CASE WHEN ?3 / b.chunk_size = 0 AND r.deleted_at IS NULL THEN b.data END)
 FROM versions r
 LEFT JOIN blobs b ON b.hash = r.hash
-LEFT JOIN chunks c ON c.blob_id = b.id AND c.idx = ?3 / b.chunk_size AND r.deleted_at IS NULL
+LEFT JOIN chunks c ON c.blob_id = b.id
+    AND c.idx = CASE WHEN b.data IS NULL AND r.deleted_at IS NULL THEN ?3 / b.chunk_size END
 WHERE r.ns = ?1 AND r.key = ?2 AND r.version = ?4";
 
-/// The `sqlite` provider's backend: one database file, a connection pool, and a lock that lets
-/// this process's writers take turns without busy-waiting on SQLite's file lock.
+/// The `sqlite` provider's backend: one database file, a pool of connections for reading, and
+/// one connection for writing that this process's writers take turns on without busy-waiting
+/// on SQLite's file lock.
 pub struct SqliteBackend {
     config: SqliteConfig,
     path: Arc<PathBuf>,
     pool: OnceCell<SqlitePool>,
-    writer: Arc<Mutex<()>>,
+    writer: Arc<Writer>,
     commits: Arc<GroupCommit>,
 }
 
 impl SqliteBackend {
     /// A backend for `config`; nothing is opened until the first operation.
     pub fn new(config: SqliteConfig) -> Self {
+        let path = Arc::new(config.path.clone());
         SqliteBackend {
-            path: Arc::new(config.path.clone()),
+            writer: Writer::new(schema::connect_options(&config), path.clone()),
+            path,
             config,
             pool: OnceCell::new(),
-            writer: Arc::new(Mutex::new(())),
             commits: Arc::new(GroupCommit::default()),
         }
     }
@@ -113,21 +123,17 @@ impl SqliteBackend {
     }
 
     /// The streaming path, in one write transaction; `Err(current)` when the precondition failed.
-    async fn put_large(
-        &self,
-        pool: &SqlitePool,
-        req: &PutRequest<'_>,
-        prefix: Bytes,
-        rest: Body,
-    ) -> Result<Attempt> {
+    async fn put_large(&self, req: &PutRequest<'_>, prefix: Bytes, rest: Body) -> Result<Attempt> {
         let PutRequest {
             ns,
             key,
             metadata,
             mode,
         } = *req;
-        let _turn = self.writer.lock().await;
-        let mut tx = pool
+        let mut turn = self.writer.turn().await;
+        let mut tx = turn
+            .conn()
+            .await?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.fail("locking the database for a write"))?;
@@ -190,10 +196,12 @@ impl SqliteBackend {
         ns: &Namespace,
         records: impl IntoIterator<Item = (Key, Bytes, Metadata)>,
     ) -> Result<Vec<RecordInfo>> {
-        let pool = self.pool().await?;
+        self.pool().await?;
         let chunk_size = self.config.chunk_size();
-        let _turn = self.writer.lock().await;
-        let mut tx = pool
+        let mut turn = self.writer.turn().await;
+        let mut tx = turn
+            .conn()
+            .await?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.fail("locking the database for a write"))?;
@@ -305,6 +313,7 @@ impl StorageBackend for SqliteBackend {
         // -wal/-shm side files. A connection still on its way back to the pool when `close`
         // runs (its return is a spawned task) lands in the idle queue of the closed pool
         // afterwards, where nothing would close it gracefully; closing again picks it up.
+        self.writer.close().await;
         if let Some(pool) = self.pool.get() {
             pool.close().await;
             for _ in 0..400 {
@@ -337,10 +346,9 @@ impl StorageBackend for SqliteBackend {
         let attempt = match blobs::classify(body, self.config.chunk_size()).await? {
             Payload::Small(data) => {
                 let ctx = WriteContext {
-                    pool: pool.clone(),
                     path: self.path.clone(),
                     chunk_size: self.config.chunk_size(),
-                    lock: self.writer.clone(),
+                    writer: self.writer.clone(),
                 };
                 let put = SmallPut {
                     ns: ns.clone(),
@@ -352,7 +360,7 @@ impl StorageBackend for SqliteBackend {
                 };
                 self.commits.put(&ctx, put).await?
             }
-            Payload::Large { prefix, rest } => self.put_large(pool, &req, prefix, rest).await?,
+            Payload::Large { prefix, rest } => self.put_large(&req, prefix, rest).await?,
         };
         match attempt {
             Ok(w) => Ok(RecordInfo {
@@ -457,7 +465,7 @@ impl StorageBackend for SqliteBackend {
         let pool = self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
-            let _turn = self.writer.lock().await;
+            let mut turn = self.writer.turn().await;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
                  SELECT ns, key, version + 1, hash, size, created_at, ?3, ?3, metadata FROM latest
@@ -468,7 +476,7 @@ impl StorageBackend for SqliteBackend {
             .bind(key.as_str())
             .bind(now)
             .bind(options.if_version.map(|v| v as i64))
-            .fetch_optional(pool)
+            .fetch_optional(turn.conn().await?)
             .await
             .map_err(self.fail("deleting a record"))?
         };
@@ -580,10 +588,10 @@ impl StorageBackend for SqliteBackend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
-        let pool = self.pool().await?;
+        self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
-            let _turn = self.writer.lock().await;
+            let mut turn = self.writer.turn().await;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
                  SELECT s.ns, s.key, l.version + 1, s.hash, s.size, l.created_at, ?3, NULL, s.metadata
@@ -597,7 +605,7 @@ impl StorageBackend for SqliteBackend {
             .bind(key.as_str())
             .bind(now)
             .bind(version.map(|v| v as i64))
-            .fetch_optional(pool)
+            .fetch_optional(turn.conn().await?)
             .await
             .map_err(self.fail("restoring a record"))?
         };
@@ -608,9 +616,11 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
-        let pool = self.pool().await?;
-        let _turn = self.writer.lock().await;
-        let mut tx = pool
+        self.pool().await?;
+        let mut turn = self.writer.turn().await;
+        let mut tx = turn
+            .conn()
+            .await?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.fail("locking the database to purge"))?;
@@ -637,9 +647,9 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let pool = self.pool().await?;
-        let _turn = self.writer.lock().await;
-        blobs::gc(pool, &self.path, progress).await
+        self.pool().await?;
+        let mut turn = self.writer.turn().await;
+        blobs::gc(turn.conn().await?, &self.path, progress).await
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {

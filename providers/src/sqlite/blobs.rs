@@ -1,6 +1,7 @@
 //! Payload storage: content-addressed blobs (`blobs`, one row per hash) split into `chunks` of
-//! the configured size. Writes stream chunk by chunk while hashing; reads stream chunk by chunk
-//! and serve byte ranges from only the chunks they cover; `gc` and `verify` work here too.
+//! the configured size, or, for a payload of at most one chunk, held in the blob row itself.
+//! Writes stream chunk by chunk while hashing; reads stream chunk by chunk and serve byte
+//! ranges from only the chunks they cover; `gc` and `verify` work here too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::stream;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 use stowage_core::{
     Body, ContentHash, ContentHasher, Error, GcReport, Progress, Result, VerifyProblem,
     VerifyReport,
@@ -304,12 +305,12 @@ impl ChunkReader {
 /// Removes every blob no version references (their chunks go with them), then hands the freed
 /// pages back to the file system.
 pub(crate) async fn gc(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<GcReport> {
     let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
-    let mut tx = pool
+    let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(|e| fail("locking the database for gc", e))?;
@@ -328,7 +329,7 @@ pub(crate) async fn gc(
     progress.inc(total as u64);
     if !removed.is_empty() {
         sqlx::query("PRAGMA incremental_vacuum")
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| fail("returning freed pages to the file system", e))?;
     }
@@ -401,7 +402,7 @@ pub(crate) async fn verify(
     let mut after: i64 = 0;
     loop {
         let batch = sqlx::query(
-            "SELECT id, hash, size, chunk_size, chunk_count FROM blobs WHERE id > ?1 ORDER BY id LIMIT 256",
+            "SELECT id, hash, size, chunk_size, chunk_count, data IS NOT NULL FROM blobs WHERE id > ?1 ORDER BY id LIMIT 256",
         )
         .bind(after)
         .fetch_all(&mut *tx)
@@ -417,6 +418,7 @@ pub(crate) async fn verify(
             let size = row.get::<i64, _>(2) as u64;
             let chunk_size = row.get::<i64, _>(3) as u64;
             let chunks: i64 = row.get(4);
+            let inline: bool = row.get(5);
             let Some(expected) = stored.as_deref().and_then(hash_from) else {
                 report.problems.push(VerifyProblem {
                     namespace: None,
@@ -428,7 +430,12 @@ pub(crate) async fn verify(
                 });
                 continue;
             };
-            let found = rehash(&mut tx, path, id, chunks, chunk_size, size).await?;
+            let layout = Layout {
+                chunks,
+                chunk_size,
+                inline,
+            };
+            let found = rehash(&mut tx, path, id, layout, size).await?;
             report.blobs_checked += 1;
             report.bytes_checked += found.bytes;
             progress.inc(size);
@@ -480,14 +487,26 @@ struct Rehash {
     problem: Option<String>,
 }
 
+/// How a blob row says its payload is stored.
+struct Layout {
+    chunks: i64,
+    chunk_size: u64,
+    /// In the row's `data` column rather than in `chunks`.
+    inline: bool,
+}
+
 async fn rehash(
     conn: &mut SqliteConnection,
     path: &Path,
     blob_id: i64,
-    chunks: i64,
-    chunk_size: u64,
+    layout: Layout,
     size: u64,
 ) -> Result<Rehash> {
+    let Layout {
+        chunks,
+        chunk_size,
+        inline,
+    } = layout;
     let mut hasher = ContentHasher::new();
     let mut problem = None;
     if chunk_count(size, chunk_size.max(1) as usize) != chunks {
@@ -495,7 +514,21 @@ async fn rehash(
             "payload of {size} bytes claims {chunks} chunks of {chunk_size} bytes"
         ));
     }
-    for idx in 0..chunks {
+    if inline {
+        if chunks > 1 {
+            problem.get_or_insert_with(|| {
+                format!("payload of {chunks} chunks is stored in its blob row, which holds one")
+            });
+        }
+        let data: Vec<u8> = sqlx::query_scalar("SELECT data FROM blobs WHERE id = ?1")
+            .bind(blob_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| map_err(path, "reading a payload", e))?;
+        hasher.update(&data);
+    }
+    let chunk_rows = if inline { 0 } else { chunks };
+    for idx in 0..chunk_rows {
         let data: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT data FROM chunks WHERE blob_id = ?1 AND idx = ?2")
                 .bind(blob_id)

@@ -6,20 +6,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqliteArguments, SqlitePool};
+use sqlx::sqlite::{Sqlite, SqliteArguments};
 use sqlx::Row;
 use stowage_core::{ContentHash, Error, Key, Namespace, PutMode, Result, Timestamp};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::oneshot;
 
 use super::blobs::chunk_count;
 use super::error::map_err;
+use super::writer::{WriteTurn, Writer};
 use super::PROVIDER;
 
 /// A put of a payload that fits one chunk, as a single round trip: the version row is written
 /// only if the precondition holds (`mode` 0 overwrite, 1 create, 2 if-version `expected`); the
-/// blob and its chunk only if the version was written and the hash is new (`changes()` chains
-/// them). The `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
+/// blob, holding the payload in its own row (`blobs.data`, schema version 3), only if the
+/// version was written and the hash is new (`changes()` chains them). The
+/// `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
 /// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
 /// (numbered ones would be re-bound from the start in every statement).
 macro_rules! put_small_statements {
@@ -35,11 +36,9 @@ INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, dele
                       WHEN 1 THEN l.version IS NULL OR l.deleted_at IS NOT NULL
                       ELSE coalesce(l.version, 0) = p.expected END
     RETURNING version, created_at;
-INSERT INTO blobs (hash, size, chunk_size, chunk_count)
-    SELECT ?, ?, ?, ? WHERE changes() > 0
+INSERT INTO blobs (hash, size, chunk_size, chunk_count, data)
+    SELECT ?, ?, ?, ?, ? WHERE changes() > 0
     ON CONFLICT (hash) DO NOTHING;
-INSERT INTO chunks (blob_id, idx, data)
-    SELECT last_insert_rowid(), 0, ? WHERE changes() > 0 AND ? > 0;
 "
     };
 }
@@ -77,42 +76,12 @@ pub(crate) fn bind_put_small<'q>(
         .bind(chunk_size as i64)
         .bind(chunks)
         .bind(data)
-        .bind(chunks)
 }
 
 /// The same statements inside a savepoint, for one put of a group-commit batch: a put that
 /// fails is undone alone.
 const PUT_SMALL_SAVEPOINT_SQL: &str =
     concat!("SAVEPOINT put;", put_small_statements!(), "RELEASE put;");
-
-/// A connection running a hand-written transaction: if dropped before it is known to be
-/// finished (a cancelled future, a failed rollback), it is closed rather than returned to the
-/// pool, which makes SQLite roll the transaction back.
-pub(crate) struct TxnConn {
-    pub(crate) conn: PoolConnection<Sqlite>,
-    pub(crate) settled: bool,
-}
-
-impl Drop for TxnConn {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-impl TxnConn {
-    /// After a failed statement: undo whatever the transaction did.
-    pub(crate) async fn roll_back(&mut self) {
-        // "no transaction is active" is the only expected failure and means there is nothing
-        // to undo; any other leaves `settled` false so the connection is discarded.
-        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
-            Ok(_) => self.settled = true,
-            Err(e) if e.to_string().contains("no transaction") => self.settled = true,
-            Err(_) => {}
-        }
-    }
-}
 
 /// What a put writes, besides the payload.
 #[derive(Clone, Copy)]
@@ -193,11 +162,10 @@ struct Queue {
 /// What a batch needs to write: cheap to clone into the task that drains the queue.
 #[derive(Clone)]
 pub(crate) struct WriteContext {
-    pub(crate) pool: SqlitePool,
     pub(crate) path: Arc<PathBuf>,
     pub(crate) chunk_size: usize,
-    /// The lock every writer of this backend takes turns on.
-    pub(crate) lock: Arc<Mutex<()>>,
+    /// The write connection every writer of this backend takes turns on.
+    pub(crate) writer: Arc<Writer>,
 }
 
 /// Collects small puts and writes each batch in one transaction.
@@ -208,12 +176,31 @@ pub(crate) struct GroupCommit {
 
 impl GroupCommit {
     /// Writes `put`, together with whatever other small puts wait for the lock at that moment.
-    /// The batch runs on its own task, so a caller that stops waiting cannot leave it half done.
+    ///
+    /// Alone (nothing queued, the lock free) the put is written in the caller's task: handing
+    /// it to a batch task and waiting for the answer would cost two thread wake-ups for nothing
+    /// to share. If the caller stops waiting midway, [`WriteTurn`] closes the connection, which
+    /// rolls the unfinished transaction back, so the put is written whole or not at all.
+    /// Otherwise the batch runs on its own task, so a caller that stops waiting cannot leave
+    /// the other puts of its batch half done.
     pub(crate) async fn put(
         self: &Arc<Self>,
         ctx: &WriteContext,
         put: SmallPut,
     ) -> Result<Attempt> {
+        let alone = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked under the queue lock, so a drain task that is about to take its turn for
+            // queued puts is never overtaken by this one.
+            if q.jobs.is_empty() && !q.draining {
+                ctx.writer.try_turn()
+            } else {
+                None
+            }
+        };
+        if let Some(mut turn) = alone {
+            return ctx.write_one(&mut turn, &put).await;
+        }
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,8 +223,8 @@ impl GroupCommit {
 
     async fn drain(&self, ctx: WriteContext) {
         loop {
-            // Waiting for the lock first lets the queue fill up meanwhile: that is the batch.
-            let _turn = ctx.lock.lock().await;
+            // Waiting for the turn first lets the queue fill up meanwhile: that is the batch.
+            let mut turn = ctx.writer.turn().await;
             let jobs = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if q.jobs.is_empty() {
@@ -248,10 +235,10 @@ impl GroupCommit {
             };
             if let [_] = jobs.as_slice() {
                 let job = jobs.into_iter().next().expect("one job");
-                let result = ctx.write_one(&job.put).await;
+                let result = ctx.write_one(&mut turn, &job.put).await;
                 let _ = job.reply.send(result);
             } else {
-                ctx.write_batch(jobs).await;
+                ctx.write_batch(&mut turn, jobs).await;
             }
         }
     }
@@ -262,27 +249,16 @@ impl WriteContext {
         map_err(&self.path, doing, e)
     }
 
-    async fn connection(&self) -> Result<TxnConn> {
-        let conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.fail("getting a connection", e))?;
-        Ok(TxnConn {
-            conn,
-            settled: false,
-        })
-    }
-
     /// Runs one small put's statements (`sql`: with its own transaction or in a savepoint):
     /// the version written, or `Err(None)` when the precondition failed.
     async fn run_put(
         &self,
         sql: &'static str,
         put: &SmallPut,
-        conn: &mut TxnConn,
-    ) -> std::result::Result<Attempt, sqlx::Error> {
+        turn: &mut WriteTurn,
+    ) -> Result<std::result::Result<Attempt, sqlx::Error>> {
         let now = Timestamp::now().as_micros();
+        let conn = turn.conn().await?;
         let rows = bind_put_small(
             sql,
             &put.request(),
@@ -291,24 +267,25 @@ impl WriteContext {
             now,
             self.chunk_size,
         )
-        .fetch_all(&mut *conn.conn)
-        .await?;
-        Ok(match rows.first() {
+        .fetch_all(conn)
+        .await;
+        Ok(rows.map(|rows| match rows.first() {
             Some(r) => Ok(put.written(r, now)),
             None => Err(None),
-        })
+        }))
     }
 
     /// One put in one round trip, its own transaction. `Err(None)`: the precondition failed.
-    pub(crate) async fn write_one(&self, put: &SmallPut) -> Result<Attempt> {
-        let mut conn = self.connection().await?;
-        match self.run_put(PUT_SMALL_SQL, put, &mut conn).await {
+    pub(crate) async fn write_one(&self, turn: &mut WriteTurn, put: &SmallPut) -> Result<Attempt> {
+        turn.conn().await?;
+        turn.start();
+        match self.run_put(PUT_SMALL_SQL, put, turn).await? {
             Ok(attempt) => {
-                conn.settled = true;
+                turn.finish();
                 Ok(attempt)
             }
             Err(e) => {
-                conn.roll_back().await;
+                turn.roll_back().await;
                 Err(self.fail("writing a record", e))
             }
         }
@@ -316,49 +293,59 @@ impl WriteContext {
 
     /// Several puts in one transaction, each in a savepoint so one failing put is undone alone;
     /// each put sees the ones before it, exactly as if they had run one after another.
-    async fn write_batch(&self, jobs: Vec<Job>) {
-        let mut conn = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => return answer_all(jobs, &e.to_string()),
+    async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
+        turn.start();
+        let begun = match turn.conn().await {
+            Ok(conn) => sqlx::query("BEGIN IMMEDIATE")
+                .execute(conn)
+                .await
+                .map_err(|e| self.fail("locking the database for a write", e)),
+            Err(e) => Err(e),
         };
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn.conn)
-            .await
-        {
-            conn.roll_back().await;
-            return answer_all(
-                jobs,
-                &self.fail("locking the database for a write", e).to_string(),
-            );
+        if let Err(e) = begun {
+            turn.roll_back().await;
+            return answer_all(jobs, &e.to_string());
         }
         let mut results: Vec<Result<Attempt>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            match self
-                .run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, &mut conn)
-                .await
-            {
+            let outcome = match self.run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, turn).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    turn.roll_back().await;
+                    return answer_all(jobs, &e.to_string());
+                }
+            };
+            match outcome {
                 Ok(attempt) => results.push(Ok(attempt)),
                 Err(e) => {
-                    let undo = sqlx::query("ROLLBACK TO put; RELEASE put;")
-                        .execute(&mut *conn.conn)
-                        .await;
-                    if undo.is_err() {
+                    let undo = match turn.conn().await {
+                        Ok(conn) => sqlx::query("ROLLBACK TO put; RELEASE put;")
+                            .execute(conn)
+                            .await
+                            .is_ok(),
+                        Err(_) => false,
+                    };
+                    if !undo {
                         // The transaction is in an unknown state: give the whole batch up.
-                        conn.roll_back().await;
+                        turn.roll_back().await;
                         return answer_all(jobs, &self.fail("writing a record", e).to_string());
                     }
                     results.push(Err(self.fail("writing a record", e)));
                 }
             }
         }
-        if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn.conn).await {
-            conn.roll_back().await;
-            return answer_all(
-                jobs,
-                &self.fail("committing a batch of records", e).to_string(),
-            );
+        let committed = match turn.conn().await {
+            Ok(conn) => sqlx::query("COMMIT")
+                .execute(conn)
+                .await
+                .map_err(|e| self.fail("committing a batch of records", e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            turn.roll_back().await;
+            return answer_all(jobs, &e.to_string());
         }
-        conn.settled = true;
+        turn.finish();
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }

@@ -32,7 +32,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 pub struct SqliteConfig {
     /// The database file; missing parent directories are created on first use.
     pub path: PathBuf,
-    /// Most connections the pool opens (readers run in parallel; writers take turns). Default 8.
+    /// Most connections open at once: one for writing (writers take turns on it), the others
+    /// for reading in parallel; at least one reads, so `1` opens two. Default 8.
     #[serde(default)]
     pub max_connections: Option<u32>,
     /// How long a writer waits for another process or connection holding the write lock before
@@ -143,7 +144,7 @@ impl SqliteConfig {
                     "type": "integer",
                     "minimum": 1,
                     "default": DEFAULT_MAX_CONNECTIONS,
-                    "description": "Most connections the pool opens."
+                    "description": "Most connections open at once: one for writing, the others (at least one) for reading."
                 },
                 "busy_timeout_ms": {
                     "type": "integer",

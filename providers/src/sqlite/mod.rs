@@ -1,12 +1,12 @@
 //! The `sqlite` provider: every record in one SQLite file, through sqlx. The embedded default.
 //!
-//! - WAL mode, foreign keys on, a busy timeout; writers of one process take turns on an async
-//!   lock, writers of several processes on SQLite's file lock.
+//! - WAL mode, foreign keys on, a busy timeout; writers of one process take turns on one write
+//!   connection, writers of several processes on SQLite's file lock; reads use a pool.
 //! - The schema is versioned (`PRAGMA user_version`, [`schema::MIGRATIONS`]) and migrated in one
 //!   transaction on first use; a file that is not a stowage database is refused, never changed.
 //! - Payloads are content-addressed (blake3) and stored once per store in chunks of
 //!   `chunk_size` bytes: puts stream chunk by chunk while hashing, gets stream chunk by chunk
-//!   and read only the chunks a byte range covers.
+//!   and read only the chunks a byte range covers. A payload of one chunk sits in its blob row.
 //! - Every version is a row of `versions`; the `latest` table, with `tags` and `attrs`, is kept
 //!   by a trigger and indexed, so `list` and `search` are SQL, not scans.
 //! - A put of a payload that fits one chunk is one round trip to SQLite; small puts that wait
@@ -33,6 +33,7 @@ mod error;
 mod records;
 pub mod schema;
 mod search;
+mod writer;
 
 pub use backend::SqliteBackend;
 pub use config::{SqliteConfig, Synchronous, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
