@@ -143,7 +143,44 @@ impl Key {
 }
 
 /// Why `key` is not a valid key, or `None` if it is.
+/// Whether `key` obviously breaks no rule, in one pass over its bytes: no byte that could
+/// start a control character or a backslash, and no empty, `.` or `..` segment. Keys are
+/// checked on every call that names one (and again inside a plugin), so the common case
+/// avoids the char-by-char checks; anything doubtful goes to [`key_problem`]'s full rules.
+fn key_is_plainly_valid(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        // C0 controls, DEL, `\`, and 0xC2, the lead byte of the C1 controls (U+0080–U+009F).
+        if b < 0x20 || b == 0x7F || b == b'\\' || b == 0xC2 {
+            return false;
+        }
+        if b == b'/' {
+            if !plain_segment(&bytes[segment_start..i]) {
+                return false;
+            }
+            segment_start = i + 1;
+        }
+    }
+    plain_segment(&bytes[segment_start..])
+}
+
+fn plain_segment(segment: &[u8]) -> bool {
+    !matches!(segment, b"" | b"." | b"..")
+}
+
 fn key_problem(key: &str) -> Option<String> {
+    if key_is_plainly_valid(key) {
+        return None;
+    }
+    key_problem_in_full(key)
+}
+
+/// Every key rule, in the order their messages take precedence.
+fn key_problem_in_full(key: &str) -> Option<String> {
     if key.is_empty() {
         return Some("a key must not be empty".into());
     }
@@ -227,6 +264,33 @@ impl AsRef<str> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check never lets through a key the full rules refuse: every string of up
+    /// to four characters over an alphabet of separators, dots, controls (C0, DEL, both ends
+    /// of C1), their neighbours and multi-byte letters gets the same verdict and message.
+    #[test]
+    fn the_fast_key_check_agrees_with_the_full_rules() {
+        let alphabet = [
+            "a", "/", ".", "\\", "\u{0}", "\u{1f}", " ", "\u{7f}", "\u{80}", "\u{9f}", "\u{a0}",
+            "é", "\u{2028}",
+        ];
+        let mut keys = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            frontier = frontier
+                .iter()
+                .flat_map(|k| alphabet.iter().map(move |c| format!("{k}{c}")))
+                .collect();
+            keys.extend(frontier.iter().cloned());
+        }
+        keys.push("x".repeat(MAX_KEY_LEN));
+        keys.push("x".repeat(MAX_KEY_LEN + 1));
+        keys.push(format!("{}/", "x".repeat(MAX_KEY_LEN - 1)));
+        for key in &keys {
+            assert_eq!(key_problem(key), key_problem_in_full(key), "{key:?}");
+        }
+        assert!(keys.iter().filter(|k| key_is_plainly_valid(k)).count() > 300);
+    }
 
     #[test]
     fn keys_follow_the_rules() {
