@@ -155,14 +155,7 @@ fn header_constants_match_rust() {
             && !k.starts_with("STOWAGE_ABI_")
             && !k.starts_with("STOWAGE_FLAG_")
     });
-    assert_eq!(
-        header_codes.count(),
-        codes.len(),
-        "the header has status codes Rust lacks"
-    );
-    for (name, code) in codes {
-        assert_eq!(defines[name], code.to_string(), "{name}");
-    }
+    assert_same_values(&defines, header_codes, &codes, "status codes");
     let flag_bits = [
         ("STOWAGE_FLAG_GET_VERSION", flags::GET_VERSION),
         ("STOWAGE_FLAG_GET_RANGE", flags::GET_RANGE),
@@ -170,13 +163,23 @@ fn header_constants_match_rust() {
         ("STOWAGE_FLAG_INFO_DELETED", flags::INFO_DELETED),
     ];
     let header_flags = defines.keys().filter(|k| k.starts_with("STOWAGE_FLAG_"));
+    assert_same_values(&defines, header_flags, &flag_bits, "flags");
+}
+
+/// The header defines exactly the `rust` constants among `header` (no more), with their values.
+fn assert_same_values<'a>(
+    defines: &BTreeMap<String, String>,
+    header: impl Iterator<Item = &'a String>,
+    rust: &[(&str, u32)],
+    what: &str,
+) {
     assert_eq!(
-        header_flags.count(),
-        flag_bits.len(),
-        "the header has flags Rust lacks"
+        header.count(),
+        rust.len(),
+        "the header has {what} Rust lacks"
     );
-    for (name, bit) in flag_bits {
-        assert_eq!(defines[name], bit.to_string(), "{name}");
+    for (name, value) in rust {
+        assert_eq!(defines[*name], value.to_string(), "{name}");
     }
 }
 

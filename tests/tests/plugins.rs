@@ -11,7 +11,8 @@ use serde_json::json;
 use stowage_core::plugin::abi::{ABI_MAJOR, ABI_MINOR};
 use stowage_core::{
     testkit, Body, ByteRange, Error, ErrorKind, GetOptions, Key, ListOptions, Metadata, Namespace,
-    PluginLibrary, ProviderOrigin, PutMode, Registry, StorageProviderFactory, Stowage,
+    PluginLibrary, ProviderOrigin, PutMode, Registry, StorageBackend, StorageProviderFactory,
+    Stowage,
 };
 
 /// A library built by `scripts/build-plugin-fixtures`; fails (never skips) when it is missing.
@@ -91,6 +92,15 @@ async fn abi_1_0_plugin_without_get_first_passes_the_conformance_kit() {
     testkit::run_all(factory(&library, "cmem"), json!({}))
         .await
         .assert_passed();
+}
+
+/// A backend of the Rust example plugin (`kv`), storing in `dir`.
+async fn kv_plugin_backend(dir: &tempfile::TempDir) -> Arc<dyn StorageBackend> {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    factory(&library, "kv")
+        .create(json!({ "path": dir.path().join("kv.redb") }))
+        .await
+        .unwrap()
 }
 
 /// Loads a library that must be refused; returns the message after checking it names the file.
@@ -323,12 +333,8 @@ async fn panics_become_panicked_errors_and_the_host_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_concurrent_operations_through_one_plugin() {
-    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = factory(&library, "kv")
-        .create(json!({ "path": dir.path().join("kv.redb") }))
-        .await
-        .unwrap();
+    let backend = kv_plugin_backend(&dir).await;
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let backend = backend.clone();
@@ -450,12 +456,8 @@ async fn two_different_plugins_serve_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_body_aborts_the_put_and_writes_nothing() {
-    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = factory(&library, "kv")
-        .create(json!({ "path": dir.path().join("kv.redb") }))
-        .await
-        .unwrap();
+    let backend = kv_plugin_backend(&dir).await;
     let chunks = futures::stream::iter([
         Ok(Bytes::from_static(b"first")),
         Err(Error::invalid_input("client went away")),
@@ -564,12 +566,8 @@ async fn config_file_plugins_load_before_the_provider_is_chosen() {
 /// does (metadata, times, hash, version), for the latest version, an older one and a range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_get_agrees_with_json_head() {
-    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backend = factory(&library, "kv")
-        .create(json!({ "path": dir.path().join("kv.redb") }))
-        .await
-        .unwrap();
+    let backend = kv_plugin_backend(&dir).await;
     let (ns, key) = (
         Namespace::new("acme").unwrap(),
         Key::new("docs/a.json").unwrap(),

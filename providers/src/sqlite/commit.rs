@@ -295,13 +295,9 @@ impl WriteContext {
     /// each put sees the ones before it, exactly as if they had run one after another.
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
         turn.start();
-        let begun = match turn.conn().await {
-            Ok(conn) => sqlx::query("BEGIN IMMEDIATE")
-                .execute(conn)
-                .await
-                .map_err(|e| self.fail("locking the database for a write", e)),
-            Err(e) => Err(e),
-        };
+        let begun = turn
+            .execute("BEGIN IMMEDIATE", "locking the database for a write")
+            .await;
         if let Err(e) = begun {
             turn.roll_back().await;
             return answer_all(jobs, &e.to_string());
@@ -318,14 +314,10 @@ impl WriteContext {
             match outcome {
                 Ok(attempt) => results.push(Ok(attempt)),
                 Err(e) => {
-                    let undo = match turn.conn().await {
-                        Ok(conn) => sqlx::query("ROLLBACK TO put; RELEASE put;")
-                            .execute(conn)
-                            .await
-                            .is_ok(),
-                        Err(_) => false,
-                    };
-                    if !undo {
+                    let undo = turn
+                        .execute("ROLLBACK TO put; RELEASE put;", "undoing a failed put")
+                        .await;
+                    if undo.is_err() {
                         // The transaction is in an unknown state: give the whole batch up.
                         turn.roll_back().await;
                         return answer_all(jobs, &self.fail("writing a record", e).to_string());
@@ -334,13 +326,9 @@ impl WriteContext {
                 }
             }
         }
-        let committed = match turn.conn().await {
-            Ok(conn) => sqlx::query("COMMIT")
-                .execute(conn)
-                .await
-                .map_err(|e| self.fail("committing a batch of records", e)),
-            Err(e) => Err(e),
-        };
+        let committed = turn
+            .execute("COMMIT", "committing a batch of records")
+            .await;
         if let Err(e) = committed {
             turn.roll_back().await;
             return answer_all(jobs, &e.to_string());

@@ -105,6 +105,18 @@ impl WriteTurn {
         Ok(self.slot.as_mut().expect("opened above"))
     }
 
+    /// Runs statements that return no rows (`BEGIN`, `COMMIT`, savepoints) on the write
+    /// connection; `doing` names the step in the error.
+    pub(crate) async fn execute(&mut self, sql: &'static str, doing: &str) -> Result<()> {
+        let path = self.writer.path.clone();
+        let conn = self.conn().await?;
+        sqlx::query(sql)
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&path, doing, e))
+    }
+
     /// Marks a hand-written transaction as begun.
     pub(crate) fn start(&mut self) {
         self.unfinished = true;
