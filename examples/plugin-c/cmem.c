@@ -412,6 +412,34 @@ static record *resolve(store *st, StowageBytes ns, StowageBytes key, StowageByte
     return r;
 }
 
+static void get_close(void *handle) {
+    reader *rd = handle;
+    free(rd->data.data);
+    free(rd);
+}
+
+/* A reader of bytes start..end of r's payload (end clamped to its size; without has_end, to
+ * the end), or NULL with *status set. */
+static reader *open_range(const record *r, uint64_t start, int has_end, uint64_t end,
+                          StowageStatus *status) {
+    uint64_t size = r->payload.len;
+    if (!has_end || end > size) end = size;
+    if (start > size || (has_end && end < start)) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "{\"message\":\"range %llu..%llu does not fit a payload of %llu bytes\"}",
+                 (unsigned long long)start, (unsigned long long)end, (unsigned long long)size);
+        *status = fail(STOWAGE_INVALID_INPUT, msg);
+        return NULL;
+    }
+    reader *rd = calloc(1, sizeof(reader));
+    if (!rd || buf_put(&rd->data, r->payload.data + start, end - start)) {
+        if (rd) get_close(rd);
+        *status = out_of_memory();
+        return NULL;
+    }
+    return rd;
+}
+
 static StowageStatus get_open(void *instance, StowageBytes ns, StowageBytes key,
                               StowageBytes options, StowageOwned *out_info, void **out_reader) {
     store *st = instance;
@@ -419,7 +447,7 @@ static StowageStatus get_open(void *instance, StowageBytes ns, StowageBytes key,
     pthread_mutex_lock(&st->lock);
     record *r = resolve(st, ns, key, options, &status);
     if (r) {
-        uint64_t size = r->payload.len, start = 0, end = 0;
+        uint64_t start = 0, end = 0;
         int has_end = 0;
         const char *range = json_field(options, "range");
         if (range && *range == '{') {
@@ -427,21 +455,13 @@ static StowageStatus get_open(void *instance, StowageBytes ns, StowageBytes key,
             json_u64(sub, "start", &start);
             has_end = json_u64(sub, "end", &end);
         }
-        if (!has_end || end > size) end = size;
-        char msg[128];
-        reader *rd = calloc(1, sizeof(reader));
+        reader *rd = open_range(r, start, has_end, end, &status);
         buf info = {0};
-        if (start > size || (has_end && end < start)) {
-            snprintf(msg, sizeof(msg), "{\"message\":\"range %llu..%llu does not fit a payload of %llu bytes\"}",
-                     (unsigned long long)start, (unsigned long long)end, (unsigned long long)size);
-            status = fail(STOWAGE_INVALID_INPUT, msg);
-            free(rd);
-        } else if (!rd || record_json(&info, r) || buf_put(&rd->data, r->payload.data + start, end - start)) {
+        if (rd && record_json(&info, r)) {
             free(info.data);
-            if (rd) free(rd->data.data);
-            free(rd);
+            get_close(rd);
             status = out_of_memory();
-        } else {
+        } else if (rd) {
             *out_info = owned(&info);
             *out_reader = rd;
         }
@@ -450,10 +470,13 @@ static StowageStatus get_open(void *instance, StowageBytes ns, StowageBytes key,
     return status;
 }
 
+/* Payload chunks are at most this long. */
+#define CHUNK (256 * 1024)
+
 static StowageStatus get_read(void *handle, StowageOwned *out) {
     reader *rd = handle;
     size_t n = rd->data.len - rd->pos;
-    if (n > 256 * 1024) n = 256 * 1024;
+    if (n > CHUNK) n = CHUNK;
     buf b = {0};
     if (n && buf_put(&b, rd->data.data + rd->pos, n)) return out_of_memory();
     rd->pos += n;
@@ -461,11 +484,67 @@ static StowageStatus get_read(void *handle, StowageOwned *out) {
     return ok();
 }
 
-static void get_close(void *handle) {
-    reader *rd = handle;
-    free(rd->data.data);
-    free(rd);
+#ifndef CMEM_ABI_1_0
+static int hex_digit(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
+
+/* ABI 1.1: a get in one call, with binary options and record info. The record's metadata goes
+ * in rest_json; the first chunk in out_first, and a reader only if more follows. */
+static StowageStatus get_first(void *instance, StowageBytes ns, StowageBytes key,
+                               const StowageGetOptions *options, StowageRecordInfo *out_info,
+                               StowageOwned *out_first, void **out_reader) {
+    const uint32_t known = STOWAGE_FLAG_GET_VERSION | STOWAGE_FLAG_GET_RANGE | STOWAGE_FLAG_GET_RANGE_END;
+    if (!options || options->struct_size < sizeof(StowageGetOptions) || !out_info ||
+        out_info->struct_size < sizeof(StowageRecordInfo) || !out_first || !out_reader)
+        return fail(STOWAGE_INVALID_INPUT, "cmem get_first: an argument is missing or smaller than ABI 1.1's");
+    if (options->flags & ~known) return fail(STOWAGE_INVALID_INPUT, "cmem get_first: unknown option flags");
+    store *st = instance;
+    StowageStatus status = ok();
+    pthread_mutex_lock(&st->lock);
+    int has_version = (options->flags & STOWAGE_FLAG_GET_VERSION) != 0;
+    record *r = find(st, ns, key);
+    if (!r || (has_version && r->version != options->version)) {
+        status = not_found(has_version, options->version);
+    } else {
+        int has_range = (options->flags & STOWAGE_FLAG_GET_RANGE) != 0;
+        int has_end = has_range && (options->flags & STOWAGE_FLAG_GET_RANGE_END);
+        reader *rd = open_range(r, has_range ? options->range_start : 0, has_end, options->range_end, &status);
+        StowageRecordInfo info;
+        memset(&info, 0, sizeof(info));
+        info.struct_size = sizeof(info);
+        info.version = r->version;
+        info.size = r->payload.len;
+        info.created_at = r->created_at;
+        info.updated_at = r->updated_at;
+        for (size_t i = 0; i < 32; i++) /* r->hash is "blake3:" and 64 hex digits */
+            info.hash[i] = (uint8_t)(hex_digit(r->hash[7 + 2 * i]) << 4 | hex_digit(r->hash[8 + 2 * i]));
+        buf rest = {0};
+        StowageOwned first = {NULL, 0, NULL};
+        if (rd && (buf_str(&rest, "{\"metadata\":") || buf_put(&rest, r->metadata.data, r->metadata.len) ||
+                   buf_str(&rest, "}"))) {
+            free(rest.data);
+            get_close(rd);
+            status = out_of_memory();
+        } else if (rd && (status = get_read(rd, &first)).code != STOWAGE_OK) {
+            free(rest.data);
+            get_close(rd);
+        } else if (rd) {
+            info.rest_json = owned(&rest);
+            *out_info = info;
+            *out_first = first;
+            if (rd->pos == rd->data.len) {
+                get_close(rd);
+                *out_reader = NULL;
+            } else {
+                *out_reader = rd;
+            }
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    return status;
+}
+#endif
 
 static StowageStatus head(void *instance, StowageBytes ns, StowageBytes key, StowageBytes options,
                           StowageOwned *out) {
@@ -582,7 +661,8 @@ static StowageStatus list(void *instance, StowageBytes ns, StowageBytes options,
 
 /* ---- what the plugin exports ---- */
 
-/* get_first (ABI 1.1) is optional and left NULL: the host then opens gets with get_open. */
+/* get_first is ABI 1.1 and optional: without it (CMEM_ABI_1_0) the host opens gets with
+ * get_open. */
 static const StowageBackendVTable BACKEND = {
     .struct_size = CMEM_BACKEND_SIZE,
     .release = release,
@@ -596,6 +676,9 @@ static const StowageBackendVTable BACKEND = {
     .get_close = get_close,
     .head = head,
     .list = list,
+#ifndef CMEM_ABI_1_0
+    .get_first = get_first,
+#endif
 };
 
 static const StowageProviderVTable PROVIDERS[] = {{

@@ -78,6 +78,8 @@ async fn rust_kv_plugin_passes_the_conformance_kit_on_a_current_thread_runtime()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_cmem_plugin_passes_the_conformance_kit() {
     let library = PluginLibrary::load(plugin("libstowage_plugin_cmem")).unwrap();
+    // Built against this header: it offers ABI 1.1's `get_first`, which the host then uses.
+    assert_eq!(library.describe().abi, format!("{ABI_MAJOR}.{ABI_MINOR}"));
     testkit::run_all(factory(&library, "cmem"), json!({}))
         .await
         .assert_passed();
