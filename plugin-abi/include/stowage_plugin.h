@@ -133,7 +133,8 @@ typedef StowageStatus (*StowageGetOpenFn)(void *instance, StowageBytes ns, Stowa
 /* An empty chunk means the end of the payload. */
 typedef StowageStatus (*StowageGetReadFn)(void *reader, StowageOwned *out_chunk);
 /* ABI 1.1: a get in one call. *out_reader is set to NULL when *out_first holds the whole
- * payload, else to a reader of the rest (get_read / get_close). */
+ * payload, else to a reader of the rest (get_read / get_close). A call that fails writes none
+ * of the outputs. */
 typedef StowageStatus (*StowageGetFirstFn)(void *instance, StowageBytes ns, StowageBytes key,
                                            const StowageGetOptions *options,
                                            StowageRecordInfo *out_info, StowageOwned *out_first,

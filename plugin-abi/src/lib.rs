@@ -259,7 +259,8 @@ pub type StowageGetReadFn =
 /// Starts a get (ABI 1.1): binary options in, binary record info and the first payload chunk
 /// out. `out_reader` receives a reader for the rest of the payload, or null when `out_first`
 /// already holds all of it (an empty `out_first` with a null reader is an empty payload). The
-/// reader is read with `get_read` and closed with `get_close`.
+/// reader is read with `get_read` and closed with `get_close`. A call that fails writes none of
+/// the outputs.
 pub type StowageGetFirstFn = unsafe extern "C" fn(
     instance: *mut c_void,
     ns: StowageBytes,

@@ -946,11 +946,12 @@ impl PluginBackend {
                     StowageOwned::EMPTY,
                 ));
                 let first = Bytes::from_owner(Owned(out_first));
+                // A reader exists only on success (the ABI: a failed call writes no outputs).
+                check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
                 let reader = (!handle.is_null()).then(|| GetReader {
                     instance: i.clone(),
                     handle,
                 });
-                check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
                 let info = info_from_wire(ns, key, &out_info, rest.as_slice()).map_err(|e| {
                     Error::Backend {
                         provider: i.provider.clone(),
