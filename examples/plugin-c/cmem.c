@@ -530,6 +530,14 @@ static StowageStatus get_first(void *instance, StowageBytes ns, StowageBytes key
             free(rest.data);
             get_close(rd);
         } else if (rd) {
+#ifdef CMEM_LIE_IN_GET_FIRST
+            /* A test fixture: a plugin that breaks the get_first contract for some keys. */
+            if (key.len >= 10 && memcmp(key.ptr, "lie/flags/", 10) == 0) info.flags |= 0x80;
+            if (key.len >= 10 && memcmp(key.ptr, "lie/short/", 10) == 0) {
+                first.len /= 2;
+                rd->pos = rd->data.len;
+            }
+#endif
             info.rest_json = owned(&rest);
             *out_info = info;
             *out_first = first;

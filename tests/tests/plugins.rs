@@ -644,3 +644,45 @@ async fn binary_get_agrees_with_json_head() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
+
+/// A plugin that breaks the `get_first` contract (a record flag the host does not know; half a
+/// payload with no reader for the rest) gets a clear error naming it, never a wrong answer, and
+/// the same backend keeps serving keys it answers correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_breaking_the_get_first_contract_gets_a_clear_error() {
+    let library = PluginLibrary::load(plugin("libcmem_liar")).unwrap();
+    let backend = factory(&library, "cmem").create(json!({})).await.unwrap();
+    for name in ["lie/flags/a", "lie/short/a", "fine/a"] {
+        backend
+            .put(
+                &ns(),
+                &key(name),
+                Body::from(vec![9u8; 1000]),
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+    }
+    for (name, says) in [
+        ("lie/flags/a", "unknown record flags 0x80"),
+        ("lie/short/a", "returned 500 payload bytes and no reader"),
+    ] {
+        let err = backend
+            .get(&ns(), &key(name), GetOptions::default())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("get_first") && message.contains(says),
+            "{message}"
+        );
+        let (_, body) = backend
+            .get(&ns(), &key("fine/a"), GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(body.into_bytes().await.unwrap().len(), 1000);
+    }
+}
