@@ -789,7 +789,7 @@ unsafe extern "C" fn get_first(
             }
             let (info, mut body) = run_entered(i.backend.get(&ns, &key, options))?;
             // An in-memory body is one chunk: taken out, not cloned, so a payload the provider
-            // allocated reaches the host without a copy.
+            // allocated reaches the host in its own buffer.
             let in_memory = body.as_bytes().is_some();
             let first = run_entered(next_nonempty(&mut body))?;
             let whole = in_memory
@@ -811,7 +811,7 @@ unsafe extern "C" fn get_first(
             fixed.rest_json = owned(rest);
             // SAFETY: non-null and at least as large as the struct (checked above).
             out_info.write(fixed);
-            // Without a copy when the chunk is not shared.
+            // No new buffer when the chunk is not shared (`bytes` still moves it in place).
             output(out_first, Vec::from(first))
         })
     }
@@ -824,8 +824,8 @@ unsafe extern "C" fn get_read(reader: *mut c_void, out_chunk: *mut StowageOwned)
     let provider = r.provider.clone();
     guarded(Some(&poisoned), &provider, || {
         let chunk = block_on(next_nonempty(&mut r.body))?;
-        // SAFETY: the host's out-parameter, valid for the call; without a copy when the chunk
-        // is not shared.
+        // SAFETY: the host's out-parameter, valid for the call. (No new buffer when the chunk
+        // is not shared.)
         unsafe { output(out_chunk, Vec::from(chunk)) }
     })
 }
