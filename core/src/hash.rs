@@ -86,21 +86,11 @@ impl<'de> Deserialize<'de> for ContentHash {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = ContentHash;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a content hash `blake3:<64 hex digits>`")
-            }
-            // Borrowed or not, the text is parsed in place: no `String` per hash.
-            fn visit_str<E: serde::de::Error>(
-                self,
-                v: &str,
-            ) -> std::result::Result<ContentHash, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(Text)
+        crate::model::deserialize_text(
+            deserializer,
+            "a content hash `blake3:<64 hex digits>`",
+            str::parse::<ContentHash>,
+        )
     }
 }
 

@@ -126,18 +126,39 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = Timestamp;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an RFC 3339 time like 2025-01-02T03:04:05Z")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Timestamp, E> {
-                Timestamp::parse_rfc3339(v).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(Text)
+        deserialize_text(
+            deserializer,
+            "an RFC 3339 time like 2025-01-02T03:04:05Z",
+            Timestamp::parse_rfc3339,
+        )
     }
+}
+
+/// Deserializes a value written as one string, parsing the text in place, borrowed or not (no
+/// `String` per value); `expecting` says what the text should look like.
+pub(crate) fn deserialize_text<'de, D, T, E>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> std::result::Result<T, E>,
+) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: fmt::Display,
+{
+    struct Text<T, E> {
+        expecting: &'static str,
+        parse: fn(&str) -> std::result::Result<T, E>,
+    }
+    impl<T, E: fmt::Display> serde::de::Visitor<'_> for Text<T, E> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<Er: serde::de::Error>(self, v: &str) -> std::result::Result<T, Er> {
+            (self.parse)(v).map_err(Er::custom)
+        }
+    }
+    deserializer.deserialize_str(Text { expecting, parse })
 }
 
 impl From<Timestamp> for String {

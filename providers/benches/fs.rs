@@ -121,16 +121,7 @@ fn put_4k(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let n = next();
                 let key = Key::new(format!("k/{n}")).unwrap();
-                store
-                    .put(
-                        &ns,
-                        &key,
-                        Body::from(payload(n)),
-                        Metadata::new(),
-                        PutMode::Overwrite,
-                    )
-                    .await
-                    .unwrap()
+                support::put_plain(&store, &ns, &key, payload(n)).await
             })
         });
     }
@@ -181,16 +172,7 @@ fn get_4k(c: &mut Criterion) {
         use object_store::ObjectStore;
         for n in 0..OBJECTS {
             for store in [&store, &files] {
-                store
-                    .put(
-                        &ns,
-                        &keys[n as usize],
-                        Body::from(payload(n)),
-                        Metadata::new(),
-                        PutMode::Overwrite,
-                    )
-                    .await
-                    .unwrap();
+                support::put_plain(store, &ns, &keys[n as usize], payload(n)).await;
             }
             raw_put(&raw_dir, n, &payload(n), false, false);
             op.write(&format!("k/{n}"), payload(n)).await.unwrap();
@@ -253,16 +235,7 @@ async fn put_batch(store: &Arc<FsBackend>, writers: u64, base: u64) {
                 for i in 0..BATCH / writers {
                     let n = base + w * 1000 + i;
                     let key = Key::new(format!("w{w}/{n}")).unwrap();
-                    store
-                        .put(
-                            &ns,
-                            &key,
-                            Body::from(payload(n)),
-                            Metadata::new(),
-                            PutMode::Overwrite,
-                        )
-                        .await
-                        .unwrap();
+                    support::put_plain(&*store, &ns, &key, payload(n)).await;
                 }
             })
         })
@@ -546,16 +519,13 @@ async fn put_get_paired_loops() {
         };
         Box::new(move |n| {
             Box::pin(async move {
-                store
-                    .put(
-                        ns,
-                        &Key::new(format!("k/{n}")).unwrap(),
-                        Body::from(payload(n)),
-                        Metadata::new(),
-                        PutMode::Overwrite,
-                    )
-                    .await
-                    .unwrap();
+                support::put_plain(
+                    &*store,
+                    ns,
+                    &Key::new(format!("k/{n}")).unwrap(),
+                    payload(n),
+                )
+                .await;
             })
         })
     };
@@ -621,16 +591,7 @@ async fn put_get_paired_loops() {
     for n in 0..OBJECTS {
         use object_store::ObjectStore;
         for store in [always, files] {
-            store
-                .put(
-                    ns,
-                    &key(n),
-                    Body::from(payload(n)),
-                    Metadata::new(),
-                    PutMode::Overwrite,
-                )
-                .await
-                .unwrap();
+            support::put_plain(store, ns, &key(n), payload(n)).await;
         }
         op.write(&format!("g/{n}"), payload(n)).await.unwrap();
         os.put(

@@ -133,16 +133,7 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
         for i in 0..KEYS {
             let k = key_for(i);
             let data = payload(&counter);
-            backend
-                .put(
-                    &ns,
-                    &Key::new(k.clone()).unwrap(),
-                    Body::from(data.clone()),
-                    Metadata::new(),
-                    PutMode::Overwrite,
-                )
-                .await
-                .unwrap();
+            support::put_plain(&*backend, &ns, &Key::new(k.clone()).unwrap(), data.clone()).await;
             baseline.put(&k, &data).await;
         }
     });
@@ -161,16 +152,7 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
         b.to_async(rt).iter(|| async {
             let n = seq.fetch_add(1, Ordering::Relaxed);
             let key = Key::new(key_for(n)).unwrap();
-            backend
-                .put(
-                    &ns,
-                    &key,
-                    Body::from(payload(&counter)),
-                    Metadata::new(),
-                    PutMode::Overwrite,
-                )
-                .await
-                .unwrap()
+            support::put_plain(&*backend, &ns, &key, payload(&counter)).await
         })
     });
     group.bench_function("put/baseline", |b| {
@@ -209,16 +191,7 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
                 let (ns, data) = (ns.clone(), payload(&counter));
                 tokio::spawn(async move {
                     let key = Key::new(key_for(base + i)).unwrap();
-                    backend
-                        .put(
-                            &ns,
-                            &key,
-                            Body::from(data),
-                            Metadata::new(),
-                            PutMode::Overwrite,
-                        )
-                        .await
-                        .unwrap();
+                    support::put_plain(&*backend, &ns, &key, data).await;
                 })
             });
             join_all(puts).await
@@ -260,16 +233,7 @@ fn paired(
             let key = Key::new(name.clone()).unwrap();
             let (data_p, data_b) = (payload(counter), payload(counter));
             let t = Instant::now();
-            backend
-                .put(
-                    ns,
-                    &key,
-                    Body::from(data_p),
-                    Metadata::new(),
-                    PutMode::Overwrite,
-                )
-                .await
-                .unwrap();
+            support::put_plain(&**backend, ns, &key, data_p).await;
             put_p += t.elapsed();
             let t = Instant::now();
             baseline.put(&name, &data_b).await;

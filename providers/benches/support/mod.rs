@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use stowage_core::{Body, Key, Metadata, Namespace, PutMode, RecordInfo, StorageBackend};
 
 /// The runtime every provider bench drives its stores on: two workers, like the machines the
 /// figures in `docs/benchmarks.md` come from.
@@ -16,6 +17,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("building the tokio runtime")
+}
+
+/// The put every bench measures: `body` under `key`, no metadata, overwriting; panics on error.
+pub async fn put_plain<S: StorageBackend + ?Sized>(
+    store: &S,
+    ns: &Namespace,
+    key: &Key,
+    body: impl Into<Body>,
+) -> RecordInfo {
+    store
+        .put(ns, key, body.into(), Metadata::new(), PutMode::Overwrite)
+        .await
+        .unwrap()
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), in KiB; 0 where Linux's

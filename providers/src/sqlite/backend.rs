@@ -25,31 +25,34 @@ use super::records::{decode, encode_metadata, RECORD_COLUMNS};
 use super::search::{
     driver_candidates, estimate_statement, list_statement, page_rows, search_statement, Driver,
 };
-use super::writer::Writer;
+use super::writer::{WriteTurn, Writer};
 use super::{schema, PROVIDER};
 
 /// Record, blob and (for `?3` = the first byte wanted) the chunk holding that byte, in one
-/// read: a row of `chunks`, or for a one-chunk payload its blob row's `data` (then the chunk
-/// index is NULL, which SQLite checks before searching `chunks`).
-const GET_LATEST_SQL: &str = "
+/// read from `$records` (`latest` or `versions`, narrowed by `$filter`): a row of `chunks`, or
+/// for a one-chunk payload its blob row's `data` (then the chunk index is NULL, which SQLite
+/// checks before searching `chunks`).
+macro_rules! get_sql {
+    ($records:literal, $filter:literal) => {
+        concat!(
+            "
 SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
        b.id, b.chunk_size,
        coalesce(c.data, CASE WHEN ?3 / b.chunk_size = 0 AND r.deleted_at IS NULL THEN b.data END)
-FROM latest r
+FROM ",
+            $records,
+            " r
 LEFT JOIN blobs b ON b.hash = r.hash
 LEFT JOIN chunks c ON c.blob_id = b.id
     AND c.idx = CASE WHEN b.data IS NULL AND r.deleted_at IS NULL THEN ?3 / b.chunk_size END
-WHERE r.ns = ?1 AND r.key = ?2";
+WHERE r.ns = ?1 AND r.key = ?2",
+            $filter
+        )
+    };
+}
 
-const GET_VERSION_SQL: &str = "
-SELECT r.key, r.version, r.hash, r.size, r.created_at, r.updated_at, r.deleted_at, r.metadata,
-       b.id, b.chunk_size,
-       coalesce(c.data, CASE WHEN ?3 / b.chunk_size = 0 AND r.deleted_at IS NULL THEN b.data END)
-FROM versions r
-LEFT JOIN blobs b ON b.hash = r.hash
-LEFT JOIN chunks c ON c.blob_id = b.id
-    AND c.idx = CASE WHEN b.data IS NULL AND r.deleted_at IS NULL THEN ?3 / b.chunk_size END
-WHERE r.ns = ?1 AND r.key = ?2 AND r.version = ?4";
+const GET_LATEST_SQL: &str = get_sql!("latest", "");
+const GET_VERSION_SQL: &str = get_sql!("versions", " AND r.version = ?4");
 
 /// The `sqlite` provider's backend: one database file, a pool of connections for reading, and
 /// one connection for writing that this process's writers take turns on without busy-waiting
@@ -85,6 +88,13 @@ impl SqliteBackend {
         self.pool
             .get_or_try_init(|| schema::open(&self.config))
             .await
+    }
+
+    /// This process's turn on the write connection, once the file is set up (the write
+    /// connection opens on the schema the set-up migrated).
+    async fn write_turn(&self) -> Result<WriteTurn> {
+        self.pool().await?;
+        Ok(self.writer.turn().await)
     }
 
     fn fail(&self, doing: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -130,7 +140,7 @@ impl SqliteBackend {
             metadata,
             mode,
         } = *req;
-        let mut turn = self.writer.turn().await;
+        let mut turn = self.write_turn().await?;
         let mut tx = turn
             .conn()
             .await?
@@ -196,9 +206,8 @@ impl SqliteBackend {
         ns: &Namespace,
         records: impl IntoIterator<Item = (Key, Bytes, Metadata)>,
     ) -> Result<Vec<RecordInfo>> {
-        self.pool().await?;
         let chunk_size = self.config.chunk_size();
-        let mut turn = self.writer.turn().await;
+        let mut turn = self.write_turn().await?;
         let mut tx = turn
             .conn()
             .await?
@@ -465,7 +474,7 @@ impl StorageBackend for SqliteBackend {
         let pool = self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
-            let mut turn = self.writer.turn().await;
+            let mut turn = self.write_turn().await?;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
                  SELECT ns, key, version + 1, hash, size, created_at, ?3, ?3, metadata FROM latest
@@ -588,10 +597,9 @@ impl StorageBackend for SqliteBackend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
-        self.pool().await?;
         let now = Timestamp::now().as_micros();
         let row = {
-            let mut turn = self.writer.turn().await;
+            let mut turn = self.write_turn().await?;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
                  SELECT s.ns, s.key, l.version + 1, s.hash, s.size, l.created_at, ?3, NULL, s.metadata
@@ -616,8 +624,7 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
-        self.pool().await?;
-        let mut turn = self.writer.turn().await;
+        let mut turn = self.write_turn().await?;
         let mut tx = turn
             .conn()
             .await?
@@ -647,8 +654,7 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        self.pool().await?;
-        let mut turn = self.writer.turn().await;
+        let mut turn = self.write_turn().await?;
         blobs::gc(turn.conn().await?, &self.path, progress).await
     }
 

@@ -294,49 +294,52 @@ impl WriteContext {
     /// Several puts in one transaction, each in a savepoint so one failing put is undone alone;
     /// each put sees the ones before it, exactly as if they had run one after another.
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
-        turn.start();
-        let begun = turn
-            .execute("BEGIN IMMEDIATE", "locking the database for a write")
-            .await;
-        if let Err(e) = begun {
-            turn.roll_back().await;
-            return answer_all(jobs, &e.to_string());
-        }
-        let mut results: Vec<Result<Attempt>> = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            let outcome = match self.run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, turn).await {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    turn.roll_back().await;
-                    return answer_all(jobs, &e.to_string());
-                }
-            };
-            match outcome {
-                Ok(attempt) => results.push(Ok(attempt)),
-                Err(e) => {
-                    let undo = turn
-                        .execute("ROLLBACK TO put; RELEASE put;", "undoing a failed put")
-                        .await;
-                    if undo.is_err() {
-                        // The transaction is in an unknown state: give the whole batch up.
-                        turn.roll_back().await;
-                        return answer_all(jobs, &self.fail("writing a record", e).to_string());
-                    }
-                    results.push(Err(self.fail("writing a record", e)));
-                }
+        let results = match self.batch_statements(turn, &jobs).await {
+            Ok(results) => results,
+            Err(e) => {
+                // The transaction is in an unknown state: give the whole batch up.
+                turn.roll_back().await;
+                return answer_all(jobs, &e.to_string());
             }
-        }
-        let committed = turn
-            .execute("COMMIT", "committing a batch of records")
-            .await;
-        if let Err(e) = committed {
-            turn.roll_back().await;
-            return answer_all(jobs, &e.to_string());
-        }
+        };
         turn.finish();
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
+    }
+
+    /// The statements of [`Self::write_batch`]: each put's outcome, or the error that leaves the
+    /// transaction in a state only a rollback can settle.
+    async fn batch_statements(
+        &self,
+        turn: &mut WriteTurn,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<Attempt>>> {
+        turn.start();
+        turn.execute("BEGIN IMMEDIATE", "locking the database for a write")
+            .await?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self
+                .run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, turn)
+                .await?
+            {
+                Ok(attempt) => results.push(Ok(attempt)),
+                Err(e) => {
+                    let failed = self.fail("writing a record", e);
+                    let undone = turn
+                        .execute("ROLLBACK TO put; RELEASE put;", "undoing a failed put")
+                        .await;
+                    if undone.is_err() {
+                        return Err(failed);
+                    }
+                    results.push(Err(failed));
+                }
+            }
+        }
+        turn.execute("COMMIT", "committing a batch of records")
+            .await?;
+        Ok(results)
     }
 }
 
