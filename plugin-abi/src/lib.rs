@@ -295,8 +295,9 @@ pub type StowageReportFn = unsafe extern "C" fn(
 
 /// The functions of one backend instance. Every function may be called concurrently from any
 /// thread; a writer or reader handle is used by one thread at a time and may outlive its
-/// instance. Required: `release`, `capabilities`, `put_*`, `get_*`, `head`, `list`; the others
-/// may be null (the host then answers `Unsupported`, or does nothing for `initialize`).
+/// instance. Required: `release`, `capabilities`, `put_*`, `get_open`, `get_read`, `get_close`,
+/// `head`, `list`; the others may be null (the host then answers `Unsupported`, does nothing
+/// for `initialize`, or opens gets with `get_open` instead of `get_first`).
 #[repr(C)]
 #[derive(Debug)]
 pub struct StowageBackendVTable {
