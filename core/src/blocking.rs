@@ -43,12 +43,10 @@ pub async fn run_blocking<T: Send + 'static>(
     provider: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    if MAY_BLOCK.with(Cell::get) {
-        return f();
-    }
-    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
-        return tokio::task::block_in_place(f);
-    }
+    let f = match in_place(f) {
+        Ok(done) => return done,
+        Err(f) => f,
+    };
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Backend {
@@ -56,6 +54,20 @@ pub async fn run_blocking<T: Send + 'static>(
             message: format!("a blocking task failed: {e}"),
             source: None,
         })?
+}
+
+/// Runs `f` on this thread when blocking is allowed here (inside a plugin call, or with
+/// `block_in_place` on a multi-thread runtime), or hands it back untouched when only the
+/// blocking pool may run it. [`run_blocking`] is built on it; a caller can use it directly to
+/// lend `f` what it borrows, and clone only on the rare way to the pool.
+pub(crate) fn in_place<T, F: FnOnce() -> T>(f: F) -> std::result::Result<T, F> {
+    if MAY_BLOCK.with(Cell::get) {
+        return Ok(f());
+    }
+    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    Err(f)
 }
 
 /// Marks the current thread as allowed to block until the guard is dropped (nesting restores

@@ -31,30 +31,27 @@ impl Namespace {
     /// Validates `name` as a namespace.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let fail = |reason: &str| Error::InvalidNamespace {
-            namespace: name.clone(),
-            reason: reason.to_string(),
-        };
-        let bytes = name.as_bytes();
-        if bytes.is_empty() {
-            return Err(fail("it is empty"));
+        match namespace_problem(&name) {
+            Some(reason) => Err(Error::InvalidNamespace {
+                namespace: name,
+                reason,
+            }),
+            None => Ok(Namespace(name)),
         }
-        if bytes.len() > 63 {
-            return Err(fail("it is longer than 63 bytes"));
+    }
+
+    /// Validates `name` into this namespace, keeping its buffer: the plugin guest keeps one
+    /// namespace per thread instead of allocating one on every call. Unchanged on error.
+    pub(crate) fn set(&mut self, name: &str) -> Result<()> {
+        if let Some(reason) = namespace_problem(name) {
+            return Err(Error::InvalidNamespace {
+                namespace: name.to_string(),
+                reason,
+            });
         }
-        if !(bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit()) {
-            return Err(fail("it must start with a lowercase letter or a digit"));
-        }
-        if let Some(c) = bytes
-            .iter()
-            .find(|&&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'))
-        {
-            return Err(fail(&format!(
-                "character {:?} is not allowed",
-                char::from(*c)
-            )));
-        }
-        Ok(Namespace(name))
+        self.0.clear();
+        self.0.push_str(name);
+        Ok(())
     }
 
     /// The name as a string.
@@ -131,6 +128,20 @@ impl Key {
         Ok(Key(key))
     }
 
+    /// Validates `key` into this key, keeping its buffer (see [`Namespace::set`]). Unchanged
+    /// on error.
+    pub(crate) fn set(&mut self, key: &str) -> Result<()> {
+        if let Some(reason) = key_problem(key) {
+            return Err(Error::InvalidKey {
+                key: key.to_string(),
+                reason,
+            });
+        }
+        self.0.clear();
+        self.0.push_str(key);
+        Ok(())
+    }
+
     /// The key as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -142,7 +153,24 @@ impl Key {
     }
 }
 
-/// Why `key` is not a valid key, or `None` if it is.
+/// Why `name` is not a valid namespace, or `None` if it is.
+fn namespace_problem(name: &str) -> Option<String> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return Some("it is empty".into());
+    }
+    if bytes.len() > 63 {
+        return Some("it is longer than 63 bytes".into());
+    }
+    if !(bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit()) {
+        return Some("it must start with a lowercase letter or a digit".into());
+    }
+    bytes
+        .iter()
+        .find(|&&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'))
+        .map(|c| format!("character {:?} is not allowed", char::from(*c)))
+}
+
 /// Whether `key` obviously breaks no rule, in one pass over its bytes: no byte that could
 /// start a control character or a backslash, and no empty, `.` or `..` segment. Keys are
 /// checked on every call that names one (and again inside a plugin), so the common case
@@ -172,6 +200,7 @@ fn plain_segment(segment: &[u8]) -> bool {
     !matches!(segment, b"" | b"." | b"..")
 }
 
+/// Why `key` is not a valid key, or `None` if it is.
 fn key_problem(key: &str) -> Option<String> {
     if key_is_plainly_valid(key) {
         return None;
@@ -290,6 +319,38 @@ mod tests {
             assert_eq!(key_problem(key), key_problem_in_full(key), "{key:?}");
         }
         assert!(keys.iter().filter(|k| key_is_plainly_valid(k)).count() > 300);
+    }
+
+    /// `set` (the plugin guest's reused buffers) accepts and refuses exactly what `new` does,
+    /// with the same error, and leaves the value alone when it refuses.
+    #[test]
+    fn set_checks_like_new_and_keeps_the_old_value_on_error() {
+        let mut key = Key::new("a-much-longer/first/key").unwrap();
+        let mut ns = Namespace::new("first").unwrap();
+        for candidate in ["b", "../x", "/abs", "a//b", "a\0b", "ok/again", ""] {
+            let before = key.clone();
+            match (Key::new(candidate), key.set(candidate)) {
+                (Ok(fresh), Ok(())) => assert_eq!(fresh, key),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string());
+                    assert_eq!(key, before, "{candidate:?}");
+                }
+                (a, b) => panic!("{candidate:?}: new gave {a:?}, set gave {b:?}"),
+            }
+        }
+        for candidate in ["b", "Acme", "", "x-y_z", &"n".repeat(64), "9"] {
+            let before = ns.clone();
+            match (Namespace::new(candidate), ns.set(candidate)) {
+                (Ok(fresh), Ok(())) => assert_eq!(fresh, ns),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string());
+                    assert_eq!(ns, before, "{candidate:?}");
+                }
+                (a, b) => panic!("{candidate:?}: new gave {a:?}, set gave {b:?}"),
+            }
+        }
+        assert_eq!(key.as_str(), "ok/again");
+        assert_eq!(ns.as_str(), "9");
     }
 
     #[test]

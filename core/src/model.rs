@@ -185,6 +185,12 @@ impl Metadata {
         Self::default()
     }
 
+    /// Whether there is no content type, no tag and no attribute (what [`Metadata::new`]
+    /// makes).
+    pub fn is_empty(&self) -> bool {
+        self.content_type.is_none() && self.tags.is_empty() && self.attributes.is_empty()
+    }
+
     /// Sets the content type.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.content_type = Some(content_type.into());

@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::any::Any;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,8 +83,30 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// `run_blocking`, or a body already in memory) never pays for the runtime's `block_on`
 /// (parking set-up, a wake-up); any other is then driven by `block_on` as usual.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let _context = runtime().enter();
+    let _context = enter_runtime();
     run_entered(future)
+}
+
+/// Puts the calling thread inside this plugin's runtime context. A host thread gets it for
+/// good at its first call: entering and leaving on every call (a handle clone, two
+/// thread-local swaps) cost as much as a tenth of a small read's whole trip through the ABI.
+/// It is this image's own tokio, so the host's runtime never sees it. A thread that already
+/// has a context of this image (the runtime's own threads, a nested call) enters for the call
+/// only and gets a guard, so contexts still unwind in order.
+fn enter_runtime() -> Option<tokio::runtime::EnterGuard<'static>> {
+    thread_local! {
+        static ENTERED_FOR_GOOD: Cell<bool> = const { Cell::new(false) };
+    }
+    if ENTERED_FOR_GOOD.with(Cell::get) {
+        return None;
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Some(runtime().enter());
+    }
+    // Never dropped: the outermost context of this thread, so every later guard nests in it.
+    std::mem::forget(runtime().enter());
+    ENTERED_FOR_GOOD.with(|e| e.set(true));
+    None
 }
 
 /// [`block_on`] for a caller already inside the plugin's runtime context.
@@ -377,12 +400,34 @@ unsafe fn input_json<T: DeserializeOwned + Default>(b: StowageBytes, what: &str)
     })
 }
 
+/// Runs `f` with the call's namespace and key, validated.
+///
 /// # Safety
 /// As [`input`].
-unsafe fn input_names(ns: StowageBytes, key: StowageBytes) -> Result<(Namespace, Key)> {
+unsafe fn with_names<T>(
+    ns: StowageBytes,
+    key: StowageBytes,
+    f: impl FnOnce(&Namespace, &Key) -> Result<T>,
+) -> Result<T> {
+    thread_local! {
+        // A namespace and key per host thread, refilled by every call that names a record:
+        // validating into them allocates nothing once they have grown to fit.
+        static NAMES: Cell<Option<(Namespace, Key)>> = const { Cell::new(None) };
+    }
     // SAFETY: forwarded from the caller.
     let (ns, key) = unsafe { (input_str(ns, "namespace")?, input_str(key, "key")?) };
-    Ok((Namespace::new(ns)?, Key::new(key)?))
+    // Taken out for the call, so a nested call on this thread makes its own.
+    let names = match NAMES.with(Cell::take) {
+        Some(mut names) => names
+            .0
+            .set(ns)
+            .and_then(|()| names.1.set(key))
+            .map(|()| names),
+        None => Namespace::new(ns).and_then(|ns| Ok((ns, Key::new(key)?))),
+    }?;
+    let result = f(&names.0, &names.1);
+    NAMES.with(|n| n.set(Some(names)));
+    result
 }
 
 /// Writes `bytes` to an out-parameter.
@@ -540,7 +585,8 @@ unsafe extern "C" fn put_open(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
+            // The writer outlives the call: it owns its names.
+            let (ns, key) = with_names(ns, key, |ns, key| Ok((ns.clone(), key.clone())))?;
             let request = PutRequest {
                 ns,
                 key,
@@ -725,20 +771,21 @@ unsafe extern "C" fn get_open(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameters.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let options: WireGet = input_json(options, "get options")?;
-            let options = GetOptions {
-                version: options.version,
-                range: options.range,
-            };
-            let (info, body) = block_on(i.backend.get(&ns, &key, options))?;
-            output_json(out_info, &info)?;
-            let reader = Reader {
-                provider: i.provider.clone(),
-                poisoned: i.poisoned.clone(),
-                body,
-            };
-            output_handle(out_reader, reader)
+            with_names(ns, key, |ns, key| {
+                let options: WireGet = input_json(options, "get options")?;
+                let options = GetOptions {
+                    version: options.version,
+                    range: options.range,
+                };
+                let (info, body) = block_on(i.backend.get(ns, key, options))?;
+                output_json(out_info, &info)?;
+                let reader = Reader {
+                    provider: i.provider.clone(),
+                    poisoned: i.poisoned.clone(),
+                    body,
+                };
+                output_handle(out_reader, reader)
+            })
         })
     }
 }
@@ -770,8 +817,7 @@ unsafe extern "C" fn get_first(
         with_instance(instance, |i| {
             // One runtime context for the whole call (a streamed body that turns out whole is
             // dropped here too).
-            let _enter = runtime().enter();
-            let (ns, key) = input_names(ns, key)?;
+            let _enter = enter_runtime();
             if options.is_null() || out_info.is_null() || out_first.is_null() {
                 return Err(Error::invalid_input(
                     "the host passed a null get_first argument",
@@ -787,7 +833,9 @@ unsafe extern "C" fn get_first(
                     std::mem::size_of::<StowageRecordInfo>()
                 )));
             }
-            let (info, mut body) = run_entered(i.backend.get(&ns, &key, options))?;
+            let (info, mut body) = with_names(ns, key, |ns, key| {
+                run_entered(i.backend.get(ns, key, options))
+            })?;
             // An in-memory body is one chunk: taken out, not cloned, so a payload the provider
             // allocated reaches the host in its own buffer.
             let in_memory = body.as_bytes().is_some();
@@ -850,10 +898,11 @@ unsafe extern "C" fn instance_head(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let options: WireVersion = input_json(options, "head options")?;
-            let info = block_on(i.backend.head(&ns, &key, options.version))?;
-            output_json(out, &info)
+            with_names(ns, key, |ns, key| {
+                let options: WireVersion = input_json(options, "head options")?;
+                let info = block_on(i.backend.head(ns, key, options.version))?;
+                output_json(out, &info)
+            })
         })
     }
 }
@@ -868,13 +917,14 @@ unsafe extern "C" fn instance_delete(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let options: WireDelete = input_json(options, "delete options")?;
-            let options = DeleteOptions {
-                if_version: options.if_version,
-            };
-            let info = block_on(i.backend.delete(&ns, &key, options))?;
-            output_json(out, &info)
+            with_names(ns, key, |ns, key| {
+                let options: WireDelete = input_json(options, "delete options")?;
+                let options = DeleteOptions {
+                    if_version: options.if_version,
+                };
+                let info = block_on(i.backend.delete(ns, key, options))?;
+                output_json(out, &info)
+            })
         })
     }
 }
@@ -889,9 +939,10 @@ unsafe extern "C" fn instance_versions(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let all = block_on(i.backend.versions(&ns, &key))?;
-            output_json(out, &all)
+            with_names(ns, key, |ns, key| {
+                let all = block_on(i.backend.versions(ns, key))?;
+                output_json(out, &all)
+            })
         })
     }
 }
@@ -906,10 +957,11 @@ unsafe extern "C" fn instance_restore(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let options: WireVersion = input_json(options, "restore options")?;
-            let info = block_on(i.backend.restore(&ns, &key, options.version))?;
-            output_json(out, &info)
+            with_names(ns, key, |ns, key| {
+                let options: WireVersion = input_json(options, "restore options")?;
+                let info = block_on(i.backend.restore(ns, key, options.version))?;
+                output_json(out, &info)
+            })
         })
     }
 }
@@ -924,9 +976,10 @@ unsafe extern "C" fn instance_purge(
     // SAFETY: a live instance; inputs borrowed for the call; the host's out-parameter.
     unsafe {
         with_instance(instance, |i| {
-            let (ns, key) = input_names(ns, key)?;
-            let removed = block_on(i.backend.purge(&ns, &key))?;
-            output_json(out, &WirePurged { removed })
+            with_names(ns, key, |ns, key| {
+                let removed = block_on(i.backend.purge(ns, key))?;
+                output_json(out, &WirePurged { removed })
+            })
         })
     }
 }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stowage_plugin_abi::{
     has_field, size_v1_0, status, StowageBackendVTable, StowageBytes, StowageEntryFn,
-    StowageGetFirstFn, StowageOwned, StowagePluginDescriptor, StowageProgress,
+    StowageGetFirstFn, StowageGetOptions, StowageOwned, StowagePluginDescriptor, StowageProgress,
     StowageProviderVTable, StowageRecordInfo, StowageStatus, ABI_MAJOR, ABI_MINOR,
     BACKEND_VTABLE_SIZE_V1_0, ENTRY_SYMBOL, TARGET,
 };
@@ -893,6 +893,80 @@ fn body_of(first: Bytes, reader: Option<GetReader>, size_hint: Option<u64>) -> B
     Body::from_stream(futures::StreamExt::chain(first, rest), size_hint)
 }
 
+/// One `get_first` call: the record and its payload, whole or as the first chunk and a reader
+/// for the rest. Checks what the plugin answered against the ABI's contract.
+fn get_first_call(
+    first_fn: StowageGetFirstFn,
+    i: &Arc<Instance>,
+    ns: &Namespace,
+    key: &Key,
+    wire: &StowageGetOptions,
+    options: &GetOptions,
+) -> Result<(RecordInfo, Body)> {
+    let mut out_info = StowageRecordInfo {
+        struct_size: size_of::<StowageRecordInfo>() as u32,
+        flags: 0,
+        version: 0,
+        size: 0,
+        created_at: 0,
+        updated_at: 0,
+        deleted_at: 0,
+        hash: [0; 32],
+        rest_json: StowageOwned::EMPTY,
+    };
+    let mut out_first = StowageOwned::EMPTY;
+    let mut handle: *mut c_void = std::ptr::null_mut();
+    // SAFETY: a function of this instance's vtable (present: checked by the caller), the live
+    // instance, inputs that outlive the call, and valid out-parameters.
+    let status = unsafe {
+        first_fn(
+            i.handle,
+            StowageBytes::from_slice(ns.as_str().as_bytes()),
+            StowageBytes::from_slice(key.as_str().as_bytes()),
+            wire,
+            &mut out_info,
+            &mut out_first,
+            &mut handle,
+        )
+    };
+    // Owned at once, so whatever the plugin handed over is released on every path.
+    let rest = Owned(std::mem::replace(
+        &mut out_info.rest_json,
+        StowageOwned::EMPTY,
+    ));
+    let first = Bytes::from_owner(Owned(out_first));
+    // A reader exists only on success (the ABI: a failed call writes no outputs).
+    check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
+    let reader = (!handle.is_null()).then(|| GetReader {
+        instance: i.clone(),
+        handle,
+    });
+    let info =
+        info_from_wire(ns.clone(), key.clone(), &out_info, rest.as_slice()).map_err(|e| {
+            Error::Backend {
+                provider: i.provider.clone(),
+                message: format!("the plugin's get_first returned a bad record: {e}"),
+                source: None,
+            }
+        })?;
+    if reader.is_none() && expected_len(&info, options) != Some(first.len() as u64) {
+        return Err(Error::Backend {
+            provider: i.provider.clone(),
+            message: format!(
+                "the plugin's get_first returned {} payload bytes and no reader for {}/{} version {} of {} bytes",
+                first.len(),
+                info.namespace,
+                info.key,
+                info.version,
+                info.size
+            ),
+            source: None,
+        });
+    }
+    let size_hint = expected_len(&info, options);
+    Ok((info, body_of(first, reader, size_hint)))
+}
+
 /// The [`StorageBackend`] over one plugin instance.
 struct PluginBackend {
     shared: Arc<Instance>,
@@ -900,87 +974,6 @@ struct PluginBackend {
 }
 
 impl PluginBackend {
-    /// A get through ABI 1.1's `get_first`: binary options and info, and the first payload
-    /// chunk in the same call, so a small record costs one plugin call and no JSON.
-    async fn get_first(
-        &self,
-        first_fn: StowageGetFirstFn,
-        ns: &Namespace,
-        key: &Key,
-        options: GetOptions,
-    ) -> Result<(RecordInfo, Body)> {
-        let (ns, key) = (ns.clone(), key.clone());
-        let wire = get_options_to_wire(&options);
-        let (info, first, reader) = self
-            .run(move |i| {
-                let mut out_info = StowageRecordInfo {
-                    struct_size: size_of::<StowageRecordInfo>() as u32,
-                    flags: 0,
-                    version: 0,
-                    size: 0,
-                    created_at: 0,
-                    updated_at: 0,
-                    deleted_at: 0,
-                    hash: [0; 32],
-                    rest_json: StowageOwned::EMPTY,
-                };
-                let mut out_first = StowageOwned::EMPTY;
-                let mut handle: *mut c_void = std::ptr::null_mut();
-                // SAFETY: a function of this instance's vtable (present: checked by the
-                // caller), the live instance, inputs that outlive the call, and valid
-                // out-parameters.
-                let status = unsafe {
-                    first_fn(
-                        i.handle,
-                        StowageBytes::from_slice(ns.as_str().as_bytes()),
-                        StowageBytes::from_slice(key.as_str().as_bytes()),
-                        &wire,
-                        &mut out_info,
-                        &mut out_first,
-                        &mut handle,
-                    )
-                };
-                // Owned at once, so whatever the plugin handed over is released on every path.
-                let rest = Owned(std::mem::replace(
-                    &mut out_info.rest_json,
-                    StowageOwned::EMPTY,
-                ));
-                let first = Bytes::from_owner(Owned(out_first));
-                // A reader exists only on success (the ABI: a failed call writes no outputs).
-                check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
-                let reader = (!handle.is_null()).then(|| GetReader {
-                    instance: i.clone(),
-                    handle,
-                });
-                let info = info_from_wire(ns, key, &out_info, rest.as_slice()).map_err(|e| {
-                    Error::Backend {
-                        provider: i.provider.clone(),
-                        message: format!("the plugin's get_first returned a bad record: {e}"),
-                        source: None,
-                    }
-                })?;
-                if reader.is_none() && expected_len(&info, &options) != Some(first.len() as u64)
-                {
-                    return Err(Error::Backend {
-                        provider: i.provider.clone(),
-                        message: format!(
-                            "the plugin's get_first returned {} payload bytes and no reader for {}/{} version {} of {} bytes",
-                            first.len(),
-                            info.namespace,
-                            info.key,
-                            info.version,
-                            info.size
-                        ),
-                        source: None,
-                    });
-                }
-                Ok((info, first, reader))
-            })
-            .await?;
-        let size_hint = expected_len(&info, &options);
-        Ok((info, body_of(first, reader, size_hint)))
-    }
-
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Arc<Instance>) -> Result<T> + Send + 'static,
@@ -1128,8 +1121,20 @@ impl StorageBackend for PluginBackend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
-        if let Some(first) = optional!(self.shared, get_first) {
-            return self.get_first(first, ns, key, options).await;
+        if let Some(first_fn) = optional!(self.shared, get_first) {
+            // ABI 1.1: a small record in one call and no JSON. Where the thread may block,
+            // the call borrows what it needs; only the way to the blocking pool clones.
+            let wire = get_options_to_wire(&options);
+            return match crate::blocking::in_place(|| {
+                get_first_call(first_fn, &self.shared, ns, key, &wire, &options)
+            }) {
+                Ok(done) => done,
+                Err(_) => {
+                    let (shared, ns, key) = (self.shared.clone(), ns.clone(), key.clone());
+                    blocking(move || get_first_call(first_fn, &shared, &ns, &key, &wire, &options))
+                        .await
+                }
+            };
         }
         let ns_s = ns.to_string();
         let key_s = key.to_string();

@@ -174,7 +174,7 @@ pub(crate) struct WireRest {
 /// The fixed fields of `info` in binary, and its `rest_json` (empty when metadata and
 /// conflicts are empty, so a plain record crosses without JSON).
 pub(crate) fn info_to_wire(info: &RecordInfo) -> (StowageRecordInfo, Vec<u8>) {
-    let rest = if info.metadata == Metadata::default() && info.conflicts.is_empty() {
+    let rest = if info.metadata.is_empty() && info.conflicts.is_empty() {
         Vec::new()
     } else {
         #[derive(Serialize)]
