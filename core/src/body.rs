@@ -116,6 +116,20 @@ impl Body {
         }
     }
 
+    /// The bytes of an in-memory body, taken out without I/O; any other body comes back as it
+    /// was.
+    ///
+    /// ```
+    /// # use stowage_core::Body;
+    /// assert_eq!(&Body::from_bytes("hi").try_into_bytes().unwrap()[..], b"hi");
+    /// ```
+    pub fn try_into_bytes(self) -> std::result::Result<Bytes, Body> {
+        match self.inner {
+            Inner::Bytes(b) => Ok(b),
+            inner @ Inner::Stream { .. } => Err(Body { inner }),
+        }
+    }
+
     /// The next chunk, `None` at the end. In-memory bodies yield one chunk (none if empty).
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
         match &mut self.inner {

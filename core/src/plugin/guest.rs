@@ -833,21 +833,25 @@ unsafe extern "C" fn get_first(
                     std::mem::size_of::<StowageRecordInfo>()
                 )));
             }
-            let (info, mut body) = with_names(ns, key, |ns, key| {
+            let (info, body) = with_names(ns, key, |ns, key| {
                 run_entered(i.backend.get(ns, key, options))
             })?;
             // An in-memory body is one chunk: taken out, not cloned, so a payload the provider
             // allocated reaches the host in its own buffer.
-            let in_memory = body.as_bytes().is_some();
-            let first = run_entered(next_nonempty(&mut body))?;
-            let whole = in_memory
-                || first.is_empty()
-                || expected_len(&info, &options) == Some(first.len() as u64);
-            let reader = (!whole).then(|| Reader {
-                provider: i.provider.clone(),
-                poisoned: i.poisoned.clone(),
-                body,
-            });
+            let (first, reader) = match body.try_into_bytes() {
+                Ok(whole) => (whole, None),
+                Err(mut body) => {
+                    let first = run_entered(next_nonempty(&mut body))?;
+                    let whole = first.is_empty()
+                        || expected_len(&info, &options) == Some(first.len() as u64);
+                    let reader = (!whole).then(|| Reader {
+                        provider: i.provider.clone(),
+                        poisoned: i.poisoned.clone(),
+                        body,
+                    });
+                    (first, reader)
+                }
+            };
             // Outputs last, so a failure above hands the host nothing to free.
             match reader {
                 Some(reader) => output_handle(out_reader, reader)?,

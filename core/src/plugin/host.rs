@@ -974,6 +974,89 @@ struct PluginBackend {
 }
 
 impl PluginBackend {
+    /// [`get_first_call`] on this thread, when it may block here (see
+    /// [`crate::blocking::in_place`]). Not async, so the answer, a few hundred bytes, is
+    /// written in place instead of being copied through the blocking layers and kept in the
+    /// get's future.
+    fn get_first_here(
+        &self,
+        first_fn: StowageGetFirstFn,
+        ns: &Namespace,
+        key: &Key,
+        wire: &StowageGetOptions,
+        options: &GetOptions,
+    ) -> Option<Result<(RecordInfo, Body)>> {
+        let mut answer = None;
+        crate::blocking::in_place(|| {
+            answer = Some(get_first_call(
+                first_fn,
+                &self.shared,
+                ns,
+                key,
+                wire,
+                options,
+            ))
+        })
+        .ok()?;
+        answer
+    }
+
+    /// A get through ABI 1.0's `get_open`: JSON options and info, then `get_read` for the
+    /// payload. Reads up to the whole payload in the opening call when it fits in one chunk,
+    /// so a small get costs one trip to a blocking thread.
+    async fn get_via_open(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        options: GetOptions,
+    ) -> Result<(RecordInfo, Body)> {
+        let ns_s = ns.to_string();
+        let key_s = key.to_string();
+        let wire = to_json(&WireGet {
+            version: options.version,
+            range: options.range,
+        });
+        let (info, first, reader) = self
+            .run(move |i| {
+                let open = i.vtable().get_open.expect("checked at load");
+                let mut out_info = StowageOwned::EMPTY;
+                let mut handle: *mut c_void = std::ptr::null_mut();
+                // SAFETY: a required function, the live instance, inputs that outlive the
+                // call, and valid out-parameters.
+                let status = unsafe {
+                    open(
+                        i.handle,
+                        StowageBytes::from_slice(ns_s.as_bytes()),
+                        StowageBytes::from_slice(key_s.as_bytes()),
+                        StowageBytes::from_slice(&wire),
+                        &mut out_info,
+                        &mut handle,
+                    )
+                };
+                let out_info = Owned(out_info);
+                check(status, &i.cx(Some(&ns_s), Some(&key_s)))?;
+                if handle.is_null() {
+                    return Err(Error::Backend {
+                        provider: i.provider.clone(),
+                        message: "the plugin's get_open succeeded but returned no reader".into(),
+                        source: None,
+                    });
+                }
+                let mut reader = GetReader {
+                    instance: i.clone(),
+                    handle,
+                };
+                let info: RecordInfo = parse(out_info, &i.provider, "RecordInfo")?;
+                let first = Bytes::from_owner(reader.read()?);
+                let whole =
+                    first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
+                Ok((info, first, if whole { None } else { Some(reader) }))
+            })
+            .await?;
+        let size_hint = expected_len(&info, &options);
+        Ok((info, body_of(first, reader, size_hint)))
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Arc<Instance>) -> Result<T> + Send + 'static,
@@ -1125,64 +1208,18 @@ impl StorageBackend for PluginBackend {
             // ABI 1.1: a small record in one call and no JSON. Where the thread may block,
             // the call borrows what it needs; only the way to the blocking pool clones.
             let wire = get_options_to_wire(&options);
-            return match crate::blocking::in_place(|| {
-                get_first_call(first_fn, &self.shared, ns, key, &wire, &options)
-            }) {
-                Ok(done) => done,
-                Err(_) => {
-                    let (shared, ns, key) = (self.shared.clone(), ns.clone(), key.clone());
-                    blocking(move || get_first_call(first_fn, &shared, &ns, &key, &wire, &options))
-                        .await
-                }
-            };
+            if let Some(done) = self.get_first_here(first_fn, ns, key, &wire, &options) {
+                return done;
+            }
+            let (shared, ns, key) = (self.shared.clone(), ns.clone(), key.clone());
+            return Box::pin(blocking(move || {
+                get_first_call(first_fn, &shared, &ns, &key, &wire, &options)
+            }))
+            .await;
         }
-        let ns_s = ns.to_string();
-        let key_s = key.to_string();
-        // Reads up to the whole payload in the opening call when it fits in one chunk, so a
-        // small get costs one trip to a blocking thread.
-        let wire = to_json(&WireGet {
-            version: options.version,
-            range: options.range,
-        });
-        let (info, first, reader) = self
-            .run(move |i| {
-                let open = i.vtable().get_open.expect("checked at load");
-                let mut out_info = StowageOwned::EMPTY;
-                let mut handle: *mut c_void = std::ptr::null_mut();
-                // SAFETY: a required function, the live instance, inputs that outlive the
-                // call, and valid out-parameters.
-                let status = unsafe {
-                    open(
-                        i.handle,
-                        StowageBytes::from_slice(ns_s.as_bytes()),
-                        StowageBytes::from_slice(key_s.as_bytes()),
-                        StowageBytes::from_slice(&wire),
-                        &mut out_info,
-                        &mut handle,
-                    )
-                };
-                let out_info = Owned(out_info);
-                check(status, &i.cx(Some(&ns_s), Some(&key_s)))?;
-                if handle.is_null() {
-                    return Err(Error::Backend {
-                        provider: i.provider.clone(),
-                        message: "the plugin's get_open succeeded but returned no reader".into(),
-                        source: None,
-                    });
-                }
-                let mut reader = GetReader {
-                    instance: i.clone(),
-                    handle,
-                };
-                let info: RecordInfo = parse(out_info, &i.provider, "RecordInfo")?;
-                let first = Bytes::from_owner(reader.read()?);
-                let whole =
-                    first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
-                Ok((info, first, if whole { None } else { Some(reader) }))
-            })
-            .await?;
-        let size_hint = expected_len(&info, &options);
-        Ok((info, body_of(first, reader, size_hint)))
+        // Boxed, like the pool path above: the common path's future stays small (it is
+        // allocated and moved on every call).
+        Box::pin(self.get_via_open(ns, key, options)).await
     }
 
     async fn head(
