@@ -31,7 +31,7 @@ impl Namespace {
     /// Validates `name` as a namespace.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        match namespace_problem(&name) {
+        match namespace_problem(name.as_bytes()) {
             Some(reason) => Err(Error::InvalidNamespace {
                 namespace: name,
                 reason,
@@ -40,10 +40,18 @@ impl Namespace {
         }
     }
 
+    /// [`set`](Self::set) for a name the caller has just checked (with
+    /// [`namespace_bytes_valid`]).
+    pub(crate) fn set_prechecked(&mut self, name: &str) {
+        debug_assert!(namespace_problem(name.as_bytes()).is_none(), "{name:?}");
+        self.0.clear();
+        self.0.push_str(name);
+    }
+
     /// Validates `name` into this namespace, keeping its buffer: the plugin guest keeps one
     /// namespace per thread instead of allocating one on every call. Unchanged on error.
     pub(crate) fn set(&mut self, name: &str) -> Result<()> {
-        if let Some(reason) = namespace_problem(name) {
+        if let Some(reason) = namespace_problem(name.as_bytes()) {
             return Err(Error::InvalidNamespace {
                 namespace: name.to_string(),
                 reason,
@@ -128,6 +136,14 @@ impl Key {
         Ok(Key(key))
     }
 
+    /// [`set`](Self::set) for a key the caller has just checked (with
+    /// [`key_bytes_plainly_valid`]).
+    pub(crate) fn set_prechecked(&mut self, key: &str) {
+        debug_assert!(key_problem(key).is_none(), "{key:?}");
+        self.0.clear();
+        self.0.push_str(key);
+    }
+
     /// Validates `key` into this key, keeping its buffer (see [`Namespace::set`]). Unchanged
     /// on error.
     pub(crate) fn set(&mut self, key: &str) -> Result<()> {
@@ -153,9 +169,14 @@ impl Key {
     }
 }
 
+/// Whether `bytes` is a valid namespace (and so ASCII): the plugin guest's check of its input
+/// before any UTF-8 decoding.
+pub(crate) fn namespace_bytes_valid(bytes: &[u8]) -> bool {
+    namespace_problem(bytes).is_none()
+}
+
 /// Why `name` is not a valid namespace, or `None` if it is.
-fn namespace_problem(name: &str) -> Option<String> {
-    let bytes = name.as_bytes();
+fn namespace_problem(bytes: &[u8]) -> Option<String> {
     if bytes.is_empty() {
         return Some("it is empty".into());
     }
@@ -176,7 +197,13 @@ fn namespace_problem(name: &str) -> Option<String> {
 /// checked on every call that names one (and again inside a plugin), so the common case
 /// avoids the char-by-char checks; anything doubtful goes to [`key_problem`]'s full rules.
 fn key_is_plainly_valid(key: &str) -> bool {
-    let bytes = key.as_bytes();
+    key_bytes_plainly_valid(key.as_bytes())
+}
+
+/// [`key_is_plainly_valid`] over bytes not yet known to be UTF-8 (the plugin guest's input):
+/// with [`is_ascii`](slice::is_ascii) as well, they are a valid key and valid UTF-8 in one
+/// pass.
+pub(crate) fn key_bytes_plainly_valid(bytes: &[u8]) -> bool {
     if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
         return false;
     }
@@ -338,7 +365,12 @@ mod tests {
                 (a, b) => panic!("{candidate:?}: new gave {a:?}, set gave {b:?}"),
             }
         }
-        for candidate in ["b", "Acme", "", "x-y_z", &"n".repeat(64), "9"] {
+        for candidate in ["b", "Acme", "", "x-y_z", &"n".repeat(64), "9", "é", "a b"] {
+            assert_eq!(
+                namespace_bytes_valid(candidate.as_bytes()),
+                Namespace::new(candidate).is_ok(),
+                "{candidate:?}"
+            );
             let before = ns.clone();
             match (Namespace::new(candidate), ns.set(candidate)) {
                 (Ok(fresh), Ok(())) => assert_eq!(fresh, ns),
@@ -351,6 +383,9 @@ mod tests {
         }
         assert_eq!(key.as_str(), "ok/again");
         assert_eq!(ns.as_str(), "9");
+        ns.set_prechecked("prechecked");
+        key.set_prechecked("pre/checked");
+        assert_eq!((ns.as_str(), key.as_str()), ("prechecked", "pre/checked"));
     }
 
     #[test]

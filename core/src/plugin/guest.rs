@@ -36,7 +36,7 @@ use crate::backend::StorageBackend;
 use crate::body::Body;
 use crate::error::{Error, Result};
 use crate::factory::StorageProviderFactory;
-use crate::key::{Key, Namespace};
+use crate::key::{key_bytes_plainly_valid, namespace_bytes_valid, Key, Namespace};
 use crate::model::{DeleteOptions, GetOptions, ListOptions, Metadata, Progress, RecordInfo};
 use crate::query::Query;
 
@@ -415,16 +415,41 @@ unsafe fn with_names<T>(
         static NAMES: Cell<Option<(Namespace, Key)>> = const { Cell::new(None) };
     }
     // SAFETY: forwarded from the caller.
-    let (ns, key) = unsafe { (input_str(ns, "namespace")?, input_str(key, "key")?) };
+    let (ns_bytes, key_bytes) = unsafe { (input(ns), input(key)) };
+    // The common case in one pass over each: a valid namespace is ASCII by its rules, and a
+    // plain ASCII key is checked byte by byte; anything else is decoded and fully checked.
+    let prechecked = namespace_bytes_valid(ns_bytes)
+        && key_bytes.is_ascii()
+        && key_bytes_plainly_valid(key_bytes);
     // Taken out for the call, so a nested call on this thread makes its own.
-    let names = match NAMES.with(Cell::take) {
-        Some(mut names) => names
-            .0
-            .set(ns)
-            .and_then(|()| names.1.set(key))
-            .map(|()| names),
-        None => Namespace::new(ns).and_then(|ns| Ok((ns, Key::new(key)?))),
-    }?;
+    let names = if prechecked {
+        // SAFETY: both are ASCII (checked just above), so valid UTF-8.
+        let (ns, key) = unsafe {
+            (
+                std::str::from_utf8_unchecked(ns_bytes),
+                std::str::from_utf8_unchecked(key_bytes),
+            )
+        };
+        match NAMES.with(Cell::take) {
+            Some(mut names) => {
+                names.0.set_prechecked(ns);
+                names.1.set_prechecked(key);
+                names
+            }
+            None => (Namespace::new(ns)?, Key::new(key)?),
+        }
+    } else {
+        // SAFETY: forwarded from the caller.
+        let (ns, key) = unsafe { (input_str(ns, "namespace")?, input_str(key, "key")?) };
+        match NAMES.with(Cell::take) {
+            Some(mut names) => names
+                .0
+                .set(ns)
+                .and_then(|()| names.1.set(key))
+                .map(|()| names),
+            None => Namespace::new(ns).and_then(|ns| Ok((ns, Key::new(key)?))),
+        }?
+    };
     let result = f(&names.0, &names.1);
     NAMES.with(|n| n.set(Some(names)));
     result
