@@ -42,6 +42,22 @@ use crate::model::{
 use crate::query::Query;
 use crate::registry::Registry;
 
+/// Reads an optional backend function, absent when the plugin's vtable predates it.
+macro_rules! optional {
+    ($instance:expr, $field:ident) => {{
+        let vt = $instance.vtable();
+        if has_field(
+            $instance.backend_size,
+            offset_of!(StowageBackendVTable, $field),
+            size_of::<Option<fn()>>(),
+        ) {
+            vt.$field
+        } else {
+            None
+        }
+    }};
+}
+
 /// A loaded and checked plugin library.
 ///
 /// ```no_run
@@ -614,6 +630,7 @@ impl StorageProviderFactory for PluginFactory {
             });
             let capabilities = shared.instance_json(|v| v.capabilities, "capabilities")?;
             Ok(PluginBackend {
+                get_first: optional!(shared, get_first),
                 shared,
                 capabilities,
             })
@@ -650,22 +667,6 @@ struct Instance {
 unsafe impl Send for Instance {}
 // SAFETY: as above.
 unsafe impl Sync for Instance {}
-
-/// Reads an optional backend function, absent when the plugin's vtable predates it.
-macro_rules! optional {
-    ($instance:expr, $field:ident) => {{
-        let vt = $instance.vtable();
-        if has_field(
-            $instance.backend_size,
-            offset_of!(StowageBackendVTable, $field),
-            size_of::<Option<fn()>>(),
-        ) {
-            vt.$field
-        } else {
-            None
-        }
-    }};
-}
 
 impl Instance {
     fn vtable(&self) -> &StowageBackendVTable {
@@ -971,6 +972,8 @@ fn get_first_call(
 struct PluginBackend {
     shared: Arc<Instance>,
     capabilities: Capabilities,
+    /// ABI 1.1's `get_first`, when the plugin has it: looked up once, as every get needs it.
+    get_first: Option<StowageGetFirstFn>,
 }
 
 impl PluginBackend {
@@ -1204,7 +1207,7 @@ impl StorageBackend for PluginBackend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
-        if let Some(first_fn) = optional!(self.shared, get_first) {
+        if let Some(first_fn) = self.get_first {
             // ABI 1.1: a small record in one call and no JSON. Where the thread may block,
             // the call borrows what it needs; only the way to the blocking pool clones.
             let wire = get_options_to_wire(&options);
