@@ -884,10 +884,8 @@ unsafe extern "C" fn get_first(
                 // SAFETY: non-null, valid for a write per the ABI.
                 None => out_reader.write(std::ptr::null_mut()),
             }
-            let (mut fixed, rest) = info_to_wire(&info);
-            fixed.rest_json = owned(rest);
             // SAFETY: non-null and at least as large as the struct (checked above).
-            out_info.write(fixed);
+            out_info.write(info_to_wire(&info, owned));
             // No new buffer when the chunk is not shared (`bytes` still moves it in place).
             output(out_first, Vec::from(first))
         })

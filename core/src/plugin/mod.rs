@@ -171,9 +171,12 @@ pub(crate) struct WireRest {
     pub conflicts: Vec<Conflict>,
 }
 
-/// The fixed fields of `info` in binary, and its `rest_json` (empty when metadata and
-/// conflicts are empty, so a plain record crosses without JSON).
-pub(crate) fn info_to_wire(info: &RecordInfo) -> (StowageRecordInfo, Vec<u8>) {
+/// `info` in binary, with its `rest_json` (empty when metadata and conflicts are empty, so a
+/// plain record crosses without JSON) handed over by `owned`.
+pub(crate) fn info_to_wire(
+    info: &RecordInfo,
+    owned: impl FnOnce(Vec<u8>) -> stowage_plugin_abi::StowageOwned,
+) -> StowageRecordInfo {
     let rest = if info.metadata.is_empty() && info.conflicts.is_empty() {
         Vec::new()
     } else {
@@ -189,7 +192,7 @@ pub(crate) fn info_to_wire(info: &RecordInfo) -> (StowageRecordInfo, Vec<u8>) {
         })
         .expect("metadata always serialises")
     };
-    let fixed = StowageRecordInfo {
+    StowageRecordInfo {
         struct_size: std::mem::size_of::<StowageRecordInfo>() as u32,
         flags: if info.deleted_at.is_some() {
             flags::INFO_DELETED
@@ -202,9 +205,8 @@ pub(crate) fn info_to_wire(info: &RecordInfo) -> (StowageRecordInfo, Vec<u8>) {
         updated_at: info.updated_at.as_micros(),
         deleted_at: info.deleted_at.map_or(0, |t| t.as_micros()),
         hash: *info.hash.as_bytes(),
-        rest_json: stowage_plugin_abi::StowageOwned::EMPTY,
-    };
-    (fixed, rest)
+        rest_json: owned(rest),
+    }
 }
 
 /// Rebuilds the RecordInfo of `ns`/`key` from the binary form and its `rest_json`.
