@@ -57,8 +57,7 @@ impl Namespace {
                 reason,
             });
         }
-        self.0.clear();
-        self.0.push_str(name);
+        self.set_prechecked(name);
         Ok(())
     }
 
@@ -153,8 +152,7 @@ impl Key {
                 reason,
             });
         }
-        self.0.clear();
-        self.0.push_str(key);
+        self.set_prechecked(key);
         Ok(())
     }
 
@@ -352,18 +350,26 @@ mod tests {
     /// with the same error, and leaves the value alone when it refuses.
     #[test]
     fn set_checks_like_new_and_keeps_the_old_value_on_error() {
-        let mut key = Key::new("a-much-longer/first/key").unwrap();
-        let mut ns = Namespace::new("first").unwrap();
-        for candidate in ["b", "../x", "/abs", "a//b", "a\0b", "ok/again", ""] {
-            let before = key.clone();
-            match (Key::new(candidate), key.set(candidate)) {
-                (Ok(fresh), Ok(())) => assert_eq!(fresh, key),
+        fn agree<T: Clone + PartialEq + std::fmt::Debug>(
+            value: &mut T,
+            candidate: &str,
+            new: impl Fn(&str) -> Result<T>,
+            set: impl Fn(&mut T, &str) -> Result<()>,
+        ) {
+            let before = value.clone();
+            match (new(candidate), set(value, candidate)) {
+                (Ok(fresh), Ok(())) => assert_eq!(&fresh, value),
                 (Err(a), Err(b)) => {
                     assert_eq!(a.to_string(), b.to_string());
-                    assert_eq!(key, before, "{candidate:?}");
+                    assert_eq!(value, &before, "{candidate:?}");
                 }
                 (a, b) => panic!("{candidate:?}: new gave {a:?}, set gave {b:?}"),
             }
+        }
+        let mut key = Key::new("a-much-longer/first/key").unwrap();
+        let mut ns = Namespace::new("first").unwrap();
+        for candidate in ["b", "../x", "/abs", "a//b", "a\0b", "ok/again", ""] {
+            agree(&mut key, candidate, |k| Key::new(k), Key::set);
         }
         for candidate in ["b", "Acme", "", "x-y_z", &"n".repeat(64), "9", "é", "a b"] {
             assert_eq!(
@@ -371,15 +377,7 @@ mod tests {
                 Namespace::new(candidate).is_ok(),
                 "{candidate:?}"
             );
-            let before = ns.clone();
-            match (Namespace::new(candidate), ns.set(candidate)) {
-                (Ok(fresh), Ok(())) => assert_eq!(fresh, ns),
-                (Err(a), Err(b)) => {
-                    assert_eq!(a.to_string(), b.to_string());
-                    assert_eq!(ns, before, "{candidate:?}");
-                }
-                (a, b) => panic!("{candidate:?}: new gave {a:?}, set gave {b:?}"),
-            }
+            agree(&mut ns, candidate, |n| Namespace::new(n), Namespace::set);
         }
         assert_eq!(key.as_str(), "ok/again");
         assert_eq!(ns.as_str(), "9");

@@ -5,6 +5,9 @@
 //! hops); docs/benchmarks.md records it. Puts run twice: with an fsync per commit (the default)
 //! and without (`"sync": false`), where the ABI's share of the cost is visible.
 
+#[path = "../../providers/benches/support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +15,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
 use stowage_core::{
-    Body, GetOptions, Key, Metadata, Namespace, PluginLibrary, PutMode, StorageBackend,
-    StorageProviderFactory,
+    GetOptions, Key, Namespace, PluginLibrary, StorageBackend, StorageProviderFactory,
 };
 use stowage_plugin_kv::KvFactory;
+use support::{mean_and_median_us, put_plain};
 
 fn release_plugin() -> PathBuf {
     let ext = if cfg!(target_os = "macos") {
@@ -35,11 +38,7 @@ fn release_plugin() -> PathBuf {
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let dir = tempfile::tempdir().unwrap();
     let library = PluginLibrary::load(release_plugin()).unwrap();
     let plugin_factory = library
@@ -93,20 +92,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
     paired(&runtime, &backends, &ns, &payload);
     concurrent(&runtime, &backends, &ns);
-}
-
-/// The put both sides are measured on: `payload` under `key`, no metadata, overwriting.
-async fn put_plain(backend: &dyn StorageBackend, ns: &Namespace, key: &Key, payload: bytes::Bytes) {
-    backend
-        .put(
-            ns,
-            key,
-            Body::from(payload),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
 }
 
 /// Throughput of 4 KiB gets with 16 tasks at once on the 2-worker runtime, direct and plugin
@@ -207,13 +192,9 @@ fn paired(
                 }
             }
         });
-        let stats = |t: &mut Vec<Duration>| {
-            t.sort();
-            let mean = t.iter().sum::<Duration>() / t.len() as u32;
-            (mean.as_secs_f64() * 1e6, t[t.len() / 2].as_secs_f64() * 1e6)
-        };
         let [mut d, mut p] = times;
-        let ((d_mean, d_med), (p_mean, p_med)) = (stats(&mut d), stats(&mut p));
+        let ((d_mean, d_med), (p_mean, p_med)) =
+            (mean_and_median_us(&mut d), mean_and_median_us(&mut p));
         println!(
             "paired 4 KiB {op}, {rounds} rounds: plugin mean {p_mean:.1} µs vs direct {d_mean:.1} µs = {:.2}x; median {p_med:.1} µs vs {d_med:.1} µs = {:.2}x",
             p_mean / d_mean,

@@ -14,16 +14,19 @@
 //! B/A): the side loaded second measures a little faster. Without the two variables it says so
 //! and measures nothing.
 
+#[path = "../../providers/benches/support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use stowage_core::{
-    Body, GetOptions, Key, Metadata, Namespace, PluginLibrary, PutMode, StorageBackend,
-    StorageProviderFactory,
+    GetOptions, Key, Namespace, PluginLibrary, StorageBackend, StorageProviderFactory,
 };
 use stowage_plugin_kv::KvFactory;
+use support::{mean_and_median_us, put_plain};
 
 fn main() {
     let (Ok(a), Ok(b)) = (std::env::var("STOWAGE_AB_A"), std::env::var("STOWAGE_AB_B")) else {
@@ -34,11 +37,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let dir = tempfile::tempdir().unwrap();
     let open = |which: &str, name: &str| -> Arc<dyn StorageBackend> {
         let config = json!({ "path": dir.path().join(format!("{name}.redb")) });
@@ -59,10 +58,7 @@ fn main() {
     let payload = bytes::Bytes::from(vec![7u8; 4096]);
     runtime.block_on(async {
         for side in &sides {
-            let body = Body::from(payload.clone());
-            side.put(&ns, &key, body, Metadata::new(), PutMode::Overwrite)
-                .await
-                .unwrap();
+            put_plain(&**side, &ns, &key, payload.clone()).await;
         }
         let mut times = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
         for round in 0..rounds {
@@ -73,13 +69,8 @@ fn main() {
                 times[s].push(t.elapsed());
             }
         }
-        let stats = |t: &mut Vec<Duration>| {
-            t.sort();
-            let mean = t.iter().sum::<Duration>() / t.len() as u32;
-            (mean.as_secs_f64() * 1e6, t[t.len() / 2].as_secs_f64() * 1e6)
-        };
         let [mut ta, mut tb] = times;
-        let ((a_mean, a_med), (b_mean, b_med)) = (stats(&mut ta), stats(&mut tb));
+        let ((a_mean, a_med), (b_mean, b_med)) = (mean_and_median_us(&mut ta), mean_and_median_us(&mut tb));
         println!(
             "4 KiB get, {rounds} rounds: A {a_mean:.2} µs mean / {a_med:.2} µs median, B {b_mean:.2} / {b_med:.2}; B/A {:.3} mean, {:.3} median",
             b_mean / a_mean,

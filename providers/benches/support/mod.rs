@@ -1,6 +1,7 @@
-//! What the provider benches share: peak-memory measurement of a big transfer in a child
-//! process (so earlier benchmarks' allocations do not count), and the payload generator it
-//! streams. Each bench binary includes this module and uses part of it.
+//! What the provider benches share (and the plugin benches of `tests/`, which include this file
+//! by path): the runtime, the plain put, the summary of a paired loop, peak-memory measurement
+//! of a big transfer in a child process (so earlier benchmarks' allocations do not count), and
+//! the payload generator it streams. Each bench binary includes this module and uses part of it.
 #![allow(dead_code)] // each bench binary uses a different part
 
 use std::time::Duration;
@@ -30,6 +31,16 @@ pub async fn put_plain<S: StorageBackend + ?Sized>(
         .put(ns, key, body.into(), Metadata::new(), PutMode::Overwrite)
         .await
         .unwrap()
+}
+
+/// The mean and the median of `times`, in microseconds (sorts `times`).
+pub fn mean_and_median_us(times: &mut [Duration]) -> (f64, f64) {
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    (
+        mean.as_secs_f64() * 1e6,
+        times[times.len() / 2].as_secs_f64() * 1e6,
+    )
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), in KiB; 0 where Linux's
