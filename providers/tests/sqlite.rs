@@ -52,6 +52,18 @@ fn key(name: &str) -> Key {
     Key::new(name).unwrap()
 }
 
+/// `body` under `key`, no metadata, overwriting; panics on error.
+async fn put_plain(
+    b: &dyn StorageBackend,
+    ns: &Namespace,
+    key: &Key,
+    body: impl Into<Body>,
+) -> RecordInfo {
+    b.put(ns, key, body.into(), Metadata::new(), PutMode::Overwrite)
+        .await
+        .unwrap()
+}
+
 async fn read_all(body: Body) -> Vec<u8> {
     body.into_bytes().await.expect("reading body").to_vec()
 }
@@ -143,15 +155,7 @@ async fn data_survives_reopen() {
         )
         .await
         .unwrap();
-        b.put(
-            &n,
-            &key("a/1"),
-            Body::from("two"),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+        put_plain(&*b, &n, &key("a/1"), Body::from("two")).await;
     }
     let b = backend_at(&path, serde_json::json!({})).await;
     let (info, body) = b.get(&n, &key("a/1"), GetOptions::default()).await.unwrap();
@@ -236,10 +240,7 @@ async fn migrations_are_idempotent_and_upgrade_old_files() {
         schema::SCHEMA_VERSION
     );
     let indexes: Vec<String> = {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .read_only(true);
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let mut conn = read_only(&path).await;
         sqlx::query_scalar(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'attrs_by_num'",
         )
@@ -389,10 +390,7 @@ async fn racing_if_version_writers_from_separate_pools() {
     let n = ns("race");
     let k = key("counter");
     let first = backend_at(&path, serde_json::json!({})).await;
-    first
-        .put(&n, &k, Body::from("0"), Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    put_plain(&*first, &n, &k, Body::from("0")).await;
     let writers = 16;
     let mut backends = Vec::new();
     for _ in 0..writers {
@@ -460,10 +458,7 @@ async fn large_streamed_payload_with_range_reads() {
     }
     let (expected, _) = hasher.finish();
     let body = Body::from_stream(futures::stream::iter(pieces), Some(TOTAL as u64));
-    let info = b
-        .put(&n, &k, body, Metadata::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    let info = put_plain(&*b, &n, &k, body).await;
     assert_eq!(info.size, TOTAL as u64);
     assert_eq!(info.hash, expected);
 
@@ -518,46 +513,27 @@ async fn large_streamed_payload_with_range_reads() {
         .unwrap();
     assert_eq!(read_all(tail).await.len(), 3);
 
-    let chunks = count_chunks(&path).await;
+    let chunks = count(&path, "chunks").await;
     assert_eq!(
         chunks,
         (TOTAL as u64).div_ceil(sqlite::DEFAULT_CHUNK_SIZE as u64) as i64
     );
 }
 
-async fn count_chunks(path: &Path) -> i64 {
+/// A read-only connection to the database at `path`, for looking behind the provider.
+async fn read_only(path: &Path) -> sqlx::SqliteConnection {
     use sqlx::Connection;
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
         .read_only(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM chunks")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+    sqlx::SqliteConnection::connect_with(&opts).await.unwrap()
 }
 
-/// Blobs holding their payload in their own row (one-chunk payloads, schema version 3).
-async fn count_inline(path: &Path) -> i64 {
-    use sqlx::Connection;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM blobs WHERE data IS NOT NULL")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn count_blobs(path: &Path) -> i64 {
-    use sqlx::Connection;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM blobs")
-        .fetch_one(&mut conn)
+/// `SELECT count(*) FROM {rows}` in the database at `path`; `rows` is a table, optionally with
+/// a `WHERE` clause.
+async fn count(path: &Path, rows: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {rows}"))
+        .fetch_one(&mut read_only(path).await)
         .await
         .unwrap()
 }
@@ -570,15 +546,7 @@ async fn dedup_is_visible_in_the_chunks_table() {
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let (a, c) = (ns("alpha"), ns("beta"));
     // Same bytes: in memory, streamed in odd pieces, in another namespace.
-    b.put(
-        &a,
-        &key("x"),
-        Body::from(payload.clone()),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
+    put_plain(&*b, &a, &key("x"), Body::from(payload.clone())).await;
     let pieces: Vec<_> = payload
         .chunks(777)
         .map(|p| Ok(Bytes::copy_from_slice(p)))
@@ -592,47 +560,23 @@ async fn dedup_is_visible_in_the_chunks_table() {
     )
     .await
     .unwrap();
-    b.put(
-        &c,
-        &key("z"),
-        Body::from(payload.clone()),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    assert_eq!(count_blobs(&path).await, 1);
+    put_plain(&*b, &c, &key("z"), Body::from(payload.clone())).await;
+    assert_eq!(count(&path, "blobs").await, 1);
     assert_eq!(
-        count_chunks(&path).await,
+        count(&path, "chunks").await,
         3,
         "10 000 bytes in 4 KiB chunks, stored once"
     );
     // A small payload shared by two keys is one blob and one chunk too.
-    b.put(
-        &a,
-        &key("s1"),
-        Body::from("tiny"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    b.put(
-        &c,
-        &key("s2"),
-        Body::from("tiny"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    assert_eq!(count_blobs(&path).await, 2);
+    put_plain(&*b, &a, &key("s1"), Body::from("tiny")).await;
+    put_plain(&*b, &c, &key("s2"), Body::from("tiny")).await;
+    assert_eq!(count(&path, "blobs").await, 2);
     assert_eq!(
-        count_chunks(&path).await,
+        count(&path, "chunks").await,
         3,
         "a payload of one chunk lives in its blob row"
     );
-    assert_eq!(count_inline(&path).await, 1);
+    assert_eq!(count(&path, "blobs WHERE data IS NOT NULL").await, 1);
     let (_, body) = b.get(&a, &key("y"), GetOptions::default()).await.unwrap();
     assert_eq!(read_all(body).await, payload);
 
@@ -644,8 +588,8 @@ async fn dedup_is_visible_in_the_chunks_table() {
     assert_eq!(report.blobs_removed, 1);
     assert_eq!(report.bytes_freed, 10_000);
     assert_eq!(report.blobs_kept, 1);
-    assert_eq!(count_chunks(&path).await, 0);
-    assert_eq!(count_inline(&path).await, 1);
+    assert_eq!(count(&path, "chunks").await, 0);
+    assert_eq!(count(&path, "blobs WHERE data IS NOT NULL").await, 1);
     assert!(b.verify(&NoProgress).await.unwrap().is_clean());
 }
 
@@ -656,25 +600,8 @@ async fn verify_names_the_records_of_a_damaged_payload() {
     let path = dir.join("verify.db");
     let b = backend_at(&path, serde_json::json!({})).await;
     let n = ns("v");
-    b.put(
-        &n,
-        &key("good"),
-        Body::from("fine"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    let bad = b
-        .put(
-            &n,
-            &key("bad"),
-            Body::from("original"),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+    put_plain(&*b, &n, &key("good"), Body::from("fine")).await;
+    let bad = put_plain(&*b, &n, &key("bad"), Body::from("original")).await;
     let clean = b.verify(&NoProgress).await.unwrap();
     assert!(clean.is_clean());
     assert_eq!(clean.blobs_checked, 2);
@@ -929,15 +856,7 @@ async fn put_many_writes_all_or_nothing() {
     let path = fresh_dir().join("many.db");
     let b = SqliteBackend::new(SqliteConfig::new(&path));
     let n = ns("bulk");
-    b.put(
-        &n,
-        &key("k/1"),
-        Body::from("old"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
+    put_plain(&b, &n, &key("k/1"), Body::from("old")).await;
     let written = b
         .put_many(
             &n,
@@ -1140,7 +1059,7 @@ async fn a_version_2_file_migrates_in_place_and_reads_back_byte_exact() {
         conn.close().await.unwrap();
     }
     assert_eq!(schema::schema_version_of(&path).await.unwrap(), 2);
-    let (blobs_before, chunks_before) = (count_blobs(&path).await, count_chunks(&path).await);
+    let (blobs_before, chunks_before) = (count(&path, "blobs").await, count(&path, "chunks").await);
     assert_eq!(
         (blobs_before, chunks_before),
         (5, 6),
@@ -1217,28 +1136,11 @@ async fn a_version_2_file_migrates_in_place_and_reads_back_byte_exact() {
     assert_eq!(report.blobs_checked, 5);
 
     // New writes dedup against payloads stored the old way, and new payloads go inline.
-    let again = b
-        .put(
-            &ns("new"),
-            &key("again"),
-            Body::from("first small"),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+    let again = put_plain(&*b, &ns("new"), &key("again"), Body::from("first small")).await;
     assert_eq!(again.hash, ContentHash::of(b"first small"));
-    assert_eq!(count_blobs(&path).await, blobs_before);
-    b.put(
-        &ns("new"),
-        &key("fresh"),
-        Body::from("fresh bytes"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    assert_eq!(count_inline(&path).await, 1);
+    assert_eq!(count(&path, "blobs").await, blobs_before);
+    put_plain(&*b, &ns("new"), &key("fresh"), Body::from("fresh bytes")).await;
+    assert_eq!(count(&path, "blobs WHERE data IS NOT NULL").await, 1);
     let (_, body) = b
         .get(&ns("new"), &key("again"), GetOptions::default())
         .await
@@ -1249,7 +1151,7 @@ async fn a_version_2_file_migrates_in_place_and_reads_back_byte_exact() {
     b.purge(&ns("old"), &key("big")).await.unwrap();
     let gc = b.gc(&NoProgress).await.unwrap();
     assert_eq!((gc.blobs_removed, gc.bytes_freed), (1, big.len() as u64));
-    assert_eq!(count_chunks(&path).await, chunks_before - 3);
+    assert_eq!(count(&path, "chunks").await, chunks_before - 3);
     assert!(b.verify(&NoProgress).await.unwrap().is_clean());
     b.close().await.unwrap();
 }
@@ -1267,15 +1169,7 @@ async fn a_cancelled_put_is_written_whole_or_not_at_all() {
     for i in 0..24u32 {
         // A put that completes first, so the write connection is open and the cancelled put
         // below gets as far as handing its statements to SQLite within its first poll.
-        b.put(
-            &n,
-            &key("between"),
-            Body::from(format!("b{i}")),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+        put_plain(&*b, &n, &key("between"), Body::from(format!("b{i}"))).await;
         let k = key(&format!("k{i:02}"));
         let payload = format!("payload {i}");
         let put = b.put(
@@ -1299,25 +1193,8 @@ async fn a_cancelled_put_is_written_whole_or_not_at_all() {
     }
     // Nothing holds SQLite's write lock: another backend on the file writes at once.
     let other = backend_at(&path, serde_json::json!({"busy_timeout_ms": 10000})).await;
-    other
-        .put(
-            &n,
-            &key("other"),
-            Body::from("o"),
-            Metadata::new(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
-    b.put(
-        &n,
-        &key("after"),
-        Body::from("a"),
-        Metadata::new(),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
+    put_plain(&*other, &n, &key("other"), Body::from("o")).await;
+    put_plain(&*b, &n, &key("after"), Body::from("a")).await;
     // Each cancelled put is there whole (version, payload, tags index) or not at all.
     let mut present = Vec::new();
     for i in 0..24u32 {

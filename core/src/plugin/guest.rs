@@ -421,34 +421,31 @@ unsafe fn with_names<T>(
     let prechecked = namespace_bytes_valid(ns_bytes)
         && key_bytes.is_ascii()
         && key_bytes_plainly_valid(key_bytes);
-    // Taken out for the call, so a nested call on this thread makes its own.
-    let names = if prechecked {
+    let (ns, key) = if prechecked {
         // SAFETY: both are ASCII (checked just above), so valid UTF-8.
-        let (ns, key) = unsafe {
+        unsafe {
             (
                 std::str::from_utf8_unchecked(ns_bytes),
                 std::str::from_utf8_unchecked(key_bytes),
             )
-        };
-        match NAMES.with(Cell::take) {
-            Some(mut names) => {
-                names.0.set_prechecked(ns);
-                names.1.set_prechecked(key);
-                names
-            }
-            None => (Namespace::new(ns)?, Key::new(key)?),
         }
     } else {
         // SAFETY: forwarded from the caller.
-        let (ns, key) = unsafe { (input_str(ns, "namespace")?, input_str(key, "key")?) };
-        match NAMES.with(Cell::take) {
-            Some(mut names) => names
-                .0
-                .set(ns)
-                .and_then(|()| names.1.set(key))
-                .map(|()| names),
-            None => Namespace::new(ns).and_then(|ns| Ok((ns, Key::new(key)?))),
-        }?
+        unsafe { (input_str(ns, "namespace")?, input_str(key, "key")?) }
+    };
+    // Taken out for the call, so a nested call on this thread makes its own.
+    let names = match NAMES.with(Cell::take) {
+        Some(mut names) if prechecked => {
+            names.0.set_prechecked(ns);
+            names.1.set_prechecked(key);
+            names
+        }
+        Some(mut names) => {
+            names.0.set(ns)?;
+            names.1.set(key)?;
+            names
+        }
+        None => (Namespace::new(ns)?, Key::new(key)?),
     };
     let result = f(&names.0, &names.1);
     NAMES.with(|n| n.set(Some(names)));

@@ -950,7 +950,8 @@ fn get_first_call(
                 source: None,
             }
         })?;
-    if reader.is_none() && expected_len(&info, options) != Some(first.len() as u64) {
+    let size_hint = expected_len(&info, options);
+    if reader.is_none() && size_hint != Some(first.len() as u64) {
         return Err(Error::Backend {
             provider: i.provider.clone(),
             message: format!(
@@ -964,7 +965,6 @@ fn get_first_call(
             source: None,
         });
     }
-    let size_hint = expected_len(&info, options);
     Ok((info, body_of(first, reader, size_hint)))
 }
 

@@ -162,13 +162,20 @@ pub(crate) fn get_options_from_wire(wire: &StowageGetOptions) -> Result<GetOptio
     })
 }
 
-/// The RecordInfo fields [`StowageRecordInfo`] carries as JSON (`rest_json`).
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The RecordInfo fields [`StowageRecordInfo`] carries as JSON (`rest_json`), as read.
+#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireRest {
     pub metadata: Metadata,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+}
+
+/// [`WireRest`] as written, borrowing the record's fields.
+#[derive(Serialize)]
+struct WireRestRef<'a> {
+    metadata: &'a Metadata,
+    #[serde(skip_serializing_if = "<[Conflict]>::is_empty")]
+    conflicts: &'a [Conflict],
 }
 
 /// `info` in binary, with its `rest_json` (empty when metadata and conflicts are empty, so a
@@ -180,13 +187,7 @@ pub(crate) fn info_to_wire(
     let rest = if info.metadata.is_empty() && info.conflicts.is_empty() {
         Vec::new()
     } else {
-        #[derive(Serialize)]
-        struct RestRef<'a> {
-            metadata: &'a Metadata,
-            #[serde(skip_serializing_if = "<[Conflict]>::is_empty")]
-            conflicts: &'a [Conflict],
-        }
-        serde_json::to_vec(&RestRef {
+        serde_json::to_vec(&WireRestRef {
             metadata: &info.metadata,
             conflicts: &info.conflicts,
         })

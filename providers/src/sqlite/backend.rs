@@ -355,7 +355,6 @@ impl StorageBackend for SqliteBackend {
         let attempt = match blobs::classify(body, self.config.chunk_size()).await? {
             Payload::Small(data) => {
                 let ctx = WriteContext {
-                    path: self.path.clone(),
                     chunk_size: self.config.chunk_size(),
                     writer: self.writer.clone(),
                 };

@@ -2,7 +2,6 @@
 //! puts that arrive while another write holds the lock are written together in one transaction,
 //! so concurrent writers share a commit instead of queueing for one each.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -162,7 +161,6 @@ struct Queue {
 /// What a batch needs to write: cheap to clone into the task that drains the queue.
 #[derive(Clone)]
 pub(crate) struct WriteContext {
-    pub(crate) path: Arc<PathBuf>,
     pub(crate) chunk_size: usize,
     /// The write connection every writer of this backend takes turns on.
     pub(crate) writer: Arc<Writer>,
@@ -246,7 +244,7 @@ impl GroupCommit {
 
 impl WriteContext {
     fn fail(&self, doing: &str, e: sqlx::Error) -> Error {
-        map_err(&self.path, doing, e)
+        map_err(self.writer.path(), doing, e)
     }
 
     /// Runs one small put's statements (`sql`: with its own transaction or in a savepoint):

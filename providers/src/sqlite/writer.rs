@@ -39,6 +39,11 @@ impl Writer {
         })
     }
 
+    /// The database file, for error messages.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Waits for this process's turn to write.
     pub(crate) async fn turn(self: &Arc<Self>) -> WriteTurn {
         let slot = self.conn.clone().lock_owned().await;
