@@ -216,7 +216,7 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
 fn paired(
     rt: &Runtime,
     backend: &Arc<dyn StorageBackend>,
-    baseline: &Baseline,
+    baseline: &Arc<Baseline>,
     ns: &Namespace,
     counter: &AtomicU64,
 ) {
@@ -256,6 +256,40 @@ fn paired(
         mean(get_p),
         mean(get_b),
         get_p.as_secs_f64() / get_b.as_secs_f64()
+    );
+
+    // The same for WRITERS concurrent puts: a round is one put per writer, all at once, on
+    // each side in turn.
+    const CONCURRENT_ROUNDS: u64 = 300;
+    let (mut conc_p, mut conc_b) = (Duration::ZERO, Duration::ZERO);
+    rt.block_on(async {
+        for n in 0..CONCURRENT_ROUNDS {
+            let base = n * WRITERS as u64;
+            let t = Instant::now();
+            join_all((0..WRITERS as u64).map(|i| {
+                let (backend, ns, data) = (backend.clone(), ns.clone(), payload(counter));
+                tokio::spawn(async move {
+                    let key = Key::new(key_for(base + i)).unwrap();
+                    support::put_plain(&*backend, &ns, &key, data).await;
+                })
+            }))
+            .await;
+            conc_p += t.elapsed();
+            let t = Instant::now();
+            join_all((0..WRITERS as u64).map(|i| {
+                let (baseline, data) = (baseline.clone(), payload(counter));
+                tokio::spawn(async move { baseline.put(&key_for(base + i), &data).await })
+            }))
+            .await;
+            conc_b += t.elapsed();
+        }
+    });
+    let mean = |d: Duration| d.as_secs_f64() * 1e6 / CONCURRENT_ROUNDS as f64;
+    eprintln!(
+        "paired 4 KiB, {WRITERS} concurrent writers, {CONCURRENT_ROUNDS} rounds: {:.0} µs vs baseline {:.0} µs a round = {:.2}x",
+        mean(conc_p),
+        mean(conc_b),
+        conc_p.as_secs_f64() / conc_b.as_secs_f64()
     );
 }
 

@@ -953,6 +953,85 @@ async fn concurrent_puts_on_one_backend_share_commits_correctly() {
     assert!(b.verify(&NoProgress).await.unwrap().is_clean());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_that_fails_inside_a_shared_commit_fails_alone() {
+    use sqlx::Connection;
+    let (path, b) = fresh_backend().await;
+    let n = ns("group");
+    // Another program's trigger refuses one key: its put fails at the SQL level, inside
+    // whatever batch it shares. A batch written in one round trip must then be undone and
+    // written again put by put, so that only the refused put fails.
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON versions WHEN NEW.key = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned by a test'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    for round in 0..8u64 {
+        let mut tasks = Vec::new();
+        for i in 0..24u64 {
+            let (b, n) = (b.clone(), n.clone());
+            tasks.push(tokio::spawn(async move {
+                let k = if i == 7 {
+                    "poison".to_string()
+                } else {
+                    format!("k/{i}")
+                };
+                let r = b
+                    .put(
+                        &n,
+                        &key(&k),
+                        Body::from(format!("r{round}w{i}")),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await;
+                (k, r)
+            }));
+        }
+        for t in tasks {
+            let (k, r) = t.await.unwrap();
+            match r {
+                Ok(info) => {
+                    assert_ne!(k, "poison", "the refused put was written");
+                    assert_eq!(info.version, round + 1, "{k}");
+                }
+                Err(e) => {
+                    assert_eq!(k, "poison", "a put sharing the commit failed: {e}");
+                    let mut chain = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        chain = format!("{chain}: {s}");
+                        source = s.source();
+                    }
+                    assert!(chain.contains("poisoned by a test"), "{chain}");
+                }
+            }
+        }
+    }
+    for i in (0..24u64).filter(|&i| i != 7) {
+        let (info, body) = b
+            .get(&n, &key(&format!("k/{i}")), GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(info.version, 8);
+        assert_eq!(read_all(body).await, format!("r7w{i}").into_bytes());
+    }
+    assert_eq!(
+        b.head(&n, &key("poison"), None).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(count(&path, "versions WHERE key = 'poison'").await, 0);
+    assert!(b.verify(&NoProgress).await.unwrap().is_clean());
+}
+
 /// Writes a record as schema version 2 stored it: the payload in rows of `chunks` under a blob
 /// row without `data`, the version numbered after the key's last one; `None` writes a tombstone,
 /// which copies the last version's payload reference and metadata, as `delete` does.

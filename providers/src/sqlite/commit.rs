@@ -2,11 +2,12 @@
 //! puts that arrive while another write holds the lock are written together in one transaction,
 //! so concurrent writers share a commit instead of queueing for one each.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use sqlx::sqlite::{Sqlite, SqliteArguments};
-use sqlx::Row;
+use sqlx::{Either, Row};
 use stowage_core::{ContentHash, Error, Key, Namespace, PutMode, Result, Timestamp};
 use tokio::sync::oneshot;
 
@@ -58,10 +59,22 @@ pub(crate) fn bind_put_small<'q>(
     now: i64,
     chunk_size: usize,
 ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    bind_put(sqlx::query(sql), req, hash, data, now, chunk_size)
+}
+
+/// Appends one put's parameters to `query`: a batch binds every put's in turn.
+fn bind_put<'q>(
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    req: &PutRequest<'q>,
+    hash: &'q ContentHash,
+    data: &'q [u8],
+    now: i64,
+    chunk_size: usize,
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
     let (mode_code, expected) = mode_code(req.mode);
     let size = data.len() as u64;
     let chunks = chunk_count(size, chunk_size);
-    sqlx::query(sql)
+    query
         .bind(req.ns.as_str())
         .bind(req.key.as_str())
         .bind(&hash.as_bytes()[..])
@@ -75,6 +88,28 @@ pub(crate) fn bind_put_small<'q>(
         .bind(chunk_size as i64)
         .bind(chunks)
         .bind(data)
+}
+
+/// Statements of one put in [`put_small_statements!`]: the version (with its `RETURNING` row
+/// when written) and the blob.
+const STATEMENTS_PER_PUT: usize = 2;
+
+/// The most puts one batch writes in one round trip; a longer queue is written in several
+/// batches, one after another.
+const BATCH_MAX: usize = 32;
+
+/// `n` small puts (`2..=BATCH_MAX`) in one transaction, as one round trip: each put's
+/// statements see the ones before them, as if they ran one after another. Built once per size.
+fn batch_sql(n: usize) -> &'static str {
+    static SQL: [OnceLock<String>; BATCH_MAX] = [const { OnceLock::new() }; BATCH_MAX];
+    SQL[n - 1].get_or_init(|| {
+        let mut sql = String::from("BEGIN IMMEDIATE;");
+        for _ in 0..n {
+            sql.push_str(put_small_statements!());
+        }
+        sql.push_str("COMMIT;");
+        sql
+    })
 }
 
 /// The same statements inside a savepoint, for one put of a group-commit batch: a put that
@@ -229,7 +264,8 @@ impl GroupCommit {
                     q.draining = false;
                     return;
                 }
-                std::mem::take(&mut q.jobs)
+                let take = q.jobs.len().min(BATCH_MAX);
+                q.jobs.drain(..take).collect::<Vec<_>>()
             };
             if let [_] = jobs.as_slice() {
                 let job = jobs.into_iter().next().expect("one job");
@@ -289,9 +325,81 @@ impl WriteContext {
         }
     }
 
+    /// Several puts in one transaction and one round trip ([`batch_sql`]). If any statement
+    /// fails, the transaction is rolled back and the puts are written again one savepoint each
+    /// ([`Self::write_each`]), so a put that fails is undone alone and the others still land.
+    async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
+        let attempts = match self.batch_round_trip(turn, &jobs).await {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                turn.roll_back().await;
+                if turn.settled() {
+                    return self.write_each(turn, jobs).await;
+                }
+                // The connection is in an unknown state and will be discarded: nothing more
+                // can be written on this turn.
+                return answer_all(jobs, &e.to_string());
+            }
+        };
+        turn.finish();
+        for (job, attempt) in jobs.into_iter().zip(attempts) {
+            let _ = job.reply.send(Ok(attempt));
+        }
+    }
+
+    /// The round trip of [`Self::write_batch`]: every put's outcome, in order, once committed.
+    async fn batch_round_trip(&self, turn: &mut WriteTurn, jobs: &[Job]) -> Result<Vec<Attempt>> {
+        let now: Vec<i64> = jobs.iter().map(|_| Timestamp::now().as_micros()).collect();
+        let mut query = sqlx::query(batch_sql(jobs.len()));
+        for (job, &now) in jobs.iter().zip(&now) {
+            let put = &job.put;
+            query = bind_put(
+                query,
+                &put.request(),
+                &put.hash,
+                &put.data,
+                now,
+                self.chunk_size,
+            );
+        }
+        turn.conn().await?;
+        turn.start();
+        let conn = turn.conn().await?;
+        let mut results = sqlx::Executor::fetch_many(conn, query);
+        // Statement 0 is BEGIN; put `i` runs statements 1 + 2i (its version, with a row when
+        // written) and 2 + 2i (its blob); the last is COMMIT.
+        let mut statement: usize = 0;
+        let mut attempts: Vec<Attempt> = jobs.iter().map(|_| Err(None)).collect();
+        let failed = |e| self.fail("writing a batch of records", e);
+        while let Some(step) = results.try_next().await.map_err(failed)? {
+            match step {
+                Either::Left(_) => statement += 1,
+                Either::Right(row) => {
+                    let Some(i) = statement
+                        .checked_sub(1)
+                        .map(|s| s / STATEMENTS_PER_PUT)
+                        .filter(|&i| i < jobs.len())
+                    else {
+                        return Err(failed(sqlx::Error::Protocol(format!(
+                            "statement {statement} of a batch returned a row"
+                        ))));
+                    };
+                    attempts[i] = Ok(jobs[i].put.written(&row, now[i]));
+                }
+            }
+        }
+        if statement != 2 + jobs.len() * STATEMENTS_PER_PUT {
+            return Err(failed(sqlx::Error::Protocol(format!(
+                "a batch of {} puts completed {statement} statements",
+                jobs.len()
+            ))));
+        }
+        Ok(attempts)
+    }
+
     /// Several puts in one transaction, each in a savepoint so one failing put is undone alone;
     /// each put sees the ones before it, exactly as if they had run one after another.
-    async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
+    async fn write_each(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
         let results = match self.batch_statements(turn, &jobs).await {
             Ok(results) => results,
             Err(e) => {

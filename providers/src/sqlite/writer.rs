@@ -132,6 +132,12 @@ impl WriteTurn {
         self.unfinished = false;
     }
 
+    /// Whether no hand-written transaction is left open on this turn (none begun, or it was
+    /// committed or rolled back).
+    pub(crate) fn settled(&self) -> bool {
+        !self.unfinished
+    }
+
     /// After a failed statement of a hand-written transaction: undo whatever it did.
     pub(crate) async fn roll_back(&mut self) {
         let Some(conn) = self.slot.as_mut() else {
