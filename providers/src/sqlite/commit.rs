@@ -1,6 +1,7 @@
 //! Small puts: the one-round-trip write of a payload that fits one chunk, and group commit —
 //! puts that arrive while another write holds the lock are written together in one transaction,
-//! so concurrent writers share a commit instead of queueing for one each.
+//! sent to SQLite in one round trip, so concurrent writers share a commit instead of queueing
+//! for one each.
 
 use std::sync::{Arc, OnceLock};
 

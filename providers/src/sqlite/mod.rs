@@ -10,7 +10,8 @@
 //! - Every version is a row of `versions`; the `latest` table, with `tags` and `attrs`, is kept
 //!   by a trigger and indexed, so `list` and `search` are SQL, not scans.
 //! - A put of a payload that fits one chunk is one round trip to SQLite; small puts that wait
-//!   for the write lock at the same moment share one transaction (group commit).
+//!   for the write lock at the same moment share one transaction and one round trip (group
+//!   commit).
 //!
 //! ```toml
 //! [storage]
