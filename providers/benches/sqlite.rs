@@ -16,7 +16,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,12 +41,12 @@ const KEYS: u64 = 1000;
 const WRITERS: usize = 16;
 const SEARCH_RECORDS: u64 = 100_000;
 
-fn bench_dir() -> PathBuf {
+/// A fresh directory under the target dir, removed when dropped (a run writes hundreds of MiB).
+fn bench_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("sqlite-bench-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("creating a temp dir")
-        .keep()
 }
 
 async fn provider(path: &Path) -> Arc<dyn StorageBackend> {
@@ -122,8 +122,8 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
     let dir = bench_dir();
     let (backend, baseline) = rt.block_on(async {
         (
-            provider(&dir.join("provider.db")).await,
-            Baseline::open(&dir.join("baseline.db")).await,
+            provider(&dir.path().join("provider.db")).await,
+            Baseline::open(&dir.path().join("baseline.db")).await,
         )
     });
     let baseline = Arc::new(baseline);
@@ -299,7 +299,7 @@ fn search(c: &mut Criterion, rt: &Runtime) {
     let backend = rt.block_on(async {
         let backend = SqliteBackend::new(SqliteConfig {
             synchronous: Some(Synchronous::Normal),
-            ..SqliteConfig::new(dir.join("search.db"))
+            ..SqliteConfig::new(dir.path().join("search.db"))
         });
         let started = Instant::now();
         // Loaded with `put_many`, 10 000 records per transaction.
@@ -386,7 +386,7 @@ fn large_streamed(rt: &Runtime) {
     let dir = bench_dir();
     let before = vm_hwm_kib();
     rt.block_on(async {
-        let backend = provider(&dir.join("large.db")).await;
+        let backend = provider(&dir.path().join("large.db")).await;
         let ns = Namespace::new("large").unwrap();
         let key = Key::new("large.bin").unwrap();
         let pieces = generated(total, 64 * 1024);
