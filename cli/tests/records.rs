@@ -531,6 +531,75 @@ fn get_to_a_file_is_all_or_nothing() {
     sb.fails(&["get", "k", "-o", "adir"], 2);
 }
 
+/// `-o` follows a symbolic link to the file it names, writes into a named pipe or a device
+/// instead of replacing it, and reports a full device as a failed write.
+#[cfg(unix)]
+#[test]
+fn get_writes_through_links_pipes_and_devices() {
+    use std::os::unix::fs::{symlink, FileTypeExt};
+    use std::process::{Command, Stdio};
+    let sb = Sandbox::new();
+    let payload = all_bytes(300_000);
+    sb.run_with_stdin(&["put", "k"], &payload);
+
+    // A link keeps pointing at its file, which gets the payload.
+    sb.write("real.bin", b"old");
+    symlink("real.bin", sb.join("link.bin")).unwrap();
+    sb.ok(&["get", "k", "-o", "link.bin"]);
+    assert!(std::fs::symlink_metadata(sb.join("link.bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(sb.join("real.bin")).unwrap(), payload);
+    // A link to nothing names no file to replace.
+    symlink("missing.bin", sb.join("dangling")).unwrap();
+    sb.fails(&["get", "k", "-o", "dangling"], 2);
+    assert!(!sb.join("missing.bin").exists());
+
+    // A named pipe is written into, and stays a pipe.
+    let made = Command::new("mkfifo")
+        .arg(sb.join("pipe"))
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success());
+    // Read by another process, with a time limit so a get that replaced the pipe instead
+    // fails the test rather than leaving the reader waiting for a writer forever.
+    let reader = Command::new("timeout")
+        .args(["60", "cat", "pipe"])
+        .current_dir(sb.path())
+        .stdout(std::fs::File::create(sb.join("from-pipe.bin")).unwrap())
+        .spawn()
+        .expect("running cat");
+    sb.ok(&["get", "k", "-o", "pipe"]);
+    assert!(reader.wait_with_output().unwrap().status.success());
+    let read = std::fs::read(sb.join("from-pipe.bin")).unwrap();
+    assert_eq!(read.len(), payload.len());
+    assert!(read == payload, "the pipe's reader got other bytes");
+    assert!(std::fs::symlink_metadata(sb.join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // A device that refuses the bytes is an error, on stdout as through -o.
+    if std::path::Path::new("/dev/full").exists() {
+        let out = sb
+            .command(&["get", "k"])
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("No space left"), "{stderr}");
+    }
+}
+
 #[test]
 fn namespaces_are_isolated() {
     let sb = Sandbox::new();

@@ -1,7 +1,9 @@
 //! `stowage get KEY`: streams a payload to stdout or to a file.
 //!
 //! A file is written beside its target under a temporary name and renamed into place only once
-//! the whole payload arrived, so a failed get never leaves a half-written output file.
+//! the whole payload arrived, so a failed get never leaves a half-written output file. A
+//! symbolic link is followed (the file it names is replaced, the link stays); a target that is
+//! not a file (a device, a named pipe, a socket) is written into as it is, never replaced.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -69,7 +71,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             Ok(())
         }
         Some(target) => {
-            let written = write_file_atomically(&target, body).await?;
+            let written = write_output(&target, body).await?;
             report_file(ctx, &info, &target, written)
         }
     }
@@ -104,6 +106,55 @@ impl Drop for PartialFile {
     }
 }
 
+/// Writes `body` to the `-o` target: a regular file (or a link to one) all or nothing, anything
+/// else that exists (a device, a named pipe) in place.
+async fn write_output(target: &Path, body: stowage_core::Body) -> Result<u64> {
+    let inspecting = |e| Error::io(format!("inspecting output {}", target.display()), e);
+    let link = match tokio::fs::symlink_metadata(target).await {
+        Ok(m) => m.file_type().is_symlink(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(inspecting(e)),
+    };
+    // What the path names once links are followed.
+    let resolved = match tokio::fs::metadata(target).await {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(inspecting(e)),
+    };
+    match resolved {
+        Some(m) if m.is_dir() => Err(Error::invalid_input(format!(
+            "output {} is a directory; name a file",
+            target.display()
+        ))),
+        Some(m) if !m.is_file() => write_in_place(target, body).await,
+        Some(_) if link => {
+            let real = tokio::fs::canonicalize(target).await.map_err(inspecting)?;
+            write_file_atomically(&real, body).await
+        }
+        Some(_) => write_file_atomically(target, body).await,
+        None if link => Err(Error::invalid_input(format!(
+            "output {} is a symbolic link to a missing file; name the file itself",
+            target.display()
+        ))),
+        None => write_file_atomically(target, body).await,
+    }
+}
+
+/// Streams `body` into an existing target that is not a regular file.
+async fn write_in_place(target: &Path, body: stowage_core::Body) -> Result<u64> {
+    let writing = |e| Error::io(format!("writing {}", target.display()), e);
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(target)
+        .await
+        .map_err(writing)?;
+    let written = body.write_to(&mut out).await?;
+    out.flush().await.map_err(writing)?;
+    out.shutdown().await.map_err(writing)?;
+    Ok(written)
+}
+
+/// Writes a regular file beside `target` and renames it into place once whole.
 async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Result<u64> {
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -112,12 +163,6 @@ async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Resul
     let name = target.file_name().ok_or_else(|| {
         Error::invalid_input(format!("output {} names no file", target.display()))
     })?;
-    if target.is_dir() {
-        return Err(Error::invalid_input(format!(
-            "output {} is a directory; name a file",
-            target.display()
-        )));
-    }
     let mut partial = None;
     for attempt in 0..100u32 {
         let candidate = dir.join(format!(

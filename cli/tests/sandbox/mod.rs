@@ -91,7 +91,8 @@ impl Sandbox {
         self.join("stowage-data").exists()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `stowage args…` in the sandbox, for a test that sets up stdio itself.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
         cmd.args(args)
             .current_dir(self.path())
