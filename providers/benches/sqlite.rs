@@ -186,29 +186,42 @@ fn put_get(c: &mut Criterion, rt: &Runtime) {
     group.bench_function("put/provider", |b| {
         b.to_async(rt).iter(|| async {
             let base = seq.fetch_add(WRITERS as u64, Ordering::Relaxed);
-            let puts = (0..WRITERS as u64).map(|i| {
-                let backend = backend.clone();
-                let (ns, data) = (ns.clone(), payload(&counter));
-                tokio::spawn(async move {
-                    let key = Key::new(key_for(base + i)).unwrap();
-                    support::put_plain(&*backend, &ns, &key, data).await;
-                })
-            });
-            join_all(puts).await
+            concurrent_provider_puts(&backend, &ns, &counter, base).await
         })
     });
     group.bench_function("put/baseline", |b| {
         b.to_async(rt).iter(|| async {
             let base = seq.fetch_add(WRITERS as u64, Ordering::Relaxed);
-            let puts = (0..WRITERS as u64).map(|i| {
-                let baseline = baseline.clone();
-                let data = payload(&counter);
-                tokio::spawn(async move { baseline.put(&key_for(base + i), &data).await })
-            });
-            join_all(puts).await
+            concurrent_baseline_puts(&baseline, &counter, base).await
         })
     });
     group.finish();
+}
+
+/// One put per writer on the provider, all at once, keys `base..base + WRITERS`.
+async fn concurrent_provider_puts(
+    backend: &Arc<dyn StorageBackend>,
+    ns: &Namespace,
+    counter: &AtomicU64,
+    base: u64,
+) {
+    join_all((0..WRITERS as u64).map(|i| {
+        let (backend, ns, data) = (backend.clone(), ns.clone(), payload(counter));
+        tokio::spawn(async move {
+            let key = Key::new(key_for(base + i)).unwrap();
+            support::put_plain(&*backend, &ns, &key, data).await;
+        })
+    }))
+    .await;
+}
+
+/// The same on the baseline.
+async fn concurrent_baseline_puts(baseline: &Arc<Baseline>, counter: &AtomicU64, base: u64) {
+    join_all((0..WRITERS as u64).map(|i| {
+        let (baseline, data) = (baseline.clone(), payload(counter));
+        tokio::spawn(async move { baseline.put(&key_for(base + i), &data).await })
+    }))
+    .await;
 }
 
 /// Provider and baseline alternating inside one loop, so load from other processes hits both
@@ -247,16 +260,7 @@ fn paired(
             get_b += t.elapsed();
         }
     });
-    let mean = |d: Duration| d.as_secs_f64() * 1e6 / ROUNDS as f64;
-    eprintln!(
-        "paired 4 KiB, {ROUNDS} rounds: put {:.1} µs vs baseline {:.1} µs = {:.2}x; get {:.1} µs vs baseline {:.1} µs = {:.2}x",
-        mean(put_p),
-        mean(put_b),
-        put_p.as_secs_f64() / put_b.as_secs_f64(),
-        mean(get_p),
-        mean(get_b),
-        get_p.as_secs_f64() / get_b.as_secs_f64()
-    );
+    report("", ROUNDS, &[("put", put_p, put_b), ("get", get_p, get_b)]);
 
     // The same for WRITERS concurrent puts: a round is one put per writer, all at once, on
     // each side in turn.
@@ -266,31 +270,35 @@ fn paired(
         for n in 0..CONCURRENT_ROUNDS {
             let base = n * WRITERS as u64;
             let t = Instant::now();
-            join_all((0..WRITERS as u64).map(|i| {
-                let (backend, ns, data) = (backend.clone(), ns.clone(), payload(counter));
-                tokio::spawn(async move {
-                    let key = Key::new(key_for(base + i)).unwrap();
-                    support::put_plain(&*backend, &ns, &key, data).await;
-                })
-            }))
-            .await;
+            concurrent_provider_puts(backend, ns, counter, base).await;
             conc_p += t.elapsed();
             let t = Instant::now();
-            join_all((0..WRITERS as u64).map(|i| {
-                let (baseline, data) = (baseline.clone(), payload(counter));
-                tokio::spawn(async move { baseline.put(&key_for(base + i), &data).await })
-            }))
-            .await;
+            concurrent_baseline_puts(baseline, counter, base).await;
             conc_b += t.elapsed();
         }
     });
-    let mean = |d: Duration| d.as_secs_f64() * 1e6 / CONCURRENT_ROUNDS as f64;
-    eprintln!(
-        "paired 4 KiB, {WRITERS} concurrent writers, {CONCURRENT_ROUNDS} rounds: {:.0} µs vs baseline {:.0} µs a round = {:.2}x",
-        mean(conc_p),
-        mean(conc_b),
-        conc_p.as_secs_f64() / conc_b.as_secs_f64()
+    report(
+        &format!("{WRITERS} concurrent writers, "),
+        CONCURRENT_ROUNDS,
+        &[("put round", conc_p, conc_b)],
     );
+}
+
+/// Prints a paired loop's means: each operation's time a round on both sides, and the ratio.
+fn report(what: &str, rounds: u64, sides: &[(&str, Duration, Duration)]) {
+    let us = |d: &Duration| d.as_secs_f64() * 1e6 / rounds as f64;
+    let parts: Vec<String> = sides
+        .iter()
+        .map(|(op, p, b)| {
+            format!(
+                "{op} {:.1} µs vs baseline {:.1} µs = {:.2}x",
+                us(p),
+                us(b),
+                p.as_secs_f64() / b.as_secs_f64()
+            )
+        })
+        .collect();
+    eprintln!("paired 4 KiB, {what}{rounds} rounds: {}", parts.join("; "));
 }
 
 fn search(c: &mut Criterion, rt: &Runtime) {
