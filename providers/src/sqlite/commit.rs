@@ -332,7 +332,7 @@ impl WriteContext {
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
         let attempts = match self.batch_round_trip(turn, &jobs).await {
             Ok(attempts) => attempts,
-            Err(e) => {
+            Err(BatchError::Failed(e)) => {
                 turn.roll_back().await;
                 if turn.settled() {
                     return self.write_each(turn, jobs).await;
@@ -341,6 +341,9 @@ impl WriteContext {
                 // can be written on this turn.
                 return answer_all(jobs, &e.to_string());
             }
+            // Not retried: that could write the puts twice. The turn stays unfinished, so the
+            // connection is closed, which rolls back whatever did not commit.
+            Err(BatchError::Unknown(e)) => return answer_all(jobs, &e.to_string()),
         };
         turn.finish();
         for (job, attempt) in jobs.into_iter().zip(attempts) {
@@ -349,7 +352,11 @@ impl WriteContext {
     }
 
     /// The round trip of [`Self::write_batch`]: every put's outcome, in order, once committed.
-    async fn batch_round_trip(&self, turn: &mut WriteTurn, jobs: &[Job]) -> Result<Vec<Attempt>> {
+    async fn batch_round_trip(
+        &self,
+        turn: &mut WriteTurn,
+        jobs: &[Job],
+    ) -> std::result::Result<Vec<Attempt>, BatchError> {
         let now: Vec<i64> = jobs.iter().map(|_| Timestamp::now().as_micros()).collect();
         let mut query = sqlx::query(batch_sql(jobs.len()));
         for (job, &now) in jobs.iter().zip(&now) {
@@ -363,16 +370,20 @@ impl WriteContext {
                 self.chunk_size,
             );
         }
-        turn.conn().await?;
+        turn.conn().await.map_err(BatchError::Failed)?;
         turn.start();
-        let conn = turn.conn().await?;
+        let conn = turn.conn().await.map_err(BatchError::Failed)?;
         let mut results = sqlx::Executor::fetch_many(conn, query);
         // Statement 0 is BEGIN; put `i` runs statements 1 + 2i (its version, with a row when
         // written) and 2 + 2i (its blob); the last is COMMIT.
         let mut statement: usize = 0;
         let mut attempts: Vec<Attempt> = jobs.iter().map(|_| Err(None)).collect();
         let failed = |e| self.fail("writing a batch of records", e);
-        while let Some(step) = results.try_next().await.map_err(failed)? {
+        while let Some(step) = results
+            .try_next()
+            .await
+            .map_err(|e| BatchError::Failed(failed(e)))?
+        {
             match step {
                 Either::Left(_) => statement += 1,
                 Either::Right(row) => {
@@ -381,19 +392,20 @@ impl WriteContext {
                         .map(|s| s / STATEMENTS_PER_PUT)
                         .filter(|&i| i < jobs.len())
                     else {
-                        return Err(failed(sqlx::Error::Protocol(format!(
+                        // Before COMMIT (the last statement returns nothing): not yet written.
+                        return Err(BatchError::Failed(failed(sqlx::Error::Protocol(format!(
                             "statement {statement} of a batch returned a row"
-                        ))));
+                        )))));
                     };
                     attempts[i] = Ok(jobs[i].put.written(&row, now[i]));
                 }
             }
         }
         if statement != 2 + jobs.len() * STATEMENTS_PER_PUT {
-            return Err(failed(sqlx::Error::Protocol(format!(
-                "a batch of {} puts completed {statement} statements",
+            return Err(BatchError::Unknown(failed(sqlx::Error::Protocol(format!(
+                "a batch of {} puts reported {statement} statements done; whether it was committed is unknown",
                 jobs.len()
-            ))));
+            )))));
         }
         Ok(attempts)
     }
@@ -448,6 +460,14 @@ impl WriteContext {
             .await?;
         Ok(results)
     }
+}
+
+/// Why a one-round-trip batch gave no answers.
+enum BatchError {
+    /// It failed before `COMMIT`: nothing was written, so the puts may be written again.
+    Failed(Error),
+    /// It ran, but not as built: whether it committed is unknown, so it must not be repeated.
+    Unknown(Error),
 }
 
 /// Fails every job of a batch with the same cause.
