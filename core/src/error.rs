@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum Error {
     /// A key broke the key rules; rejected before any I/O.
-    #[error("invalid key {key:?}: {reason}")]
+    #[error("invalid key {}: {reason}", quoted(key))]
     InvalidKey {
         /// The key as given (lossy for display).
         key: String,
@@ -23,7 +23,8 @@ pub enum Error {
     },
     /// A namespace name broke the namespace rules.
     #[error(
-        "invalid namespace {namespace:?}: {reason} (namespaces match [a-z0-9][a-z0-9_-]{{0,62}})"
+        "invalid namespace {}: {reason} (namespaces match [a-z0-9][a-z0-9_-]{{0,62}})",
+        quoted(namespace)
     )]
     InvalidNamespace {
         /// The namespace as given.
@@ -155,6 +156,16 @@ fn not_found_message(namespace: &str, key: &str, version: Option<u64>) -> String
     }
 }
 
+/// A name as an error message shows it: quoted and escaped, and cut after 64 characters (with
+/// its full length) so a runaway key cannot flood the message. The error's field keeps it whole.
+fn quoted(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+    }
+}
+
 /// The stable kind of an [`Error`]; what callers match on and what crosses the plugin ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -273,5 +284,29 @@ impl Error {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_name_is_cut_in_the_message_and_kept_whole_in_the_error() {
+        let key = "é".repeat(1000);
+        let err = crate::Key::new(key.clone()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.len() < 300, "{message}");
+        assert!(
+            message.contains(&format!("\"{}\"… (2000 bytes)", "é".repeat(64))),
+            "{message}"
+        );
+        assert!(message.contains("at most 1024 bytes"), "{message}");
+        match err {
+            Error::InvalidKey { key: whole, .. } => assert_eq!(whole, key),
+            other => panic!("{other:?}"),
+        }
+        let short = crate::Key::new("a//b").unwrap_err().to_string();
+        assert!(short.starts_with("invalid key \"a//b\": "), "{short}");
     }
 }
