@@ -332,7 +332,7 @@ impl WriteContext {
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
         let attempts = match self.batch_round_trip(turn, &jobs).await {
             Ok(attempts) => attempts,
-            Err(BatchError::Failed(e)) => {
+            Err(BatchError::Put(e)) => {
                 turn.roll_back().await;
                 if turn.settled() {
                     return self.write_each(turn, jobs).await;
@@ -341,9 +341,9 @@ impl WriteContext {
                 // can be written on this turn.
                 return answer_all(jobs, &e.to_string());
             }
-            // Not retried: that could write the puts twice. The turn stays unfinished, so the
-            // connection is closed, which rolls back whatever did not commit.
-            Err(BatchError::Unknown(e)) => return answer_all(jobs, &e.to_string()),
+            // The turn stays unfinished, so the connection is closed, which rolls back whatever
+            // did not commit.
+            Err(BatchError::Whole(e)) => return answer_all(jobs, &e.to_string()),
         };
         turn.finish();
         for (job, attempt) in jobs.into_iter().zip(attempts) {
@@ -370,20 +370,24 @@ impl WriteContext {
                 self.chunk_size,
             );
         }
-        turn.conn().await.map_err(BatchError::Failed)?;
+        turn.conn().await.map_err(BatchError::Whole)?;
         turn.start();
-        let conn = turn.conn().await.map_err(BatchError::Failed)?;
+        let conn = turn.conn().await.map_err(BatchError::Whole)?;
         let mut results = sqlx::Executor::fetch_many(conn, query);
         // Statement 0 is BEGIN; put `i` runs statements 1 + 2i (its version, with a row when
         // written) and 2 + 2i (its blob); the last is COMMIT.
         let mut statement: usize = 0;
         let mut attempts: Vec<Attempt> = jobs.iter().map(|_| Err(None)).collect();
         let failed = |e| self.fail("writing a batch of records", e);
-        while let Some(step) = results
-            .try_next()
-            .await
-            .map_err(|e| BatchError::Failed(failed(e)))?
-        {
+        let last = 1 + jobs.len() * STATEMENTS_PER_PUT;
+        while let Some(step) = results.try_next().await.map_err(|e| {
+            // `statement` is the one that failed.
+            if (1..last).contains(&statement) {
+                BatchError::Put(failed(e))
+            } else {
+                BatchError::Whole(failed(e))
+            }
+        })? {
             match step {
                 Either::Left(_) => statement += 1,
                 Either::Right(row) => {
@@ -392,8 +396,7 @@ impl WriteContext {
                         .map(|s| s / STATEMENTS_PER_PUT)
                         .filter(|&i| i < jobs.len())
                     else {
-                        // Before COMMIT (the last statement returns nothing): not yet written.
-                        return Err(BatchError::Failed(failed(sqlx::Error::Protocol(format!(
+                        return Err(BatchError::Whole(failed(sqlx::Error::Protocol(format!(
                             "statement {statement} of a batch returned a row"
                         )))));
                     };
@@ -401,8 +404,8 @@ impl WriteContext {
                 }
             }
         }
-        if statement != 2 + jobs.len() * STATEMENTS_PER_PUT {
-            return Err(BatchError::Unknown(failed(sqlx::Error::Protocol(format!(
+        if statement != last + 1 {
+            return Err(BatchError::Whole(failed(sqlx::Error::Protocol(format!(
                 "a batch of {} puts reported {statement} statements done; whether it was committed is unknown",
                 jobs.len()
             )))));
@@ -464,10 +467,12 @@ impl WriteContext {
 
 /// Why a one-round-trip batch gave no answers.
 enum BatchError {
-    /// It failed before `COMMIT`: nothing was written, so the puts may be written again.
-    Failed(Error),
-    /// It ran, but not as built: whether it committed is unknown, so it must not be repeated.
-    Unknown(Error),
+    /// A put's statement failed: nothing was written, so the puts may be written again, one
+    /// savepoint each.
+    Put(Error),
+    /// The batch as a whole failed (`BEGIN` or `COMMIT`, or it ran not as built): answered as
+    /// it is, never repeated (a repeat could write the puts twice, or wait out a lock again).
+    Whole(Error),
 }
 
 /// Fails every job of a batch with the same cause.
