@@ -326,7 +326,7 @@ impl WriteContext {
         }
     }
 
-    /// Several puts in one transaction and one round trip ([`batch_sql`]). If any statement
+    /// Several puts in one transaction and one round trip ([`batch_sql`]). If a put's statement
     /// fails, the transaction is rolled back and the puts are written again one savepoint each
     /// ([`Self::write_each`]), so a put that fails is undone alone and the others still land.
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
