@@ -44,14 +44,11 @@ INSERT INTO blobs (hash, size, chunk_size, chunk_count, data)
     };
 }
 
-/// The one-round-trip put: its own write transaction around the statements.
-pub(crate) const PUT_SMALL_SQL: &str =
-    concat!("BEGIN IMMEDIATE;", put_small_statements!(), "COMMIT;");
-
 /// The same statements inside a caller's transaction (`put_many`).
 pub(crate) const PUT_SMALL_IN_TX_SQL: &str = put_small_statements!();
 
-/// Binds the parameters of [`PUT_SMALL_SQL`] / [`PUT_SMALL_IN_TX_SQL`], in order of appearance.
+/// Binds the parameters of [`PUT_SMALL_IN_TX_SQL`] / [`PUT_SMALL_SAVEPOINT_SQL`], in order of
+/// appearance.
 pub(crate) fn bind_put_small<'q>(
     sql: &'q str,
     req: &PutRequest<'q>,
@@ -99,7 +96,7 @@ const STATEMENTS_PER_PUT: usize = 2;
 /// batches, one after another.
 const BATCH_MAX: usize = 32;
 
-/// `n` small puts (`2..=BATCH_MAX`) in one transaction, as one round trip: each put's
+/// `n` small puts (`1..=BATCH_MAX`) in one transaction, as one round trip: each put's
 /// statements see the ones before them, as if they ran one after another. Built once per size.
 fn batch_sql(n: usize) -> &'static str {
     static SQL: [OnceLock<String>; BATCH_MAX] = [const { OnceLock::new() }; BATCH_MAX];
@@ -284,18 +281,17 @@ impl WriteContext {
         map_err(self.writer.path(), doing, e)
     }
 
-    /// Runs one small put's statements (`sql`: with its own transaction or in a savepoint):
-    /// the version written, or `Err(None)` when the precondition failed.
-    async fn run_put(
+    /// Runs one small put's statements in a savepoint of the open transaction: the version
+    /// written, or `Err(None)` when the precondition failed.
+    async fn run_savepointed_put(
         &self,
-        sql: &'static str,
         put: &SmallPut,
         turn: &mut WriteTurn,
     ) -> Result<std::result::Result<Attempt, sqlx::Error>> {
         let now = Timestamp::now().as_micros();
         let conn = turn.conn().await?;
         let rows = bind_put_small(
-            sql,
+            PUT_SMALL_SAVEPOINT_SQL,
             &put.request(),
             &put.hash,
             &put.data,
@@ -312,16 +308,14 @@ impl WriteContext {
 
     /// One put in one round trip, its own transaction. `Err(None)`: the precondition failed.
     pub(crate) async fn write_one(&self, turn: &mut WriteTurn, put: &SmallPut) -> Result<Attempt> {
-        turn.conn().await?;
-        turn.start();
-        match self.run_put(PUT_SMALL_SQL, put, turn).await? {
-            Ok(attempt) => {
+        match self.round_trip(turn, &[put]).await {
+            Ok(mut attempts) => {
                 turn.finish();
-                Ok(attempt)
+                Ok(attempts.pop().expect("one put, one outcome"))
             }
-            Err(e) => {
+            Err(BatchError::Put(e) | BatchError::Whole(e)) => {
                 turn.roll_back().await;
-                Err(self.fail("writing a record", e))
+                Err(e)
             }
         }
     }
@@ -330,20 +324,20 @@ impl WriteContext {
     /// fails, the transaction is rolled back and the puts are written again one savepoint each
     /// ([`Self::write_each`]), so a put that fails is undone alone and the others still land.
     async fn write_batch(&self, turn: &mut WriteTurn, jobs: Vec<Job>) {
-        let attempts = match self.batch_round_trip(turn, &jobs).await {
+        let puts: Vec<&SmallPut> = jobs.iter().map(|job| &job.put).collect();
+        let outcome = self.round_trip(turn, &puts).await;
+        drop(puts);
+        let attempts = match outcome {
             Ok(attempts) => attempts,
-            Err(BatchError::Put(e)) => {
+            Err(e) => {
                 turn.roll_back().await;
-                if turn.settled() {
-                    return self.write_each(turn, jobs).await;
-                }
-                // The connection is in an unknown state and will be discarded: nothing more
-                // can be written on this turn.
-                return answer_all(jobs, &e.to_string());
+                return match e {
+                    // A connection the rollback could not settle is discarded with the turn:
+                    // nothing more is written on it.
+                    BatchError::Put(_) if turn.settled() => self.write_each(turn, jobs).await,
+                    BatchError::Put(e) | BatchError::Whole(e) => answer_all(jobs, &e.to_string()),
+                };
             }
-            // The turn stays unfinished, so the connection is closed, which rolls back whatever
-            // did not commit.
-            Err(BatchError::Whole(e)) => return answer_all(jobs, &e.to_string()),
         };
         turn.finish();
         for (job, attempt) in jobs.into_iter().zip(attempts) {
@@ -351,16 +345,16 @@ impl WriteContext {
         }
     }
 
-    /// The round trip of [`Self::write_batch`]: every put's outcome, in order, once committed.
-    async fn batch_round_trip(
+    /// `puts` in one transaction and one round trip ([`batch_sql`]): every put's outcome, in
+    /// order, once committed. On error the transaction may still be open: the caller rolls back.
+    async fn round_trip(
         &self,
         turn: &mut WriteTurn,
-        jobs: &[Job],
+        puts: &[&SmallPut],
     ) -> std::result::Result<Vec<Attempt>, BatchError> {
-        let now: Vec<i64> = jobs.iter().map(|_| Timestamp::now().as_micros()).collect();
-        let mut query = sqlx::query(batch_sql(jobs.len()));
-        for (job, &now) in jobs.iter().zip(&now) {
-            let put = &job.put;
+        let now: Vec<i64> = puts.iter().map(|_| Timestamp::now().as_micros()).collect();
+        let mut query = sqlx::query(batch_sql(puts.len()));
+        for (put, &now) in puts.iter().zip(&now) {
             query = bind_put(
                 query,
                 &put.request(),
@@ -377,9 +371,14 @@ impl WriteContext {
         // Statement 0 is BEGIN; put `i` runs statements 1 + 2i (its version, with a row when
         // written) and 2 + 2i (its blob); the last is COMMIT.
         let mut statement: usize = 0;
-        let mut attempts: Vec<Attempt> = jobs.iter().map(|_| Err(None)).collect();
-        let failed = |e| self.fail("writing a batch of records", e);
-        let last = 1 + jobs.len() * STATEMENTS_PER_PUT;
+        let mut attempts: Vec<Attempt> = puts.iter().map(|_| Err(None)).collect();
+        let doing = if puts.len() == 1 {
+            "writing a record"
+        } else {
+            "writing a batch of records"
+        };
+        let failed = |e| self.fail(doing, e);
+        let last = 1 + puts.len() * STATEMENTS_PER_PUT;
         while let Some(step) = results.try_next().await.map_err(|e| {
             // `statement` is the one that failed.
             if (1..last).contains(&statement) {
@@ -394,20 +393,20 @@ impl WriteContext {
                     let Some(i) = statement
                         .checked_sub(1)
                         .map(|s| s / STATEMENTS_PER_PUT)
-                        .filter(|&i| i < jobs.len())
+                        .filter(|&i| i < puts.len())
                     else {
                         return Err(BatchError::Whole(failed(sqlx::Error::Protocol(format!(
                             "statement {statement} of a batch returned a row"
                         )))));
                     };
-                    attempts[i] = Ok(jobs[i].put.written(&row, now[i]));
+                    attempts[i] = Ok(puts[i].written(&row, now[i]));
                 }
             }
         }
         if statement != last + 1 {
             return Err(BatchError::Whole(failed(sqlx::Error::Protocol(format!(
                 "a batch of {} puts reported {statement} statements done; whether it was committed is unknown",
-                jobs.len()
+                puts.len()
             )))));
         }
         Ok(attempts)
@@ -430,7 +429,7 @@ impl WriteContext {
         }
     }
 
-    /// The statements of [`Self::write_batch`]: each put's outcome, or the error that leaves the
+    /// The statements of [`Self::write_each`]: each put's outcome, or the error that leaves the
     /// transaction in a state only a rollback can settle.
     async fn batch_statements(
         &self,
@@ -442,10 +441,7 @@ impl WriteContext {
             .await?;
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {
-            match self
-                .run_put(PUT_SMALL_SAVEPOINT_SQL, &job.put, turn)
-                .await?
-            {
+            match self.run_savepointed_put(&job.put, turn).await? {
                 Ok(attempt) => results.push(Ok(attempt)),
                 Err(e) => {
                     let failed = self.fail("writing a record", e);
@@ -472,6 +468,7 @@ enum BatchError {
     Put(Error),
     /// The batch as a whole failed (`BEGIN` or `COMMIT`, or it ran not as built): answered as
     /// it is, never repeated (a repeat could write the puts twice, or wait out a lock again).
+    /// The rollback after it finds no transaction when there is none left to undo.
     Whole(Error),
 }
 
