@@ -2,8 +2,9 @@
 //! (`target/plugins/release/libstowage_plugin_kv.so`, built by
 //! `scripts/build-plugin-fixtures --release`) beside the same provider linked in directly, in
 //! the same run. The ratio plugin/direct is the cost of the C ABI (the call, the plugin's own
-//! checks and copies of names and record, the payload's owner); docs/benchmarks.md records it. Puts run twice: with an fsync per commit (the default)
-//! and without (`"sync": false`), where the ABI's share of the cost is visible.
+//! checks and copies of names and record, the payload's owner); docs/benchmarks.md records it.
+//! Puts run twice: with an fsync per commit (the default) and without (`"sync": false`), where
+//! the ABI's share of the cost is visible.
 
 #[path = "../../providers/benches/support/mod.rs"]
 mod support;

@@ -110,16 +110,18 @@ impl Drop for PartialFile {
 /// else that exists (a device, a named pipe) in place.
 async fn write_output(target: &Path, body: stowage_core::Body) -> Result<u64> {
     let inspecting = |e| Error::io(format!("inspecting output {}", target.display()), e);
-    let link = match tokio::fs::symlink_metadata(target).await {
-        Ok(m) => m.file_type().is_symlink(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(inspecting(e)),
+    let found = |r: std::io::Result<std::fs::Metadata>| match r {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(inspecting(e)),
     };
+    let named = found(tokio::fs::symlink_metadata(target).await)?;
+    let link = named.as_ref().is_some_and(|m| m.file_type().is_symlink());
     // What the path names once links are followed.
-    let resolved = match tokio::fs::metadata(target).await {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(inspecting(e)),
+    let resolved = if link {
+        found(tokio::fs::metadata(target).await)?
+    } else {
+        named
     };
     match resolved {
         Some(m) if m.is_dir() => Err(Error::invalid_input(format!(
@@ -142,16 +144,13 @@ async fn write_output(target: &Path, body: stowage_core::Body) -> Result<u64> {
 
 /// Streams `body` into an existing target that is not a regular file.
 async fn write_in_place(target: &Path, body: stowage_core::Body) -> Result<u64> {
-    let writing = |e| Error::io(format!("writing {}", target.display()), e);
     let mut out = tokio::fs::OpenOptions::new()
         .write(true)
         .open(target)
         .await
-        .map_err(writing)?;
-    let written = body.write_to(&mut out).await?;
-    out.flush().await.map_err(writing)?;
-    out.shutdown().await.map_err(writing)?;
-    Ok(written)
+        .map_err(|e| Error::io(format!("opening {}", target.display()), e))?;
+    // Flushed by `write_to`; there is nothing to sync or rename.
+    body.write_to(&mut out).await
 }
 
 /// Writes a regular file beside `target` and renames it into place once whole.
