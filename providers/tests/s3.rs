@@ -883,3 +883,54 @@ async fn bad_credentials_are_refused_with_a_hint() {
         "the refused put stored its payload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_conditional_puts_upload_nothing() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("precheck"));
+    let writer = store(cfg.clone()).await;
+    let w = writer.namespace("p").unwrap();
+    w.put("live", "one", Metadata::new()).await.unwrap();
+    let before = objects(&cfg, "blobs/").await;
+    // A fresh process has not seen `live`; a small and a multipart payload, each refused.
+    let fresh = store(cfg.clone()).await;
+    let f = fresh.namespace("p").unwrap();
+    let small = f
+        .put_with("live", "never stored", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert_eq!(small.kind(), ErrorKind::Conflict, "{small}");
+    let large = f
+        .put_with(
+            "live",
+            streamed(Arc::new(pattern(7, 6 << 20))),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(large.kind(), ErrorKind::Conflict, "{large}");
+    // The writer that knows the key, and a stale `IfVersion`.
+    let known = w
+        .put_with("live", "also never", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert_eq!(known.kind(), ErrorKind::Conflict, "{known}");
+    let stale = f
+        .put_with("live", "stale", Metadata::new(), PutMode::IfVersion(7))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), ErrorKind::Conflict, "{stale}");
+    assert_eq!(
+        objects(&cfg, "blobs/").await,
+        before,
+        "a refused conditional put uploaded its payload"
+    );
+    assert!(objects(&cfg, "staging/").await.is_empty());
+    // A create of a new key still works from a fresh process, as version 1.
+    let made = f
+        .put_with("new", "first", Metadata::new(), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(made.version, 1);
+}

@@ -303,6 +303,18 @@ impl S3Backend {
         self.latest_listed(ns, key).await
     }
 
+    /// Whether version 1 of the key exists (one HEAD, no listing).
+    async fn has_first_version(&self, ns: &Namespace, key: &Key) -> Result<bool> {
+        let path = meta_path(ns, key.as_str(), 1);
+        match self.op.stat(&path).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self
+                .target
+                .error(format_args!("checking metadata {path}"), e)),
+        }
+    }
+
     /// The latest version this process last saw of the key (unchecked).
     fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
         let v = self.cache.latest_hint(&key_dir(ns, key.as_str()))?;
@@ -664,18 +676,21 @@ impl StorageBackend for S3Backend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
-        // A conditional put checks first so a conflict costs no upload; an overwrite learns the
-        // latest version while the payload uploads. A create of a key this process has not
-        // seen assumes the key is new and claims version 1 straight away: the claim fails by
-        // itself if version 1 exists (versions are contiguous from 1), and only then is the
-        // key listed. Bulk loads and copies into a fresh bucket create keys by the thousand,
-        // and a LIST per key is the slowest request an object store answers.
+        // A conditional put checks its precondition before uploading anything, so a conflict
+        // leaves no payload behind; an overwrite learns the latest version while the payload
+        // uploads. A create of a key this process has not seen asks only whether version 1
+        // exists (one HEAD): versions are contiguous from 1, so if it does not, the key is new
+        // and version 1 is claimed after the upload (the claim fails by itself if another
+        // writer got there first, and only then is the key listed). Bulk loads and copies into
+        // a fresh bucket create keys by the thousand, and a LIST per key is the slowest request
+        // an object store answers.
         let (stored, latest) = if mode == PutMode::Overwrite {
             let (stored, latest) =
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
         } else if mode == PutMode::Create
             && self.cache.latest_hint(&key_dir(ns, key.as_str())).is_none()
+            && !self.has_first_version(ns, key).await?
         {
             (self.blobs.put(body).await?, None)
         } else {
