@@ -934,3 +934,60 @@ async fn failed_conditional_puts_upload_nothing() {
         .unwrap();
     assert_eq!(made.version, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_metadata_object_spoils_only_its_key() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("badmeta"));
+    let writer = store(cfg.clone()).await;
+    let w = writer.namespace("m").unwrap();
+    for key in ["x", "y", "z"] {
+        w.put(key, key, Metadata::new()).await.unwrap();
+    }
+    // Rewrite `record.key` of y's metadata object so it names another key.
+    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    let path = format!("meta/m/{}/{:020}.json", hex::encode("y"), 1);
+    let mut object: Value =
+        serde_json::from_slice(&op.read(&path).await.unwrap().to_vec()).unwrap();
+    object["record"]["key"] = json!("x");
+    op.write(&path, serde_json::to_vec(&object).unwrap())
+        .await
+        .unwrap();
+
+    let fresh = store(cfg.clone()).await;
+    let f = fresh.namespace("m").unwrap();
+    let listed: Vec<String> = f
+        .list(ListOptions::default())
+        .await
+        .expect("ls fails because of another record's metadata")
+        .items
+        .into_iter()
+        .map(|r| r.key.to_string())
+        .collect();
+    assert_eq!(listed, vec!["x", "z"], "the broken record is skipped");
+    let err = f.head("y", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains(&path), "{err}");
+    assert_eq!(f.get_bytes("x").await.unwrap().1, &b"x"[..]);
+
+    let report = fresh
+        .backend()
+        .verify(&stowage_core::NoProgress)
+        .await
+        .expect("verify stops at the bad metadata object");
+    assert_eq!(report.records_checked, 2, "{report:?}");
+    assert_eq!(report.blobs_checked, 2, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let problem = &report.problems[0];
+    assert_eq!(problem.key.as_deref(), Some("y"));
+    assert_eq!(problem.version, Some(1));
+    assert!(problem.detail.contains(&path), "{problem:?}");
+    // gc cannot know which blob the broken object references, so it deletes nothing.
+    let err = fresh
+        .backend()
+        .gc(&stowage_core::NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(objects(&cfg, "blobs/").await.len(), 3);
+}

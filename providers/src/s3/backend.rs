@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use opendal::Operator;
 use stowage_core::{
-    Body, Capabilities, ContentHash, DeleteOptions, Error, GcReport, GetOptions, Key, ListOptions,
-    Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend,
-    Timestamp, VerifyProblem, VerifyReport, Version,
+    Body, Capabilities, ContentHash, DeleteOptions, Error, ErrorKind, GcReport, GetOptions, Key,
+    ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query, RecordInfo, Result,
+    StorageBackend, Timestamp, VerifyProblem, VerifyReport, Version,
 };
 
 use super::blob::BlobStore;
@@ -66,6 +66,13 @@ pub(crate) fn capabilities() -> Capabilities {
 struct Listed {
     name: MetaName,
     etag: Option<String>,
+}
+
+/// A metadata object that could not be read as the version its name says.
+struct BrokenMeta {
+    namespace: Namespace,
+    name: MetaName,
+    error: Error,
 }
 
 /// Immutable metadata objects by path and ETag (a purged-and-rewritten version has the same
@@ -498,8 +505,18 @@ impl S3Backend {
             if exhausted {
                 batch.extend(current.take());
             }
+            // One key's unreadable metadata object must not hide every other key: it is
+            // skipped with a warning (verify reports it, and get/head of that key fail).
             let fetched: Vec<Option<RecordInfo>> = futures::stream::iter(batch.drain(..))
-                .map(|listed| async move { self.fetch(ns, &listed).await })
+                .map(|listed| async move {
+                    match self.fetch(ns, &listed).await {
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            tracing::warn!(target: "stowage_providers::s3", path = %listed.name.path, error = %e, "skipping a key whose latest metadata object is unreadable; run verify");
+                            Ok(None)
+                        }
+                        other => other,
+                    }
+                })
                 .buffered(FETCH_CONCURRENCY)
                 .try_collect()
                 .await?;
@@ -512,8 +529,9 @@ impl S3Backend {
         Ok(out)
     }
 
-    /// Every metadata object of the store (all namespaces), for gc and verify.
-    async fn all_meta(&self) -> Result<Vec<RecordInfo>> {
+    /// Every metadata object of the store (all namespaces), for gc and verify: the records,
+    /// and the objects that could not be read as one (with why).
+    async fn all_meta(&self) -> Result<(Vec<RecordInfo>, Vec<BrokenMeta>)> {
         let names: Vec<(Namespace, Listed)> = self
             .op
             .lister_with(META)
@@ -541,12 +559,31 @@ impl S3Backend {
             })
             .try_collect()
             .await?;
-        let records: Vec<Option<RecordInfo>> = futures::stream::iter(names)
-            .map(|(ns, listed)| async move { self.fetch(&ns, &listed).await })
-            .buffered(FETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(records.into_iter().flatten().collect())
+        let fetched: Vec<std::result::Result<Option<RecordInfo>, BrokenMeta>> =
+            futures::stream::iter(names)
+                .map(|(ns, listed)| async move {
+                    match self.fetch(&ns, &listed).await {
+                        Ok(found) => Ok(Ok(found)),
+                        Err(error) if error.kind() == ErrorKind::Corrupt => Ok(Err(BrokenMeta {
+                            namespace: ns,
+                            name: listed.name,
+                            error,
+                        })),
+                        Err(e) => Err(e),
+                    }
+                })
+                .buffered(FETCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut records = Vec::new();
+        let mut broken = Vec::new();
+        for item in fetched {
+            match item {
+                Ok(found) => records.extend(found),
+                Err(b) => broken.push(b),
+            }
+        }
+        Ok((records, broken))
     }
 
     /// Every object under `prefix` with its size and age, for gc and verify.
@@ -872,8 +909,20 @@ impl StorageBackend for S3Backend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let referenced: HashSet<ContentHash> =
-            self.all_meta().await?.into_iter().map(|r| r.hash).collect();
+        let (records, broken) = self.all_meta().await?;
+        // An unreadable metadata object may reference a blob nothing else does: deleting
+        // "unreferenced" blobs now could delete that version's payload.
+        if let Some(first) = broken.first() {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!(
+                    "gc removed nothing: {} metadata object(s) cannot be read, so which payloads they reference is unknown (first: {}); run verify, then purge or fix those keys",
+                    broken.len(),
+                    first.error
+                ),
+            ));
+        }
+        let referenced: HashSet<ContentHash> = records.into_iter().map(|r| r.hash).collect();
         let blobs = self.all_objects(BLOBS).await?;
         let staging = self.all_objects(STAGING).await?;
         progress.set_total((blobs.len() + staging.len()) as u64);
@@ -912,7 +961,7 @@ impl StorageBackend for S3Backend {
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
-        let records = self.all_meta().await?;
+        let (records, broken) = self.all_meta().await?;
         let mut by_hash: HashMap<ContentHash, Vec<&RecordInfo>> = HashMap::new();
         for r in &records {
             by_hash.entry(r.hash).or_default().push(r);
@@ -922,6 +971,22 @@ impl StorageBackend for S3Backend {
             records_checked: records.len() as u64,
             ..VerifyReport::default()
         };
+        for b in broken {
+            let key = hex::decode(&b.name.key_hex)
+                .ok()
+                .and_then(|k| String::from_utf8(k).ok());
+            report.problems.push(VerifyProblem {
+                namespace: Some(b.namespace.to_string()),
+                key,
+                version: Some(b.name.version),
+                hash: None,
+                problem: "metadata".to_string(),
+                detail: match b.error {
+                    Error::Corrupt { message, .. } => message,
+                    other => other.to_string(),
+                },
+            });
+        }
         let mut hashes: Vec<&ContentHash> = by_hash.keys().collect();
         hashes.sort();
         for hash in hashes {
