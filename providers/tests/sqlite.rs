@@ -1319,3 +1319,67 @@ async fn a_cancelled_put_is_written_whole_or_not_at_all() {
         "a closed backend opens no new write connection"
     );
 }
+
+/// A connection of its own to the database at `path` holding SQLite's write lock (an open
+/// `BEGIN IMMEDIATE` with a row written), as another process's long write would.
+async fn hold_write_lock(path: &Path) -> sqlx::SqliteConnection {
+    use sqlx::{Connection, Executor};
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    conn.execute("BEGIN IMMEDIATE").await.unwrap();
+    conn.execute(
+        "INSERT INTO blobs (hash, size, chunk_size, chunk_count) VALUES (zeroblob(32), 0, 1, 0)",
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_and_reading_do_not_wait_for_another_writer() {
+    use sqlx::Executor;
+    let dir = fresh_dir();
+    let path = dir.join("busy.db");
+    let n = ns("busy");
+    let first = backend_at(&path, serde_json::json!({})).await;
+    put_plain(&*first, &n, &key("k"), Body::from("value")).await;
+    first.close().await.unwrap();
+    let mut holder = hold_write_lock(&path).await;
+    // A busy timeout of 0: anything that asks for the write lock fails at once instead of
+    // waiting, so the open and the reads below prove they never ask for it.
+    let reader = backend_at(&path, serde_json::json!({"busy_timeout_ms": 0})).await;
+    reader
+        .initialize()
+        .await
+        .expect("opening while another connection writes");
+    let (info, body) = reader
+        .get(&n, &key("k"), GetOptions::default())
+        .await
+        .expect("reading while another connection writes");
+    assert_eq!(info.version, 1);
+    assert_eq!(read_all(body).await, b"value");
+    assert_eq!(
+        reader
+            .list(&n, ListOptions::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // A write does wait for the lock, and says so.
+    let err = reader
+        .put(
+            &n,
+            &key("k"),
+            Body::from("w"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .expect_err("the write lock is held elsewhere");
+    assert!(err.to_string().contains("locked"), "{err}");
+    holder.execute("ROLLBACK").await.unwrap();
+    put_plain(&*reader, &n, &key("k"), Body::from("w")).await;
+    reader.close().await.unwrap();
+}

@@ -10,6 +10,7 @@ use super::PROVIDER;
 const SQLITE_CORRUPT: i32 = 11;
 const SQLITE_NOTADB: i32 = 26;
 const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
 const SQLITE_FULL: i32 = 13;
 
 /// The primary SQLite result code of an sqlx error, if it came from SQLite.
@@ -18,6 +19,12 @@ pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
     let code: i32 = db.code()?.parse().ok()?;
     // Extended codes carry the primary code in their low byte.
     Some(code & 0xff)
+}
+
+/// Whether `err` is SQLite's answer that another connection holds a lock this one wanted
+/// (`SQLITE_BUSY`, or `SQLITE_LOCKED` within one process).
+pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
+    matches!(sqlite_code(err), Some(SQLITE_BUSY | SQLITE_LOCKED))
 }
 
 /// Turns an sqlx error met while `doing` something with the database at `path` into an

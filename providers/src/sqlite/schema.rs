@@ -11,7 +11,7 @@ use sqlx::{Connection, Executor, Row};
 use stowage_core::{Error, Result};
 
 use super::config::{SqliteConfig, Synchronous};
-use super::error::map_err;
+use super::error::{is_busy, map_err};
 
 /// `PRAGMA application_id` of a stowage database: the bytes `STOW`.
 pub const APPLICATION_ID: i64 = 0x5354_4f57;
@@ -229,7 +229,8 @@ pub(crate) fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 4096;
 
 /// Opens (creating if needed) the database of `config`, refuses a file that is not a stowage
-/// database, applies pending migrations in one transaction, and returns the pool.
+/// database, applies pending migrations in one transaction, and returns the pool. A file at
+/// this schema version is opened with reads only, so it opens while another process writes.
 pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
     let path = config.path.as_path();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -274,6 +275,8 @@ async fn set_up(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
             .await
             .map_err(|e| map_err(path, "setting auto_vacuum", e))?;
     }
+    // On a file in WAL mode already this writes nothing and takes no lock: `inspect` read the
+    // header, so the connection is in WAL mode and the pragma finds nothing to change.
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
         .fetch_one(&mut *conn)
         .await
@@ -285,16 +288,38 @@ async fn set_up(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
             std::io::Error::other("journal_mode is not wal"),
         ));
     }
-    migrate(conn, path).await?;
-    sqlx::query("PRAGMA optimize = 0x10002")
+    // A file already at this version is opened without asking for the write lock: another
+    // process's long write must not keep a reader from opening the store.
+    if state != DbState::Stowage(SCHEMA_VERSION) {
+        migrate(conn, path).await?;
+    }
+    optimize(conn, path).await
+}
+
+/// Lets SQLite refresh its planner statistics (`PRAGMA optimize`), which may write. Best
+/// effort: it asks for the write lock without waiting, and a lock held by another writer
+/// skips it until a later open (this connection is the set-up one, closed right after).
+async fn optimize(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    sqlx::query("PRAGMA busy_timeout = 0")
         .execute(&mut *conn)
         .await
-        .map_err(|e| map_err(path, "optimizing the query planner", e))?;
-    Ok(())
+        .map_err(|e| map_err(path, "setting up the database", e))?;
+    match sqlx::query("PRAGMA optimize = 0x10002")
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_busy(&e) => {
+            tracing::debug!(path = %path.display(), error = %e, "PRAGMA optimize skipped: another connection is writing");
+            Ok(())
+        }
+        Err(e) => Err(map_err(path, "optimizing the query planner", e)),
+    }
 }
 
 /// Applies every migration newer than the file's `user_version`, all in one write transaction,
 /// so concurrent openers apply each step exactly once and a failure leaves the file as it was.
+/// Called only when the unlocked look at the file found it older (or new).
 async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
     let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
