@@ -62,19 +62,70 @@ impl AttrFilter {
     }
 }
 
-/// Equality that treats `1` and `1.0` as equal.
+/// Equality that treats `1` and `1.0` as equal, and compares numbers exactly (two integers
+/// that differ compare unequal even where their nearest `f64`s are the same).
 fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
         _ => a == b,
     }
 }
 
-/// Orders two JSON scalars of the same kind; `None` for mixed or non-scalar kinds.
+/// A JSON number as what it exactly is: an integer (every `i64` and `u64` fits an `i128`) or a
+/// float.
+enum Exact {
+    Int(i128),
+    Float(f64),
+}
+
+fn exact(n: &serde_json::Number) -> Option<Exact> {
+    if let Some(i) = n.as_i64() {
+        Some(Exact::Int(i128::from(i)))
+    } else if let Some(u) = n.as_u64() {
+        Some(Exact::Int(i128::from(u)))
+    } else {
+        n.as_f64().map(Exact::Float)
+    }
+}
+
+/// Orders an integer and a float by their exact values (no rounding of the integer).
+fn compare_int_float(i: i128, f: f64) -> Option<Ordering> {
+    if f.is_nan() {
+        return None;
+    }
+    // Every finite f64 of magnitude below 2^127 truncates to an i128 exactly; beyond that the
+    // float is larger in magnitude than any integer a JSON number here can hold.
+    if f >= 1.7e38 {
+        return Some(Ordering::Less);
+    }
+    if f <= -1.7e38 {
+        return Some(Ordering::Greater);
+    }
+    let whole = f.trunc();
+    match i.cmp(&(whole as i128)) {
+        Ordering::Equal => 0.0f64.partial_cmp(&(f - whole)),
+        other => Some(other),
+    }
+}
+
+/// Orders two JSON numbers by their exact values: `9007199254740993` is greater than
+/// `9007199254740992`, although both round to the same `f64`.
+fn compare_numbers(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering> {
+    match (exact(a)?, exact(b)?) {
+        (Exact::Int(x), Exact::Int(y)) => Some(x.cmp(&y)),
+        (Exact::Float(x), Exact::Float(y)) => x.partial_cmp(&y),
+        (Exact::Int(x), Exact::Float(y)) => compare_int_float(x, y),
+        (Exact::Float(x), Exact::Int(y)) => compare_int_float(y, x).map(Ordering::reverse),
+    }
+}
+
+/// Orders two JSON scalars of the same kind; `None` for mixed or non-scalar kinds. Numbers
+/// compare by their exact values, integers beyond 2^53 included.
 pub fn compare_json(a: &serde_json::Value, b: &serde_json::Value) -> Option<Ordering> {
     use serde_json::Value;
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         _ => None,
@@ -393,5 +444,69 @@ impl ListOptions {
             }
         }
         Ok(Page { items, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use serde_json::json;
+
+    use super::{compare_json, AttrFilter};
+
+    #[test]
+    fn large_integers_compare_exactly() {
+        // Both round to the f64 9007199254740992.0.
+        let (a, b) = (json!(9007199254740993u64), json!(9007199254740992u64));
+        assert_eq!(compare_json(&a, &b), Some(Ordering::Greater));
+        let eq = AttrFilter::Eq {
+            name: "id".into(),
+            value: a.clone(),
+        };
+        assert!(eq.accepts(Some(&a)));
+        assert!(!eq.accepts(Some(&b)));
+        let range = AttrFilter::Range {
+            name: "id".into(),
+            min: Some(a.clone()),
+            max: None,
+        };
+        assert!(range.accepts(Some(&a)));
+        assert!(!range.accepts(Some(&b)));
+        assert_eq!(
+            compare_json(&json!(u64::MAX), &json!(i64::MIN)),
+            Some(Ordering::Greater)
+        );
+    }
+
+    #[test]
+    fn integers_and_floats_compare_by_value() {
+        assert!(AttrFilter::Eq {
+            name: "n".into(),
+            value: json!(1),
+        }
+        .accepts(Some(&json!(1.0))));
+        assert_eq!(compare_json(&json!(2), &json!(2.5)), Some(Ordering::Less));
+        assert_eq!(
+            compare_json(&json!(-2), &json!(-2.5)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            compare_json(&json!(3), &json!(2.5)),
+            Some(Ordering::Greater)
+        );
+        // 2^53 + 1 is not the float 2^53.
+        assert_eq!(
+            compare_json(&json!(9007199254740993u64), &json!(9007199254740992.0)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            compare_json(&json!(u64::MAX), &json!(1e300)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            compare_json(&json!(i64::MIN), &json!(-1e300)),
+            Some(Ordering::Greater)
+        );
     }
 }

@@ -103,7 +103,9 @@ pub async fn search_filters(store: &Stowage) -> BehaviourResult {
                 .with_attribute("status", 200)
                 .with_attribute("size", 10)
                 .with_attribute("name", "alpha")
-                .with_attribute("when", "2025-01-01T00:00:00Z"),
+                .with_attribute("when", "2025-01-01T00:00:00Z")
+                // 2^53 + 1: the same f64 as s/b's, another integer.
+                .with_attribute("id", 9_007_199_254_740_993u64),
         ),
         (
             "s/b",
@@ -113,7 +115,8 @@ pub async fn search_filters(store: &Stowage) -> BehaviourResult {
                 .with_attribute("status", 404)
                 .with_attribute("size", 20.5)
                 .with_attribute("name", "beta")
-                .with_attribute("when", "2025-02-01T00:00:00Z"),
+                .with_attribute("when", "2025-02-01T00:00:00Z")
+                .with_attribute("id", 9_007_199_254_740_992u64),
         ),
         (
             "s/c",
@@ -123,7 +126,8 @@ pub async fn search_filters(store: &Stowage) -> BehaviourResult {
                 .with_attribute("status", 200)
                 .with_attribute("size", 30)
                 .with_attribute("name", "gamma")
-                .with_attribute("nested", json!({"x": 1, "y": [true, null]})),
+                .with_attribute("nested", json!({"x": 1, "y": [true, null]}))
+                .with_attribute("id", u64::MAX),
         ),
         (
             "t/d",
@@ -133,7 +137,8 @@ pub async fn search_filters(store: &Stowage) -> BehaviourResult {
                 .with_tag("extra")
                 .with_attribute("status", "200")
                 .with_attribute("size", -5)
-                .with_attribute("name", "delta"),
+                .with_attribute("name", "delta")
+                .with_attribute("id", -9_007_199_254_740_993i64),
         ),
         (
             "t/e",
@@ -245,6 +250,35 @@ pub async fn search_filters(store: &Stowage) -> BehaviourResult {
             "when >= 2025-01-15",
             range("when", Some(json!("2025-01-15")), None),
             vec!["s/b"],
+        ),
+        (
+            "id == 2^53 + 1 (integers compare exactly)",
+            Query::new().attr_eq("id", 9_007_199_254_740_993u64),
+            vec!["s/a"],
+        ),
+        (
+            "id == 2^53",
+            Query::new().attr_eq("id", 9_007_199_254_740_992u64),
+            vec!["s/b"],
+        ),
+        (
+            "id in [2^53 + 1, u64::MAX)",
+            range(
+                "id",
+                Some(json!(9_007_199_254_740_993u64)),
+                Some(json!(u64::MAX)),
+            ),
+            vec!["s/a"],
+        ),
+        (
+            "id >= u64::MAX",
+            range("id", Some(json!(u64::MAX)), None),
+            vec!["s/c"],
+        ),
+        (
+            "id < -2^53",
+            range("id", None, Some(json!(-9_007_199_254_740_992i64))),
+            vec!["t/d"],
         ),
         (
             "content type json",

@@ -198,6 +198,8 @@ fn driver_attr_condition(sql: &mut Statement, filter: &AttrFilter) -> String {
             format!("d.name = {name} AND d.kind = 'bool' AND d.num = {v}")
         }
         other => match other.as_f64() {
+            // A superset where the value is not exact as REAL; the statement is then inexact
+            // (see `eq_condition`).
             Some(f) => {
                 let v = sql.param(Param::Real(f));
                 format!("d.name = {name} AND d.kind = 'number' AND d.num = {v}")
@@ -205,6 +207,17 @@ fn driver_attr_condition(sql: &mut Statement, filter: &AttrFilter) -> String {
             None => "0".into(),
         },
     }
+}
+
+/// Below this magnitude every integer is exactly an `f64`, so a number stored in `attrs.num`
+/// (REAL) that equals a query value there is that value. From 2^53 on, neighbouring integers
+/// share one REAL: a comparison on `num` only narrows the candidates and the exact one is made
+/// on the record's metadata ([`Query::apply`]).
+const EXACT_REAL_LIMIT: f64 = 9_007_199_254_740_992.0;
+
+/// Whether comparing `attrs.num` with `f` decides the comparison with the JSON number exactly.
+fn real_is_exact(f: f64) -> bool {
+    f.abs() < EXACT_REAL_LIMIT
 }
 
 /// The search statement walking `driver` first, and whether it is exact. An exact statement
@@ -283,6 +296,13 @@ pub(crate) fn search_statement(
     }
     for (i, filter) in query.attributes.iter().enumerate() {
         if driver == Driver::Attr(i) {
+            if let AttrFilter::Eq {
+                value: serde_json::Value::Number(n),
+                ..
+            } = filter
+            {
+                exact &= n.as_f64().is_some_and(real_is_exact);
+            }
             continue;
         }
         let name = sql.param(Param::Text(filter.name().to_string()));
@@ -294,11 +314,12 @@ pub(crate) fn search_statement(
             }
             AttrFilter::Range { min, max, .. } => {
                 let mut parts = Vec::new();
-                if let Some(min) = min {
-                    parts.push(bound_condition(&mut sql, min, ">="));
-                }
-                if let Some(max) = max {
-                    parts.push(bound_condition(&mut sql, max, "<"));
+                for (bound, op) in [(min, ">="), (max, "<")] {
+                    if let Some(bound) = bound {
+                        let (cond, is_exact) = bound_condition(&mut sql, bound, op);
+                        exact &= is_exact;
+                        parts.push(cond);
+                    }
                 }
                 if parts.is_empty() {
                     "1".to_string()
@@ -360,7 +381,10 @@ fn eq_condition(sql: &mut Statement, value: &serde_json::Value) -> (String, bool
         Value::Number(n) => match n.as_f64() {
             Some(f) => {
                 let p = sql.param(Param::Real(f));
-                (format!("a.kind = 'number' AND a.num = {p}"), true)
+                (
+                    format!("a.kind = 'number' AND a.num = {p}"),
+                    real_is_exact(f),
+                )
             }
             None => ("a.kind = 'number'".into(), false),
         },
@@ -378,27 +402,34 @@ fn eq_condition(sql: &mut Statement, value: &serde_json::Value) -> (String, bool
     }
 }
 
-/// The SQL condition (on `attrs a`) for "compares `op` to `bound`", following
-/// [`stowage_core::compare_json`]: only a value of the bound's kind can pass.
-fn bound_condition(sql: &mut Statement, bound: &serde_json::Value, op: &str) -> String {
+/// The SQL condition (on `attrs a`) for "compares `op` (`>=` or `<`) to `bound`", following
+/// [`stowage_core::compare_json`]: only a value of the bound's kind can pass. Also whether it
+/// is exact: on a number beyond [`EXACT_REAL_LIMIT`] it is a superset (`<` widened to `<=`,
+/// as rounding to REAL keeps order but may merge neighbours).
+fn bound_condition(sql: &mut Statement, bound: &serde_json::Value, op: &str) -> (String, bool) {
     use serde_json::Value;
     match bound {
         Value::Number(n) => match n.as_f64() {
+            Some(f) if real_is_exact(f) => {
+                let p = sql.param(Param::Real(f));
+                (format!("a.kind = 'number' AND a.num {op} {p}"), true)
+            }
             Some(f) => {
                 let p = sql.param(Param::Real(f));
-                format!("a.kind = 'number' AND a.num {op} {p}")
+                let op = if op == "<" { "<=" } else { op };
+                (format!("a.kind = 'number' AND a.num {op} {p}"), false)
             }
-            None => "0".into(),
+            None => ("0".into(), true),
         },
         Value::String(s) => {
             let p = sql.param(Param::Text(s.clone()));
-            format!("a.kind = 'string' AND a.str {op} {p}")
+            (format!("a.kind = 'string' AND a.str {op} {p}"), true)
         }
         Value::Bool(b) => {
             let p = sql.param(Param::Real(if *b { 1.0 } else { 0.0 }));
-            format!("a.kind = 'bool' AND a.num {op} {p}")
+            (format!("a.kind = 'bool' AND a.num {op} {p}"), true)
         }
-        Value::Null | Value::Array(_) | Value::Object(_) => "0".into(),
+        Value::Null | Value::Array(_) | Value::Object(_) => ("0".into(), true),
     }
 }
 
