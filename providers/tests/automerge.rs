@@ -710,3 +710,139 @@ async fn a_damaged_change_file_is_reported_never_served() {
         .unwrap();
     assert!(!report.is_clean(), "verify missed the damaged file");
 }
+
+// ---------------------------------------------------------------------------------------------
+// JSON payloads are held exactly or refused.
+
+fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_would_not_read_back_exactly_is_refused_and_nothing_is_written() {
+    let root = fresh_root("inexact");
+    let store = backend(&root);
+    let kept = Key::new("kept.json").unwrap();
+    store
+        .put(
+            &ns(),
+            &kept,
+            br#"{"ok":1}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let files_before = dir_listing(&only_doc_folder(&root));
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            r#"{"big": 12345678901234567890123}"#,
+            "application/json",
+            "\"/big\"",
+        ),
+        (
+            r#"{"list": [1, -9223372036854775809]}"#,
+            "application/json; charset=utf-8",
+            "\"/list/1\"",
+        ),
+        (
+            r#"{"pi": 3.14159265358979323846264338327950}"#,
+            "application/vnd.example+json",
+            "\"/pi\"",
+        ),
+        (r#"{"a": {"k": 1, "k": 2}}"#, "APPLICATION/JSON", "\"/a\""),
+        (
+            r#"{"k": 1, "\u006b": 1}"#,
+            "Application/Ld+Json",
+            "top-level",
+        ),
+    ];
+    for (payload, content_type, place) in cases {
+        for key in [&kept, &Key::new("fresh.json").unwrap()] {
+            let err = store
+                .put(
+                    &ns(),
+                    key,
+                    payload.as_bytes().to_vec().into(),
+                    Metadata::new().with_content_type(content_type),
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                stowage_core::ErrorKind::InvalidInput,
+                "{payload}: {err}"
+            );
+            let message = err.to_string();
+            for part in [
+                format!("default/{}", key.as_str()),
+                place.to_string(),
+                "non-JSON content type".to_string(),
+            ] {
+                assert!(message.contains(&part), "{part} missing: {message}");
+            }
+        }
+    }
+    // Nothing written: the kept record is at version 1 with the same files, the fresh one
+    // does not exist and has no folder.
+    let versions = store.versions(&ns(), &kept).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(dir_listing(&only_doc_folder(&root)), files_before);
+    let reopened = backend(&root);
+    assert_eq!(reopened.versions(&ns(), &kept).await.unwrap().len(), 1);
+    let err = reopened
+        .head(&ns(), &Key::new("fresh.json").unwrap(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::NotFound, "{err}");
+    // The same bytes without a JSON content type are kept exactly.
+    let raw = br#"{"big": 12345678901234567890123, "k": 1, "k": 2}"#;
+    let info = store
+        .put(
+            &ns(),
+            &kept,
+            raw.to_vec().into(),
+            Metadata::new().with_content_type("application/octet-stream"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.size, raw.len() as u64);
+    let (_, body) = store
+        .get(&ns(), &kept, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(&body.into_bytes().await.unwrap()[..], raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_numbers_that_read_back_as_the_same_number_are_accepted() {
+    let root = fresh_root("exact");
+    let store = backend(&root);
+    let key = Key::new("numbers.json").unwrap();
+    let written = br#"{ "z": 1e2, "a": [0.1, -0, 1.50, 9223372036854775807, 18446744073709551615,
+        -9223372036854775808, 1.2345678901234568e22, 2.5E-3], "s": "12345678901234567890123" }"#;
+    let info = store
+        .put(
+            &ns(),
+            &key,
+            written.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let rendered: &[u8] = br#"{"a":[0.1,-0.0,1.5,9223372036854775807,18446744073709551615,-9223372036854775808,1.2345678901234568e+22,0.0025],"s":"12345678901234567890123","z":100.0}"#;
+    let (_, body) = store.get(&ns(), &key, GetOptions::default()).await.unwrap();
+    assert_eq!(
+        String::from_utf8(body.into_bytes().await.unwrap().to_vec()).unwrap(),
+        String::from_utf8(rendered.to_vec()).unwrap()
+    );
+    assert_eq!(info.size, rendered.len() as u64);
+}

@@ -32,14 +32,21 @@ pub(crate) enum Payload {
 
 impl Payload {
     /// Parses a payload by its content type. A payload declared JSON that does not parse is
-    /// kept as bytes, so no content is ever refused or altered.
-    pub(crate) fn parse(bytes: Vec<u8>, content_type: Option<&str>) -> Payload {
+    /// kept as bytes. JSON that parses but would not read back as written (an integer beyond
+    /// 64 bits, a number with more precision than an `f64`, a repeated key) is refused, so no
+    /// value is ever altered or dropped silently; its representation (whitespace, key order,
+    /// `1e2` as `100.0`) is normalised.
+    pub(crate) fn parse(
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<Payload, super::exact_json::Inexact> {
         if content_type.is_some_and(is_json_content_type) {
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                return Payload::Json(value);
+                super::exact_json::check(&bytes)?;
+                return Ok(Payload::Json(value));
             }
         }
-        Payload::Bytes(bytes)
+        Ok(Payload::Bytes(bytes))
     }
 
     /// The bytes `get` returns: compact JSON with keys in byte order, or the bytes themselves.

@@ -7,11 +7,13 @@
 //! document as Automerge maps, lists and scalars: only the fields that differ from the state
 //! the write is based on produce operations, so two writers that change different fields both
 //! survive. JSON strings are scalar registers (a concurrent edit of one string field is a
-//! conflict with both values kept, not a character interleaving nobody wrote). Any other
-//! payload, or one declared JSON that does not parse, is one byte scalar. `get` returns a JSON
-//! record as compact JSON with object keys in byte order (so two replicas holding the same
-//! changes return byte-identical payloads); `hash` and `size` are those of the bytes `get`
-//! returns. Content type, tags (a map tag → true) and attributes live in the document too and
+//! conflict with both values kept, not a character interleaving nobody wrote). JSON whose
+//! values a document cannot hold exactly — an integer beyond `i64`/`u64`, a number with more
+//! precision than an `f64`, a repeated object key — is refused with `InvalidInput` naming the
+//! JSON path, before anything is written. Any other payload, or one declared JSON that does
+//! not parse, is one byte scalar. `get` returns a JSON record as compact JSON with object keys
+//! in byte order (so two replicas holding the same changes return byte-identical payloads);
+//! `hash` and `size` are those of the bytes `get` returns. Content type, tags (a map tag → true) and attributes live in the document too and
 //! merge per field. See `docs/formats.md` for the schema and the files.
 //!
 //! # Versions
@@ -51,6 +53,7 @@
 mod backend;
 mod config;
 mod document;
+mod exact_json;
 mod history;
 mod record;
 mod storage;
