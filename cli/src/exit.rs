@@ -41,6 +41,39 @@ pub fn code_for(kind: ErrorKind) -> u8 {
     }
 }
 
+/// Why a command failed: a core error reported as it reads, or a sentence the CLI words itself
+/// where the error's own would mislead (a `copy` stopped by a conflict after writing other
+/// records).
+#[derive(Debug)]
+pub enum Failure {
+    /// A core error; its kind gives the exit code.
+    Error(Error),
+    /// A message and the exit code that goes with it.
+    Worded {
+        /// The `stowage: ` line's text.
+        message: String,
+        /// The exit code.
+        code: u8,
+    },
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Error(error)
+    }
+}
+
+/// Prints a failure as one `stowage: <message>` line on stderr and returns its exit code.
+pub fn report_failure(failure: &Failure) -> ExitCode {
+    match failure {
+        Failure::Error(e) => report(e),
+        Failure::Worded { message, code } => {
+            eprintln!("stowage: {}", one_line(message));
+            ExitCode::from(*code)
+        }
+    }
+}
+
 /// Prints `stowage: <message>` on stderr (one line) and returns the exit code for `error`.
 ///
 /// A closed stdout (`stowage get k | head -c 10`) is not a failure of stowage: it exits 0

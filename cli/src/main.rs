@@ -76,8 +76,8 @@ enum Command {
 }
 
 impl Command {
-    async fn run(self, ctx: &Context) -> stowage_core::Result<()> {
-        match self {
+    async fn run(self, ctx: &Context) -> Result<(), exit::Failure> {
+        Ok(match self {
             Command::Providers(args) => commands::providers::run(ctx, args).await,
             Command::Put(args) => commands::put::run(ctx, args).await,
             Command::Get(args) => commands::get::run(ctx, args).await,
@@ -90,11 +90,11 @@ impl Command {
             Command::Verify(args) => commands::verify::run(ctx, args).await,
             Command::Gc(args) => commands::gc::run(ctx, args).await,
             Command::Purge(args) => commands::purge::run(ctx, args).await,
-            Command::Copy(args) => commands::copy::run(ctx, args).await,
+            Command::Copy(args) => return commands::copy::run(ctx, args).await,
             Command::Sync(args) => commands::sync::run(ctx, args).await,
             Command::Bench(args) => commands::bench::run(ctx, args).await,
             Command::Plugins(command) => commands::plugins::run(ctx, command).await,
-        }
+        }?)
     }
 }
 
@@ -123,12 +123,12 @@ fn main() -> ExitCode {
         // Close even after a failure, so a store is never left half-open; the command's own
         // error is the one reported.
         let closed = ctx.close().await;
-        result.and(closed)
+        result.and(closed.map_err(exit::Failure::from))
     });
     // A put whose precondition failed may leave a blocking stdin read pending; do not wait on it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => exit::report(&e),
+        Err(e) => exit::report_failure(&e),
     }
 }

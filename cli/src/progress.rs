@@ -118,6 +118,11 @@ impl CopyProgress {
         self.bar.finish_and_clear();
     }
 
+    /// Versions written to the target so far.
+    pub fn versions_copied(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+    }
+
     /// `N copied, M skipped, SIZE at RATE/s, K keys found`.
     fn message(&self) -> String {
         let bytes = self.bytes.load(Ordering::Relaxed);

@@ -580,3 +580,168 @@ fn copy_into_a_plugin_provider_store() {
         versions(&sb, "back.toml", "default", "a/1")
     );
 }
+
+#[test]
+fn copy_latest_refuses_to_overwrite_a_target_written_by_someone_else() {
+    let sb = Sandbox::new();
+    write_config(&sb, "s.toml", "sqlite", &json!({ "path": "s.db" }));
+    write_config(&sb, "t.toml", "fs", &json!({ "root": "t" }));
+    put(&sb, "s.toml", "default", "a/3", b"source", &[]);
+    let copy = [
+        "--config",
+        "s.toml",
+        "copy",
+        "--to-config",
+        "t.toml",
+        "--versions",
+        "latest",
+    ];
+    sb.ok(&copy);
+    // The source moves on: the target holds a state the source had, so it is updated.
+    put(&sb, "s.toml", "default", "a/3", b"source, later", &[]);
+    sb.ok(&copy);
+    assert_eq!(
+        sb.ok(&["--config", "t.toml", "get", "a/3"]).stdout,
+        b"source, later"
+    );
+    // Someone writes to the target: a state the source never had is not overwritten.
+    put(&sb, "t.toml", "default", "a/3", b"the target's own", &[]);
+    let run = sb.fails(&copy, 4);
+    assert!(run.stderr.contains("default/a/3"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no version of the source has"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        sb.ok(&["--config", "t.toml", "get", "a/3"]).stdout,
+        b"the target's own"
+    );
+    // Nor with whole histories: the target has a version the source lacks.
+    let run = sb.fails(&["--config", "s.toml", "copy", "--to-config", "t.toml"], 4);
+    assert!(run.stderr.contains("default/a/3"), "{}", run.stderr);
+    assert_eq!(
+        sb.ok(&["--config", "t.toml", "get", "a/3"]).stdout,
+        b"the target's own"
+    );
+}
+
+#[test]
+fn a_copy_conflict_says_what_differs_once_and_how_much_was_copied() {
+    let sb = Sandbox::new();
+    write_config(&sb, "s.toml", "sqlite", &json!({ "path": "s.db" }));
+    write_config(&sb, "t.toml", "sqlite", &json!({ "path": "t.db" }));
+    put(&sb, "s.toml", "default", "a", b"copied first", &[]);
+    put(&sb, "s.toml", "default", "k", b"one", &[]);
+    put(&sb, "s.toml", "default", "k", b"two", &[]);
+    // The target's version 1 of k is the source's, its version 2 a tombstone.
+    put(&sb, "t.toml", "default", "k", b"one", &[]);
+    sb.ok(&["--config", "t.toml", "rm", "k"]);
+    let run = sb.fails(
+        &[
+            "--config",
+            "s.toml",
+            "copy",
+            "--to-config",
+            "t.toml",
+            "--concurrency",
+            "1",
+        ],
+        4,
+    );
+    let line = run.stderr.trim();
+    assert!(line.contains("default/k"), "{line}");
+    assert!(line.contains("the target's is deleted"), "{line}");
+    let hash = sb.ok(&["--json", "--config", "s.toml", "head", "k"]).json()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(line.matches(&hash).count(), 1, "{line}");
+    assert!(!line.contains("nothing was written"), "{line}");
+    assert!(
+        line.contains("1 version copied before it stopped"),
+        "{line}"
+    );
+    assert_eq!(
+        sb.ok(&["--config", "t.toml", "get", "a"]).stdout,
+        b"copied first"
+    );
+}
+
+#[test]
+fn copy_into_automerge_compares_json_records_as_json() {
+    let sb = Sandbox::new();
+    write_config(&sb, "s.toml", "sqlite", &json!({ "path": "s.db" }));
+    write_config(&sb, "am.toml", "automerge", &json!({ "root": "am" }));
+    let json_ct = ["--content-type", "application/json"];
+    put(
+        &sb,
+        "s.toml",
+        "default",
+        "doc.json",
+        br#"{"b": 1, "a": 2}"#,
+        &json_ct,
+    );
+    put(
+        &sb,
+        "s.toml",
+        "default",
+        "doc.json",
+        br#"{"b": 1, "a": [3, 4.5]}"#,
+        &json_ct,
+    );
+    put(
+        &sb,
+        "s.toml",
+        "default",
+        "gone.json",
+        br#"{"z": null}"#,
+        &json_ct,
+    );
+    sb.ok(&["--config", "s.toml", "rm", "gone.json"]);
+    put(&sb, "s.toml", "default", "plain", b"bytes stay bytes", &[]);
+    let copy = ["--config", "s.toml", "copy", "--to-config", "am.toml"];
+    let run = sb.ok(&copy);
+    assert!(
+        run.text()
+            .contains("final check: all match (2 JSON records re-rendered by the target)"),
+        "{}",
+        run.text()
+    );
+    assert_eq!(
+        sb.ok(&["--config", "am.toml", "get", "doc.json", "--version", "1"])
+            .stdout,
+        br#"{"a":2,"b":1}"#
+    );
+    // A re-run recognises the re-rendered records as done.
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&copy);
+    let again = sb.ok(&json).json();
+    assert_eq!(again["versions_copied"], 0, "{again}");
+    assert_eq!(again["versions_skipped"], 5, "{again}");
+    assert_eq!(again["rerendered"], 2, "{again}");
+    assert_eq!(again["mismatches"], json!([]), "{again}");
+    let mut latest = json.clone();
+    latest.extend_from_slice(&["--versions", "latest"]);
+    let again = sb.ok(&latest).json();
+    assert_eq!(again["versions_copied"], 0, "{again}");
+    // A JSON value that differs is still a conflict.
+    put(
+        &sb,
+        "am.toml",
+        "default",
+        "doc.json",
+        br#"{"a": 0}"#,
+        &json_ct,
+    );
+    put(
+        &sb,
+        "s.toml",
+        "default",
+        "doc.json",
+        br#"{"a": 1}"#,
+        &json_ct,
+    );
+    let run = sb.fails(&copy, 4);
+    assert!(run.stderr.contains("default/doc.json"), "{}", run.stderr);
+}

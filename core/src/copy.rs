@@ -4,14 +4,20 @@
 //! With [`CopyVersions::All`] the target receives each key's history version by version, so
 //! version `n` of the source becomes version `n` of the target (tombstones included); each write
 //! is conditional on the version before it, so a copy never overwrites a concurrent writer. With
-//! [`CopyVersions::Latest`] only each key's latest state is copied. Timestamps are the target's
-//! own (providers assign them); payload, hash and metadata are preserved.
+//! [`CopyVersions::Latest`] only each key's latest state is copied, and a key the target holds
+//! in a state the source never had is not overwritten either. Timestamps are the target's own
+//! (providers assign them); payload, hash and metadata are preserved.
+//!
+//! A merging target (capability `merge`, e.g. automerge) keeps a JSON record as a document and
+//! renders it back in its own canonical form (compact, keys sorted), so its hash differs from
+//! the source's. For such a target and a JSON content type the two payloads are compared as
+//! parsed JSON values instead of by hash; records that match that way are counted as
+//! re-rendered by the target ([`CopyReport::rerendered`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use futures::stream::{self, TryStreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -99,12 +105,17 @@ pub struct CopyReport {
     pub versions_skipped: u64,
     /// Payload bytes written to the target.
     pub bytes_copied: u64,
+    /// Records whose final state in the target is the source's JSON re-rendered by a merging
+    /// target (same JSON value, another byte form and hash).
+    pub rerendered: u64,
     /// Records whose final state differs (empty after a good copy).
     pub mismatches: Vec<CopyMismatch>,
 }
 
 /// Copies records from `source` to `target` (see the module docs). Stops at the first write
-/// the target refuses, with an error naming the record; the source is only read.
+/// the target refuses, with an error naming the record, and at the first key whose state in the
+/// target the copy must not overwrite (a [`Error::Conflict`] naming the record and what
+/// differs); the source is only read.
 pub async fn copy(
     source: &Stowage,
     target: &Stowage,
@@ -121,6 +132,7 @@ pub async fn copy(
     } else {
         CopyVersions::Latest
     };
+    let concurrency = options.concurrency.unwrap_or(4).max(1);
     let copied = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
@@ -151,26 +163,34 @@ pub async fn copy(
         );
         report.namespaces += 1;
         report.keys += listing.len() as u64;
-        let src = Arc::new(src);
-        let dst = Arc::new(dst);
+        let pair = Pair {
+            src,
+            dst,
+            rerenders: target.capabilities().merge,
+        };
         stream::iter(listing.iter().map(Ok::<_, Error>))
-            .try_for_each_concurrent(options.concurrency.unwrap_or(4).max(1), |latest| {
-                let (src, dst, counters) = (src.clone(), dst.clone(), &counters);
+            .try_for_each_concurrent(concurrency, |latest| {
+                let (pair, counters) = (&pair, &counters);
                 let held = held.get(latest.key.as_str());
                 async move {
                     match versions {
-                        CopyVersions::All => copy_history(&src, &dst, latest, held, counters).await,
-                        CopyVersions::Latest => {
-                            copy_latest(&src, &dst, latest, held, counters).await
-                        }
+                        CopyVersions::All => copy_history(pair, latest, held, counters).await,
+                        CopyVersions::Latest => copy_latest(pair, latest, held, counters).await,
                     }
                 }
             })
             .await?;
-        let after = latest_by_key(&dst, &scope).await?;
-        for latest in &listing {
-            if let Some(m) = compare_final(after.get(latest.key.as_str()), latest, versions) {
-                report.mismatches.push(m);
+        let after = latest_by_key(&pair.dst, &scope).await?;
+        let finals: Vec<FinalState> = stream::iter(listing.iter())
+            .map(|latest| compare_final(&pair, after.get(latest.key.as_str()), latest, versions))
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        for state in finals {
+            match state {
+                FinalState::Same => {}
+                FinalState::ReRendered => report.rerendered += 1,
+                FinalState::Differs(m) => report.mismatches.push(m),
             }
         }
     }
@@ -178,6 +198,14 @@ pub async fn copy(
     report.versions_skipped = skipped.into_inner();
     report.bytes_copied = bytes.into_inner();
     Ok(report)
+}
+
+/// One namespace of the source and the same namespace of the target.
+struct Pair {
+    src: NamespaceHandle,
+    dst: NamespaceHandle,
+    /// The target merges (capability `merge`): it may store a JSON payload re-rendered.
+    rerenders: bool,
 }
 
 struct Counters<'a> {
@@ -224,6 +252,17 @@ fn naming(info: &RecordInfo, e: Error) -> Error {
     }
 }
 
+/// The conflict for a key whose state in the target the copy must not overwrite; `expected`
+/// completes "expected …" and says what differs.
+fn diverged(latest: &RecordInfo, expected: String, current: Option<Version>) -> Error {
+    Error::Conflict {
+        namespace: latest.namespace.to_string(),
+        key: latest.key.to_string(),
+        expected,
+        current,
+    }
+}
+
 /// The latest version (tombstones included) of every key in `scope` of `ns`, by key.
 async fn latest_by_key(
     ns: &NamespaceHandle,
@@ -246,19 +285,148 @@ async fn target_versions(dst: &NamespaceHandle, key: &str) -> Result<Vec<RecordI
     }
 }
 
-fn same_state(a: &RecordInfo, b: &RecordInfo) -> bool {
-    a.hash == b.hash && a.is_deleted() == b.is_deleted() && a.metadata == b.metadata
+/// Source versions of a key, oldest first; only the latest where the source keeps no history.
+async fn source_history(src: &NamespaceHandle, latest: &RecordInfo) -> Result<Vec<RecordInfo>> {
+    match src.versions(latest.key.as_str()).await {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Ok(vec![latest.clone()]),
+        Err(e) if e.kind() == ErrorKind::Unsupported => Ok(vec![latest.clone()]),
+        Err(e) => Err(e),
+    }
+}
+
+/// How a target version compares with a source version.
+enum Verdict {
+    /// Same payload hash, tombstone state and metadata.
+    Same,
+    /// Same metadata and JSON value, the payload rendered in a merging target's own form.
+    ReRendered,
+    /// They differ in this.
+    Differs(Difference),
+}
+
+/// What differs between a source version and a target version.
+enum Difference {
+    /// One is a tombstone, the other live.
+    Liveness,
+    /// The payloads (their hashes, or for a re-rendering target their JSON values).
+    Payload,
+    /// These metadata fields (e.g. "content type and tags").
+    Metadata(String),
+}
+
+impl Verdict {
+    fn matches(&self) -> bool {
+        !matches!(self, Verdict::Differs(_))
+    }
+}
+
+/// Says what differs between source version `s` and target version `t`, naming each side.
+fn contrast(d: &Difference, s: &RecordInfo, t: &RecordInfo) -> String {
+    match d {
+        Difference::Liveness if t.is_deleted() => {
+            format!(
+                "the source's is live with {}, the target's is deleted",
+                s.hash
+            )
+        }
+        Difference::Liveness => {
+            format!(
+                "the source's is deleted, the target's is live with {}",
+                t.hash
+            )
+        }
+        Difference::Payload if s.is_deleted() => format!(
+            "both are deleted, but the source's deleted {} and the target's {}",
+            s.hash, t.hash
+        ),
+        Difference::Payload => format!("the source's holds {}, the target's {}", s.hash, t.hash),
+        Difference::Metadata(fields) => format!("their {fields} differ"),
+    }
+}
+
+/// The metadata fields that differ, as words, or `None`.
+fn metadata_difference(s: &RecordInfo, t: &RecordInfo) -> Option<String> {
+    let (a, b) = (&s.metadata, &t.metadata);
+    let fields: Vec<&str> = [
+        (a.content_type != b.content_type, "content type"),
+        (a.tags != b.tags, "tags"),
+        (a.attributes != b.attributes, "attributes"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, name)| differs.then_some(name))
+    .collect();
+    (!fields.is_empty()).then(|| fields.join(" and "))
+}
+
+/// Whether a content type names JSON (`application/json`, `application/*+json`, with or
+/// without parameters): the payloads a merging target keeps as documents.
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Compares source version `s` with target version `t` (their numbers aside).
+async fn compare(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<Verdict> {
+    if s.is_deleted() != t.is_deleted() {
+        return Ok(Verdict::Differs(Difference::Liveness));
+    }
+    if let Some(fields) = metadata_difference(s, t) {
+        return Ok(Verdict::Differs(Difference::Metadata(fields)));
+    }
+    if s.hash == t.hash {
+        return Ok(Verdict::Same);
+    }
+    if pair.rerenders && is_json(s.metadata.content_type.as_deref()) {
+        // A tombstone's payload cannot be read back; the live version before it was compared
+        // when it was copied.
+        if s.is_deleted() || same_json(pair, s, t).await? {
+            return Ok(Verdict::ReRendered);
+        }
+    }
+    Ok(Verdict::Differs(Difference::Payload))
+}
+
+/// Whether source version `s` and target version `t` hold the same JSON value.
+async fn same_json(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<bool> {
+    let read = |ns: &NamespaceHandle, info: &RecordInfo| {
+        let (ns, key, version) = (ns.clone(), info.key.to_string(), info.version);
+        async move {
+            let options = GetOptions {
+                version: Some(version),
+                range: None,
+            };
+            let (_, body) = ns.get_with(&key, options).await?;
+            body.into_bytes().await
+        }
+    };
+    let (a, b) = (read(&pair.src, s).await?, read(&pair.dst, t).await?);
+    Ok(
+        match (
+            serde_json::from_slice::<serde_json::Value>(&a),
+            serde_json::from_slice::<serde_json::Value>(&b),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+    )
 }
 
 async fn copy_history(
-    src: &NamespaceHandle,
-    dst: &NamespaceHandle,
+    pair: &Pair,
     latest: &RecordInfo,
     held: Option<&RecordInfo>,
     counters: &Counters<'_>,
 ) -> Result<()> {
     let key = latest.key.as_str();
-    let history = src.versions(key).await?;
+    let history = pair.src.versions(key).await?;
     let existing = match held {
         // Absent from the target when the copy started: everything is to be written (a
         // writer that creates the key meanwhile makes the first, conditional write fail).
@@ -266,37 +434,63 @@ async fn copy_history(
         // The target's latest is the source's latest, same number and same state: a key an
         // earlier run finished (it wrote the history version by version, each write
         // conditional on the one before).
-        Some(t) if t.version == latest.version && same_state(t, latest) => {
+        Some(t) if t.version == latest.version && compare(pair, latest, t).await?.matches() => {
             for s in &history {
                 counters.skipped(s);
             }
             return Ok(());
         }
-        Some(_) => target_versions(dst, key).await?,
+        Some(_) => target_versions(&pair.dst, key).await?,
     };
+    let current = existing.last().map(|v| v.version);
     // The target's history must be a prefix of the source's; anything else was written by
     // someone else and is not overwritten.
     for (s, t) in history.iter().zip(existing.iter()) {
-        if s.version != t.version || !same_state(s, t) {
-            return Err(Error::Conflict {
-                namespace: latest.namespace.to_string(),
-                key: key.to_string(),
-                expected: format!(
-                    "the target's version {} to match the source's (hash {}), but it holds {}",
-                    t.version, s.hash, t.hash
+        if s.version != t.version {
+            return Err(diverged(
+                latest,
+                format!(
+                    "the target's history to match the source's (the source's has version {} where the target's has version {})",
+                    s.version, t.version
                 ),
-                current: existing.last().map(|v| v.version),
-            });
+                current,
+            ));
         }
+        if let Verdict::Differs(d) = compare(pair, s, t).await? {
+            return Err(diverged(
+                latest,
+                format!(
+                    "version {} of the target to be the source's ({})",
+                    s.version,
+                    contrast(&d, s, t)
+                ),
+                current,
+            ));
+        }
+    }
+    if existing.len() > history.len() {
+        return Err(diverged(
+            latest,
+            format!(
+                "the target to end at version {} as the source does (it has {} later version{})",
+                latest.version,
+                existing.len() - history.len(),
+                if existing.len() - history.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ),
+            current,
+        ));
     }
     for s in history.iter().take(existing.len()) {
         counters.skipped(s);
     }
-    let mut last: Option<Version> = existing.last().map(|v| v.version);
+    let mut last = current;
     for s in history.iter().skip(existing.len()) {
         write_version(
-            src,
-            dst,
+            pair,
             s,
             last,
             history
@@ -313,8 +507,7 @@ async fn copy_history(
 
 /// Writes one source version `s` onto the target whose latest version is `last`.
 async fn write_version(
-    src: &NamespaceHandle,
-    dst: &NamespaceHandle,
+    pair: &Pair,
     s: &RecordInfo,
     last: Option<Version>,
     live_before: Option<&RecordInfo>,
@@ -325,35 +518,34 @@ async fn write_version(
         None => PutMode::Create,
     };
     if s.is_deleted() {
-        if last.is_none() {
+        let last = match last {
+            Some(v) => v,
             // A tombstone with nothing before it in the target: write what it deleted first.
-            let base = live_before.unwrap_or(s);
-            put_from(src, dst, base, mode).await?;
-            dst.delete(
+            None => {
+                put_from(pair, live_before.unwrap_or(s), mode)
+                    .await?
+                    .version
+            }
+        };
+        pair.dst
+            .delete(
                 key,
                 DeleteOptions {
-                    if_version: Some(1),
+                    if_version: Some(last),
                 },
             )
             .await
             .map_err(|e| naming(s, e))?;
-        } else {
-            dst.delete(key, DeleteOptions { if_version: last })
-                .await
-                .map_err(|e| naming(s, e))?;
-        }
         return Ok(());
     }
-    put_from(src, dst, s, mode).await
+    put_from(pair, s, mode).await.map(drop)
 }
 
-async fn put_from(
-    src: &NamespaceHandle,
-    dst: &NamespaceHandle,
-    s: &RecordInfo,
-    mode: PutMode,
-) -> Result<()> {
-    let (_, body) = src
+/// Streams version `s` of the source into the target with `mode`; checks that the target
+/// holds what was sent (by hash, or as JSON for a re-rendering target).
+async fn put_from(pair: &Pair, s: &RecordInfo, mode: PutMode) -> Result<RecordInfo> {
+    let (_, body) = pair
+        .src
         .get_with(
             s.key.as_str(),
             GetOptions {
@@ -362,92 +554,138 @@ async fn put_from(
             },
         )
         .await?;
-    let written = dst
+    let written = pair
+        .dst
         .put_with(s.key.as_str(), body, s.metadata.clone(), mode)
         .await
         .map_err(|e| naming(s, e))?;
-    if written.hash != s.hash {
+    if written.hash != s.hash
+        && !(pair.rerenders
+            && is_json(s.metadata.content_type.as_deref())
+            && same_json(pair, s, &written).await?)
+    {
         return Err(Error::corrupt(
-            dst.store().provider(),
+            pair.dst.store().provider(),
             format!(
                 "copying {}/{} version {}: the target stored hash {} but the source has {}",
                 s.namespace, s.key, s.version, written.hash, s.hash
             ),
         ));
     }
-    Ok(())
+    Ok(written)
 }
 
 async fn copy_latest(
-    src: &NamespaceHandle,
-    dst: &NamespaceHandle,
+    pair: &Pair,
     latest: &RecordInfo,
     current: Option<&RecordInfo>,
     counters: &Counters<'_>,
 ) -> Result<()> {
-    let key = latest.key.as_str();
-    if current.is_some_and(|c| same_state(c, latest)) {
+    let Some(c) = current else {
+        // Absent from the target when the copy started.
+        if latest.is_deleted() {
+            // Read the deleted payload through the tombstone's predecessor.
+            let history = source_history(&pair.src, latest).await?;
+            let live = history.iter().rev().find(|v| !v.is_deleted());
+            write_version(pair, latest, None, live).await?;
+        } else {
+            put_from(pair, latest, PutMode::Create).await?;
+        }
+        counters.copied(latest);
+        return Ok(());
+    };
+    if compare(pair, latest, c).await?.matches() {
         counters.skipped(latest);
         return Ok(());
     }
-    let last = current.map(|c| c.version);
-    if latest.is_deleted() {
-        match current {
-            Some(c) if !c.is_deleted() => {
-                dst.delete(key, DeleteOptions { if_version: last })
-                    .await
-                    .map_err(|e| naming(latest, e))?;
-            }
-            Some(_) => {}
-            None => {
-                // Read the deleted payload through the tombstone's predecessor.
-                let history = src.versions(key).await?;
-                let live = history.iter().rev().find(|v| !v.is_deleted());
-                write_version(src, dst, latest, None, live).await?;
-            }
+    // The target holds another state. It is replaced only when it is one the source held (the
+    // target is behind, e.g. an earlier copy); a state the source never had was written by
+    // someone else.
+    let history = source_history(&pair.src, latest).await?;
+    let mut held_by_source = false;
+    for s in history.iter().rev() {
+        if compare(pair, s, c).await?.matches() {
+            held_by_source = true;
+            break;
         }
-    } else {
-        put_from(
-            src,
-            dst,
+    }
+    if !held_by_source {
+        let state = if c.is_deleted() {
+            format!("it is a tombstone of {}", c.hash)
+        } else {
+            format!("it holds {}", c.hash)
+        };
+        return Err(diverged(
             latest,
-            last.map_or(PutMode::Create, PutMode::IfVersion),
-        )
-        .await?;
+            format!(
+                "the target's version {} to be a state the source held ({state}, which no version of the source has)",
+                c.version
+            ),
+            Some(c.version),
+        ));
+    }
+    let mut last = c.version;
+    if latest.is_deleted() && c.is_deleted() {
+        // Another tombstone: bring back what the source's tombstone deleted, then delete it.
+        if let Some(live) = history.iter().rev().find(|v| !v.is_deleted()) {
+            last = put_from(pair, live, PutMode::IfVersion(last))
+                .await?
+                .version;
+        }
+    }
+    if latest.is_deleted() {
+        pair.dst
+            .delete(
+                latest.key.as_str(),
+                DeleteOptions {
+                    if_version: Some(last),
+                },
+            )
+            .await
+            .map_err(|e| naming(latest, e))?;
+    } else {
+        put_from(pair, latest, PutMode::IfVersion(last)).await?;
     }
     counters.copied(latest);
     Ok(())
 }
 
+/// How a key's latest state in the target compares with the source's after the copy.
+enum FinalState {
+    Same,
+    ReRendered,
+    Differs(CopyMismatch),
+}
+
 /// Compares a source key's latest version with the target's (`held`, from a listing made after
 /// the copy).
-fn compare_final(
+async fn compare_final(
+    pair: &Pair,
     held: Option<&RecordInfo>,
     latest: &RecordInfo,
     versions: CopyVersions,
-) -> Option<CopyMismatch> {
+) -> Result<FinalState> {
     let mismatch = |detail: String| {
-        Some(CopyMismatch {
+        FinalState::Differs(CopyMismatch {
             namespace: latest.namespace.to_string(),
             key: latest.key.to_string(),
             detail,
         })
     };
-    match held {
-        None => mismatch("missing in the target".into()),
-        Some(t) if !same_state(t, latest) => mismatch(format!(
-            "target holds {} (deleted: {}), source {} (deleted: {})",
-            t.hash,
-            t.is_deleted(),
-            latest.hash,
-            latest.is_deleted()
+    let Some(t) = held else {
+        return Ok(mismatch("missing in the target".into()));
+    };
+    let verdict = compare(pair, latest, t).await?;
+    Ok(match verdict {
+        Verdict::Differs(d) => mismatch(format!(
+            "latest versions differ: {}",
+            contrast(&d, latest, t)
         )),
-        Some(t) if versions == CopyVersions::All && t.version != latest.version => {
-            mismatch(format!(
-                "target is at version {}, source at {}",
-                t.version, latest.version
-            ))
-        }
-        Some(_) => None,
-    }
+        _ if versions == CopyVersions::All && t.version != latest.version => mismatch(format!(
+            "target is at version {}, source at {}",
+            t.version, latest.version
+        )),
+        Verdict::ReRendered => FinalState::ReRendered,
+        Verdict::Same => FinalState::Same,
+    })
 }

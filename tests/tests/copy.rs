@@ -306,3 +306,33 @@ async fn a_target_that_refuses_stops_the_copy_naming_the_record_and_a_rerun_comp
     assert_eq!(report.versions_copied, written - 25);
     assert_same(&source, &target).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_only_never_overwrites_a_state_the_source_never_had() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    let target = store("memory", &d2).await;
+    let (s, t) = (source.default_namespace(), target.default_namespace());
+    s.put("k", "one", Metadata::new()).await.unwrap();
+    let options = CopyOptions {
+        versions: CopyVersions::Latest,
+        ..Default::default()
+    };
+    copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    // The target is behind the source: it is brought up to date.
+    s.put("k", "two", Metadata::new()).await.unwrap();
+    let report = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    assert_eq!(report.versions_copied, 1);
+    // The target is written by someone else: the copy stops and keeps that write.
+    let theirs = t.put("k", "theirs", Metadata::new()).await.unwrap();
+    let err = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("default/k"), "{err}");
+    assert_eq!(t.head("k", None).await.unwrap().hash, theirs.hash);
+}

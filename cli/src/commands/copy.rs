@@ -6,9 +6,10 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use stowage_core::copy::{self, CopyOptions, CopyReport, CopyVersions};
-use stowage_core::{Error, Result};
+use stowage_core::Error;
 
 use crate::context::Context;
+use crate::exit::{self, Failure};
 use crate::output::human_size;
 use crate::progress::CopyProgress;
 
@@ -40,14 +41,15 @@ fn parse_versions(text: &str) -> std::result::Result<CopyVersions, String> {
 
 /// Copies, then reports; any record whose final state differs is named on stderr, one per
 /// line, and makes the exit code 1 (a conflict with what the target holds is 4).
-pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> {
     if let Some(path) = ctx.config_source().path() {
         let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
         if same(path).is_some() && same(path) == same(&args.to_config) {
             return Err(Error::invalid_input(format!(
                 "--to-config {} is the config of the source store itself; name the target's config",
                 args.to_config.display()
-            )));
+            ))
+            .into());
         }
     }
     let source = ctx.store().await?;
@@ -63,7 +65,27 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let per_key = args.versions == CopyVersions::Latest
         || !(source.capabilities().versions && target.capabilities().versions);
     let progress = CopyProgress::new(ctx.progress_visible(), per_key);
-    let report = copy::copy(&source, &target, &options, &progress).await?;
+    let report = match copy::copy(&source, &target, &options, &progress).await {
+        Ok(report) => report,
+        Err(Error::Conflict {
+            namespace,
+            key,
+            expected,
+            ..
+        }) => {
+            progress.finish();
+            return Err(Failure::Worded {
+                message: stopped_by_conflict(
+                    &namespace,
+                    &key,
+                    &expected,
+                    progress.versions_copied(),
+                ),
+                code: exit::CONFLICT,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     progress.finish();
     if ctx.out.is_json() {
         ctx.out.json_line(
@@ -82,7 +104,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     }
     let n = report.mismatches.len();
     let first = &report.mismatches[0];
-    Err(Error::Backend {
+    Err(Failure::from(Error::Backend {
         provider: target.provider().to_string(),
         message: format!(
             "the copy's final check found {n} record{} that differ between source and target (listed above; the first is {}/{}); re-run the copy to retry them, or compare with `stowage versions`",
@@ -91,13 +113,34 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             first.key
         ),
         source: None,
-    })
+    }))
 }
 
-/// `copy sqlite -> fs: 12 keys in 2 namespaces; 30 versions copied (1.5 MiB), 4 skipped (already in the target); final check: all match`.
-fn summary(report: &CopyReport, from: &str, to: &str) -> String {
+/// The one line for a copy stopped at a key whose state in the target it must not overwrite:
+/// what differs (`expected` completes "expected …"), and what the copy wrote before it stopped,
+/// which stays (the core's conflict sentence says nothing was written, true of that key only).
+fn stopped_by_conflict(namespace: &str, key: &str, expected: &str, copied: u64) -> String {
+    let before = match copied {
+        0 => "nothing was copied before it stopped".to_string(),
+        n => format!(
+            "{n} version{} copied before it stopped stay in the target (a re-run skips them)",
+            plural(n)
+        ),
+    };
     format!(
-        "copy {from} -> {to}: {} key{} in {} namespace{}; {} version{} copied ({}), {} skipped (already in the target); final check: {}",
+        "copy stopped at {namespace}/{key}, which the target holds otherwise and is not overwritten: expected {expected}; {before}"
+    )
+}
+
+/// `copy sqlite -> fs: 12 keys in 2 namespaces; 30 versions copied (1.5 MiB), 4 skipped (already in the target); final check: all match`,
+/// plus `(N JSON records re-rendered by the target)` for a merging target.
+fn summary(report: &CopyReport, from: &str, to: &str) -> String {
+    let rerendered = match report.rerendered {
+        0 => String::new(),
+        n => format!(" ({n} JSON record{} re-rendered by the target)", plural(n)),
+    };
+    format!(
+        "copy {from} -> {to}: {} key{} in {} namespace{}; {} version{} copied ({}), {} skipped (already in the target); final check: {}{rerendered}",
         report.keys,
         plural(report.keys),
         report.namespaces,
@@ -134,12 +177,37 @@ mod tests {
             versions_copied: 30,
             versions_skipped: 4,
             bytes_copied: 1536,
+            rerendered: 0,
             mismatches: Vec::new(),
         };
         assert_eq!(
             summary(&report, "sqlite", "fs"),
             "copy sqlite -> fs: 1 key in 2 namespaces; 30 versions copied (1.5 KiB), 4 skipped (already in the target); final check: all match"
         );
+        let report = CopyReport {
+            rerendered: 1,
+            ..report
+        };
+        assert!(
+            summary(&report, "sqlite", "automerge")
+                .ends_with("final check: all match (1 JSON record re-rendered by the target)"),
+            "{}",
+            summary(&report, "sqlite", "automerge")
+        );
+    }
+
+    #[test]
+    fn a_conflict_says_what_differs_once_and_what_was_copied() {
+        let line = stopped_by_conflict("default", "k", "version 2 of the target to be the source's (the source's is live with blake3:aa, the target's is deleted)", 3);
+        assert_eq!(line.matches("blake3:aa").count(), 1, "{line}");
+        assert!(line.contains("default/k"), "{line}");
+        assert!(
+            line.contains("3 versions copied before it stopped"),
+            "{line}"
+        );
+        assert!(!line.contains("nothing was written"), "{line}");
+        let line = stopped_by_conflict("default", "k", "x", 0);
+        assert!(line.contains("nothing was copied"), "{line}");
     }
 
     #[test]
