@@ -25,8 +25,9 @@ use super::blob::BlobStore;
 use super::config::S3Config;
 use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{
-    after_key, decode_meta, encode_meta, hash_of_blob_path, key_dir, key_prefix_prefix, meta_path,
-    namespace_prefix, parse_meta_path, MetaName, BLOBS, META, STAGING,
+    after_key, check_key_fits, decode_meta, encode_meta, hash_of_blob_path, key_dir,
+    key_prefix_prefix, meta_path, namespace_prefix, parse_meta_path, MetaName, BLOBS, META,
+    STAGING,
 };
 use super::PROVIDER;
 
@@ -135,6 +136,8 @@ pub struct S3Backend {
     target: Target,
     blobs: BlobStore,
     cache: MetaCache,
+    /// The root as a prefix of object names (`stores/prod/`, or empty), for the name limit.
+    name_root: String,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -154,6 +157,7 @@ impl S3Backend {
             op,
             target,
             cache: MetaCache::default(),
+            name_root: cfg.normalized_root().trim_start_matches('/').to_string(),
         })
     }
 
@@ -308,6 +312,11 @@ impl S3Backend {
             }
         }
         self.latest_listed(ns, key).await
+    }
+
+    /// Refuses, before any I/O, a key whose object names S3 would refuse as too long.
+    fn check_key(&self, ns: &Namespace, key: &Key) -> Result<()> {
+        check_key_fits(&self.name_root, ns, key)
     }
 
     /// Whether version 1 of the key exists (one HEAD, no listing).
@@ -713,6 +722,7 @@ impl StorageBackend for S3Backend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
+        self.check_key(ns, key)?;
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
         // uploads. A create of a key this process has not seen asks only whether version 1
@@ -757,6 +767,7 @@ impl StorageBackend for S3Backend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
+        self.check_key(ns, key)?;
         // Seen before: start reading the payload this process last knew while the probes check
         // it is still the latest; the read is dropped unread if it is not.
         if let (None, Some(cached)) = (options.version, self.cached_latest(ns, key)) {
@@ -788,6 +799,7 @@ impl StorageBackend for S3Backend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
+        self.check_key(ns, key)?;
         match version {
             Some(v) => {
                 Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))
@@ -802,6 +814,7 @@ impl StorageBackend for S3Backend {
         key: &Key,
         options: DeleteOptions,
     ) -> Result<RecordInfo> {
+        self.check_key(ns, key)?;
         self.write_next(ns, key, None, |latest, version, now| {
             let live = match latest {
                 Some(r) if !r.is_deleted() => r,
@@ -848,6 +861,7 @@ impl StorageBackend for S3Backend {
     }
 
     async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        self.check_key(ns, key)?;
         let names = self.all_names(ns, key).await?;
         if names.is_empty() {
             return Err(Error::not_found(ns, key, None));
@@ -866,6 +880,7 @@ impl StorageBackend for S3Backend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
+        self.check_key(ns, key)?;
         let source = match version {
             Some(v) => {
                 Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?
@@ -892,6 +907,7 @@ impl StorageBackend for S3Backend {
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        self.check_key(ns, key)?;
         let names = self.all_names(ns, key).await?;
         if names.is_empty() {
             return Err(Error::not_found(ns, key, None));

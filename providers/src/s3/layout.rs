@@ -13,7 +13,7 @@
 //! a key list oldest first.
 
 use serde::{Deserialize, Serialize};
-use stowage_core::{ContentHash, Error, Namespace, RecordInfo, Result, Version};
+use stowage_core::{ContentHash, Error, Key, Namespace, RecordInfo, Result, Version};
 
 use super::PROVIDER;
 
@@ -78,6 +78,35 @@ pub(crate) fn after_key(ns: &Namespace, key: &str) -> String {
     // '~' sorts after every version file name; a longer key continues with a hex digit where
     // this has '/', and hex digits sort after '/'.
     format!("{}~", key_dir(ns, key))
+}
+
+/// The longest object name S3 accepts (AWS refuses longer ones; some servers do not check).
+pub(crate) const MAX_OBJECT_NAME: usize = 1024;
+
+/// Bytes of a metadata object name beyond the root, the namespace and the hex key:
+/// `meta/`, `/` after the namespace, `/` after the key, 20 digits and `.json`.
+const META_NAME_OVERHEAD: usize = META.len() + 1 + 1 + 20 + ".json".len();
+
+/// The longest key (in bytes) whose metadata object names fit in [`MAX_OBJECT_NAME`] under
+/// `root` (the object-name prefix, e.g. `stores/prod/`) and namespace `ns`. Every other name
+/// (`blobs/…`, `staging/…`) is shorter.
+pub(crate) fn max_key_len(root: &str, ns: &Namespace) -> usize {
+    MAX_OBJECT_NAME.saturating_sub(root.len() + ns.as_str().len() + META_NAME_OVERHEAD) / 2
+}
+
+/// Refuses a key whose object names would be longer than S3 accepts (no I/O).
+pub(crate) fn check_key_fits(root: &str, ns: &Namespace, key: &Key) -> Result<()> {
+    let max = max_key_len(root, ns);
+    let len = key.as_str().len();
+    if len <= max {
+        return Ok(());
+    }
+    Err(Error::InvalidKey {
+        key: key.to_string(),
+        reason: format!(
+            "is {len} bytes, but this s3 store (root `{root}`, namespace `{ns}`) takes keys of at most {max} bytes: the key is hex-encoded (2 bytes per key byte) into object names, which S3 limits to {MAX_OBJECT_NAME} bytes"
+        ),
+    })
 }
 
 /// The metadata object of one version.
@@ -203,6 +232,20 @@ mod tests {
         assert_eq!((name.key_hex.as_str(), name.version), ("6b", 10));
         assert!(parse_meta_path(&namespace_prefix(&ns), "meta/n/6b/").is_none());
         assert!(parse_meta_path(&namespace_prefix(&ns), "meta/n/6b/12.json").is_none());
+    }
+
+    #[test]
+    fn the_longest_key_fills_1024_bytes_with_its_root() {
+        let ns = Namespace::new("default").unwrap();
+        for root in ["", "stores/prod/", "t/"] {
+            let max = max_key_len(root, &ns);
+            let name = format!("{root}{}", meta_path(&ns, &"k".repeat(max), u64::MAX));
+            assert!(name.len() <= MAX_OBJECT_NAME && name.len() + 2 > MAX_OBJECT_NAME);
+            assert!(check_key_fits(root, &ns, &Key::new("k".repeat(max)).unwrap()).is_ok());
+            let err = check_key_fits(root, &ns, &Key::new("k".repeat(max + 1)).unwrap());
+            assert_eq!(err.unwrap_err().kind(), stowage_core::ErrorKind::InvalidKey);
+        }
+        assert_eq!(max_key_len("", &ns), 492);
     }
 
     #[test]

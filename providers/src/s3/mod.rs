@@ -10,6 +10,9 @@
 //! - `list` maps onto one S3 listing of the namespace's metadata prefix (hex keys list in key
 //!   byte order); `search` reads the latest metadata of every key (a scan, and
 //!   `capabilities().search_is_scan` says so).
+//! - Object names hold the hex of the key, and S3 takes names of at most 1024 bytes: a key
+//!   may be `(992 - root - namespace) / 2` bytes long (492 with no root in `default`); a longer
+//!   one is refused with `InvalidKey` before any I/O.
 //! - Retries and timeouts are OpenDAL's `RetryLayer` and `TimeoutLayer`, set from the config;
 //!   errors name the endpoint and bucket.
 //!
@@ -136,7 +139,7 @@ impl StorageProviderFactory for S3Factory {
     }
 
     fn description(&self) -> &str {
-        "any S3-compatible object store via Apache OpenDAL: content-addressed payloads, versions claimed with conditional creates"
+        "any S3-compatible object store via Apache OpenDAL: content-addressed payloads, versions claimed with conditional creates; keys are hex-encoded into object names of at most 1024 bytes, so a key may be at most (992 - root - namespace bytes) / 2 bytes long (492 with no root in `default`)"
     }
 
     fn config_schema(&self) -> serde_json::Value {
