@@ -59,15 +59,57 @@ pub fn init_tracing(global: &GlobalArgs) {
         .try_init();
 }
 
-/// Reads the config file `path`, which `named_by` (`--config`, `--to-config`, …) named.
+/// Reads the config file `path`, which `named_by` (`--config`, `--to-config`, …) named, and
+/// checks its `[plugins]` entries exist (a missing one is a config error, exit 2, as a refused
+/// library is). Plugin paths become absolute and normalised, as `providers` shows them.
 pub fn read_config(path: &Path, named_by: &str) -> Result<StowageConfig> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::invalid_input(format!(
+            "{named_by} is set but empty; name a config file, or unset it to use ./{LOCAL_CONFIG} or the embedded default"
+        )));
+    }
     if !path.exists() {
         return Err(Error::invalid_input(format!(
             "config file {} (named by {named_by}) does not exist; create it or name another",
             path.display()
         )));
     }
-    StowageConfig::from_file(path)
+    if path.is_dir() {
+        return Err(Error::invalid_input(format!(
+            "config file {} (named by {named_by}) is a directory; name a TOML file",
+            path.display()
+        )));
+    }
+    let mut config = StowageConfig::from_file(path)?;
+    let source = path.display().to_string();
+    for (field, entries, want_dir) in [
+        ("plugins.paths", &mut config.plugins.paths, false),
+        ("plugins.dirs", &mut config.plugins.dirs, true),
+    ] {
+        for entry in entries.iter_mut() {
+            let problem = match (entry.exists(), entry.is_dir()) {
+                (false, _) => Some("does not exist"),
+                (true, true) if !want_dir => Some("is a directory; name a library file"),
+                (true, false) if want_dir => Some("is not a directory"),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(Error::InvalidConfig {
+                    source_name: Some(source.clone()),
+                    field: field.to_string(),
+                    message: format!("{} {problem}", entry.display()),
+                });
+            }
+            *entry = normalised(entry);
+        }
+    }
+    Ok(config)
+}
+
+/// `path` made absolute with `.`, `..` and symbolic links resolved, for an existing path (as
+/// the plugin loader and `providers` show it); else as it is.
+fn normalised(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Where the config came from, for messages.
@@ -124,7 +166,8 @@ impl Context {
         if let Some(path) = &self.config_flag {
             return ConfigSource::Flag(path.clone());
         }
-        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        // Set but empty is an error when the config is read, not a silent fall-back.
+        if let Some(path) = std::env::var_os(CONFIG_ENV) {
             return ConfigSource::Env(PathBuf::from(path));
         }
         let local = Path::new(LOCAL_CONFIG);

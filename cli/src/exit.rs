@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | any other failure (I/O, backend, corrupt data, a `verify` that found problems) |
-//! | 2 | invalid input: usage, key, namespace, argument, config, unknown provider |
+//! | 2 | invalid input: usage, key, namespace, argument, config, unknown provider, refused plugin |
 //! | 3 | not found |
 //! | 4 | precondition failed / conflict; nothing was written |
 //! | 5 | the configured provider does not support the operation |
@@ -33,7 +33,11 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         | ErrorKind::InvalidNamespace
         | ErrorKind::InvalidInput
         | ErrorKind::InvalidConfig
-        | ErrorKind::UnknownProvider => INVALID_INPUT,
+        | ErrorKind::UnknownProvider
+        // A plugin library refused at load time, or one declaring a provider name already
+        // taken: what the config (or `plugins check`) names is wrong.
+        | ErrorKind::Plugin
+        | ErrorKind::ProviderExists => INVALID_INPUT,
         ErrorKind::NotFound => NOT_FOUND,
         ErrorKind::Conflict => CONFLICT,
         ErrorKind::Unsupported => UNSUPPORTED,
@@ -174,6 +178,8 @@ mod tests {
         assert_eq!(code_for(ErrorKind::InvalidInput), 2);
         assert_eq!(code_for(ErrorKind::InvalidConfig), 2);
         assert_eq!(code_for(ErrorKind::UnknownProvider), 2);
+        assert_eq!(code_for(ErrorKind::Plugin), 2);
+        assert_eq!(code_for(ErrorKind::ProviderExists), 2);
         assert_eq!(code_for(ErrorKind::NotFound), 3);
         assert_eq!(code_for(ErrorKind::Conflict), 4);
         assert_eq!(code_for(ErrorKind::Unsupported), 5);

@@ -24,7 +24,17 @@ fn providers_lists_sqlite_and_memory_with_capabilities() {
         let p = find(name);
         let mut fields: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
         fields.sort();
-        assert_eq!(fields, ["capabilities", "description", "name", "origin"]);
+        assert_eq!(
+            fields,
+            [
+                "capabilities",
+                "config_schema",
+                "description",
+                "name",
+                "origin"
+            ]
+        );
+        assert!(p["config_schema"].is_object(), "{p}");
         assert_eq!(p["origin"], "built-in");
         assert!(!p["description"].as_str().unwrap().is_empty());
         let caps = p["capabilities"].as_object().unwrap();
@@ -34,6 +44,11 @@ fn providers_lists_sqlite_and_memory_with_capabilities() {
     }
     assert_eq!(find("sqlite")["capabilities"]["durable"], true);
     assert_eq!(find("memory")["capabilities"]["durable"], false);
+    assert!(
+        find("sqlite")["config_schema"].to_string().contains("path"),
+        "{}",
+        find("sqlite")
+    );
 
     let text = sb.ok(&["providers"]).text();
     assert!(
@@ -43,13 +58,23 @@ fn providers_lists_sqlite_and_memory_with_capabilities() {
     // Listing providers opens no store.
     assert!(!sb.has_default_data_dir());
 
-    // It does load the plugins the config names, so a missing one is reported by name.
+    // It does load the plugins the config names, so a missing one is reported by name: an
+    // invalid config, exit 2.
     sb.write(
         "stowage.toml",
         "[storage]\nprovider = \"sqlite\"\n[plugins]\npaths = [\"plugins/libmissing.so\"]\n",
     );
-    let run = sb.fails(&["providers"], 1);
+    let run = sb.fails(&["providers"], 2);
     assert!(run.stderr.contains("libmissing.so"), "{}", run.stderr);
+    assert!(run.stderr.contains("plugins.paths"), "{}", run.stderr);
+    sb.write(
+        "stowage.toml",
+        "[storage]\nprovider = \"sqlite\"\n[plugins]\ndirs = [\"no-such-folder\"]\n",
+    );
+    let run = sb.fails(&["providers"], 2);
+    assert!(run.stderr.contains("no-such-folder"), "{}", run.stderr);
+    let run = sb.fails(&["ls"], 2);
+    assert!(run.stderr.contains("plugins.dirs"), "{}", run.stderr);
 }
 
 #[test]
@@ -179,6 +204,22 @@ fn config_is_found_by_flag_then_env_then_working_directory() {
     let run = sb.fails(&["ls"], 2);
     assert!(
         run.stderr.contains("STOWAGE_CONFIG") && run.stderr.contains("missing.toml"),
+        "{}",
+        run.stderr
+    );
+    // Set but empty is an error too, not the working directory's config or the default.
+    sb.set_env("STOWAGE_CONFIG", "");
+    let run = sb.fails(&["ls"], 2);
+    assert!(
+        run.stderr.contains("STOWAGE_CONFIG") && run.stderr.contains("empty"),
+        "{}",
+        run.stderr
+    );
+    // A directory is not a config file: invalid input, as a missing one is.
+    std::fs::create_dir(sb.join("conf.d")).unwrap();
+    let run = sb.fails(&["--config", "conf.d", "ls"], 2);
+    assert!(
+        run.stderr.contains("conf.d") && run.stderr.contains("directory"),
         "{}",
         run.stderr
     );

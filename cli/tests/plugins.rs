@@ -84,6 +84,76 @@ fn refused_libraries_exit_2_naming_the_file() {
 
     let run = sb.fails(&["plugins", "check", "nowhere.so"], 2);
     assert!(run.stderr.contains("nowhere.so"), "{}", run.stderr);
+
+    std::fs::create_dir(sb.join("plugdir")).unwrap();
+    let run = sb.fails(&["plugins", "check", "plugdir"], 2);
+    assert!(
+        run.stderr.contains("plugdir")
+            && run.stderr.contains("is a directory")
+            && run.stderr.contains("library file")
+            && !run.stderr.contains("no such file"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn config_plugins_are_shown_by_absolute_path_and_refusals_exit_2() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("plug")).unwrap();
+    std::fs::create_dir_all(sb.join("cfg")).unwrap();
+    std::fs::copy(
+        fixture("libstowage_plugin_kv"),
+        sb.join("plug/libstowage_plugin_kv.so"),
+    )
+    .unwrap();
+    let config = |name: &str, paths: &[&str]| {
+        let paths: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+        sb.write(
+            &format!("cfg/{name}"),
+            format!(
+                "[storage]\nprovider = \"sqlite\"\n[plugins]\npaths = [{}]\n",
+                paths.join(", ")
+            ),
+        );
+        format!("cfg/{name}")
+    };
+    let good = config("good.toml", &["../plug/libstowage_plugin_kv.so"]);
+    let list = sb
+        .ok(&["--json", "--config", &good, "providers"])
+        .json_lines();
+    let kv = list.iter().find(|p| p["name"] == "kv").expect("kv listed");
+    let origin = kv["origin"].as_str().unwrap();
+    let lib = sb
+        .join("plug/libstowage_plugin_kv.so")
+        .canonicalize()
+        .unwrap();
+    assert!(origin.contains(lib.to_str().unwrap()), "{origin}");
+    assert!(!origin.contains(".."), "{origin}");
+    assert!(kv["config_schema"].is_object(), "{kv}");
+
+    // A library of another ABI, named by the config: refused, exit 2 as with `plugins check`.
+    let wrong = fixture("librefuse_wrong_major");
+    let refused = config("wrong.toml", &[&wrong]);
+    let run = sb.fails(&["--config", &refused, "providers"], 2);
+    assert!(run.stderr.contains(&wrong), "{}", run.stderr);
+    sb.fails(&["--config", &refused, "ls"], 2);
+
+    // Two libraries declaring the same provider name.
+    std::fs::copy(
+        fixture("libstowage_plugin_kv"),
+        sb.join("plug/libstowage_plugin_kv_twin.so"),
+    )
+    .unwrap();
+    let twins = config(
+        "twins.toml",
+        &[
+            "../plug/libstowage_plugin_kv.so",
+            "../plug/libstowage_plugin_kv_twin.so",
+        ],
+    );
+    let run = sb.fails(&["--config", &twins, "providers"], 2);
+    assert!(run.stderr.contains("kv"), "{}", run.stderr);
 }
 
 #[test]

@@ -36,6 +36,12 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<()> {
     // A bare file name would make the dynamic loader search the system's library path rather
     // than the working directory.
     let file = std::path::absolute(&args.file).unwrap_or(args.file);
+    if file.is_dir() {
+        return Err(Error::invalid_input(format!(
+            "{} is a directory; `plugins check` expects a plugin library file (.so, .dylib, .dll)",
+            file.display()
+        )));
+    }
     let library = PluginLibrary::load(&file).map_err(refused)?;
     library.register(&Registry::global()).map_err(refused)?;
     let description = library.describe();

@@ -1,4 +1,5 @@
-//! `stowage providers`: every registered provider, its origin and its capabilities.
+//! `stowage providers`: every registered provider, its origin, its capabilities and (with
+//! `--json`) the JSON Schema of its config.
 
 use stowage_core::{Capabilities, Registry, Result};
 
@@ -23,6 +24,7 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
                 "description": factory.description(),
                 "origin": factory.origin().to_string(),
                 "capabilities": caps,
+                "config_schema": factory.config_schema(),
             }))?;
         } else {
             ctx.out.data(&format!(
