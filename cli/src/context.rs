@@ -40,13 +40,31 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
-/// Turns on `tracing` output to stderr for `-v` (or `$RUST_LOG` when set and no `-v` given).
+/// Sends `tracing` output to stderr: by default stowage's own warnings (damage a provider found
+/// and repaired, a clean-up that failed), one line each; `-v`/`-vv` every backend call and more;
+/// `$RUST_LOG` when set and no `-v` given; nothing with `-q`.
 pub fn init_tracing(global: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = match global.verbose {
         0 => match std::env::var("RUST_LOG") {
             Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
-            _ => return,
+            _ if global.quiet => return,
+            _ => {
+                // Only stowage's crates: a dependency's warnings (sqlx's slow statements, say)
+                // are not the user's to act on. Failures are not logged, so every failure stays
+                // one `stowage:` line.
+                let filter =
+                    EnvFilter::new("stowage_core=warn,stowage_providers=warn,stowage=warn");
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .without_time()
+                    .with_target(false)
+                    .try_init();
+                return;
+            }
         },
         1 => EnvFilter::new("stowage_core=debug"),
         _ => EnvFilter::new("stowage_core=trace,stowage_providers=debug,stowage=debug"),
@@ -55,7 +73,7 @@ pub fn init_tracing(global: &GlobalArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -745,3 +745,50 @@ fn verify_reports_damaged_payloads_and_exits_1() {
     let run = sb.run(&["get", "victim"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
 }
+
+#[test]
+fn warnings_show_on_stderr_by_default_and_ordinary_runs_print_none() {
+    let sb = Sandbox::new();
+    sb.write(
+        "fs.toml",
+        "[storage]\nprovider = \"fs\"\n[storage.config]\nroot = \"fs\"\n",
+    );
+    for config in [None, Some("fs.toml")] {
+        let with = |args: &[&'static str]| -> Vec<&'static str> {
+            let mut full = config.map_or(vec![], |c| vec!["--config", c]);
+            full.extend_from_slice(args);
+            full
+        };
+        for key in ["a", "b"] {
+            let run = sb.run_with_stdin(&with(&["put", key, "-"]), key.as_bytes());
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            assert_eq!(run.stderr, "", "an ordinary put prints nothing on stderr");
+        }
+        for args in [&["get", "a"][..], &["ls"], &["head", "b"], &["verify"]] {
+            let run = sb.ok(&with(args));
+            assert_eq!(run.stderr, "", "{args:?} printed on stderr");
+        }
+    }
+    // Damage in the middle of the fs index log: the provider repairs it and logs a warning,
+    // which shows without -v; the command itself succeeds.
+    let log = sb.join("fs/index.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+    let run = sb.ok(&["--config", "fs.toml", "ls"]);
+    assert_eq!(run.text(), "a  v1  1 B\n");
+    assert!(
+        run.stderr.contains("WARN") && run.stderr.contains("corrupt record"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // -q keeps stderr for failures only.
+    let damaged = sb.join("fs/index.log");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes.extend_from_slice(b"\x01\x02\x03");
+    std::fs::write(&damaged, bytes).unwrap();
+    let run = sb.ok(&["-q", "--config", "fs.toml", "ls"]);
+    assert_eq!(run.stderr, "", "-q shows no warnings");
+}
