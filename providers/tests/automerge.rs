@@ -846,3 +846,121 @@ async fn json_numbers_that_read_back_as_the_same_number_are_accepted() {
     );
     assert_eq!(info.size, rendered.len() as u64);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Listing without loading documents.
+
+fn doc_folder(root: &Path, ns: &str, key: &str) -> PathBuf {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"stowage-automerge-doc\0");
+    hasher.update(ns.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(key.as_bytes());
+    root.join("docs")
+        .join(ns)
+        .join(hasher.finalize().to_hex().as_str())
+}
+
+async fn list_fresh(root: &Path) -> Vec<stowage_core::RecordInfo> {
+    let options = stowage_core::ListOptions {
+        include_deleted: true,
+        ..Default::default()
+    };
+    backend(root).list(&ns(), options).await.unwrap().items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reads_latest_json_and_never_serves_a_stale_one() {
+    let root = fresh_root("listing");
+    let store = backend(&root);
+    let keys = ["a.json", "b.bin", "c.json"].map(|k| Key::new(k).unwrap());
+    store
+        .put(
+            &ns(),
+            &keys[0],
+            br#"{"n":1}"#.to_vec().into(),
+            json_meta().with_tag("t"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &ns(),
+            &keys[1],
+            b"bytes".to_vec().into(),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &ns(),
+            &keys[2],
+            br#"{"x":[1,2.5]}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    store
+        .delete(&ns(), &keys[2], Default::default())
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for key in &keys {
+        expected.push(store.versions(&ns(), key).await.unwrap().pop().unwrap());
+    }
+    assert_eq!(list_fresh(&root).await, expected);
+
+    // A fresh backend lists from latest.json alone: damaging a data file's content (not its
+    // name) goes unnoticed by list, while head, which loads the document, sees it.
+    let folder = doc_folder(&root, "default", "a.json");
+    let data_file = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "amc" || e == "am"))
+        .unwrap();
+    let good = std::fs::read(&data_file).unwrap();
+    std::fs::write(&data_file, b"damaged").unwrap();
+    assert_eq!(list_fresh(&root).await, expected);
+    let err = backend(&root)
+        .head(&ns(), &keys[0], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::Corrupt, "{err}");
+    std::fs::write(&data_file, good).unwrap();
+
+    // A missing, damaged or stale cache is never served: list loads the document instead and
+    // writes the cache anew.
+    let b_cache = doc_folder(&root, "default", "b.bin").join("latest.json");
+    std::fs::remove_file(&b_cache).unwrap();
+    let c_cache = doc_folder(&root, "default", "c.json").join("latest.json");
+    let mut garbled = std::fs::read(&c_cache).unwrap();
+    let last = garbled.len() - 2;
+    garbled[last] ^= 1;
+    std::fs::write(&c_cache, &garbled).unwrap();
+    let a_cache = folder.join("latest.json");
+    let a_old = std::fs::read(&a_cache).unwrap();
+    let newer = store
+        .put(
+            &ns(),
+            &keys[0],
+            br#"{"n":2}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    // As if an older build, which does not know latest.json, had made the write.
+    std::fs::write(&a_cache, &a_old).unwrap();
+    expected[0] = newer;
+    assert_eq!(list_fresh(&root).await, expected);
+    assert!(b_cache.exists());
+    assert_ne!(std::fs::read(&c_cache).unwrap(), garbled);
+    assert_ne!(std::fs::read(&a_cache).unwrap(), a_old);
+    assert_eq!(list_fresh(&root).await, expected);
+    let tenants = backend(&root).namespaces().await.unwrap();
+    assert_eq!(tenants, vec![ns()]);
+}

@@ -14,6 +14,7 @@ use stowage_core::{
 
 use super::config::AutomergeConfig;
 use super::document::{self, Payload};
+use super::listing;
 use super::record::{ms_to_timestamp, now_ms, DocSettings, RecordDoc};
 use super::storage::{self, DocLock};
 use super::PROVIDER;
@@ -128,6 +129,7 @@ impl AutomergeBackend {
                         if rd.latest() > 0 {
                             rd.compact(&inner.settings)?;
                             lock.bump_generation()?;
+                            rd.refresh_listing(None)?;
                             n += 1;
                         }
                         Ok(())
@@ -153,6 +155,14 @@ pub struct ChangeInfo {
     pub time: stowage_core::Timestamp,
     /// The change message (`put`, `delete`, `restore`).
     pub message: Option<String>,
+}
+
+/// The info of version `v`, just written, after rewriting the document's `latest.json`.
+fn written_info(rd: &mut RecordDoc, v: Version) -> Result<RecordInfo> {
+    let info = rd.record_info(v)?;
+    let latest = (v == rd.latest()).then_some(&info);
+    rd.refresh_listing(latest)?;
+    Ok(info)
 }
 
 fn conflict(ns: &Namespace, key: &Key, expected: String, latest: Version) -> Error {
@@ -289,16 +299,35 @@ impl Inner {
     fn latest_infos(&self, ns: &Namespace) -> Result<Vec<RecordInfo>> {
         let mut out = Vec::new();
         for dir in storage::document_dirs(&self.root, ns)? {
-            let info = self.read_dir(dir, None, |rd| {
-                let latest = rd.latest();
-                if latest == 0 || rd.name().is_none_or(|(n, _)| n != ns) {
-                    return Ok(None);
-                }
-                rd.record_info(latest).map(Some)
-            })?;
-            out.extend(info);
+            out.extend(self.latest_info(dir)?.filter(|info| info.namespace == *ns));
         }
         Ok(out)
+    }
+
+    /// The latest version's info of the document in `dir` (`None` when it has none): from its
+    /// `latest.json` when that was computed from the data files now on disk, so the document
+    /// is not loaded; else loaded, and `latest.json` rewritten.
+    fn latest_info(&self, dir: PathBuf) -> Result<Option<RecordInfo>> {
+        let on_disk = storage::list_files(&dir)?;
+        if on_disk.is_empty() {
+            return Ok(None);
+        }
+        if let Some(cached) = listing::read(&dir, &on_disk) {
+            return Ok(cached);
+        }
+        self.read_dir(dir, None, |rd| {
+            let latest = rd.latest();
+            if rd.name().is_none() {
+                return Ok(None);
+            }
+            let info = if latest == 0 {
+                None
+            } else {
+                Some(rd.record_info(latest)?)
+            };
+            rd.refresh_listing(info.as_ref())?;
+            Ok(info)
+        })
     }
 }
 
@@ -372,7 +401,7 @@ impl StorageBackend for AutomergeBackend {
                     &inner.settings,
                     lock,
                 )?;
-                rd.record_info(v)
+                written_info(rd, v)
             })
         })
         .await
@@ -452,7 +481,7 @@ impl StorageBackend for AutomergeBackend {
                     &inner.settings,
                     lock,
                 )?;
-                rd.record_info(v)
+                written_info(rd, v)
             })
         })
         .await
@@ -527,7 +556,7 @@ impl StorageBackend for AutomergeBackend {
                     &inner.settings,
                     lock,
                 )?;
-                rd.record_info(v)
+                written_info(rd, v)
             })
         })
         .await
@@ -589,7 +618,7 @@ impl StorageBackend for AutomergeBackend {
 impl Inner {
     fn latest_infos_any(&self, ns: &Namespace) -> Result<bool> {
         for dir in storage::document_dirs(&self.root, ns)? {
-            if self.read_dir(dir, None, |rd| Ok(rd.latest() > 0))? {
+            if self.latest_info(dir)?.is_some() {
                 return Ok(true);
             }
         }

@@ -45,6 +45,9 @@
 //! it reloads, commits one change and writes its file. Payloads are not shared between
 //! documents (`dedup = false`), and `gc` has nothing to reclaim (compaction removes covered
 //! change files as it goes). Each backend caches the documents it has opened in memory.
+//! Beside its data files each folder keeps `latest.json`, the latest version's `RecordInfo`
+//! keyed by the data file names it was computed from, so `list` and `search` read one small
+//! file per record instead of loading its document (a stale cache is detected and rebuilt).
 //!
 //! # Replication
 //! [`sync_stores`] runs Automerge's sync protocol between two stores for every document, in
@@ -55,6 +58,7 @@ mod config;
 mod document;
 mod exact_json;
 mod history;
+mod listing;
 mod record;
 mod storage;
 mod sync;

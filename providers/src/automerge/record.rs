@@ -364,6 +364,26 @@ impl RecordDoc {
         Ok(())
     }
 
+    /// Rewrites the document's `latest.json` (see [`super::listing`]) from its current state;
+    /// `latest` is the latest version's info when the caller has it already. Call with the
+    /// lock held, after a write.
+    pub(crate) fn refresh_listing(&mut self, latest: Option<&RecordInfo>) -> Result<()> {
+        if self.name.is_none() {
+            return Ok(());
+        }
+        let computed;
+        let info = match latest {
+            Some(info) => Some(info),
+            None if self.latest() == 0 => None,
+            None => {
+                computed = self.record_info(self.latest())?;
+                Some(&computed)
+            }
+        };
+        super::listing::write(&self.dir, self.files.keys(), info);
+        Ok(())
+    }
+
     /// Removes every file of the document and forgets it in memory; returns how many versions
     /// there were.
     pub(crate) fn purge(&mut self, lock: &mut DocLock, actor: &ActorId) -> Result<u64> {
@@ -388,6 +408,7 @@ impl RecordDoc {
         lock: &mut DocLock,
     ) -> Result<()> {
         self.learn_name()?;
-        self.persist(heads_before, settings, lock)
+        self.persist(heads_before, settings, lock)?;
+        self.refresh_listing(None)
     }
 }
