@@ -409,9 +409,33 @@ async fn listing_pages_follow_key_byte_order() {
 
 // ---- errors: each names the endpoint and the bucket ----
 
+/// The error as the CLI prints it: the message, then each source the message does not
+/// already contain (as `stowage`'s one-line error does).
+fn as_one_line(err: &stowage_core::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn assert_backend_error(err: &stowage_core::Error, endpoint: &str, bucket: &str, also: &str) {
     let text = err.to_string();
-    eprintln!("error as the user sees it: {text}");
+    let line = as_one_line(err);
+    eprintln!("error as the user sees it: {line}");
+    // The cause is quoted once, without the HTTP response's headers.
+    assert_eq!(line, text, "a source is repeated after the message");
+    assert_eq!(text.matches("cause:").count(), 1, "{text}");
+    for noise in ["x-amz", "headers", "Parts {", "request_id", "context: {"] {
+        assert!(!text.contains(noise), "error carries {noise:?}: {text}");
+    }
+    assert!(text.len() < 700, "error of {} bytes: {text}", text.len());
     assert_eq!(err.kind(), ErrorKind::Backend, "{text}");
     assert!(
         text.contains(endpoint),
@@ -468,6 +492,15 @@ async fn wrong_bucket_is_named() {
         "no-such-bucket-for-stowage",
         "does not exist",
     );
+    // The S3 error code and message stay, once.
+    let text = err.to_string();
+    assert_eq!(text.matches("NoSuchBucket").count(), 1, "{text}");
+    assert!(
+        text.contains("The specified bucket does not exist"),
+        "{text}"
+    );
+    // The full OpenDAL error is still there for a debugging reader.
+    assert!(format!("{err:?}").contains("NoSuchBucket"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,6 +924,11 @@ async fn bad_credentials_are_refused_with_a_hint() {
     assert!(
         !err.to_string().contains(secret),
         "the error leaks the right secret"
+    );
+    assert_eq!(
+        err.to_string().matches("InvalidAccessKeyId").count(),
+        1,
+        "{err}"
     );
     let blob = format!("blobs/{}", ContentHash::of(b"forged").to_hex());
     let absent = op.stat(&blob).await.unwrap_err();

@@ -6,8 +6,8 @@ use stowage_core::Error;
 use super::config::S3Config;
 use super::PROVIDER;
 
-/// How much of the underlying error a message quotes.
-const CAUSE_CHARS: usize = 600;
+/// How much of the condensed cause a message quotes at most.
+const CAUSE_CHARS: usize = 300;
 
 /// Where requests go, for error messages (never the credentials).
 #[derive(Clone, Debug)]
@@ -68,21 +68,91 @@ impl Target {
         } else {
             "see the cause".to_string()
         };
-        // The cause can carry a whole HTTP response; the full error stays in `source`.
-        let cause: String = if text.chars().count() > CAUSE_CHARS {
-            text.chars().take(CAUSE_CHARS).chain("…".chars()).collect()
-        } else {
-            text
-        };
+        let cause = Cause::of(err);
         Error::Backend {
             provider: PROVIDER.to_string(),
             message: format!(
-                "{what} failed at {} (bucket `{}`, root `{}`, up to {} retries): {hint}; cause: {cause}",
-                self.endpoint, self.bucket, self.root, self.retries
+                "{what} failed at {} (bucket `{}`, root `{}`, up to {} retries): {hint}; cause: {}",
+                self.endpoint, self.bucket, self.root, self.retries, cause.summary
             ),
-            source: Some(Box::new(err)),
+            source: Some(Box::new(cause)),
         }
     }
+}
+
+/// The OpenDAL error behind a failed request. `Display` is the short summary the message
+/// quotes already (so a printer that appends sources does not repeat it); `Debug` is the full
+/// OpenDAL error, HTTP response headers and all, for whoever debugs the request.
+pub(crate) struct Cause {
+    summary: String,
+    error: opendal::Error,
+}
+
+impl Cause {
+    fn of(error: opendal::Error) -> Self {
+        Cause {
+            summary: summarize(&error.to_string()),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.error)
+    }
+}
+
+// No `source()`: the summary stands for the OpenDAL error, whose `Display` is the long form.
+impl std::error::Error for Cause {}
+
+/// OpenDAL's `Display` of an error, without its `context: { … }` (request URL, the whole HTTP
+/// response with its headers, …) and with an `S3Error { code, message, … }` reduced to
+/// `S3 <code>: <message>`: `Kind (status) at operation => message[, source: …]`.
+fn summarize(text: &str) -> String {
+    let (head, rest) = match text.split_once(", context: { ") {
+        // The context ends where the message (` => `) or the source begins; its values (URLs,
+        // header maps) hold neither.
+        Some((head, context)) => match (context.find(" } => "), context.find(" }, source: ")) {
+            (Some(m), _) => (head, format!(" => {}", &context[m + " } => ".len()..])),
+            (None, Some(s)) => (
+                head,
+                format!(", source: {}", &context[s + " }, source: ".len()..]),
+            ),
+            (None, None) => (head, String::new()),
+        },
+        None => (text, String::new()),
+    };
+    let rest = match (quoted_field(&rest, "code"), rest.find("S3Error {")) {
+        (Some(code), Some(_)) => match quoted_field(&rest, "message") {
+            Some(message) => format!(" => S3 {code}: {message}"),
+            None => format!(" => S3 {code}"),
+        },
+        _ => rest,
+    };
+    let summary = format!("{head}{rest}");
+    if summary.chars().count() > CAUSE_CHARS {
+        summary
+            .chars()
+            .take(CAUSE_CHARS)
+            .chain("…".chars())
+            .collect()
+    } else {
+        summary
+    }
+}
+
+/// The value of `name: "…"` in a `Debug` rendering (`S3Error { code: "NoSuchBucket", … }`).
+fn quoted_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text.find(&format!("{name}: \""))? + name.len() + 3;
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
 }
 
 /// Whether OpenDAL says the object does not exist.
@@ -95,4 +165,30 @@ pub(crate) fn is_not_found(err: &opendal::Error) -> bool {
 /// a changed one).
 pub(crate) fn is_precondition_failed(err: &opendal::Error) -> bool {
     err.kind() == DalKind::ConditionNotMatch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize;
+
+    #[test]
+    fn summaries_drop_the_response_and_keep_the_s3_error() {
+        let full = "NotFound (persistent) at list, context: { uri: http://h/b?list-type=2, response: Parts { status: 404, version: HTTP/1.1, headers: {\"x-amz-request-id\": \"R\", \"content-length\": \"352\"} }, service: s3, path: meta/, listed: 0 } => S3Error { code: \"NoSuchBucket\", message: \"The specified bucket does not exist\", resource: \"b\", request_id: \"R\" }";
+        assert_eq!(
+            summarize(full),
+            "NotFound (persistent) at list => S3 NoSuchBucket: The specified bucket does not exist"
+        );
+        let unsent = "Unexpected (persistent) at list, context: { url: http://h/b, called: http_util::Client::send, service: s3, path: meta/ } => send http request, source: error sending request for url (http://h/b)";
+        assert_eq!(
+            summarize(unsent),
+            "Unexpected (persistent) at list => send http request, source: error sending request for url (http://h/b)"
+        );
+        let no_message =
+            "Unexpected (temporary) at read, context: { timeout: 300 }, source: deadline";
+        assert_eq!(
+            summarize(no_message),
+            "Unexpected (temporary) at read, source: deadline"
+        );
+        assert_eq!(summarize("plain"), "plain");
+    }
 }
