@@ -220,6 +220,19 @@ async fn migrations_are_idempotent_and_upgrade_old_files() {
     )
     .await
     .unwrap();
+    // A streamed payload is staged in the column migration 4 added, and claimed.
+    let streamed = vec![9u8; 3 * sqlite::DEFAULT_CHUNK_SIZE + 1];
+    let pieces = streamed
+        .chunks(100_000)
+        .map(|p| Ok(Bytes::copy_from_slice(p)))
+        .collect::<Vec<_>>();
+    let body = Body::from_stream(futures::stream::iter(pieces), None);
+    put_plain(&*b, &n, &key("streamed"), body).await;
+    let (_, body) = b
+        .get(&n, &key("streamed"), GetOptions::default())
+        .await
+        .unwrap();
+    assert!(read_all(body).await == streamed);
     drop(b);
     // Opening again, from several backends at once, applies nothing twice.
     let mut opens = Vec::new();
@@ -1382,4 +1395,326 @@ async fn opening_and_reading_do_not_wait_for_another_writer() {
     holder.execute("ROLLBACK").await.unwrap();
     put_plain(&*reader, &n, &key("k"), Body::from("w")).await;
     reader.close().await.unwrap();
+}
+
+/// A body the test feeds through a channel: a put reading it stays parked mid-stream until the
+/// test sends more, and ends when the sender is dropped. The counter says how many pieces the
+/// put has taken.
+fn channel_body() -> (
+    futures::channel::mpsc::UnboundedSender<Bytes>,
+    Body,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Bytes>();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counter = taken.clone();
+    let stream = rx.map(move |piece| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(piece)
+    });
+    (tx, Body::from_stream(stream, None), taken)
+}
+
+/// The chunk size of the streaming tests below.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// `len` bytes derived from `seed`, so every read-back is checked byte for byte.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(131) as u8) ^ seed ^ (i >> 16) as u8)
+        .collect()
+}
+
+/// Chunks committed under staged payloads (blob rows with no hash yet) in the file at `path`.
+async fn staged_chunks(path: &Path) -> i64 {
+    count(
+        path,
+        "chunks WHERE blob_id IN (SELECT id FROM blobs WHERE hash IS NULL)",
+    )
+    .await
+}
+
+/// Waits until `n` chunks are staged: the streaming put has committed them and is parked,
+/// waiting for the test to send more.
+async fn until_staged(path: &Path, n: i64) {
+    for _ in 0..3000 {
+        if staged_chunks(path).await == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} chunks were never staged");
+}
+
+/// Guards a call that must not wait for the parked stream: with the bug it would wait forever.
+async fn without_hanging<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(120), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} waited for the parked stream"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_streamed_put_blocks_no_other_writer() {
+    let dir = fresh_dir();
+    let path = dir.join("slow.db");
+    let n = ns("slow");
+    let a = backend_at(&path, serde_json::json!({"chunk_size": STREAM_CHUNK})).await;
+    put_plain(&*a, &n, &key("before"), Body::from("before")).await;
+
+    // A put whose producer stops after three chunks and a bit, and stays silent.
+    let slow = pattern(1, 5 * STREAM_CHUNK + 123);
+    let (tx, body, _) = channel_body();
+    for piece in slow[..3 * STREAM_CHUNK + 10].chunks(STREAM_CHUNK) {
+        tx.unbounded_send(Bytes::copy_from_slice(piece)).unwrap();
+    }
+    let parked = {
+        let (a, n) = (a.clone(), n.clone());
+        tokio::spawn(async move {
+            a.put(&n, &key("slow"), body, Metadata::new(), PutMode::Overwrite)
+                .await
+        })
+    };
+    until_staged(&path, 3).await;
+
+    // (a) Another process (its own connections, the default busy timeout) opens, reads and
+    // writes, small and streamed, while the stream is parked.
+    let b = backend_at(&path, serde_json::json!({"chunk_size": STREAM_CHUNK})).await;
+    without_hanging("another process's open", b.initialize())
+        .await
+        .expect("opening beside a parked stream");
+    let (_, body) = b
+        .get(&n, &key("before"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(body).await, b"before");
+    let from_b = pattern(2, 3 * STREAM_CHUNK + 7);
+    without_hanging("another process's put", async {
+        put_plain(&*b, &n, &key("from-b"), Body::from("small from b")).await;
+        put_plain(&*b, &n, &key("big-from-b"), Body::from(from_b.clone())).await;
+    })
+    .await;
+
+    // (b) This backend's other writers go between the parked stream's chunks.
+    let from_a = pattern(3, 2 * STREAM_CHUNK + 1);
+    without_hanging("this backend's put", async {
+        put_plain(&*a, &n, &key("from-a"), Body::from("small from a")).await;
+        put_plain(&*a, &n, &key("big-from-a"), Body::from(from_a.clone())).await;
+        a.delete(&n, &key("before"), Default::default())
+            .await
+            .unwrap();
+    })
+    .await;
+
+    // The staged payload is neither corruption nor garbage while its put lives.
+    let report = a.verify(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let gc = a.gc(&NoProgress).await.unwrap();
+    assert_eq!(gc.blobs_removed, 0);
+    assert_eq!(staged_chunks(&path).await, 3);
+    assert!(!parked.is_finished(), "the stream is still open");
+
+    for piece in slow[3 * STREAM_CHUNK + 10..].chunks(50_000) {
+        tx.unbounded_send(Bytes::copy_from_slice(piece)).unwrap();
+    }
+    drop(tx);
+    let info = parked.await.unwrap().expect("the slow put completes");
+    assert_eq!(info.size, slow.len() as u64);
+    assert_eq!(info.hash, ContentHash::of(&slow));
+    assert_eq!(info.version, 1);
+
+    for reader in [&a, &b] {
+        for (k, want) in [
+            ("slow", &slow[..]),
+            ("big-from-b", &from_b[..]),
+            ("big-from-a", &from_a[..]),
+            ("from-b", b"small from b"),
+            ("from-a", b"small from a"),
+        ] {
+            let (_, body) = reader
+                .get(&n, &key(k), GetOptions::default())
+                .await
+                .unwrap();
+            assert!(read_all(body).await == want, "{k} reads back byte-exact");
+        }
+    }
+    assert_eq!(count(&path, "blobs WHERE hash IS NULL").await, 0);
+    assert_eq!(
+        count(&path, "chunks").await,
+        6 + 4 + 3,
+        "each streamed payload's chunks, once"
+    );
+    let report = b.verify(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_streamed_put_fails_before_reading_its_stream() {
+    let dir = fresh_dir();
+    let path = dir.join("refused.db");
+    let n = ns("refused");
+    let a = backend_at(&path, serde_json::json!({"chunk_size": STREAM_CHUNK})).await;
+    put_plain(&*a, &n, &key("live"), Body::from("v1")).await;
+
+    for mode in [PutMode::Create, PutMode::IfVersion(7)] {
+        // One chunk and one byte: just enough to be a streamed put. The sender stays open, so
+        // a put that read on would wait forever.
+        let (tx, body, taken) = channel_body();
+        tx.unbounded_send(Bytes::from(vec![1u8; STREAM_CHUNK]))
+            .unwrap();
+        tx.unbounded_send(Bytes::from_static(b"x")).unwrap();
+        let err = without_hanging(
+            "a refused put",
+            a.put(&n, &key("live"), body, Metadata::new(), mode),
+        )
+        .await
+        .expect_err("the precondition fails");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{mode:?}: {err}");
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{mode:?}: nothing read past the first chunk"
+        );
+        assert_eq!(
+            count(&path, "blobs WHERE hash IS NULL").await,
+            0,
+            "{mode:?}"
+        );
+        drop(tx);
+    }
+
+    // A Create that passes the first check but loses the key while it streams fails at the
+    // claim, and its staged payload goes with it.
+    let (tx, body, _) = channel_body();
+    tx.unbounded_send(Bytes::from(pattern(4, 2 * STREAM_CHUNK)))
+        .unwrap();
+    let parked = {
+        let (a, n) = (a.clone(), n.clone());
+        tokio::spawn(async move {
+            a.put(&n, &key("raced"), body, Metadata::new(), PutMode::Create)
+                .await
+        })
+    };
+    until_staged(&path, 2).await;
+    put_plain(&*a, &n, &key("raced"), Body::from("first")).await;
+    tx.unbounded_send(Bytes::from_static(b"tail")).unwrap();
+    drop(tx);
+    let err = parked
+        .await
+        .unwrap()
+        .expect_err("the key was taken meanwhile");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(count(&path, "blobs WHERE hash IS NULL").await, 0);
+    assert_eq!(count(&path, "chunks").await, 0);
+    let (_, body) = a
+        .get(&n, &key("raced"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(body).await, b"first");
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_abandoned_staging_but_never_a_live_stream() {
+    use sqlx::{Connection, Executor};
+    let dir = fresh_dir();
+    let path = dir.join("staging.db");
+    let n = ns("staging");
+    let a = backend_at(&path, serde_json::json!({"chunk_size": STREAM_CHUNK})).await;
+    put_plain(
+        &*a,
+        &n,
+        &key("kept"),
+        Body::from(pattern(5, 2 * STREAM_CHUNK + 5)),
+    )
+    .await;
+
+    let (tx, body, _) = channel_body();
+    tx.unbounded_send(Bytes::from(pattern(6, 2 * STREAM_CHUNK + 1)))
+        .unwrap();
+    let parked = {
+        let (a, n) = (a.clone(), n.clone());
+        tokio::spawn(async move {
+            a.put(
+                &n,
+                &key("stalled"),
+                body,
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+        })
+    };
+    until_staged(&path, 2).await;
+    let gc = a.gc(&NoProgress).await.unwrap();
+    assert_eq!(
+        (gc.blobs_removed, gc.bytes_freed),
+        (0, 0),
+        "a live stream is kept"
+    );
+    assert_eq!(staged_chunks(&path).await, 2);
+
+    // The same staging, as a process killed two hours ago would have left it.
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        conn.execute("UPDATE blobs SET staged_at = staged_at - 7200000000 WHERE hash IS NULL")
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let report = a.verify(&NoProgress).await.unwrap();
+    assert!(
+        report.is_clean(),
+        "abandoned staging is no corruption: {:?}",
+        report.problems
+    );
+    assert_eq!(report.blobs_checked, 1);
+    let gc = a.gc(&NoProgress).await.unwrap();
+    assert_eq!(
+        (gc.blobs_removed, gc.bytes_freed, gc.blobs_kept),
+        (1, 2 * STREAM_CHUNK as u64, 1)
+    );
+    assert_eq!(count(&path, "blobs WHERE hash IS NULL").await, 0);
+    assert_eq!(count(&path, "chunks").await, 3, "only the kept payload's");
+
+    // The put whose staging was taken fails instead of writing a record without a payload.
+    tx.unbounded_send(Bytes::from_static(b"more")).unwrap();
+    drop(tx);
+    let err = parked
+        .await
+        .unwrap()
+        .expect_err("its staged payload is gone");
+    assert!(err.to_string().contains("removed"), "{err}");
+    let gone = a.get(&n, &key("stalled"), GetOptions::default()).await;
+    assert_eq!(gone.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+
+    // A put cancelled mid-stream removes its own staging.
+    let (tx, body, _) = channel_body();
+    tx.unbounded_send(Bytes::from(pattern(7, 3 * STREAM_CHUNK)))
+        .unwrap();
+    let cancelled = {
+        let (a, n) = (a.clone(), n.clone());
+        tokio::spawn(async move {
+            a.put(
+                &n,
+                &key("cancelled"),
+                body,
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+        })
+    };
+    until_staged(&path, 3).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    until_staged(&path, 0).await;
+    assert_eq!(count(&path, "blobs WHERE hash IS NULL").await, 0);
+    drop(tx);
+    let report = a.verify(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    a.close().await.unwrap();
 }

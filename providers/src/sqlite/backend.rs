@@ -14,12 +14,12 @@ use stowage_core::{
 };
 use tokio::sync::OnceCell;
 
-use super::blobs::{self, BlobRef, ChunkReader, Payload};
+use super::blobs::{self, BlobRef, ChunkReader, Payload, StagingContext};
 use super::commit::{
     bind_put_small, Attempt, GroupCommit, PutRequest, SmallPut, WriteContext, Written,
     PUT_SMALL_IN_TX_SQL,
 };
-use super::config::SqliteConfig;
+use super::config::{SqliteConfig, Synchronous};
 use super::error::map_err;
 use super::records::{decode, encode_metadata, RECORD_COLUMNS};
 use super::search::{
@@ -132,7 +132,20 @@ impl SqliteBackend {
         }
     }
 
-    /// The streaming path, in one write transaction; `Err(current)` when the precondition failed.
+    /// Whether `mode` lets a put write over `latest`: the key's newest version and whether it
+    /// is a tombstone, if the key has any.
+    fn allowed(mode: PutMode, latest: Option<(u64, bool)>) -> bool {
+        match mode {
+            PutMode::Overwrite => true,
+            PutMode::Create => latest.is_none_or(|(_, deleted)| deleted),
+            PutMode::IfVersion(v) | PutMode::Base(v) => latest.map_or(0, |(n, _)| n) == v,
+        }
+    }
+
+    /// The streaming path; `Err(current)` when the precondition failed. The payload is staged
+    /// chunk by chunk, each chunk a transaction of its own ([`blobs::stage_streamed`]), so no
+    /// lock is held while the producer is slow; one short transaction then checks the
+    /// precondition again and claims the staged payload for the new version.
     async fn put_large(&self, req: &PutRequest<'_>, prefix: Bytes, rest: Body) -> Result<Attempt> {
         let PutRequest {
             ns,
@@ -140,6 +153,24 @@ impl SqliteBackend {
             metadata,
             mode,
         } = *req;
+        // A put its precondition refuses fails before anything is uploaded (a read, no lock);
+        // the claim below checks again, under the lock.
+        if mode != PutMode::Overwrite {
+            let pool = self.pool().await?;
+            let latest = self.latest_version(pool, ns, key).await?;
+            if !Self::allowed(mode, latest) {
+                return Ok(Err(latest.map(|(v, _)| v)));
+            }
+        }
+        let ctx = StagingContext {
+            writer: self.writer.clone(),
+            path: self.path.clone(),
+            chunk_size: self.config.chunk_size(),
+            relax_sync: self.config.synchronous.unwrap_or_default() == Synchronous::Full,
+        };
+        let mut staged = blobs::stage_streamed(ctx, prefix, rest).await?;
+        let (hash, size) = staged.hash_and_size();
+
         let mut turn = self.write_turn().await?;
         let mut tx = turn
             .conn()
@@ -156,17 +187,15 @@ impl SqliteBackend {
         .await
         .map_err(self.fail("reading the latest version"))?;
         let current = latest.map(|l| l.0 as u64);
-        let allowed = match mode {
-            PutMode::Overwrite => true,
-            PutMode::Create => latest.is_none_or(|l| l.2.is_some()),
-            PutMode::IfVersion(v) | PutMode::Base(v) => current.unwrap_or(0) == v,
-        };
-        if !allowed {
+        if !Self::allowed(mode, latest.map(|l| (l.0 as u64, l.2.is_some()))) {
+            staged.discard_in(&mut tx).await?;
+            tx.commit()
+                .await
+                .map_err(self.fail("dropping a staged payload"))?;
+            staged.settle();
             return Ok(Err(current));
         }
-        let (hash, size) =
-            blobs::write_streamed(&mut tx, &self.path, self.config.chunk_size(), prefix, rest)
-                .await?;
+        staged.claim_in(&mut tx).await?;
         let now = Timestamp::now().as_micros();
         let version = current.unwrap_or(0) + 1;
         let created_at = latest.map(|l| l.1).unwrap_or(now);
@@ -185,9 +214,11 @@ impl SqliteBackend {
         .execute(&mut *tx)
         .await
         .map_err(self.fail("writing a record"))?;
+        // At the configured `synchronous`: this commit makes the staged chunks durable too.
         tx.commit()
             .await
             .map_err(self.fail("committing a record"))?;
+        staged.settle();
         Ok(Ok(Written {
             version,
             created_at,

@@ -1,21 +1,24 @@
 //! Payload storage: content-addressed blobs (`blobs`, one row per hash) split into `chunks` of
 //! the configured size, or, for a payload of at most one chunk, held in the blob row itself.
-//! Writes stream chunk by chunk while hashing; reads stream chunk by chunk and serve byte
-//! ranges from only the chunks they cover; `gc` and `verify` work here too.
+//! Larger payloads are staged chunk by chunk while hashing, each chunk in a short transaction of
+//! its own, and claimed by the put's final transaction; reads stream chunk by chunk and serve
+//! byte ranges from only the chunks they cover; `gc` and `verify` work here too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Connection, Row};
 use stowage_core::{
-    Body, ContentHash, ContentHasher, Error, GcReport, Progress, Result, VerifyProblem,
+    Body, ContentHash, ContentHasher, Error, GcReport, Progress, Result, Timestamp, VerifyProblem,
     VerifyReport,
 };
 
 use super::error::map_err;
+use super::writer::Writer;
 use super::PROVIDER;
 
 /// A payload classified by size: one that fits a single chunk takes the one-statement fast path.
@@ -62,34 +65,306 @@ pub(crate) fn chunk_count(size: u64, chunk_size: usize) -> i64 {
     size.div_ceil(chunk_size as u64) as i64
 }
 
-/// Streams `prefix` then `rest` into the chunks of a staged blob inside the caller's write
-/// transaction, hashing as it goes. The hash is known only at the end, so chunks go under a
-/// fresh blob id whose hash is filled in last; if that hash is stored already, the staged copy
-/// is dropped (dedup). At most one chunk is held in memory.
-pub(crate) async fn write_streamed(
-    conn: &mut SqliteConnection,
-    path: &Path,
-    chunk_size: usize,
+/// How long a staged payload may go without a sign of life (a chunk written, or a heartbeat
+/// of its writer) before `gc` takes it for abandoned by a process that died mid-stream.
+pub(crate) const ABANDONED_STAGING_AGE: Duration = Duration::from_secs(3600);
+
+/// How often a stream that waits for its producer refreshes its staged payload's `staged_at`:
+/// well inside [`ABANDONED_STAGING_AGE`], so `gc` never takes a live stream for abandoned.
+const STAGING_HEARTBEAT: Duration = Duration::from_secs(600);
+
+/// What staging a payload needs: the write connection it takes turns on, one chunk at a time.
+#[derive(Clone)]
+pub(crate) struct StagingContext {
+    pub(crate) writer: Arc<Writer>,
+    pub(crate) path: Arc<PathBuf>,
+    pub(crate) chunk_size: usize,
+    /// The configured `synchronous` is `full`: each chunk's commit relaxes it to `normal` (no
+    /// fsync), the claim's commit keeps it (see [`StagedBlob::append`]).
+    pub(crate) relax_sync: bool,
+}
+
+/// A payload larger than one chunk, staged under a blob row whose hash is NULL until a put
+/// claims it. Its chunks are written in short transactions of their own, so neither other
+/// processes nor this one's other writers wait for the producer of the stream.
+///
+/// Dropped unclaimed (the put failed or was cancelled), it removes its row and chunks in a
+/// task of its own; if that cannot happen (the process died), `gc` removes them once they are
+/// older than [`ABANDONED_STAGING_AGE`].
+pub(crate) struct StagedBlob {
+    ctx: StagingContext,
+    /// The blob row, once the first chunk is written.
+    id: Option<i64>,
+    /// The `staged_at` this writer last wrote: every later statement on the row checks it, so a
+    /// row removed by `gc` (and its id reused) is never mistaken for this one.
+    staged_at: i64,
+    chunks: i64,
+    size: u64,
+    /// Set once written whole.
+    hash: Option<ContentHash>,
+    /// Set once a put's transaction took the row (claimed, deduplicated or discarded).
+    settled: bool,
+}
+
+impl StagedBlob {
+    /// The payload's hash and size, once staged whole.
+    pub(crate) fn hash_and_size(&self) -> (ContentHash, u64) {
+        (self.hash.expect("hashed when staged"), self.size)
+    }
+
+    /// A `staged_at` later than now and than the last one written.
+    fn next_stamp(&self) -> i64 {
+        Timestamp::now().as_micros().max(self.staged_at + 1)
+    }
+
+    fn lost(&self) -> Error {
+        Error::backend(
+            PROVIDER,
+            format!(
+                "the payload being streamed into {} was removed before the put finished (`gc` removes a staged payload that shows no progress for {} minutes); write it again",
+                self.ctx.path.display(),
+                ABANDONED_STAGING_AGE.as_secs() / 60
+            ),
+            std::io::Error::other("staged payload removed"),
+        )
+    }
+
+    /// Appends one chunk in a transaction of its own, on this process's turn to write, and
+    /// gives the turn back: other writers go between two chunks.
+    ///
+    /// Durability: the configured `synchronous = full` is relaxed to `normal` around this
+    /// commit, so it appends its frames to the WAL without an fsync. The put's final commit
+    /// (the claim, at `full`) fsyncs the WAL, and that covers every frame written before it:
+    /// the WAL is appended to until a checkpoint has copied all of it into the database file
+    /// and synced that (SQLite syncs the WAL before and the database after every checkpoint at
+    /// `normal` too), and only then is it rewritten from the start. So an acknowledged put's
+    /// chunks are durable. A power loss before the claim may lose some chunk frames, but then
+    /// it loses the claim (a later frame of the same log, whose checksums chain) as well: no
+    /// version ever points at missing chunks. Never `off`: that would skip the checkpoint's
+    /// syncs, which guard other writers' data too.
+    async fn append(&mut self, data: &[u8]) -> Result<()> {
+        let path = self.ctx.path.clone();
+        let fail = |doing: &str, e: sqlx::Error| map_err(&path, doing, e);
+        let now = self.next_stamp();
+        let mut turn = self.ctx.writer.turn().await;
+        // Until `synchronous` is restored: if this future is dropped midway, the turn closes
+        // the connection instead of keeping it relaxed (closing also rolls back).
+        turn.start();
+        let conn = turn.conn().await?;
+        if self.ctx.relax_sync {
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| fail("staging a payload chunk", e))?;
+        }
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| fail("locking the database for a payload chunk", e))?;
+        let id = match self.id {
+            None => sqlx::query_scalar(
+                "INSERT INTO blobs (hash, size, chunk_size, chunk_count, staged_at)
+                 VALUES (NULL, ?1, ?2, 1, ?3) RETURNING id",
+            )
+            .bind(data.len() as i64)
+            .bind(self.ctx.chunk_size as i64)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| fail("staging a payload", e))?,
+            Some(id) => {
+                let touched = sqlx::query(
+                    "UPDATE blobs SET size = size + ?1, chunk_count = chunk_count + 1, staged_at = ?2
+                     WHERE id = ?3 AND hash IS NULL AND staged_at = ?4",
+                )
+                .bind(data.len() as i64)
+                .bind(now)
+                .bind(id)
+                .bind(self.staged_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| fail("staging a payload chunk", e))?
+                .rows_affected();
+                if touched != 1 {
+                    return Err(self.lost());
+                }
+                id
+            }
+        };
+        sqlx::query("INSERT INTO chunks (blob_id, idx, data) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(self.chunks)
+            .bind(data)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| fail("writing a payload chunk", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| fail("committing a payload chunk", e))?;
+        self.id = Some(id);
+        self.staged_at = now;
+        self.chunks += 1;
+        self.size += data.len() as u64;
+        if self.ctx.relax_sync {
+            sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| fail("staging a payload chunk", e))?;
+        }
+        turn.finish();
+        Ok(())
+    }
+
+    /// The next piece of `body`; while the producer is silent, refreshes `staged_at` now and
+    /// then, so `gc` sees the stream is alive.
+    async fn next_from(&mut self, body: &mut Body) -> Option<Result<Bytes>> {
+        loop {
+            // `next_chunk` polls the body's stream, which loses nothing when dropped.
+            match tokio::time::timeout(STAGING_HEARTBEAT, body.next_chunk()).await {
+                Ok(next) => return next,
+                Err(_) => self.heartbeat().await,
+            }
+        }
+    }
+
+    /// Best effort: a failed heartbeat (the lock held elsewhere) is tried again at the next.
+    async fn heartbeat(&mut self) {
+        let Some(id) = self.id else { return };
+        let now = self.next_stamp();
+        let mut turn = self.ctx.writer.turn().await;
+        let Ok(conn) = turn.conn().await else { return };
+        let done = sqlx::query(
+            "UPDATE blobs SET staged_at = ?1 WHERE id = ?2 AND hash IS NULL AND staged_at = ?3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(self.staged_at)
+        .execute(conn)
+        .await;
+        match done {
+            Ok(r) if r.rows_affected() == 1 => self.staged_at = now,
+            // Gone: the next chunk or the claim reports it.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(path = %self.ctx.path.display(), error = %e, "could not refresh a staged payload")
+            }
+        }
+    }
+
+    /// Inside the put's transaction: takes the staged row for the payload (its hash filled
+    /// in), or drops it if that payload is stored already (dedup). Fails if the row is gone.
+    /// Call [`Self::settle`] once the transaction is committed.
+    pub(crate) async fn claim_in(&self, conn: &mut SqliteConnection) -> Result<()> {
+        let fail = |doing: &str, e: sqlx::Error| map_err(&self.ctx.path, doing, e);
+        let (hash, size) = self.hash_and_size();
+        let id = self.id.expect("a payload of more than one chunk has a row");
+        let mine: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = ?2
+             AND size = ?3 AND chunk_count = ?4",
+        )
+        .bind(id)
+        .bind(self.staged_at)
+        .bind(size as i64)
+        .bind(self.chunks)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| fail("finding a staged payload", e))?;
+        if mine.is_none() {
+            return Err(self.lost());
+        }
+        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM blobs WHERE hash = ?1")
+            .bind(&hash.as_bytes()[..])
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| fail("looking up a payload hash", e))?;
+        if existing.is_some() {
+            self.discard_in(conn).await
+        } else {
+            sqlx::query("UPDATE blobs SET hash = ?1, staged_at = NULL WHERE id = ?2")
+                .bind(&hash.as_bytes()[..])
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| fail("recording a payload hash", e))?;
+            Ok(())
+        }
+    }
+
+    /// Inside the put's transaction: removes the staged row and its chunks (a duplicate, or a
+    /// put refused by its precondition). Call [`Self::settle`] once committed.
+    pub(crate) async fn discard_in(&self, conn: &mut SqliteConnection) -> Result<()> {
+        let Some(id) = self.id else { return Ok(()) };
+        sqlx::query("DELETE FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = ?2")
+            .bind(id)
+            .bind(self.staged_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_err(&self.ctx.path, "dropping a staged payload", e))?;
+        Ok(())
+    }
+
+    /// The put's transaction that claimed or discarded the row is committed: nothing is left to
+    /// clean up.
+    pub(crate) fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        let Some(id) = self.id.filter(|_| !self.settled) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (writer, path, staged_at) = (
+            self.ctx.writer.clone(),
+            self.ctx.path.clone(),
+            self.staged_at,
+        );
+        runtime.spawn(async move {
+            let mut turn = writer.turn().await;
+            let Ok(conn) = turn.conn().await else { return };
+            let removed = sqlx::query(
+                "DELETE FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = ?2",
+            )
+            .bind(id)
+            .bind(staged_at)
+            .execute(conn)
+            .await;
+            if let Err(e) = removed {
+                tracing::debug!(path = %path.display(), error = %e, "could not remove the staged payload of a failed put; gc will");
+            }
+        });
+    }
+}
+
+/// Streams `prefix` then `rest` into a [`StagedBlob`], hashing as it goes, one chunk per
+/// transaction; at most one chunk is held in memory. The caller claims it in the put's
+/// transaction. A failure (of the body or of SQLite) drops what was staged.
+pub(crate) async fn stage_streamed(
+    ctx: StagingContext,
     prefix: Bytes,
     mut rest: Body,
-) -> Result<(ContentHash, u64)> {
-    let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
-    let staged: i64 = sqlx::query_scalar(
-        "INSERT INTO blobs (hash, size, chunk_size, chunk_count) VALUES (NULL, 0, ?1, 0) RETURNING id",
-    )
-    .bind(chunk_size as i64)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| fail("staging a payload", e))?;
-
+) -> Result<StagedBlob> {
+    let chunk_size = ctx.chunk_size;
+    let mut staged = StagedBlob {
+        ctx,
+        id: None,
+        staged_at: 0,
+        chunks: 0,
+        size: 0,
+        hash: None,
+        settled: false,
+    };
     let mut hasher = ContentHasher::new();
     let mut buf = BytesMut::with_capacity(chunk_size);
-    let mut idx: i64 = 0;
     let mut pending = Some(prefix);
     loop {
         let data = match pending.take() {
             Some(d) => d,
-            None => match rest.next_chunk().await {
+            None => match staged.next_from(&mut rest).await {
                 Some(chunk) => chunk?,
                 None => break,
             },
@@ -101,56 +376,18 @@ pub(crate) async fn write_streamed(
             buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if buf.len() == chunk_size {
-                insert_chunk(conn, path, staged, idx, &buf).await?;
-                idx += 1;
+                staged.append(&buf).await?;
                 buf.clear();
             }
         }
     }
     if !buf.is_empty() {
-        insert_chunk(conn, path, staged, idx, &buf).await?;
-        idx += 1;
+        staged.append(&buf).await?;
     }
     let (hash, size) = hasher.finish();
-    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM blobs WHERE hash = ?1")
-        .bind(&hash.as_bytes()[..])
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| fail("looking up a payload hash", e))?;
-    if existing.is_some() {
-        sqlx::query("DELETE FROM blobs WHERE id = ?1")
-            .bind(staged)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| fail("dropping a duplicate payload", e))?;
-    } else {
-        sqlx::query("UPDATE blobs SET hash = ?1, size = ?2, chunk_count = ?3 WHERE id = ?4")
-            .bind(&hash.as_bytes()[..])
-            .bind(size as i64)
-            .bind(idx)
-            .bind(staged)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| fail("recording a payload hash", e))?;
-    }
-    Ok((hash, size))
-}
-
-async fn insert_chunk(
-    conn: &mut SqliteConnection,
-    path: &Path,
-    blob_id: i64,
-    idx: i64,
-    data: &[u8],
-) -> Result<()> {
-    sqlx::query("INSERT INTO chunks (blob_id, idx, data) VALUES (?1, ?2, ?3)")
-        .bind(blob_id)
-        .bind(idx)
-        .bind(data)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| map_err(path, "writing a payload chunk", e))?;
-    Ok(())
+    debug_assert_eq!(size, staged.size);
+    staged.hash = Some(hash);
+    Ok(staged)
 }
 
 /// Where a stored payload lives, as read beside a record.
@@ -302,8 +539,9 @@ impl ChunkReader {
     }
 }
 
-/// Removes every blob no version references (their chunks go with them), then hands the freed
-/// pages back to the file system.
+/// Removes every blob no version references (their chunks go with them) and every staged
+/// payload abandoned for longer than [`ABANDONED_STAGING_AGE`] (a live stream refreshes its
+/// `staged_at` more often), then hands the freed pages back to the file system.
 pub(crate) async fn gc(
     conn: &mut SqliteConnection,
     path: &Path,
@@ -314,14 +552,22 @@ pub(crate) async fn gc(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(|e| fail("locking the database for gc", e))?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| fail("counting payloads", e))?;
+    let abandoned_before = abandoned_before();
+    // Payloads gc looks at: a live stream's staging is none of its business.
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM blobs WHERE hash IS NOT NULL OR coalesce(staged_at, 0) < ?1",
+    )
+    .bind(abandoned_before)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| fail("counting payloads", e))?;
     progress.set_total(total as u64);
     let removed: Vec<i64> = sqlx::query_scalar(
-        "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = blobs.hash) RETURNING size",
+        "DELETE FROM blobs WHERE CASE WHEN hash IS NULL THEN coalesce(staged_at, 0) < ?1
+             ELSE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = blobs.hash) END
+         RETURNING size",
     )
+    .bind(abandoned_before)
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| fail("removing unreferenced payloads", e))?;
@@ -340,8 +586,15 @@ pub(crate) async fn gc(
     })
 }
 
+/// The `staged_at` before which a staged payload counts as abandoned.
+fn abandoned_before() -> i64 {
+    Timestamp::now().as_micros() - ABANDONED_STAGING_AGE.as_micros() as i64
+}
+
 /// Re-hashes every blob chunk by chunk and checks every version's reference, all in one read
-/// snapshot so concurrent writers cannot cause false alarms.
+/// snapshot so concurrent writers cannot cause false alarms. Staged payloads (a put streaming
+/// now, or one abandoned by a process that died) are not part of the store yet and are not
+/// checked; abandoned ones are mentioned in the log, since `gc` removes them.
 pub(crate) async fn verify(
     pool: &SqlitePool,
     path: &Path,
@@ -351,7 +604,8 @@ pub(crate) async fn verify(
     let mut tx = pool.begin().await.map_err(|e| fail("starting verify", e))?;
     let mut report = VerifyReport::default();
     let (records, total_bytes): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM versions), (SELECT coalesce(sum(size), 0) FROM blobs)",
+        "SELECT (SELECT count(*) FROM versions),
+                (SELECT coalesce(sum(size), 0) FROM blobs WHERE hash IS NOT NULL)",
     )
     .fetch_one(&mut *tx)
     .await
@@ -402,7 +656,8 @@ pub(crate) async fn verify(
     let mut after: i64 = 0;
     loop {
         let batch = sqlx::query(
-            "SELECT id, hash, size, chunk_size, chunk_count, data IS NOT NULL FROM blobs WHERE id > ?1 ORDER BY id LIMIT 256",
+            "SELECT id, hash, size, chunk_size, chunk_count, data IS NOT NULL FROM blobs
+             WHERE id > ?1 AND hash IS NOT NULL ORDER BY id LIMIT 256",
         )
         .bind(after)
         .fetch_all(&mut *tx)
@@ -426,7 +681,7 @@ pub(crate) async fn verify(
                     version: None,
                     hash: None,
                     problem: "corrupt".into(),
-                    detail: format!("payload row {id} has no valid hash (an unfinished write); `stowage gc` removes it"),
+                    detail: format!("payload row {id} has a malformed hash"),
                 });
                 continue;
             };
@@ -476,6 +731,22 @@ pub(crate) async fn verify(
                 }
             }
         }
+    }
+    let (abandoned, abandoned_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+         WHERE hash IS NULL AND coalesce(staged_at, 0) < ?1",
+    )
+    .bind(abandoned_before())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| fail("counting abandoned staged payloads", e))?;
+    if abandoned > 0 {
+        tracing::info!(
+            path = %path.display(),
+            payloads = abandoned,
+            bytes = abandoned_bytes,
+            "payloads staged by puts that stopped over an hour ago (a killed process); `stowage gc` removes them"
+        );
     }
     tx.commit().await.map_err(|e| fail("ending verify", e))?;
     Ok(report)

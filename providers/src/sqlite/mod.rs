@@ -7,6 +7,11 @@
 //! - Payloads are content-addressed (blake3) and stored once per store in chunks of
 //!   `chunk_size` bytes: puts stream chunk by chunk while hashing, gets stream chunk by chunk
 //!   and read only the chunks a byte range covers. A payload of one chunk sits in its blob row.
+//! - A larger payload is staged one chunk per short transaction and claimed by the put's final
+//!   transaction, so a slow producer keeps no other writer, in this process or another, waiting;
+//!   `gc` removes staging left by a process killed mid-stream once it is an hour old.
+//! - Opening a file already at this schema version only reads, so a store opens while another
+//!   process holds a long write.
 //! - Every version is a row of `versions`; the `latest` table, with `tags` and `attrs`, is kept
 //!   by a trigger and indexed, so `list` and `search` are SQL, not scans.
 //! - A put of a payload that fits one chunk is one round trip to SQLite; small puts that wait

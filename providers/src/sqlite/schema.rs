@@ -138,6 +138,18 @@ CREATE INDEX attrs_by_str ON attrs(ns, name, str, key);
 ALTER TABLE blobs ADD COLUMN data BLOB;
 "#,
     },
+    Migration {
+        version: 4,
+        description: "payloads larger than one chunk staged outside the put's transaction",
+        // A streamed payload's chunks are committed one by one under a blob row with a NULL
+        // hash, before the put claims it; `staged_at` (refreshed as chunks arrive) tells `gc`
+        // a live stream from one abandoned by a killed process. Before this version a NULL
+        // hash never outlived its transaction, so the step rewrites nothing.
+        sql: r#"
+ALTER TABLE blobs ADD COLUMN staged_at INTEGER;
+CREATE INDEX blobs_staged ON blobs(staged_at) WHERE hash IS NULL;
+"#,
+    },
 ];
 
 /// The schema version this build writes: the last migration's.
