@@ -319,13 +319,19 @@ fn ls_pages_with_limit_and_after_and_filters_by_prefix() {
     assert_eq!(keys, ["a", "b/1"]);
     assert!(page.stderr.contains("--after b/1"), "{}", page.stderr);
 
-    let next = sb
+    let mut next = sb
         .ok(&["--json", "ls", "--limit", "2", "--after", "b/1"])
         .json_lines();
+    // With --json, a last line says where to continue when more records follow.
+    assert_eq!(
+        next.pop().unwrap(),
+        serde_json::json!({"more": true, "next_after": "b/3"})
+    );
     let keys: Vec<&str> = next.iter().map(|r| r["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["b/2", "b/3"]);
     let last = sb.ok(&["--json", "ls", "--limit", "2", "--after", "b/3"]);
     assert_eq!(last.json_lines().len(), 1);
+    assert!(last.json_lines()[0]["key"] == "c");
     assert!(
         last.stderr.is_empty(),
         "no hint on the last page: {}",
@@ -346,6 +352,33 @@ fn ls_pages_with_limit_and_after_and_filters_by_prefix() {
     assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
 
     sb.fails(&["ls", "--limit", "0"], 2);
+
+    // The hint quotes a key as a shell needs it, and following it continues the listing.
+    for key in ["d e", "d it's"] {
+        let run = sb.run_with_stdin(&["put", key], b"x");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let page = sb.ok(&["ls", "d", "--limit", "1"]);
+    assert!(
+        page.stderr.contains("continue with --after 'd e'"),
+        "{}",
+        page.stderr
+    );
+    let hint = page.stderr.trim().rsplit("continue with ").next().unwrap();
+    let shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("\"$0\" ls d --limit 1 {hint}"))
+        .arg(env!("CARGO_BIN_EXE_stowage"))
+        .current_dir(sb.path())
+        .env_remove("STOWAGE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&shell.stdout),
+        "d it's  v1  1 B\n",
+        "{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
 }
 
 fn keys_of(lines: &[Value]) -> Vec<String> {

@@ -25,7 +25,9 @@ pub struct Args {
     pub deleted: bool,
 }
 
-/// Lists one page (`--limit`) or the whole listing, page by page.
+/// Lists one page (`--limit`) or the whole listing, page by page. When `--limit` leaves more
+/// records, a hint says how to continue, or with `--json` a last line
+/// `{"more": true, "next_after": KEY}` (no record has a `more` field).
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let handle = ctx.handle().await?;
     let mut options = ListOptions {
@@ -42,14 +44,57 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             (None, _) => return Ok(()),
             (Some(_), Some(_)) => {
                 if let Some(last) = page.items.last() {
-                    ctx.out.hint(&format!(
-                        "more records follow; continue with --after {}",
-                        last.key
-                    ));
+                    if ctx.out.is_json() {
+                        ctx.out.json_line(&serde_json::json!({
+                            "more": true,
+                            "next_after": last.key.as_str(),
+                        }))?;
+                    } else {
+                        ctx.out.hint(&format!(
+                            "more records follow; continue with {}",
+                            after_arg(last.key.as_str())
+                        ));
+                    }
                 }
                 return Ok(());
             }
             (Some(next), None) => options.cursor = Some(next),
         }
+    }
+}
+
+/// `--after KEY` as a shell would need it typed: quoted when the key holds anything beyond
+/// plainly safe characters, and as `--after=KEY` when it starts with `-` (which would read as
+/// an option).
+fn after_arg(key: &str) -> String {
+    let safe = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+,=-".contains(&b));
+    let quoted = if safe {
+        key.to_string()
+    } else {
+        format!("'{}'", key.replace('\'', r"'\''"))
+    };
+    if key.starts_with('-') {
+        format!("--after={quoted}")
+    } else {
+        format!("--after {quoted}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_continuation_is_typed_as_a_shell_needs_it() {
+        assert_eq!(after_arg("b/1"), "--after b/1");
+        assert_eq!(after_arg("b c"), "--after 'b c'");
+        assert_eq!(after_arg("it's"), r"--after 'it'\''s'");
+        assert_eq!(after_arg("$HOME;rm"), "--after '$HOME;rm'");
+        assert_eq!(after_arg("é"), "--after 'é'");
+        assert_eq!(after_arg("-x"), "--after=-x");
+        assert_eq!(after_arg("-x y"), "--after='-x y'");
     }
 }
