@@ -109,9 +109,9 @@ impl Output {
             format!("version:      {}", info.version),
             format!("hash:         {}", info.hash),
             format!(
-                "size:         {} ({} bytes)",
+                "size:         {} ({})",
                 human_size(info.size),
-                info.size
+                counted(info.size, "byte")
             ),
             format!(
                 "content-type: {}",
@@ -148,6 +148,16 @@ impl Output {
 
 fn stdout_error(e: std::io::Error) -> Error {
     Error::io("writing to stdout", e)
+}
+
+/// A count with its noun, singular for one: `1 byte`, `2 bytes`, `0 records`. Every count the
+/// CLI words goes through here.
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// A size for people: `12 B`, `1.5 KiB`, `3.0 MiB`.

@@ -659,7 +659,7 @@ fn a_copy_conflict_says_what_differs_once_and_how_much_was_copied() {
     assert_eq!(line.matches(&hash).count(), 1, "{line}");
     assert!(!line.contains("nothing was written"), "{line}");
     assert!(
-        line.contains("1 version copied before it stopped"),
+        line.contains("before it stopped it copied 1 version,"),
         "{line}"
     );
     assert_eq!(

@@ -825,3 +825,32 @@ fn warnings_show_on_stderr_by_default_and_ordinary_runs_print_none() {
     let run = sb.ok(&["-q", "--config", "fs.toml", "ls"]);
     assert_eq!(run.stderr, "", "-q shows no warnings");
 }
+
+#[test]
+fn counts_are_singular_for_one() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(&["put", "one"], b"x");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = sb.ok(&["head", "one"]).text();
+    assert!(head.contains("size:         1 B (1 byte)\n"), "{head}");
+    let run = sb.run_with_stdin(&["put", "two"], b"xy");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = sb.ok(&["head", "two"]).text();
+    assert!(head.contains("(2 bytes)"), "{head}");
+    let purge = sb.ok(&["purge", "one"]).text();
+    assert!(purge.contains(": 1 version removed"), "{purge}");
+    let gc = sb.ok(&["gc"]).text();
+    assert!(
+        gc.starts_with("gc: removed 1 unreferenced payload ("),
+        "{gc}"
+    );
+    let search = sb.ok(&["search", "--limit", "1"]);
+    let _ = sb.run_with_stdin(&["put", "three"], b"xyz");
+    let search_more = sb.ok(&["search", "--limit", "1"]);
+    assert!(search.stderr.is_empty(), "{}", search.stderr);
+    assert!(
+        search_more.stderr.contains("than the 1 record shown"),
+        "{}",
+        search_more.stderr
+    );
+}

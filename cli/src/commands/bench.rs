@@ -19,7 +19,7 @@ use stowage_core::{
 };
 
 use crate::context::Context;
-use crate::output::human_size;
+use crate::output::{counted, human_size};
 
 /// Arguments of `stowage bench`.
 #[derive(clap::Args, Debug)]
@@ -178,8 +178,8 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
         }
         if store.capabilities().gc {
             ctx.out.hint(&format!(
-                "bench: purged its {} records from namespace {}; run `stowage gc` to reclaim their payload bytes",
-                args.ops,
+                "bench: purged its {} from namespace {}; run `stowage gc` to reclaim their payload bytes",
+                counted(args.ops.get() as u64, "record"),
                 handle.namespace()
             ));
         }
@@ -314,7 +314,8 @@ async fn one_op(handle: &NamespaceHandle, phase: Phase, i: u64, payload: &Payloa
                 return Err(Error::corrupt(
                     handle.store().provider(),
                     format!(
-                        "bench read {read} bytes of {}/{key} but wrote {}",
+                        "bench read {} of {}/{key} but wrote {}",
+                        counted(read as u64, "byte"),
                         handle.namespace(),
                         payload.size
                     ),

@@ -10,7 +10,7 @@ use stowage_core::Error;
 
 use crate::context::Context;
 use crate::exit::{self, Failure};
-use crate::output::human_size;
+use crate::output::{counted, human_size};
 use crate::progress::CopyProgress;
 
 /// Arguments of `stowage copy`.
@@ -107,8 +107,8 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
     Err(Failure::from(Error::Backend {
         provider: target.provider().to_string(),
         message: format!(
-            "the copy's final check found {n} record{} that differ between source and target (listed above; the first is {}/{}); re-run the copy to retry them, or compare with `stowage versions`",
-            plural(n as u64),
+            "the copy's final check found {} differing between source and target (listed above; the first is {}/{}); re-run the copy to retry, or compare with `stowage versions`",
+            counted(n as u64, "record"),
             first.namespace,
             first.key
         ),
@@ -123,8 +123,8 @@ fn stopped_by_conflict(namespace: &str, key: &str, expected: &str, copied: u64) 
     let before = match copied {
         0 => "nothing was copied before it stopped".to_string(),
         n => format!(
-            "{n} version{} copied before it stopped stay in the target (a re-run skips them)",
-            plural(n)
+            "before it stopped it copied {}, which the target keeps (a re-run skips what it holds)",
+            counted(n, "version")
         ),
     };
     format!(
@@ -137,16 +137,13 @@ fn stopped_by_conflict(namespace: &str, key: &str, expected: &str, copied: u64) 
 fn summary(report: &CopyReport, from: &str, to: &str) -> String {
     let rerendered = match report.rerendered {
         0 => String::new(),
-        n => format!(" ({n} JSON record{} re-rendered by the target)", plural(n)),
+        n => format!(" ({} re-rendered by the target)", counted(n, "JSON record")),
     };
     format!(
-        "copy {from} -> {to}: {} key{} in {} namespace{}; {} version{} copied ({}), {} skipped (already in the target); final check: {}{rerendered}",
-        report.keys,
-        plural(report.keys),
-        report.namespaces,
-        plural(report.namespaces),
-        report.versions_copied,
-        plural(report.versions_copied),
+        "copy {from} -> {to}: {} in {}; {} copied ({}), {} skipped (already in the target); final check: {}{rerendered}",
+        counted(report.keys, "key"),
+        counted(report.namespaces, "namespace"),
+        counted(report.versions_copied, "version"),
         human_size(report.bytes_copied),
         report.versions_skipped,
         if report.mismatches.is_empty() {
@@ -155,14 +152,6 @@ fn summary(report: &CopyReport, from: &str, to: &str) -> String {
             format!("{} differ", report.mismatches.len())
         }
     )
-}
-
-fn plural(n: u64) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 #[cfg(test)]
@@ -201,10 +190,7 @@ mod tests {
         let line = stopped_by_conflict("default", "k", "version 2 of the target to be the source's (the source's is live with blake3:aa, the target's is deleted)", 3);
         assert_eq!(line.matches("blake3:aa").count(), 1, "{line}");
         assert!(line.contains("default/k"), "{line}");
-        assert!(
-            line.contains("3 versions copied before it stopped"),
-            "{line}"
-        );
+        assert!(line.contains("it copied 3 versions"), "{line}");
         assert!(!line.contains("nothing was written"), "{line}");
         let line = stopped_by_conflict("default", "k", "x", 0);
         assert!(line.contains("nothing was copied"), "{line}");

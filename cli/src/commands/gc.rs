@@ -3,7 +3,7 @@
 use stowage_core::{Error, Result};
 
 use crate::context::Context;
-use crate::output::human_size;
+use crate::output::{counted, human_size};
 
 /// Arguments of `stowage gc` (none besides the global ones).
 #[derive(clap::Args, Debug)]
@@ -22,9 +22,8 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
         );
     }
     ctx.out.note(&format!(
-        "gc: removed {} unreferenced payload{} ({}), kept {}",
-        report.blobs_removed,
-        if report.blobs_removed == 1 { "" } else { "s" },
+        "gc: removed {} ({}), kept {}",
+        counted(report.blobs_removed, "unreferenced payload"),
         human_size(report.bytes_freed),
         report.blobs_kept
     ))

@@ -3,6 +3,7 @@
 use stowage_core::{Error, Key, Result};
 
 use crate::context::Context;
+use crate::output::counted;
 
 /// Arguments of `stowage purge`.
 #[derive(clap::Args, Debug)]
@@ -28,9 +29,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         }));
     }
     ctx.out.note(&format!(
-        "purged {}/{}: {removed} version{} removed (run `stowage gc` to reclaim payload space)",
+        "purged {}/{}: {} removed (run `stowage gc` to reclaim payload space)",
         handle.namespace(),
         key,
-        if removed == 1 { "" } else { "s" }
+        counted(removed as u64, "version")
     ))
 }

@@ -130,7 +130,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             (None, _) => return Ok(()),
             (Some(_), Some(limit)) => {
                 ctx.out.hint(&format!(
-                    "more than {limit} records match; raise --limit or narrow the search"
+                    "more records match than the {} shown; raise --limit or narrow the search",
+                    crate::output::counted(limit.get() as u64, "record")
                 ));
                 return Ok(());
             }

@@ -57,15 +57,15 @@ async fn exchange(ctx: &Context, source: &StowageConfig, target: &StowageConfig)
         );
     }
     ctx.out.note(&format!(
-        "sync {} <-> {}: {} documents, {} changed; {} changes sent, {} received; {} in {} messages",
+        "sync {} <-> {}: {}, {} changed; {} sent, {} received; {} in {}",
         a.root().display(),
         b.root().display(),
-        report.documents,
+        crate::output::counted(report.documents as u64, "document"),
         report.documents_changed,
-        report.changes_a_to_b,
+        crate::output::counted(report.changes_a_to_b as u64, "change"),
         report.changes_b_to_a,
         crate::output::human_size(report.bytes_sent()),
-        report.messages
+        crate::output::counted(report.messages as u64, "message")
     ))
 }
 

@@ -3,7 +3,7 @@
 use stowage_core::{Error, Result};
 
 use crate::context::Context;
-use crate::output::human_size;
+use crate::output::{counted, human_size};
 
 /// Arguments of `stowage verify` (none besides the global ones).
 #[derive(clap::Args, Debug)]
@@ -33,13 +33,13 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
         }
         ctx.out.note(&format!(
             "verified {}, {}, {}: {}",
-            count(report.records_checked, "record version"),
-            count(report.blobs_checked, "payload"),
+            counted(report.records_checked, "record version"),
+            counted(report.blobs_checked, "payload"),
             human_size(report.bytes_checked),
             if report.is_clean() {
                 "no problems".to_string()
             } else {
-                count(report.problems.len() as u64, "problem")
+                counted(report.problems.len() as u64, "problem")
             }
         ))?;
     }
@@ -50,18 +50,9 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
             store.provider(),
             format!(
                 "verify found {}; the first: {}",
-                count(report.problems.len() as u64, "problem"),
+                counted(report.problems.len() as u64, "problem"),
                 report.problems[0].detail
             ),
         ))
-    }
-}
-
-/// `1 payload`, `2 payloads`.
-fn count(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
     }
 }
