@@ -1157,3 +1157,57 @@ async fn keys_whose_object_names_exceed_1024_bytes_are_refused_before_io() {
         .unwrap();
     assert_eq!(objects(&cfg, "blobs/").await.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_blob_reads_as_corrupt() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("trunc"));
+    let s = store(cfg.clone()).await;
+    let h = s.namespace("t").unwrap();
+    let payload = pattern(3, 100_000);
+    h.put("k", payload.clone(), Metadata::new()).await.unwrap();
+    let blob = format!("blobs/{}", ContentHash::of(&payload).to_hex());
+    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    op.write(&blob, payload[..40_000].to_vec()).await.unwrap();
+
+    let fresh = store(cfg.clone()).await;
+    let f = fresh.namespace("t").unwrap();
+    let whole = async {
+        let (_, body) = f.get_with("k", GetOptions::default()).await?;
+        body.into_bytes().await
+    };
+    let ranged = async {
+        let options = GetOptions {
+            range: Some(stowage_core::ByteRange {
+                start: 30_000,
+                end: Some(50_000),
+            }),
+            ..GetOptions::default()
+        };
+        let (_, body) = f.get_with("k", options).await?;
+        body.into_bytes().await
+    };
+    // A range that starts past the blob's end (the server refuses it).
+    let beyond = async {
+        let options = GetOptions {
+            range: Some(stowage_core::ByteRange {
+                start: 60_000,
+                end: Some(70_000),
+            }),
+            ..GetOptions::default()
+        };
+        let (_, body) = f.get_with("k", options).await?;
+        body.into_bytes().await
+    };
+    for (what, result) in [
+        ("whole", whole.await),
+        ("range", ranged.await),
+        ("beyond", beyond.await),
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{what}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(&blob), "{what}: {text}");
+        assert!(text.contains("100000"), "{what}: {text}");
+    }
+}

@@ -16,6 +16,29 @@ use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{blob_path, staging_path};
 use super::PROVIDER;
 
+/// Whether a read failed because the blob holds fewer bytes than asked for. Ranges are
+/// resolved against the size the version records, so on a content-addressed blob this means
+/// the object was truncated: OpenDAL checks the length it receives against the one it asked for
+/// ("reader got too little data"), and the server refuses a range that starts past the end
+/// (416 `InvalidRange`).
+fn is_short_read(e: &opendal::Error) -> bool {
+    if e.kind() == opendal::ErrorKind::RangeNotSatisfied {
+        return true;
+    }
+    let text = e.to_string();
+    text.contains("too little data")
+        || text.contains("InvalidRange")
+        || text.contains("status: 416")
+}
+
+/// The `Corrupt` error of a blob shorter than its versions say.
+fn truncated(path: &str, size: u64) -> Error {
+    Error::corrupt(
+        PROVIDER,
+        format!("payload {path} is truncated: its versions say {size} bytes but it holds fewer; run verify"),
+    )
+}
+
 /// How many parts of one upload are in flight at once (memory: about this + 1 parts).
 const UPLOAD_CONCURRENCY: usize = 2;
 
@@ -171,22 +194,36 @@ impl BlobStore {
             .op
             .reader(&path)
             .await
-            .map_err(|e| self.read_error(&path, e))?;
+            .map_err(|e| self.read_error(&path, size, e))?;
         let stream = reader
             .into_bytes_stream(offset..offset + len)
             .await
-            .map_err(|e| self.read_error(&path, e))?;
+            .map_err(|e| self.read_error(&path, size, e))?;
         let target = self.target.clone();
         let stream_path = path.clone();
         let stream = stream.map(move |r| {
-            r.map_err(|e| Error::Backend {
-                provider: PROVIDER.to_string(),
-                message: format!(
-                    "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
-                    target.endpoint(),
-                    target.bucket()
-                ),
-                source: Some(Box::new(e)),
+            r.map_err(|e| {
+                // OpenDAL's stream errors are its own errors inside an `io::Error`.
+                let e = match e
+                    .into_inner()
+                    .map(|inner| inner.downcast::<opendal::Error>())
+                {
+                    Some(Ok(dal)) if is_short_read(&dal) => return truncated(&stream_path, size),
+                    Some(Ok(dal)) => {
+                        return target.error(format_args!("reading payload {stream_path}"), *dal)
+                    }
+                    Some(Err(other)) => std::io::Error::other(other),
+                    None => std::io::Error::other("the payload stream failed"),
+                };
+                Error::Backend {
+                    provider: PROVIDER.to_string(),
+                    message: format!(
+                        "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
+                        target.endpoint(),
+                        target.bucket()
+                    ),
+                    source: Some(Box::new(e)),
+                }
             })
         });
         if range.is_some() {
@@ -217,9 +254,11 @@ impl BlobStore {
         Ok(Body::from_stream(checked, Some(size)))
     }
 
-    fn read_error(&self, path: &str, e: opendal::Error) -> Error {
+    fn read_error(&self, path: &str, size: u64, e: opendal::Error) -> Error {
         if is_not_found(&e) {
             Error::corrupt(PROVIDER, format!("payload {path} is missing from bucket `{}` although a version references it; run verify", self.target.bucket()))
+        } else if is_short_read(&e) {
+            truncated(path, size)
         } else {
             self.target.error(format_args!("reading payload {path}"), e)
         }
