@@ -854,3 +854,36 @@ fn counts_are_singular_for_one() {
         search_more.stderr
     );
 }
+
+#[test]
+fn tags_content_types_and_attribute_names_refuse_control_characters() {
+    let sb = Sandbox::new();
+    let input = sb.write("in.txt", b"x");
+    let input = input.to_str().unwrap();
+    for (args, field) in [
+        (vec!["--tag", "ok\nkey: forged"], "tag"),
+        (vec!["--content-type", "text/plain\r"], "content type"),
+        (vec!["--attr", "a\tb=1"], "attribute name"),
+        (vec!["--tag", "bell\u{7}"], "tag"),
+    ] {
+        let mut full = vec!["put", "k", input];
+        full.extend_from_slice(&args);
+        let run = sb.fails(&full, 2);
+        assert!(
+            run.stderr.contains(field) && run.stderr.contains("control character"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!sb.has_default_data_dir(), "{args:?} created stowage-data");
+    }
+    // Other characters beyond ASCII are fine.
+    sb.ok(&[
+        "put",
+        "k",
+        input,
+        "--tag",
+        "entwurf-ü",
+        "--content-type",
+        "text/plain; charset=utf-8",
+    ]);
+}

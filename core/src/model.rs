@@ -212,6 +212,37 @@ impl Metadata {
         self.attributes.insert(name.into(), value.into());
         self
     }
+
+    /// Checks the content type, every tag and every attribute name for control characters
+    /// (a newline in a tag would read as another line of `stowage head`, as keys refuse them
+    /// for the same reason); `InvalidInput` names the field and the character.
+    ///
+    /// ```
+    /// use stowage_core::Metadata;
+    /// assert!(Metadata::new().with_tag("draft").validate().is_ok());
+    /// assert!(Metadata::new().with_tag("a\nb").validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let check = |field: &str, text: &str| {
+            match text.chars().find(|c| c.is_control()) {
+            None => Ok(()),
+            Some(c) => Err(Error::invalid_input(format!(
+                "{field} {text:?} contains the control character U+{:04X}; {field}s may not hold control characters",
+                c as u32
+            ))),
+        }
+        };
+        if let Some(ct) = &self.content_type {
+            check("content type", ct)?;
+        }
+        for tag in &self.tags {
+            check("tag", tag)?;
+        }
+        for name in self.attributes.keys() {
+            check("attribute name", name)?;
+        }
+        Ok(())
+    }
 }
 
 /// A field whose concurrent values a merging provider kept (see `automerge`).

@@ -63,6 +63,8 @@ impl Args {
 /// Streams the payload into a new version and prints it.
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let key = Key::new(args.key.clone())?;
+    let metadata = args.metadata();
+    metadata.validate()?;
     // Open the input before the store so a missing file creates no data directory.
     let body = match args.file.as_deref() {
         Some(path) if path.as_os_str() != "-" => open_file(path).await?,
@@ -77,7 +79,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         }
     };
     let mode = args.mode();
-    let metadata = args.metadata();
     let handle = ctx.handle().await?;
     let info = handle.put_with(key.as_str(), body, metadata, mode).await?;
     ctx.out.written("put", &info)
