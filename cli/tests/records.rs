@@ -887,3 +887,28 @@ fn tags_content_types_and_attribute_names_refuse_control_characters() {
         "text/plain; charset=utf-8",
     ]);
 }
+
+#[test]
+fn a_range_must_start_inside_the_payload() {
+    let sb = Sandbox::new();
+    for (key, payload) in [("two", &b"ab"[..]), ("one", b"a"), ("empty", b"")] {
+        let run = sb.run_with_stdin(&["put", key, "-"], payload);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    assert_eq!(sb.ok(&["get", "two", "--range", "1-"]).stdout, b"b");
+    assert_eq!(sb.ok(&["get", "two", "--range", "1-99"]).stdout, b"b");
+    let run = sb.fails(&["get", "two", "--range", "2-"], 2);
+    assert!(run.stderr.contains("has 2 bytes"), "{}", run.stderr);
+    let run = sb.fails(&["get", "one", "--range", "1-", "-o", "out.bin"], 2);
+    assert!(
+        run.stderr.contains("has 1 byte (the last is byte 0)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sb.join("out.bin").exists());
+    sb.fails(&["get", "one", "--range", "5-9"], 2);
+    // `0-` of an empty payload reads it whole (nothing); any later start is past it.
+    assert_eq!(sb.ok(&["get", "empty", "--range", "0-"]).stdout, b"");
+    let run = sb.fails(&["get", "empty", "--range", "1-"], 2);
+    assert!(run.stderr.contains("byte 1"), "{}", run.stderr);
+}
