@@ -686,3 +686,141 @@ async fn a_plugin_breaking_the_get_first_contract_gets_a_clear_error() {
         assert_eq!(body.into_bytes().await.unwrap().len(), 1000);
     }
 }
+
+/// Set in the child process of [`panics_inside_a_plugin_print_nothing_on_stderr`].
+const PANIC_CHILD: &str = "STOWAGE_TEST_PLUGIN_PANIC_CHILD";
+
+/// The child's half of [`panics_inside_a_plugin_print_nothing_on_stderr`] (does nothing unless
+/// that test runs it): makes the `panicky` plugin panic in create, in a call, in a streamed put
+/// (a task on the plugin's runtime) and mid-stream, and prints each error on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_child_process() {
+    if std::env::var_os(PANIC_CHILD).is_none() {
+        return;
+    }
+    let registry = Registry::new();
+    PluginLibrary::load(plugin("libpanicky"))
+        .unwrap()
+        .register(&registry)
+        .unwrap();
+    let mut errors = Vec::new();
+    errors.push(
+        registry
+            .create("panicky", json!({ "panic_in_create": true }))
+            .await
+            .err()
+            .unwrap(),
+    );
+    let backend = registry.create("panicky", json!({})).await.unwrap();
+    errors.push(
+        backend
+            .put(
+                &ns(),
+                &key("panic/put"),
+                Body::from("x"),
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap_err(),
+    );
+    let backend = registry.create("panicky", json!({})).await.unwrap();
+    let chunks: Vec<stowage_core::Result<Bytes>> = vec![
+        Ok(Bytes::from("a")),
+        Ok(Bytes::from("b")),
+        Ok(Bytes::from("c")),
+    ];
+    errors.push(
+        backend
+            .put(
+                &ns(),
+                &key("panic/put"),
+                Body::from_stream(futures::stream::iter(chunks), None),
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap_err(),
+    );
+    let backend = registry.create("panicky", json!({})).await.unwrap();
+    backend
+        .put(
+            &ns(),
+            &key("panic/stream/a"),
+            Body::from("0123456789"),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let (_, body) = backend
+        .get(&ns(), &key("panic/stream/a"), GetOptions::default())
+        .await
+        .unwrap();
+    errors.push(body.into_bytes().await.unwrap_err());
+    for err in errors {
+        assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+        println!("PANICKED-ERROR {err}");
+    }
+    // A panic on a thread of the plugin's own, outside any call from the host, still goes to
+    // the default hook (the plugin's own std prints it).
+    let err = registry
+        .create("panicky", json!({ "panic_in_own_thread": true }))
+        .await
+        .err()
+        .unwrap();
+    println!("OWN-THREAD-ERROR {err}");
+}
+
+/// The CLI contract is one line on stderr per failure: a panic inside a plugin must not add the
+/// plugin's own "thread … panicked at …" report (or a backtrace) to it. The plugin has its own
+/// copy of std, so only its own hook can keep it quiet.
+#[test]
+fn panics_inside_a_plugin_print_nothing_on_stderr() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "panic_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PANIC_CHILD, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("PANICKED-ERROR ").map(|(_, e)| e))
+        .collect();
+    assert_eq!(errors.len(), 4, "{stdout}");
+    for (error, text) in errors.iter().zip([
+        "told to panic in create",
+        "told to panic in put",
+        "told to panic in put",
+        "told to panic mid-stream",
+    ]) {
+        assert!(error.contains(text), "{error}");
+        // Where it panicked, for whoever fixes the plugin.
+        assert!(error.contains("plugin-panicky/src/lib.rs:"), "{error}");
+    }
+    // The own thread's panic was printed by the default hook: the only report on stderr.
+    assert!(stdout.contains("OWN-THREAD-ERROR"), "{stdout}");
+    assert_eq!(
+        stderr.matches("panicked at").count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("a thread of the plugin's own"),
+        "stderr:\n{stderr}"
+    );
+    for text in ["told to panic", "mid-stream"] {
+        assert!(
+            !stderr.contains(text),
+            "the plugin printed its panic:\n{stderr}"
+        );
+    }
+}

@@ -7,15 +7,20 @@
 //! or reader's instance), which then refuses further calls; a panic in a factory call poisons
 //! nothing, as it leaves no instance behind. Async trait methods run with `block_on` on a multi-thread tokio
 //! runtime this plugin owns (the host's tokio is a different copy and must not be touched).
+//!
+//! The plugin has its own copy of std, so the host's panic hook does not see its panics: at
+//! its entry point the plugin installs a hook of its own that, for a panic inside one of these
+//! caught regions, keeps the message and location for the `PANICKED` status and prints nothing
+//! (the host reports the error, on one line); any other panic goes to the previous hook.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -151,9 +156,10 @@ impl ExportCell {
         plugin_version: &'static str,
         factories: fn() -> Vec<Arc<dyn StorageProviderFactory>>,
     ) -> *const StowagePluginDescriptor {
-        let exported = self
-            .0
-            .get_or_init(|| catch_unwind(|| export(plugin_name, plugin_version, factories())).ok());
+        install_panic_hook();
+        let exported = self.0.get_or_init(|| {
+            catch_guest_panic(|| export(plugin_name, plugin_version, factories())).ok()
+        });
         match exported {
             Some(e) => &*e.descriptor,
             None => std::ptr::null(),
@@ -284,6 +290,65 @@ struct Reader {
     body: Body,
 }
 
+thread_local! {
+    /// How many guest calls (regions whose panics are caught and reported) this thread is in.
+    static GUEST_CALL_DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The message and location of the panic the hook saw last inside a guest call.
+    static CAUGHT_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once per plugin image, the panic hook that keeps guest-call panics quiet: inside
+/// a guest call it records `<message> (at <file>:<line>:<column>)` for the error the host gets
+/// and prints nothing (the host prints the error on one line); elsewhere (a thread or task of
+/// the plugin's own) it calls the hook that was there before, std's default report.
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_guest_call = GUEST_CALL_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
+            if !in_guest_call {
+                return previous(info);
+            }
+            let message = panic_message(info.payload());
+            let text = match info.location() {
+                Some(at) => format!("{message} (at {}:{}:{})", at.file(), at.line(), at.column()),
+                None => message,
+            };
+            let _ = CAUGHT_PANIC.try_with(|c| *c.borrow_mut() = Some(text));
+        }));
+    });
+}
+
+/// Marks the current thread as inside a guest call while it lives.
+struct GuestCall;
+
+impl GuestCall {
+    fn enter() -> Self {
+        GUEST_CALL_DEPTH.with(|d| d.set(d.get() + 1));
+        GuestCall
+    }
+}
+
+impl Drop for GuestCall {
+    fn drop(&mut self) {
+        GUEST_CALL_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Runs `f` as a guest call: a panic in it is caught without being printed and comes back as
+/// its message and location.
+fn catch_guest_panic<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    install_panic_hook();
+    let _call = GuestCall::enter();
+    CAUGHT_PANIC.with(|c| c.borrow_mut().take());
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        CAUGHT_PANIC
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(&*payload))
+    })
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -316,7 +381,7 @@ fn guarded(
     // The host waits on this thread for the answer: blocking work runs here, not on another
     // thread (see `run_blocking`).
     let _may_block = crate::blocking::MayBlock::enter();
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch_guest_panic(f) {
         Ok(Ok(())) => StowageStatus {
             code: status::OK,
             message: StowageOwned::EMPTY,
@@ -327,13 +392,13 @@ fn guarded(
             }
             error_status(&e)
         }
-        Err(payload) => {
+        Err(message) => {
             if let Some(p) = poisoned {
                 p.store(true, Ordering::Release);
             }
             error_status(&Error::Panicked {
                 provider: provider.to_string(),
-                message: panic_message(&*payload),
+                message,
             })
         }
     }
@@ -567,7 +632,7 @@ unsafe extern "C" fn instance_release(instance: *mut c_void) {
     let instance = unsafe { Box::from_raw(instance as *mut Instance) };
     let _enter = runtime().enter();
     // A backend whose drop panics must not unwind into the host.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(instance)));
+    let _ = catch_guest_panic(move || drop(instance));
 }
 
 /// Runs `f` on a live instance under [`guarded`].
@@ -632,7 +697,11 @@ unsafe extern "C" fn put_open(
 impl Writer {
     /// Starts the backend's put as a task fed by a channel (one chunk in flight, so the
     /// host's writes wait for the backend).
-    fn start_streaming(backend: Arc<dyn StorageBackend>, request: PutRequest) -> WriterState {
+    fn start_streaming(
+        provider: &str,
+        backend: Arc<dyn StorageBackend>,
+        request: PutRequest,
+    ) -> WriterState {
         let (sender, mut receiver) = mpsc::channel::<Result<Bytes>>(1);
         let stream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx));
         let PutRequest {
@@ -642,8 +711,20 @@ impl Writer {
             options,
         } = request;
         let body = Body::from_stream(stream, options.size_hint);
-        let task = runtime()
-            .spawn(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
+        // The put runs on the runtime's threads, but for the host it is part of this call: each
+        // poll is a guest call, so a panic in it is caught quietly and becomes `Panicked`.
+        let mut put =
+            Box::pin(async move { backend.put(&ns, &key, body, metadata, options.mode).await });
+        let provider = provider.to_string();
+        let task = runtime().spawn(std::future::poll_fn(move |cx| {
+            match catch_guest_panic(|| std::future::Future::poll(put.as_mut(), cx)) {
+                Ok(poll) => poll,
+                Err(message) => std::task::Poll::Ready(Err(Error::Panicked {
+                    provider: provider.clone(),
+                    message,
+                })),
+            }
+        }));
         WriterState::Streaming {
             chunks: Some(sender),
             task,
@@ -691,7 +772,7 @@ impl Writer {
                 request,
                 first: Some(first),
             } => {
-                self.state = Self::start_streaming(backend, *request);
+                self.state = Self::start_streaming(&self.provider, backend, *request);
                 self.send(Ok(first))?;
                 self.send(Ok(chunk))
             }
@@ -772,14 +853,14 @@ unsafe extern "C" fn put_abort(writer: *mut c_void) {
     }
     // SAFETY: the host hands the writer back exactly once, here or to `put_finish`.
     let mut w = unsafe { Box::from_raw(writer as *mut Writer) };
-    let _ = catch_unwind(AssertUnwindSafe(move || {
+    let _ = catch_guest_panic(move || {
         if let WriterState::Streaming { .. } = w.state {
             // The backend sees a failing body and must write nothing.
             let _ = w.send(Err(Error::invalid_input("the host aborted this put")));
             let _ = w.finish();
         }
         // A put that never started has nothing to undo.
-    }));
+    });
 }
 
 unsafe extern "C" fn get_open(
@@ -909,7 +990,7 @@ unsafe extern "C" fn get_close(reader: *mut c_void) {
     // SAFETY: the host closes each reader exactly once.
     let r = unsafe { Box::from_raw(reader as *mut Reader) };
     let _enter = runtime().enter();
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(r)));
+    let _ = catch_guest_panic(move || drop(r));
 }
 
 unsafe extern "C" fn instance_head(
