@@ -824,3 +824,81 @@ fn panics_inside_a_plugin_print_nothing_on_stderr() {
         );
     }
 }
+
+/// One redb file, opened by several `kv` backends at once (as by several `stowage` processes,
+/// each opening the store, writing and closing it): an open waits for the file (up to
+/// `lock_timeout_ms`), so racing `IfVersion` puts give one winner and conflicts, not `Locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_backends_on_one_file_take_turns() {
+    let library = PluginLibrary::load(plugin("libstowage_plugin_kv")).unwrap();
+    let kv = factory(&library, "kv");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let config = json!({ "path": path, "sync": false });
+    {
+        let first = kv.create(config.clone()).await.unwrap();
+        first
+            .put(
+                &ns(),
+                &key("k"),
+                Body::from("v1"),
+                Metadata::new(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+    }
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let (kv, config) = (kv.clone(), config.clone());
+            tokio::spawn(async move {
+                let backend = kv.create(config).await?;
+                let body = Body::from(format!("racer {i}"));
+                let (n, k) = (ns(), key("k"));
+                let outcome = backend
+                    .put(&n, &k, body, Metadata::new(), PutMode::IfVersion(1))
+                    .await;
+                // Held a little, as a process would between its open and its exit.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                outcome
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(info) => {
+                assert_eq!(info.version, 2);
+                won += 1;
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one IfVersion(1) put wins");
+
+    // A store held longer than the other's lock_timeout_ms: a clear Locked error naming it.
+    let holder = kv.create(config.clone()).await.unwrap();
+    let mut impatient = config.clone();
+    impatient["lock_timeout_ms"] = json!(150);
+    let started = std::time::Instant::now();
+    let err = kv.create(impatient).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    let text = err.to_string();
+    assert!(
+        text.contains("150 ms") && text.contains("lock_timeout_ms"),
+        "{text}"
+    );
+    // Released in time: the waiting open goes through.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(holder);
+    });
+    let waited = kv.create(config).await.unwrap();
+    release.await.unwrap();
+    let (info, _) = waited
+        .get(&ns(), &key("k"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(info.version, 2);
+}

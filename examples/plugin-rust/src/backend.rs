@@ -67,6 +67,34 @@ impl std::fmt::Debug for KvBackend {
     }
 }
 
+/// Opens the redb file, waiting while another store (this process or another) has it open:
+/// redb takes an exclusive lock on the file for as long as it is open, so stores on one file
+/// take turns. Polls with a growing pause (10 ms up to 100 ms) until `timeout` has passed.
+fn create_waiting(path: &std::path::Path, timeout: std::time::Duration) -> Result<Database> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Err(Error::Locked {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "the redb file is already open in this process or another, and stayed open for lock_timeout_ms = {} ms; close the other store first or raise lock_timeout_ms",
+                            timeout.as_millis()
+                        ),
+                    });
+                }
+                std::thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(other) => return Err(db_error(path)(other.into())),
+        }
+    }
+}
+
 fn db_error(path: &std::path::Path) -> impl Fn(redb::Error) -> Error + '_ {
     move |e| Error::backend(PROVIDER, format!("redb database {}", path.display()), e)
 }
@@ -269,9 +297,14 @@ fn check_mode(
 }
 
 impl KvBackend {
-    /// Opens (creating if needed) the database at `path`; with `sync` false, commits skip
-    /// their fsync (see [`crate::KvConfig::sync`]).
-    pub async fn open(path: impl Into<PathBuf>, sync: bool) -> Result<Self> {
+    /// Opens (creating if needed) the database at `path`, waiting up to `lock_timeout` while
+    /// another store has it open; with `sync` false, commits skip their fsync (see
+    /// [`crate::KvConfig::sync`]).
+    pub async fn open(
+        path: impl Into<PathBuf>,
+        sync: bool,
+        lock_timeout: std::time::Duration,
+    ) -> Result<Self> {
         let path = path.into();
         let p = path.clone();
         let db = stowage_core::run_blocking(PROVIDER, move || -> Result<Database> {
@@ -279,13 +312,7 @@ impl KvBackend {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating folder {}", parent.display()), e))?;
             }
-            let db = Database::create(&p).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-                    path: p.clone(),
-                    message: "the redb file is already open in this process or another; close the other store first".into(),
-                },
-                other => db_error(&p)(other.into()),
-            })?;
+            let db = create_waiting(&p, lock_timeout)?;
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(RECORDS).map_err(err)?;
             txn.open_table(LATEST).map_err(err)?;
