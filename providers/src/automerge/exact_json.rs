@@ -95,8 +95,13 @@ pub(crate) fn check(json: &[u8]) -> Result<(), Inexact> {
 struct Scanner<'a> {
     bytes: &'a [u8],
     pos: usize,
-    /// Pointer segments (already escaped) of the value being scanned.
-    path: Vec<String>,
+    /// Where the value being scanned is (escaped only when an error needs the pointer).
+    path: Vec<Segment<'a>>,
+}
+
+enum Segment<'a> {
+    Key(Cow<'a, str>),
+    Index(usize),
 }
 
 impl<'a> Scanner<'a> {
@@ -111,7 +116,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn pointer(&self) -> String {
-        self.path.iter().map(|s| format!("/{s}")).collect()
+        self.path
+            .iter()
+            .map(|s| match s {
+                Segment::Key(k) => format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+                Segment::Index(i) => format!("/{i}"),
+            })
+            .collect()
     }
 
     fn fail(&self, problem: Problem) -> Result<(), Inexact> {
@@ -161,14 +172,13 @@ impl<'a> Scanner<'a> {
             }
             let raw = self.string();
             let key = decode_string(raw);
-            let segment = key.replace('~', "~0").replace('/', "~1");
             if seen.contains(&key) {
                 return self.fail(Problem::DuplicateKey(key.into_owned()));
             }
-            seen.insert(key);
+            seen.insert(key.clone());
             self.skip_ws();
             self.pos += 1; // ':'
-            self.path.push(segment);
+            self.path.push(Segment::Key(key));
             self.value()?;
             self.path.pop();
         }
@@ -190,7 +200,7 @@ impl<'a> Scanner<'a> {
                 }
                 _ => {}
             }
-            self.path.push(index.to_string());
+            self.path.push(Segment::Index(index));
             self.value()?;
             self.path.pop();
             index += 1;
