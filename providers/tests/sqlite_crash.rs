@@ -3,6 +3,10 @@
 //! Three writers at once, so kills land inside group-commit batches (many puts in one
 //! transaction sent in one round trip) as well as in lone puts. Payloads over 64 KiB stream in
 //! chunks (the chunk size here is 64 KiB), so kills land in chunk streams too, and in `gc`.
+//! Each chunk of a stream is committed on its own before the put claims the payload, so a kill
+//! mid-stream leaves staged chunks behind: the check after every kill runs `verify` over them
+//! (they are no damage; `gc` reclaims them after an hour) besides reading every acknowledged
+//! write back.
 //! Even generations write with `synchronous = full`, odd ones with `normal`: a killed process
 //! must not lose an acknowledged write in either, since the WAL outlives it in the page cache.
 //!
