@@ -179,7 +179,7 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
         if store.capabilities().gc {
             ctx.out.hint(&format!(
                 "bench: purged its {} from namespace {}; run `stowage gc` to reclaim their payload bytes",
-                counted(args.ops.get() as u64, "record"),
+                counted(args.ops.get(), "record"),
                 handle.namespace()
             ));
         }
@@ -315,7 +315,7 @@ async fn one_op(handle: &NamespaceHandle, phase: Phase, i: u64, payload: &Payloa
                     handle.store().provider(),
                     format!(
                         "bench read {} of {}/{key} but wrote {}",
-                        counted(read as u64, "byte"),
+                        counted(read, "byte"),
                         handle.namespace(),
                         payload.size
                     ),
