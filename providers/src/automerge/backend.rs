@@ -355,13 +355,7 @@ impl StorageBackend for AutomergeBackend {
     ) -> Result<RecordInfo> {
         let bytes = body.into_bytes().await?;
         let payload = Payload::parse(bytes.to_vec(), metadata.content_type.as_deref()).map_err(
-            |inexact| {
-                Error::invalid_input(format!(
-                    "record {ns}/{key} was not written: {inexact}; store such a value as a JSON \
-                     string, or put the payload with a non-JSON content type (e.g. \
-                     application/octet-stream) to keep its bytes exactly as they are"
-                ))
-            },
+            |inexact| Error::invalid_input(format!("record {ns}/{key} was not written: {inexact}")),
         )?;
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |inner| {

@@ -47,13 +47,13 @@ impl fmt::Display for Inexact {
             Problem::IntegerOutOfRange(literal) => write!(
                 f,
                 "{at} ({}) is an integer outside the 64-bit range and would read back as an \
-                 approximate float",
+                 approximate float; store it as a JSON string{KEEP_BYTES}",
                 shorten(literal)
             ),
             Problem::FloatNotExact(literal, rendered) => write!(
                 f,
                 "{at} ({}) has more precision than a 64-bit float holds and would read back \
-                 as {rendered}",
+                 as {rendered}; store it as a JSON string{KEEP_BYTES}",
                 shorten(literal)
             ),
             Problem::DuplicateKey(key) => {
@@ -64,13 +64,18 @@ impl fmt::Display for Inexact {
                 };
                 write!(
                     f,
-                    "{object} repeats the key {:?}; only one of its values would be kept",
+                    "{object} repeats the key {:?} and only one of its values would be kept; \
+                     give each value its own key{KEEP_BYTES}",
                     shorten(key)
                 )
             }
         }
     }
 }
+
+/// The way out every refusal offers.
+const KEEP_BYTES: &str = ", or put the payload with a non-JSON content type (e.g. \
+                          application/octet-stream) to keep its bytes exactly as they are";
 
 /// Cuts a runaway literal, key or path for an error message.
 fn shorten(s: &str) -> Cow<'_, str> {
