@@ -76,11 +76,16 @@ impl AtomicFile {
                 .open(&tmp_path)
             {
                 Ok(file) => {
+                    // Marks the file as being written for as long as it is open (the OS drops
+                    // the lock when this process dies): [`remove_abandoned_tmp_files`] leaves
+                    // a locked file alone however old it is. A file system without `flock`
+                    // falls back to the age rule there.
+                    let _ = file.try_lock();
                     return Ok(AtomicFile {
                         file: Some(file),
                         tmp_path,
                         durability,
-                    })
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -196,13 +201,29 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Removes temporary files in `dir` older than `min_age` (left by a crashed writer); returns
-/// how many were removed. Younger ones may belong to a live writer in another process.
-pub(crate) fn remove_stale_tmp_files(dir: &Path, min_age: std::time::Duration) -> io::Result<u64> {
-    let mut removed = 0;
+/// What [`remove_abandoned_tmp_files`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TmpCleanup {
+    /// Temporary files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Removes the temporary files in `dir` that no writer holds any more (left by a writer that
+/// was killed or crashed): a file whose lock (taken by [`AtomicFile::create_in`]) is free and
+/// that has not been written to for `quiet` (so a writer between creating and locking its file
+/// is never caught). Where the file system cannot lock, only files untouched for `fallback`
+/// go. A live writer's file stays however long its writer pauses.
+pub(crate) fn remove_abandoned_tmp_files(
+    dir: &Path,
+    quiet: std::time::Duration,
+    fallback: std::time::Duration,
+) -> io::Result<TmpCleanup> {
+    let mut removed = TmpCleanup::default();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
         Err(e) => return Err(e),
     };
     let now = SystemTime::now();
@@ -211,13 +232,32 @@ pub(crate) fn remove_stale_tmp_files(dir: &Path, min_age: std::time::Duration) -
         if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
             continue;
         }
-        let old_enough = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|t| now.duration_since(t).unwrap_or_default() >= min_age)
-            .unwrap_or(false);
-        if old_enough && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue; // gone meanwhile
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let idle = meta
+            .modified()
+            .map(|t| now.duration_since(t).unwrap_or_default())
+            .unwrap_or_default();
+        if idle < quiet {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let abandoned = match file.try_lock() {
+            Ok(()) => true,
+            Err(fs::TryLockError::WouldBlock) => false,
+            Err(fs::TryLockError::Error(_)) => idle >= fallback,
+        };
+        // Removed while this process holds the lock, so no writer can take the file up again.
+        if abandoned && fs::remove_file(&path).is_ok() {
+            removed.files += 1;
+            removed.bytes += meta.len();
         }
     }
     Ok(removed)
@@ -265,19 +305,72 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
+    /// Sets a file's modification time `secs` seconds into the past.
+    fn backdate(path: &Path, secs: u64) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(TMP_PREFIX)
+            })
+            .collect()
+    }
+
     #[test]
-    fn stale_tmp_files_are_cleaned() {
+    fn only_abandoned_tmp_files_are_removed() {
+        use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
-        let f = AtomicFile::create_in(dir.path(), Durability::NoSync).unwrap();
-        std::mem::forget(f);
+        let (quiet, fallback) = (Duration::from_secs(60), Duration::from_secs(3600));
+        // A live writer, idle for two hours: its lock keeps the file.
+        let mut live = AtomicFile::create_in(dir.path(), Durability::NoSync).unwrap();
+        live.write_all(b"still being written").unwrap();
+        backdate(live.tmp_path(), 7200);
+        // Left by a writer that died: nobody holds it, idle for two minutes.
+        let dead = dir.path().join(format!("{TMP_PREFIX}999999-0-0"));
+        fs::write(&dead, b"abandoned!").unwrap();
+        backdate(&dead, 120);
+        // Abandoned too, but written to a moment ago: could be a writer that has not locked
+        // its file yet.
+        let fresh = dir.path().join(format!("{TMP_PREFIX}999999-1-0"));
+        fs::write(&fresh, b"x").unwrap();
+        // Not a temporary file at all.
+        fs::write(dir.path().join("keep"), b"data").unwrap();
+        backdate(&dir.path().join("keep"), 7200);
+
+        let removed = remove_abandoned_tmp_files(dir.path(), quiet, fallback).unwrap();
         assert_eq!(
-            remove_stale_tmp_files(dir.path(), std::time::Duration::from_secs(3600)).unwrap(),
-            0
+            removed,
+            TmpCleanup {
+                files: 1,
+                bytes: 10
+            }
         );
+        assert!(!dead.exists());
+        assert!(fresh.exists() && dir.path().join("keep").exists());
+        assert!(live.tmp_path().exists());
+        live.commit(&dir.path().join("done")).unwrap();
         assert_eq!(
-            remove_stale_tmp_files(dir.path(), std::time::Duration::ZERO).unwrap(),
+            fs::read(dir.path().join("done")).unwrap(),
+            b"still being written"
+        );
+
+        // Nobody holds the fresh one either: it goes once it has been quiet long enough.
+        backdate(&fresh, 120);
+        assert_eq!(
+            remove_abandoned_tmp_files(dir.path(), quiet, fallback)
+                .unwrap()
+                .files,
             1
         );
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(tmp_files(dir.path()).is_empty());
     }
 }

@@ -1147,3 +1147,86 @@ async fn inline_max_is_checked_and_named() {
     assert_eq!(schema["properties"]["inline_max"]["default"], 16384);
     assert_eq!(schema["properties"]["inline_max"]["maximum"], 1 << 20);
 }
+
+/// Sets a file's modification time `secs` seconds into the past.
+fn backdate(path: &Path, secs: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+fn tmp_files(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// What a writer killed mid-put leaves: a temporary file nobody holds, quiet for ten minutes.
+fn abandoned_tmp_file(root: &Path, n: u32, len: usize) -> PathBuf {
+    let path = root.join("tmp").join(format!(".tmp-999999-{n}-0"));
+    std::fs::write(&path, patterned(2, len)).unwrap();
+    backdate(&path, 600);
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_of_killed_writers_are_removed_but_not_a_paused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await);
+    let ns = Namespace::default();
+
+    // A put whose producer pauses after its first chunk, for as long as the test likes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<stowage_core::Result<bytes::Bytes>>(1);
+    let body = Body::from_stream(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }),
+        None,
+    );
+    let paused = {
+        let (store, ns) = (store.clone(), ns.clone());
+        tokio::spawn(async move {
+            store
+                .put(&ns, &key("slow"), body, Metadata::new(), PutMode::Overwrite)
+                .await
+        })
+    };
+    tx.send(Ok(bytes::Bytes::from(patterned(1, 70_000))))
+        .await
+        .unwrap();
+    let live = loop {
+        if let Some(f) = tmp_files(dir.path()).pop() {
+            break f;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    // Its producer has been quiet for two hours, as far as the file's time says.
+    backdate(&live, 7200);
+    let dead = abandoned_tmp_file(dir.path(), 7, 5000);
+
+    // Another process opening the root cleans up (gc would wait for the put in flight).
+    let other = open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await;
+    assert!(
+        !dead.exists(),
+        "the killed writer's file is removed at open"
+    );
+    assert!(live.exists(), "the paused writer's file is kept");
+
+    tx.send(Ok(bytes::Bytes::from(patterned(3, 30_000))))
+        .await
+        .unwrap();
+    drop(tx);
+    paused.await.unwrap().unwrap();
+    let mut want = patterned(1, 70_000);
+    want.extend(patterned(3, 30_000));
+    assert_eq!(read_in(&other, &ns, "slow").await.unwrap(), want);
+    assert!(tmp_files(dir.path()).is_empty());
+
+    // gc removes them too, and counts their bytes as freed.
+    let dead = abandoned_tmp_file(dir.path(), 8, 4000);
+    let report = store.gc(&NoProgress).await.unwrap();
+    assert!(!dead.exists());
+    assert_eq!(report.bytes_freed, 4000);
+    assert_eq!(read_in(&store, &ns, "slow").await.unwrap(), want);
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+}

@@ -45,7 +45,11 @@ use crate::atomic_file::{self, AtomicFile, Durability};
 const MAX_BATCH: usize = 1024;
 /// The log is compacted when its garbage exceeds its live data and this many bytes.
 const COMPACT_MIN_GARBAGE: u64 = 256 * 1024;
-/// Temporary files older than this are leftovers of a crashed writer.
+/// A temporary payload file nobody holds and nobody wrote to for this long is a leftover of a
+/// writer that was killed; open and `gc` remove it (see [`atomic_file::remove_abandoned_tmp_files`]).
+const ABANDONED_TMP_QUIET: Duration = Duration::from_secs(60);
+/// Where the file system cannot lock files, a temporary file untouched this long is taken for
+/// a leftover instead.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// Prefix of the files a corrupt log tail is saved to before it is cut off.
 pub(crate) const DAMAGED_PREFIX: &str = "index.log.damaged-";
@@ -420,7 +424,11 @@ impl Core {
             );
         }
         drop(guard);
-        if let Err(e) = atomic_file::remove_stale_tmp_files(core.blobs.tmp_dir(), STALE_TMP_AGE) {
+        if let Err(e) = atomic_file::remove_abandoned_tmp_files(
+            core.blobs.tmp_dir(),
+            ABANDONED_TMP_QUIET,
+            STALE_TMP_AGE,
+        ) {
             tracing::warn!(dir = %core.blobs.tmp_dir().display(), error = %e, "could not clean stale temporary files");
         }
         Ok(core)
@@ -1300,6 +1308,29 @@ impl StorageBackend for FsBackend {
             progress.inc(chunk.len() as u64);
         }
         drop(exclusive);
+        // Payloads whose writer was killed mid-write; their bytes count as freed.
+        let tmp_dir = core.blobs.tmp_dir().to_path_buf();
+        let cleaned = run_blocking(PROVIDER, move || {
+            atomic_file::remove_abandoned_tmp_files(&tmp_dir, ABANDONED_TMP_QUIET, STALE_TMP_AGE)
+                .map_err(|e| {
+                    Error::io(
+                        format!(
+                            "removing abandoned temporary files in {}",
+                            tmp_dir.display()
+                        ),
+                        e,
+                    )
+                })
+        })
+        .await?;
+        if cleaned.files > 0 {
+            tracing::info!(
+                files = cleaned.files,
+                bytes = cleaned.bytes,
+                "removed payloads left half-written by writers that were killed"
+            );
+        }
+        report.bytes_freed += cleaned.bytes;
         // Inline payloads of purged keys (and the purge records) go with a compaction; only
         // payloads count as freed, as for files.
         if core.log_garbage() > 0 {
