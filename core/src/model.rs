@@ -334,8 +334,18 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    /// Clamps the range to a payload of `size` bytes, returning `(offset, length)`; an empty
-    /// or inverted range is `InvalidInput`.
+    /// Clamps the range to a payload of `size` bytes, returning `(offset, length)`. An inverted
+    /// range, or one that starts past the payload's last byte (`start >= size`, as HTTP has
+    /// it), is `InvalidInput` — except a range from 0 of an empty payload, which is empty.
+    ///
+    /// ```
+    /// use stowage_core::ByteRange;
+    /// let r = |start, end| ByteRange { start, end };
+    /// assert_eq!(r(2, Some(100)).resolve(10).unwrap(), (2, 8));
+    /// assert_eq!(r(0, None).resolve(0).unwrap(), (0, 0));
+    /// assert!(r(10, None).resolve(10).is_err());
+    /// assert!(r(5, Some(4)).resolve(10).is_err());
+    /// ```
     pub fn resolve(&self, size: u64) -> Result<(u64, u64)> {
         let end = self.end.unwrap_or(size).min(size);
         if let Some(e) = self.end {
@@ -346,11 +356,22 @@ impl ByteRange {
                 )));
             }
         }
-        if self.start > size {
-            return Err(Error::invalid_input(format!(
-                "range starts at byte {} but the payload has {size} bytes",
-                self.start
-            )));
+        if self.start > size || (self.start == size && size > 0) {
+            return Err(Error::invalid_input(match size {
+                0 => format!(
+                    "range starts at byte {} but the payload is empty",
+                    self.start
+                ),
+                1 => format!(
+                    "range starts at byte {} but the payload has 1 byte (the last is byte 0)",
+                    self.start
+                ),
+                _ => format!(
+                    "range starts at byte {} but the payload has {size} bytes (the last is byte {})",
+                    self.start,
+                    size - 1
+                ),
+            }));
         }
         Ok((self.start, end.saturating_sub(self.start)))
     }

@@ -424,7 +424,8 @@ static reader *open_range(const record *r, uint64_t start, int has_end, uint64_t
                           StowageStatus *status) {
     uint64_t size = r->payload.len;
     if (!has_end || end > size) end = size;
-    if (start > size || (has_end && end < start)) {
+    /* A start at or past the end is refused, as HTTP does, except 0 of an empty payload. */
+    if (start > size || (start == size && size > 0) || (has_end && end < start)) {
         char msg[128];
         snprintf(msg, sizeof(msg), "{\"message\":\"range %llu..%llu does not fit a payload of %llu bytes\"}",
                  (unsigned long long)start, (unsigned long long)end, (unsigned long long)size);

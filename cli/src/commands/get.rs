@@ -12,7 +12,7 @@ use stowage_core::{ByteRange, Error, GetOptions, Key, RecordInfo, Result, Versio
 use tokio::io::AsyncWriteExt;
 
 use crate::context::Context;
-use crate::output::{counted, human_size};
+use crate::output::human_size;
 
 /// Arguments of `stowage get`.
 #[derive(clap::Args, Debug)]
@@ -64,9 +64,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     };
     let handle = ctx.handle().await?;
     let (info, body) = handle.get_with(key.as_str(), options).await?;
-    if let Some(range) = options.range {
-        starts_within(range, info.size)?;
-    }
+    // A range starting past the payload's last byte was refused by the provider
+    // (`ByteRange::resolve`), before any byte is written.
     match args.output.filter(|p| p.as_os_str() != "-") {
         None => {
             let mut stdout = tokio::io::stdout();
@@ -78,28 +77,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             report_file(ctx, &info, &target, written)
         }
     }
-}
-
-/// A range must start inside the payload: `A-` with `A` equal to the size reads nothing and is
-/// as much a mistake as a start beyond it (exit 2). The one exception is `0-` of an empty
-/// payload, which reads it whole (zero bytes), as a get without a range does.
-fn starts_within(range: ByteRange, size: u64) -> Result<()> {
-    if range.start < size || (range.start == 0 && size == 0) {
-        return Ok(());
-    }
-    Err(Error::invalid_input(if size == 0 {
-        format!(
-            "range starts at byte {} but the payload is empty",
-            range.start
-        )
-    } else {
-        format!(
-            "range starts at byte {} but the payload has {} (the last is byte {})",
-            range.start,
-            counted(size, "byte"),
-            size - 1
-        )
-    }))
 }
 
 fn report_file(ctx: &Context, info: &RecordInfo, target: &Path, written: u64) -> Result<()> {
