@@ -382,6 +382,7 @@ impl NamespaceHandle {
         mode: PutMode,
     ) -> Result<RecordInfo> {
         let key = Key::new(key)?;
+        metadata.validate()?;
         let k = &key;
         let body = body.into();
         let ns = &self.namespace;
