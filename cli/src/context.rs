@@ -79,7 +79,8 @@ pub fn init_tracing(global: &GlobalArgs) {
 
 /// Reads the config file `path`, which `named_by` (`--config`, `--to-config`, …) named, and
 /// checks its `[plugins]` entries exist (a missing one is a config error, exit 2, as a refused
-/// library is). Plugin paths become absolute and normalised, as `providers` shows them.
+/// library is). Existing plugin paths come back absolute and normalised
+/// ([`StowageConfig::from_file`]), as `providers` shows them.
 pub fn read_config(path: &Path, named_by: &str) -> Result<StowageConfig> {
     if path.as_os_str().is_empty() {
         return Err(Error::invalid_input(format!(
@@ -118,16 +119,9 @@ pub fn read_config(path: &Path, named_by: &str) -> Result<StowageConfig> {
                     message: format!("{} {problem}", entry.display()),
                 });
             }
-            *entry = normalised(entry);
         }
     }
     Ok(config)
-}
-
-/// `path` made absolute with `.`, `..` and symbolic links resolved, for an existing path (as
-/// the plugin loader and `providers` show it); else as it is.
-fn normalised(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Where the config came from, for messages.

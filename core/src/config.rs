@@ -98,9 +98,14 @@ impl StowageConfig {
             .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
         let mut cfg = Self::from_toml_str(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // Relative to the file's folder; an existing path is also made absolute with `.`, `..`
+        // and symbolic links resolved, so messages and `providers` show one clean name.
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+            if let Ok(clean) = std::fs::canonicalize(&*p) {
+                *p = clean;
             }
         };
         cfg.plugins.paths.iter_mut().for_each(resolve);
