@@ -27,6 +27,14 @@ impl FromStr for AttrArg {
         }
         let value = serde_json::from_str(raw)
             .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+        // JSON reads an integer beyond 64 bits as the nearest float: a different number.
+        let digits = raw.strip_prefix('-').unwrap_or(raw);
+        let is_integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        if is_integer && value.as_i64().is_none() && value.as_u64().is_none() {
+            return Err(format!(
+                "the value of {name} ({raw}) is an integer beyond 64 bits, which would be stored as the nearest float; quote it to keep it exactly as a string: {name}='\"{raw}\"'"
+            ));
+        }
         Ok(AttrArg {
             name: name.to_string(),
             value,
@@ -51,6 +59,23 @@ mod tests {
         assert_eq!(parse("gone=null").value, json!(null));
         assert_eq!(parse("code=\"007\"").value, json!("007"));
         assert_eq!(parse("list=[1,2]").value, json!([1, 2]));
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused() {
+        assert_eq!(parse("id=18446744073709551615").value, json!(u64::MAX));
+        assert_eq!(parse("id=-9223372036854775808").value, json!(i64::MIN));
+        for raw in ["id=18446744073709551616", "id=-9223372036854775809"] {
+            let err = raw.parse::<AttrArg>().unwrap_err();
+            assert!(
+                err.contains("beyond 64 bits") && err.contains("id='\""),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            parse("id=\"18446744073709551616\"").value,
+            json!("18446744073709551616")
+        );
     }
 
     #[test]
