@@ -1204,13 +1204,23 @@ async fn payloads_of_killed_writers_are_removed_but_not_a_paused_one() {
     backdate(&live, 7200);
     let dead = abandoned_tmp_file(dir.path(), 7, 5000);
 
-    // Another process opening the root cleans up (gc would wait for the put in flight).
+    // Another process opening the root cleans up.
     let other = open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await;
     assert!(
         !dead.exists(),
         "the killed writer's file is removed at open"
     );
     assert!(live.exists(), "the paused writer's file is kept");
+    // gc does not wait for a producer that pauses (the minute is a deadlock guard only), and
+    // keeps the paused writer's file as well.
+    let dead = abandoned_tmp_file(dir.path(), 9, 3000);
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), other.gc(&NoProgress))
+        .await
+        .expect("gc waited for a paused put")
+        .unwrap();
+    assert_eq!(report.bytes_freed, 3000);
+    assert!(!dead.exists());
+    assert!(live.exists(), "gc keeps the paused writer's file");
 
     tx.send(Ok(bytes::Bytes::from(patterned(3, 30_000))))
         .await

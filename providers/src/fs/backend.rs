@@ -1090,28 +1090,23 @@ impl StorageBackend for FsBackend {
         mode: PutMode,
     ) -> Result<RecordInfo> {
         let core = self.core().await?;
-        // The pin keeps a concurrent `gc` (in any process) from deleting the blob between
-        // writing it and committing the record that references it.
-        let _pin = match core.pins.try_pin()? {
-            Some(pin) => pin,
-            None => {
-                let pins = core.pins.clone();
-                run_blocking(PROVIDER, move || pins.pin()).await?
-            }
-        };
-        let (hash, size, inline) = match small_payload(body, core.inline_max).await? {
+        // The pin keeps a concurrent `gc` (in any process) from deleting a payload this write
+        // stores or reuses, from then until the record referencing it is committed. It is
+        // taken once the body is read, so a producer that pauses holds up no `gc`.
+        let (_pin, hash, size, inline) = match small_payload(body, core.inline_max).await? {
             Ok(bytes) => {
+                let pin = core.pins.pin_async().await?;
                 let hash = if bytes.len() as u64 <= SMALL_READ {
                     ContentHash::of(&bytes)
                 } else {
                     let bytes = bytes.clone();
                     run_blocking(PROVIDER, move || Ok(ContentHash::of(&bytes))).await?
                 };
-                (hash, bytes.len() as u64, Some(bytes))
+                (pin, hash, bytes.len() as u64, Some(bytes))
             }
             Err(body) => {
-                let (hash, size) = core.blobs.write_body(body).await?;
-                (hash, size, None)
+                let (pin, hash, size) = core.blobs.write_body(body, &core.pins).await?;
+                (pin, hash, size, None)
             }
         };
         self.write(

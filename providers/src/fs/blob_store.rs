@@ -15,6 +15,7 @@ use futures::StreamExt;
 use stowage_core::{run_blocking, Body, ContentHash, ContentHasher, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::lock::{BlobPin, BlobPins};
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
 
@@ -93,21 +94,33 @@ impl BlobStore {
         Ok((hash, bytes.len() as u64))
     }
 
-    /// Stores a payload, streaming it to disk while hashing it; returns its hash and size.
-    pub(crate) async fn write_body(&self, body: Body) -> Result<(ContentHash, u64)> {
+    /// Stores a payload, streaming it to disk while hashing it; returns its hash and size, and
+    /// the pin (taken from `pins` once the payload is in, before it is stored under its hash)
+    /// that keeps `gc` from deleting it until the record referencing it is committed. A
+    /// producer that pauses mid-stream therefore holds up no `gc`: its temporary file is
+    /// locked (see [`crate::atomic_file::remove_abandoned_tmp_files`]), not pinned.
+    pub(crate) async fn write_body(
+        &self,
+        body: Body,
+        pins: &BlobPins,
+    ) -> Result<(BlobPin, ContentHash, u64)> {
         if let Some(bytes) = body.as_bytes() {
+            let pin = pins.pin_async().await?;
             // Without fsync a small write only touches the page cache: cheaper right here. An
             // fsync can take milliseconds, so it goes where blocking is allowed.
             if self.durability == Durability::NoSync && bytes.len() as u64 <= SMALL_READ {
-                return self.write_bytes(bytes);
+                let (hash, size) = self.write_bytes(bytes)?;
+                return Ok((pin, hash, size));
             }
             let bytes = bytes.clone();
             let store = self.clone();
-            return run_blocking(PROVIDER, move || store.write_bytes(&bytes)).await;
+            let (hash, size) = run_blocking(PROVIDER, move || store.write_bytes(&bytes)).await?;
+            return Ok((pin, hash, size));
         }
+        let pins = pins.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteMsg>(WRITE_QUEUE);
         let store = self.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<(ContentHash, u64)> {
+        let writer = tokio::task::spawn_blocking(move || -> Result<(BlobPin, ContentHash, u64)> {
             let mut file = AtomicFile::create_in(&store.tmp, store.durability)
                 .map_err(|e| store.tmp_error(e))?;
             let mut hasher = ContentHasher::new();
@@ -123,10 +136,12 @@ impl BlobStore {
                 }
             }
             let (hash, size) = hasher.finish();
+            // Waits for a `gc` in progress, which may be deleting this very hash.
+            let pin = pins.pin()?;
             let dest = store.path_of(&hash);
             file.commit_if_absent(&dest)
                 .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
-            Ok((hash, size))
+            Ok((pin, hash, size))
         });
         let mut body = body;
         let mut failed = None;

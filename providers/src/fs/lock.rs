@@ -138,6 +138,15 @@ impl BlobPins {
         Ok(BlobPin { pins: self.clone() })
     }
 
+    /// [`BlobPins::try_pin`], else [`BlobPins::pin`] where blocking is allowed.
+    pub(crate) async fn pin_async(&self) -> Result<BlobPin> {
+        if let Some(pin) = self.try_pin()? {
+            return Ok(pin);
+        }
+        let pins = self.clone();
+        stowage_core::run_blocking(super::PROVIDER, move || pins.pin()).await
+    }
+
     /// Waits until no write in any process holds a pin, and keeps new ones out until the guard
     /// drops. Blocking: call off the async runtime.
     pub(crate) fn exclusive(&self) -> Result<ExclusiveBlobs> {
