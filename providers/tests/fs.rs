@@ -1218,7 +1218,7 @@ async fn payloads_of_killed_writers_are_removed_but_not_a_paused_one() {
         .await
         .expect("gc waited for a paused put")
         .unwrap();
-    assert_eq!(report.bytes_freed, 3000);
+    assert_eq!((report.blobs_removed, report.bytes_freed), (1, 3000));
     assert!(!dead.exists());
     assert!(live.exists(), "gc keeps the paused writer's file");
 
@@ -1236,7 +1236,7 @@ async fn payloads_of_killed_writers_are_removed_but_not_a_paused_one() {
     let dead = abandoned_tmp_file(dir.path(), 8, 4000);
     let report = store.gc(&NoProgress).await.unwrap();
     assert!(!dead.exists());
-    assert_eq!(report.bytes_freed, 4000);
+    assert_eq!((report.blobs_removed, report.bytes_freed), (1, 4000));
     assert_eq!(read_in(&store, &ns, "slow").await.unwrap(), want);
     assert!(store.verify(&NoProgress).await.unwrap().is_clean());
 }

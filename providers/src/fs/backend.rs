@@ -1303,7 +1303,7 @@ impl StorageBackend for FsBackend {
             progress.inc(chunk.len() as u64);
         }
         drop(exclusive);
-        // Payloads whose writer was killed mid-write; their bytes count as freed.
+        // Payloads whose writer was killed mid-write: unreferenced payloads too, counted so.
         let tmp_dir = core.blobs.tmp_dir().to_path_buf();
         let cleaned = run_blocking(PROVIDER, move || {
             atomic_file::remove_abandoned_tmp_files(&tmp_dir, ABANDONED_TMP_QUIET, STALE_TMP_AGE)
@@ -1325,6 +1325,7 @@ impl StorageBackend for FsBackend {
                 "removed payloads left half-written by writers that were killed"
             );
         }
+        report.blobs_removed += cleaned.files;
         report.bytes_freed += cleaned.bytes;
         // Inline payloads of purged keys (and the purge records) go with a compaction; only
         // payloads count as freed, as for files.
