@@ -964,3 +964,105 @@ async fn list_reads_latest_json_and_never_serves_a_stale_one() {
     let tenants = backend(&root).namespaces().await.unwrap();
     assert_eq!(tenants, vec![ns()]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Purge.
+
+/// Every file under `dir`, recursively.
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_leaves_nothing_of_the_record_on_disk() {
+    let root = fresh_root("purge");
+    let store = backend(&root);
+    let key = Key::new("purged-secret-key.json").unwrap();
+    let kept = Key::new("kept.json").unwrap();
+    let meta = json_meta()
+        .with_tag("purged-secret-tag")
+        .with_attribute("owner", json!("purged-secret-owner"));
+    for body in [br#"{"n":1}"#, br#"{"n":2}"#] {
+        store
+            .put(
+                &ns(),
+                &key,
+                body.to_vec().into(),
+                meta.clone(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .put(
+            &ns(),
+            &kept,
+            br#"{"k":1}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    // A listing writes latest.json too; a crashed write leaves a temporary file behind.
+    assert_eq!(list_fresh(&root).await.len(), 2);
+    let folder = doc_folder(&root, "default", key.as_str());
+    std::fs::write(folder.join(".tmp-999999-0-0"), "purged-secret-key.json").unwrap();
+
+    assert_eq!(store.purge(&ns(), &key).await.unwrap(), 2);
+
+    for file in all_files(&root) {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in [
+            "purged-secret-key",
+            "purged-secret-tag",
+            "purged-secret-owner",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{} still holds {secret}",
+                file.display()
+            );
+        }
+    }
+    let listed: Vec<_> = list_fresh(&root).await.into_iter().map(|i| i.key).collect();
+    assert_eq!(listed, vec![kept.clone()]);
+    let query = stowage_core::Query {
+        tags: ["purged-secret-tag".to_string()].into(),
+        include_deleted: true,
+        ..Default::default()
+    };
+    assert!(backend(&root)
+        .search(&ns(), &query)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+
+    // The key starts again at version 1, in this backend and a fresh one.
+    let again = store
+        .put(
+            &ns(),
+            &key,
+            br#"{"n":3}"#.to_vec().into(),
+            json_meta(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+    let reread = backend(&root).head(&ns(), &key, None).await.unwrap();
+    assert_eq!(reread.version, 1);
+    assert!(reread.metadata.tags.is_empty());
+    assert_eq!(list_fresh(&root).await.len(), 2);
+}

@@ -384,14 +384,29 @@ impl RecordDoc {
         Ok(())
     }
 
-    /// Removes every file of the document and forgets it in memory; returns how many versions
-    /// there were.
+    /// Removes every file of the document but its lock file, and forgets it in memory; returns
+    /// how many versions there were.
+    ///
+    /// The lock file (8 bytes: the write generation, nothing of the record) and so the folder
+    /// stay: another process may be waiting on that very file, and if it were unlinked a new
+    /// writer would lock a fresh file while the waiter holds the old one, two "exclusive"
+    /// holders at once; a recreated file would also restart the generation, letting a reader
+    /// that remembers an old generation skip a reload.
     pub(crate) fn purge(&mut self, lock: &mut DocLock, actor: &ActorId) -> Result<u64> {
         let versions = self.latest();
         let on_disk = storage::list_files(&self.dir)?;
         for name in on_disk.keys() {
             storage::remove_file(&self.dir, name)?;
         }
+        super::listing::remove(&self.dir)?;
+        // A crashed write's temporary file may hold a change of the purged record. Only
+        // abandoned ones go: a lister rewriting `latest.json` keeps its file locked meanwhile.
+        crate::atomic_file::remove_abandoned_tmp_files(
+            &self.dir,
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(3600),
+        )
+        .map_err(|e| Error::io(format!("cleaning {}", self.dir.display()), e))?;
         self.doc = Automerge::new().with_actor(actor.clone());
         self.files.clear();
         self.history.clear();
