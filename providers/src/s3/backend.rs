@@ -26,8 +26,8 @@ use super::config::S3Config;
 use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{
     after_key, check_key_fits, decode_meta, encode_meta, hash_of_blob_path, key_dir,
-    key_prefix_prefix, meta_path, namespace_prefix, parse_meta_path, MetaName, BLOBS, META,
-    STAGING,
+    key_prefix_prefix, meta_path, namespace_prefix, parse_meta_path, staging_path, MetaName, BLOBS,
+    META, STAGING,
 };
 use super::PROVIDER;
 
@@ -35,8 +35,9 @@ use super::PROVIDER;
 const FETCH_CONCURRENCY: usize = 16;
 /// Cached metadata objects before the cache starts over (each is a few hundred bytes).
 const CACHE_LIMIT: usize = 100_000;
-/// Staging objects older than this are leftovers of a crashed upload; gc removes them.
-const STAGING_GRACE: Duration = Duration::from_secs(3600);
+/// Slack for LastModified, which S3 gives to the second (truncated): gc wants a blob older
+/// than the grace period by this much more, so truncation can never make it look older.
+const LAST_MODIFIED_SLACK: Duration = Duration::from_secs(1);
 /// Claims a writer may lose in a row before giving up (each loss means another writer won).
 const MAX_CLAIM_ATTEMPTS: usize = 10_000;
 
@@ -138,6 +139,18 @@ pub struct S3Backend {
     cache: MetaCache,
     /// The root as a prefix of object names (`stores/prod/`, or empty), for the name limit.
     name_root: String,
+    /// How old an unreferenced blob (or a staging object) must be before gc deletes it.
+    gc_grace: Duration,
+}
+
+/// What gc does with one blob.
+enum Verdict {
+    /// Unreferenced and older than the cutoff.
+    Delete,
+    /// Referenced, or written (or refreshed by a put that found it stored) since the cutoff.
+    Keep,
+    /// Gone already (another gc).
+    Gone,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -153,12 +166,59 @@ impl S3Backend {
     pub(crate) fn new(op: Operator, cfg: &S3Config) -> Arc<Self> {
         let target = Target::of(cfg);
         Arc::new(S3Backend {
-            blobs: BlobStore::new(op.clone(), target.clone(), cfg.part_size()),
+            blobs: BlobStore::new(op.clone(), target.clone(), cfg.part_size(), cfg.gc_grace()),
             op,
             target,
             cache: MetaCache::default(),
             name_root: cfg.normalized_root().trim_start_matches('/').to_string(),
+            gc_grace: cfg.gc_grace(),
         })
+    }
+
+    /// The server's clock now (microseconds since the epoch): the LastModified of an empty
+    /// staging object written for the purpose and removed. gc compares blob ages with this,
+    /// so both times come from the server and this host's clock plays no part.
+    async fn server_now(&self) -> Result<i64> {
+        let path = staging_path();
+        self.op.write(&path, Vec::<u8>::new()).await.map_err(|e| {
+            self.target
+                .error(format_args!("writing clock probe {path}"), e)
+        })?;
+        let stat = self.op.stat(&path).await;
+        if let Err(e) = self.op.delete(&path).await {
+            tracing::warn!(target: "stowage_providers::s3", %path, error = %e, "removing gc's clock probe failed; a later gc removes it");
+        }
+        let meta = stat.map_err(|e| {
+            self.target
+                .error(format_args!("checking clock probe {path}"), e)
+        })?;
+        meta.last_modified()
+            .map(|t| t.timestamp_micros())
+            .ok_or_else(|| Error::Backend {
+                provider: PROVIDER.to_string(),
+                message: format!(
+                    "gc removed nothing: {} (bucket `{}`) gave no LastModified for {path}, so payload ages cannot be told",
+                    self.target.endpoint(),
+                    self.target.bucket()
+                ),
+                source: None,
+            })
+    }
+
+    /// Looks at a candidate blob again (HEAD) right before gc deletes it: a put that found
+    /// the payload stored refreshes an old one before claiming its version, and this check
+    /// sees that refresh.
+    async fn recheck(&self, path: &str, cutoff: i64) -> Result<Verdict> {
+        match self.op.stat(path).await {
+            Ok(meta) => Ok(match meta.last_modified() {
+                Some(t) if t.timestamp_micros() <= cutoff => Verdict::Delete,
+                _ => Verdict::Keep,
+            }),
+            Err(e) if is_not_found(&e) => Ok(Verdict::Gone),
+            Err(e) => Err(self
+                .target
+                .error(format_args!("checking payload {path}"), e)),
+        }
     }
 
     /// Lists metadata objects under `prefix` (recursively), after `start_after` if given.
@@ -925,15 +985,32 @@ impl StorageBackend for S3Backend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        // Mark and sweep races with writers: a put uploads its payload, then claims the
+        // version, so a payload uploaded before the metadata listing but claimed after it
+        // looks unreferenced. gc therefore deletes only payloads whose LastModified is older
+        // than the server's clock before the listing minus the grace period: a put claims
+        // within the grace period of its upload (or of its refresh of a payload found stored),
+        // so its claim came before the listing and the listing saw it.
+        let cutoff = if self.gc_grace.is_zero() {
+            None
+        } else {
+            let margin = (self.gc_grace + LAST_MODIFIED_SLACK).as_micros() as i64;
+            Some(self.server_now().await? - margin)
+        };
         let (records, broken) = self.all_meta().await?;
         // An unreadable metadata object may reference a blob nothing else does: deleting
         // "unreferenced" blobs now could delete that version's payload.
         if let Some(first) = broken.first() {
+            let unreadable = match broken.len() {
+                1 => "1 metadata object cannot be read, so which payload it references".to_string(),
+                n => {
+                    format!("{n} metadata objects cannot be read, so which payloads they reference")
+                }
+            };
             return Err(Error::corrupt(
                 PROVIDER,
                 format!(
-                    "gc removed nothing: {} metadata object(s) cannot be read, so which payloads they reference is unknown (first: {}); run verify, then purge or fix those keys",
-                    broken.len(),
+                    "gc removed nothing: {unreadable} is unknown (first: {}); run verify, then purge or fix those keys",
                     first.error
                 ),
             ));
@@ -943,10 +1020,17 @@ impl StorageBackend for S3Backend {
         let staging = self.all_objects(STAGING).await?;
         progress.set_total((blobs.len() + staging.len()) as u64);
         let mut report = GcReport::default();
-        for (path, size, _) in blobs {
+        for (path, size, modified) in blobs {
             let unreferenced = hash_of_blob_path(&path).is_some_and(|h| !referenced.contains(&h));
-            if unreferenced {
-                match self.op.delete(&path).await {
+            let verdict = match cutoff {
+                _ if !unreferenced => Verdict::Keep,
+                None => Verdict::Delete,
+                // Young in the listing: no need to look again.
+                Some(cutoff) if modified.is_some_and(|m| m > cutoff) => Verdict::Keep,
+                Some(cutoff) => self.recheck(&path, cutoff).await?,
+            };
+            match verdict {
+                Verdict::Delete => match self.op.delete(&path).await {
                     Ok(()) => {
                         report.blobs_removed += 1;
                         report.bytes_freed += size;
@@ -956,15 +1040,19 @@ impl StorageBackend for S3Backend {
                             .target
                             .error(format_args!("deleting payload {path}"), e))
                     }
-                }
-            } else {
-                report.blobs_kept += 1;
+                },
+                Verdict::Keep => report.blobs_kept += 1,
+                Verdict::Gone => {}
             }
             progress.inc(1);
         }
-        let cutoff = Timestamp::now().as_micros() - STAGING_GRACE.as_micros() as i64;
+        // A staging object older than the grace period is a leftover of a crashed upload.
         for (path, size, modified) in staging {
-            if modified.is_some_and(|m| m < cutoff) {
+            let abandoned = match cutoff {
+                None => true,
+                Some(cutoff) => modified.is_some_and(|m| m <= cutoff),
+            };
+            if abandoned {
                 self.op.delete(&path).await.map_err(|e| {
                     self.target
                         .error(format_args!("deleting leftover {path}"), e)

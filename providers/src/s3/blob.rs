@@ -6,6 +6,14 @@
 //! and is then server-side copied to `blobs/<hash>` unless that exists; the staging object is
 //! removed either way. A failed upload is aborted, so a half-written payload is never visible
 //! under `blobs/`.
+//!
+//! A payload found stored already (dedup) whose LastModified is older than half of gc's grace
+//! period is written again before [`BlobStore::put`] returns, so its LastModified is fresh when
+//! the caller claims the version: gc deletes only payloads older than the grace period (see
+//! `S3Backend::gc`), and without the refresh a gc that listed the versions before the claim
+//! could delete a payload the new version needs.
+
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -48,6 +56,9 @@ pub(crate) struct BlobStore {
     op: Operator,
     target: Target,
     part_size: usize,
+    /// A stored payload older than this is refreshed on a dedup hit (half of gc's grace
+    /// period); `None` when gc's grace is zero and nothing is protected anyway.
+    refresh_after: Option<Duration>,
 }
 
 /// What went wrong while streaming into a writer: the caller's body or the server.
@@ -57,13 +68,49 @@ enum UploadError {
 }
 
 impl BlobStore {
-    /// A blob store over `op` with multipart parts of `part_size` bytes.
-    pub(crate) fn new(op: Operator, target: Target, part_size: usize) -> Self {
+    /// A blob store over `op` with multipart parts of `part_size` bytes, for a store whose gc
+    /// spares unreferenced payloads younger than `gc_grace`.
+    pub(crate) fn new(op: Operator, target: Target, part_size: usize, gc_grace: Duration) -> Self {
         BlobStore {
             op,
             target,
             part_size,
+            refresh_after: (!gc_grace.is_zero()).then(|| gc_grace / 2),
         }
+    }
+
+    /// Whether the stored payload at `path` must be written again before a version may claim
+    /// it: it is gone (a gc took it since the dedup hit) or old enough for gc to take it
+    /// before the claim.
+    ///
+    /// The age is measured with this host's clock against the server's LastModified, so
+    /// clock skew shifts the threshold: S3 refuses requests signed more than 15 minutes off
+    /// the server's clock, which leaves the default hour's half at least a quarter hour of
+    /// margin. LastModified is truncated to the second, which only overstates the age.
+    async fn needs_refresh(&self, path: &str) -> Result<bool> {
+        if self.refresh_after.is_none() {
+            return Ok(false);
+        }
+        match self.op.stat(path).await {
+            Ok(meta) => Ok(self.is_stale(&meta)),
+            Err(e) if is_not_found(&e) => Ok(true),
+            Err(e) => Err(self
+                .target
+                .error(format_args!("checking payload {path}"), e)),
+        }
+    }
+
+    /// Whether a stored payload with this metadata is older than the refresh threshold.
+    fn is_stale(&self, meta: &opendal::Metadata) -> bool {
+        let Some(refresh_after) = self.refresh_after else {
+            return false;
+        };
+        let Some(modified) = meta.last_modified() else {
+            return true;
+        };
+        SystemTime::now()
+            .duration_since(SystemTime::from(modified))
+            .is_ok_and(|age| age > refresh_after)
     }
 
     /// Stores `body` (streamed) and returns its hash and size.
@@ -99,10 +146,28 @@ impl BlobStore {
 
     async fn put_small(&self, hash: &ContentHash, bytes: Buffer) -> Result<()> {
         let path = blob_path(hash);
-        match self.op.write_with(&path, bytes).if_not_exists(true).await {
+        match self
+            .op
+            .write_with(&path, bytes.clone())
+            .if_not_exists(true)
+            .await
+        {
             Ok(_) => Ok(()),
-            // Same name, same bytes: the payload is stored already (dedup).
-            Err(e) if is_precondition_failed(&e) => Ok(()),
+            // Same name, same bytes: the payload is stored already (dedup). An old one is
+            // written again to renew its LastModified. Re-sending the bytes (at most one part,
+            // already in memory) is the one refresh every S3 takes: a copy onto itself is
+            // refused by S3 unless it replaces the object's metadata, and OpenDAL refuses it
+            // outright (`IsSameFile`). Overwriting a content-addressed object with the same
+            // bytes changes nothing a reader can see.
+            Err(e) if is_precondition_failed(&e) => {
+                if !self.needs_refresh(&path).await? {
+                    return Ok(());
+                }
+                self.op.write(&path, bytes).await.map(|_| ()).map_err(|e| {
+                    self.target
+                        .error(format_args!("refreshing payload {path}"), e)
+                })
+            }
             Err(e) => Err(self
                 .target
                 .error(format_args!("uploading payload {path}"), e)),
@@ -162,14 +227,19 @@ impl BlobStore {
 
     async fn commit_staging(&self, staging: &str, hash: &ContentHash) -> Result<()> {
         let path = blob_path(hash);
-        match self.op.stat(&path).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_not_found(&e) => {}
+        // A stored duplicate that is old is overwritten by the copy too (same bytes, fresh
+        // LastModified): a server-side copy, the cheapest refresh there is.
+        let exists_fresh = match self.op.stat(&path).await {
+            Ok(meta) => !self.is_stale(&meta),
+            Err(e) if is_not_found(&e) => false,
             Err(e) => {
                 return Err(self
                     .target
                     .error(format_args!("checking payload {path}"), e))
             }
+        };
+        if exists_fresh {
+            return Ok(());
         }
         self.op.copy(staging, &path).await.map_err(|e| {
             self.target

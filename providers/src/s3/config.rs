@@ -58,6 +58,13 @@ pub struct S3Config {
     /// part are uploaded in parts, so memory use stays near two parts per upload.
     #[serde(default = "default_part_size_mib")]
     pub part_size_mib: u64,
+    /// Age (by the server's LastModified) a payload nothing references must reach before `gc`
+    /// deletes it, in seconds (default 3600, at most 30 days): a put uploads its payload before
+    /// it claims the version, and gc must not take the payload in between. Also the age at
+    /// which a staging object counts as abandoned. `0` turns the protection off (gc deletes
+    /// every unreferenced payload at once): only for tests, or a store nothing writes to.
+    #[serde(default = "default_gc_grace_secs")]
+    pub gc_grace_secs: u64,
 }
 
 fn default_region() -> String {
@@ -80,6 +87,13 @@ fn default_part_size_mib() -> u64 {
     8
 }
 
+fn default_gc_grace_secs() -> u64 {
+    3600
+}
+
+/// The longest `gc_grace_secs` accepted: 30 days.
+const MAX_GC_GRACE_SECS: u64 = 30 * 24 * 3600;
+
 impl fmt::Debug for S3Config {
     // By hand so secrets never reach a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,6 +110,7 @@ impl fmt::Debug for S3Config {
             .field("timeout_ms", &self.timeout_ms)
             .field("retries", &self.retries)
             .field("part_size_mib", &self.part_size_mib)
+            .field("gc_grace_secs", &self.gc_grace_secs)
             .finish()
     }
 }
@@ -191,7 +206,21 @@ impl S3Config {
                 ),
             ));
         }
+        if self.gc_grace_secs > MAX_GC_GRACE_SECS {
+            return Err(Error::invalid_config(
+                field("gc_grace_secs"),
+                format!(
+                    "{} is more than 30 days ({MAX_GC_GRACE_SECS} seconds); the default, 3600, outlasts any upload",
+                    self.gc_grace_secs
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// How old an unreferenced payload must be before gc deletes it (zero: no protection).
+    pub fn gc_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.gc_grace_secs)
     }
 
     /// The part size in bytes.
@@ -246,7 +275,9 @@ impl S3Config {
                 "retries": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3,
                             "description": "Retries of a request that may succeed later, with backoff."},
                 "part_size_mib": {"type": "integer", "minimum": MIN_PART_SIZE_MIB, "maximum": 5120, "default": 8,
-                                  "description": "Multipart upload part size in MiB."}
+                                  "description": "Multipart upload part size in MiB."},
+                "gc_grace_secs": {"type": "integer", "minimum": 0, "maximum": MAX_GC_GRACE_SECS, "default": 3600,
+                                  "description": "Seconds an unreferenced payload must age before gc deletes it (protects uploads not yet claimed); 0 turns that off, for tests only."}
             }
         })
     }
@@ -273,6 +304,9 @@ mod tests {
         assert_eq!(cfg.retries, 3);
         assert_eq!(cfg.normalized_root(), "/");
         assert_eq!(cfg.part_size(), 8 << 20);
+        assert_eq!(cfg.gc_grace_secs, 3600);
+        let off = S3Config::parse(&json!({"bucket": "b-1", "gc_grace_secs": 0})).unwrap();
+        assert!(off.gc_grace().is_zero());
     }
 
     #[test]
@@ -297,6 +331,14 @@ mod tests {
             (
                 json!({"bucket": "ok-b", "part_size_mib": 1}),
                 "part_size_mib",
+            ),
+            (
+                json!({"bucket": "ok-b", "gc_grace_secs": 31 * 24 * 3600}),
+                "gc_grace_secs",
+            ),
+            (
+                json!({"bucket": "ok-b", "gc_grace_secs": -1}),
+                "storage.config",
             ),
             (json!({"bucket": "ok-b", "bukket": "x"}), "storage.config"),
         ];

@@ -13,6 +13,10 @@
 //! - Object names hold the hex of the key, and S3 takes names of at most 1024 bytes: a key
 //!   may be `(992 - root - namespace) / 2` bytes long (492 with no root in `default`); a longer
 //!   one is refused with `InvalidKey` before any I/O.
+//! - `gc` may run while others write: it deletes a payload no version references only once its
+//!   LastModified is older than `gc_grace_secs` (an hour by default), since a put uploads its
+//!   payload before it claims the version, and a put that finds its payload stored renews an
+//!   old one first.
 //! - Retries and timeouts are OpenDAL's `RetryLayer` and `TimeoutLayer`, set from the config;
 //!   errors name the endpoint and bucket.
 //!
