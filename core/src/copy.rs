@@ -381,6 +381,12 @@ async fn compare(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<Verdict>
     if let Some(fields) = metadata_difference(s, t) {
         return Ok(Verdict::Differs(Difference::Metadata(fields)));
     }
+    compare_payload(pair, s, t).await
+}
+
+/// Compares the payloads of source version `s` and target version `t`, both live or both
+/// tombstones (their metadata aside).
+async fn compare_payload(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<Verdict> {
     if s.hash == t.hash {
         return Ok(Verdict::Same);
     }
@@ -610,16 +616,12 @@ async fn copy_latest(
         }
     }
     if !held_by_source {
-        let state = if c.is_deleted() {
-            format!("it is a tombstone of {}", c.hash)
-        } else {
-            format!("it holds {}", c.hash)
-        };
         return Err(diverged(
             latest,
             format!(
-                "the target's version {} to be a state the source held ({state}, which no version of the source has)",
-                c.version
+                "the target's version {} to be a state the source held ({})",
+                c.version,
+                unheld_state(pair, &history, c).await?
             ),
             Some(c.version),
         ));
@@ -648,6 +650,32 @@ async fn copy_latest(
     }
     counters.copied(latest);
     Ok(())
+}
+
+/// Says how the target's state `c`, which matches no version in the source's `history`,
+/// differs from the nearest of them: a version with the same payload and tombstone state is
+/// contrasted in the words `--versions all` uses (e.g. "their tags differ"); only when there
+/// is none is the payload itself unknown to the source.
+async fn unheld_state(pair: &Pair, history: &[RecordInfo], c: &RecordInfo) -> Result<String> {
+    for s in history.iter().rev() {
+        if s.is_deleted() == c.is_deleted() && compare_payload(pair, s, c).await?.matches() {
+            if let Verdict::Differs(d) = compare(pair, s, c).await? {
+                return Ok(format!(
+                    "it is the source's version {} but for its metadata: {}",
+                    s.version,
+                    contrast(&d, s, c)
+                ));
+            }
+        }
+    }
+    Ok(if c.is_deleted() {
+        format!(
+            "it is a tombstone of {}, which no version of the source has",
+            c.hash
+        )
+    } else {
+        format!("it holds {}, which no version of the source has", c.hash)
+    })
 }
 
 /// How a key's latest state in the target compares with the source's after the copy.

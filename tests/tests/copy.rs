@@ -336,3 +336,53 @@ async fn latest_only_never_overwrites_a_state_the_source_never_had() {
     assert!(err.to_string().contains("default/k"), "{err}");
     assert_eq!(t.head("k", None).await.unwrap().hash, theirs.hash);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_state_differing_only_in_metadata_is_named_so_by_both_modes() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    let target = store("sqlite", &d2).await;
+    let (s, t) = (source.default_namespace(), target.default_namespace());
+    s.put("k", "same bytes", Metadata::new().with_tag("a"))
+        .await
+        .unwrap();
+    copy(&source, &target, &CopyOptions::default(), &NoCopyObserver)
+        .await
+        .unwrap();
+    let theirs = t
+        .put("k", "same bytes", Metadata::new().with_tag("b"))
+        .await
+        .unwrap();
+    // --versions latest: the target's v2 is the source's v1 but for its tags.
+    let options = CopyOptions {
+        versions: CopyVersions::Latest,
+        ..Default::default()
+    };
+    let err = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap_err();
+    let latest_msg = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{latest_msg}");
+    assert!(
+        latest_msg.contains("the source's version 1")
+            && !latest_msg.contains("which no version of the source has"),
+        "{latest_msg}"
+    );
+    assert_eq!(t.head("k", None).await.unwrap(), theirs);
+    // --versions all, onto a target whose v1 has other tags: the same words.
+    let d3 = tempfile::tempdir().unwrap();
+    let other = store("sqlite", &d3).await;
+    other
+        .default_namespace()
+        .put("k", "same bytes", Metadata::new().with_tag("b"))
+        .await
+        .unwrap();
+    let err = copy(&source, &other, &CopyOptions::default(), &NoCopyObserver)
+        .await
+        .unwrap_err();
+    let all_msg = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{all_msg}");
+    for msg in [&latest_msg, &all_msg] {
+        assert!(msg.contains("their tags differ"), "{msg}");
+    }
+}
