@@ -139,7 +139,7 @@ fn one_line_usage_error(rendered: &str) -> String {
 }
 
 /// The error's message followed by its sources, so an I/O error shows the OS reason.
-fn error_chain(error: &Error) -> String {
+pub(crate) fn error_chain(error: &Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(s) = source {

@@ -745,3 +745,76 @@ fn copy_into_automerge_compares_json_records_as_json() {
     let run = sb.fails(&copy, 4);
     assert!(run.stderr.contains("default/doc.json"), "{}", run.stderr);
 }
+
+#[test]
+fn a_record_the_target_refuses_is_left_out_listed_and_exits_2() {
+    let sb = Sandbox::new();
+    write_config(&sb, "s.toml", "sqlite", &json!({ "path": "s.db" }));
+    write_config(&sb, "am.toml", "automerge", &json!({ "root": "am" }));
+    let json_ct = ["--content-type", "application/json"];
+    put(&sb, "s.toml", "default", "a.json", br#"{"a":1}"#, &json_ct);
+    put(&sb, "s.toml", "default", "b.json", br#"{"b":1}"#, &json_ct);
+    // A duplicate name: automerge refuses it (its document could not keep both).
+    put(
+        &sb,
+        "s.toml",
+        "default",
+        "b.json",
+        br#"{"k":1,"k":2}"#,
+        &json_ct,
+    );
+    put(&sb, "s.toml", "default", "c.json", br#"{"c":1}"#, &json_ct);
+    let copy = [
+        "--config",
+        "s.toml",
+        "copy",
+        "--to-config",
+        "am.toml",
+        "--concurrency",
+        "1",
+    ];
+    let run = sb.run(&copy);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("refused: default/b.json version 2: invalid input:"),
+        "{}",
+        run.stderr
+    );
+    let last = lines[1];
+    assert!(
+        last.starts_with("stowage: the target refused 1 record"),
+        "{last}"
+    );
+    assert!(last.contains("default/b.json version 2"), "{last}");
+    assert!(last.contains("3 versions copied"), "{last}");
+    assert!(last.contains("re-run"), "{last}");
+    assert!(!run.stderr.contains("provider `copy`"), "{}", run.stderr);
+    assert!(
+        run.text().contains("1 record refused by the target"),
+        "{}",
+        run.text()
+    );
+    // The others are in the target; b.json up to the version before the refused one.
+    for key in ["a.json", "c.json"] {
+        sb.ok(&["--config", "am.toml", "head", key]);
+    }
+    let b = sb
+        .ok(&["--config", "am.toml", "--json", "head", "b.json"])
+        .json();
+    assert_eq!(b["version"], 1, "{b}");
+    // A re-run copies nothing more and reports the same refusal, in JSON too.
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&copy);
+    let again = sb.run(&json);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    let report = again.json();
+    assert_eq!(report["versions_copied"], 0, "{report}");
+    assert_eq!(report["refused"][0]["key"], "b.json", "{report}");
+    assert_eq!(report["refused"][0]["version"], 2, "{report}");
+    assert!(
+        report["mismatches"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+}

@@ -14,8 +14,9 @@
 //! parsed JSON values instead of by hash; records that match that way are counted as
 //! re-rendered by the target ([`CopyReport::rerendered`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -92,6 +93,21 @@ pub struct CopyMismatch {
     pub detail: String,
 }
 
+/// A record the target refused (its key or content is invalid there, e.g. JSON a merging
+/// target cannot keep exactly, a key too long for an object store); the copy went on without
+/// the rest of its versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyRefusal {
+    /// Namespace.
+    pub namespace: String,
+    /// Key.
+    pub key: String,
+    /// The version the target refused (the ones before it were copied).
+    pub version: Version,
+    /// The target's reason.
+    pub reason: String,
+}
+
 /// What `copy` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CopyReport {
@@ -110,12 +126,19 @@ pub struct CopyReport {
     pub rerendered: u64,
     /// Records whose final state differs (empty after a good copy).
     pub mismatches: Vec<CopyMismatch>,
+    /// Records the target refused; each is left out of the final check (empty after a good
+    /// copy).
+    pub refused: Vec<CopyRefusal>,
 }
 
-/// Copies records from `source` to `target` (see the module docs). Stops at the first write
-/// the target refuses, with an error naming the record, and at the first key whose state in the
-/// target the copy must not overwrite (a [`Error::Conflict`] naming the record and what
-/// differs); the source is only read.
+/// Copies records from `source` to `target` (see the module docs); the source is only read.
+///
+/// A record the target refuses as invalid (an invalid key or input: a permanent "no" that a
+/// re-run would meet again) is left out, with its remaining versions, and listed in
+/// [`CopyReport::refused`]; the copy goes on with the other records. Any other failed write
+/// (I/O, a backend error, …) stops the copy with that error, its kind kept and the record
+/// named, and so does the first key whose state in the target the copy must not overwrite (a
+/// [`Error::Conflict`] naming the record and what differs).
 pub async fn copy(
     source: &Stowage,
     target: &Stowage,
@@ -167,25 +190,40 @@ pub async fn copy(
             src,
             dst,
             rerenders: target.capabilities().merge,
+            refused: Mutex::new(Vec::new()),
         };
         stream::iter(listing.iter().map(Ok::<_, Error>))
             .try_for_each_concurrent(concurrency, |latest| {
                 let (pair, counters) = (&pair, &counters);
                 let held = held.get(latest.key.as_str());
                 async move {
-                    match versions {
+                    let copied = match versions {
                         CopyVersions::All => copy_history(pair, latest, held, counters).await,
                         CopyVersions::Latest => copy_latest(pair, latest, held, counters).await,
+                    };
+                    match copied {
+                        Err(e) if is_refusal(&e) && pair.was_refused(latest) => Ok(()),
+                        other => other,
                     }
                 }
             })
             .await?;
+        let refused = pair.refused.into_inner().unwrap_or_else(|e| e.into_inner());
+        let pair = Pair {
+            refused: Mutex::new(Vec::new()),
+            ..pair
+        };
+        let refused_keys: HashSet<&str> = refused.iter().map(|r| r.key.as_str()).collect();
         let after = latest_by_key(&pair.dst, &scope).await?;
-        let finals: Vec<FinalState> = stream::iter(listing.iter())
-            .map(|latest| compare_final(&pair, after.get(latest.key.as_str()), latest, versions))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
+        let finals: Vec<FinalState> = stream::iter(
+            listing
+                .iter()
+                .filter(|latest| !refused_keys.contains(latest.key.as_str())),
+        )
+        .map(|latest| compare_final(&pair, after.get(latest.key.as_str()), latest, versions))
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
         for state in finals {
             match state {
                 FinalState::Same => {}
@@ -193,6 +231,9 @@ pub async fn copy(
                 FinalState::Differs(m) => report.mismatches.push(m),
             }
         }
+        let mut refused = refused;
+        refused.sort_by(|a, b| a.key.cmp(&b.key));
+        report.refused.extend(refused);
     }
     report.versions_copied = copied.into_inner();
     report.versions_skipped = skipped.into_inner();
@@ -206,6 +247,25 @@ struct Pair {
     dst: NamespaceHandle,
     /// The target merges (capability `merge`): it may store a JSON payload re-rendered.
     rerenders: bool,
+    /// Records the target refused so far.
+    refused: Mutex<Vec<CopyRefusal>>,
+}
+
+impl Pair {
+    /// Whether the target refused a version of `latest`'s key in this copy.
+    fn was_refused(&self, latest: &RecordInfo) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r.key == latest.key.as_str())
+    }
+}
+
+/// Whether the target's error is a refusal of the record itself (its key or content is
+/// invalid there), which a re-run would meet again, rather than a failure of the target.
+fn is_refusal(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::InvalidKey)
 }
 
 struct Counters<'a> {
@@ -229,10 +289,31 @@ impl Counters<'_> {
     }
 }
 
-/// Wraps a target-side failure so it names the record being copied.
-fn naming(info: &RecordInfo, e: Error) -> Error {
-    match e.kind() {
-        ErrorKind::Conflict => Error::Conflict {
+/// Makes a target-side failure name the record being copied, keeping its kind; a refusal
+/// (see [`is_refusal`]) is noted in `pair.refused` too.
+fn naming(pair: &Pair, info: &RecordInfo, e: Error) -> Error {
+    let record = format!(
+        "copying {}/{} version {}",
+        info.namespace, info.key, info.version
+    );
+    if is_refusal(&e) {
+        let message = format!(
+            "the target refused {}/{} version {}: {e}",
+            info.namespace, info.key, info.version
+        );
+        pair.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CopyRefusal {
+                namespace: info.namespace.to_string(),
+                key: info.key.to_string(),
+                version: info.version,
+                reason: e.to_string(),
+            });
+        return Error::InvalidInput { message };
+    }
+    match e {
+        Error::Conflict { .. } => Error::Conflict {
             namespace: info.namespace.to_string(),
             key: info.key.to_string(),
             expected: format!(
@@ -241,14 +322,29 @@ fn naming(info: &RecordInfo, e: Error) -> Error {
             ),
             current: None,
         },
-        _ => Error::Backend {
-            provider: "copy".into(),
-            message: format!(
-                "copying {}/{} version {} failed: {e}",
-                info.namespace, info.key, info.version
-            ),
-            source: Some(Box::new(e)),
+        Error::Io { context, source } => Error::Io {
+            context: format!("{record}: {context}"),
+            source,
         },
+        Error::Backend {
+            provider,
+            message,
+            source,
+        } => Error::Backend {
+            provider,
+            message: format!("{record}: {message}"),
+            source,
+        },
+        Error::Corrupt { provider, message } => Error::Corrupt {
+            provider,
+            message: format!("{record}: {message}"),
+        },
+        Error::Locked { path, message } => Error::Locked {
+            path,
+            message: format!("{record}: {message}"),
+        },
+        // The others name the record already, or are not about it.
+        other => other,
     }
 }
 
@@ -541,7 +637,7 @@ async fn write_version(
                 },
             )
             .await
-            .map_err(|e| naming(s, e))?;
+            .map_err(|e| naming(pair, s, e))?;
         return Ok(());
     }
     put_from(pair, s, mode).await.map(drop)
@@ -564,7 +660,7 @@ async fn put_from(pair: &Pair, s: &RecordInfo, mode: PutMode) -> Result<RecordIn
         .dst
         .put_with(s.key.as_str(), body, s.metadata.clone(), mode)
         .await
-        .map_err(|e| naming(s, e))?;
+        .map_err(|e| naming(pair, s, e))?;
     if written.hash != s.hash
         && !(pair.rerenders
             && is_json(s.metadata.content_type.as_deref())
@@ -644,7 +740,7 @@ async fn copy_latest(
                 },
             )
             .await
-            .map_err(|e| naming(latest, e))?;
+            .map_err(|e| naming(pair, latest, e))?;
     } else {
         put_from(pair, latest, PutMode::IfVersion(last)).await?;
     }

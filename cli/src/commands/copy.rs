@@ -84,7 +84,19 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
                 code: exit::CONFLICT,
             });
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A failed write (I/O, the target's backend) stops the copy; the error keeps its
+            // kind and names the record, and what was copied before is counted.
+            progress.finish();
+            return Err(Failure::Worded {
+                message: format!(
+                    "{}; copy stopped: {}",
+                    exit::error_chain(&e),
+                    copied_before(progress.versions_copied())
+                ),
+                code: exit::code_for(e.kind()),
+            });
+        }
     };
     progress.finish();
     if ctx.out.is_json() {
@@ -96,11 +108,23 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
         ctx.out
             .note(&summary(&report, source.provider(), target.provider()))?;
     }
-    if report.mismatches.is_empty() {
-        return Ok(());
+    for r in &report.refused {
+        eprintln!(
+            "refused: {}/{} version {}: {}",
+            r.namespace, r.key, r.version, r.reason
+        );
     }
     for m in &report.mismatches {
         eprintln!("mismatch: {}/{}: {}", m.namespace, m.key, m.detail);
+    }
+    if !report.refused.is_empty() {
+        return Err(Failure::Worded {
+            message: refused_records(&report),
+            code: exit::INVALID_INPUT,
+        });
+    }
+    if report.mismatches.is_empty() {
+        return Ok(());
     }
     let n = report.mismatches.len();
     let first = &report.mismatches[0];
@@ -116,17 +140,45 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
     }))
 }
 
-/// The one line for a copy stopped at a key whose state in the target it must not overwrite:
-/// what differs (`expected` completes "expected …"), and what the copy wrote before it stopped,
-/// which stays (the core's conflict sentence says nothing was written, true of that key only).
-fn stopped_by_conflict(namespace: &str, key: &str, expected: &str, copied: u64) -> String {
-    let before = match copied {
+/// The one line for a copy that left out records the target refused (listed above it, each
+/// with the target's reason): how many, the first, what the rest of the copy did, and how to
+/// proceed.
+fn refused_records(report: &CopyReport) -> String {
+    let first = &report.refused[0];
+    let mismatches = match report.mismatches.len() {
+        0 => String::new(),
+        n => format!(
+            "; the final check also found {} differing (listed above)",
+            counted(n as u64, "other record")
+        ),
+    };
+    format!(
+        "the target refused {} (listed above; the first is {}/{} version {}), left out of the copy with their later versions; the other records were copied ({} copied, {} already there){mismatches}; change or remove the refused records in the source, or copy them to a store that accepts them, then re-run (it skips what the target holds)",
+        counted(report.refused.len() as u64, "record"),
+        first.namespace,
+        first.key,
+        first.version,
+        counted(report.versions_copied, "version"),
+        report.versions_skipped,
+    )
+}
+
+/// What a copy wrote before it stopped; it stays in the target.
+fn copied_before(copied: u64) -> String {
+    match copied {
         0 => "nothing was copied before it stopped".to_string(),
         n => format!(
             "before it stopped it copied {}, which the target keeps (a re-run skips what it holds)",
             counted(n, "version")
         ),
-    };
+    }
+}
+
+/// The one line for a copy stopped at a key whose state in the target it must not overwrite:
+/// what differs (`expected` completes "expected …"), and what the copy wrote before it stopped,
+/// which stays (the core's conflict sentence says nothing was written, true of that key only).
+fn stopped_by_conflict(namespace: &str, key: &str, expected: &str, copied: u64) -> String {
+    let before = copied_before(copied);
     format!(
         "copy stopped at {namespace}/{key}, which the target holds otherwise and is not overwritten: expected {expected}; {before}"
     )
@@ -139,8 +191,12 @@ fn summary(report: &CopyReport, from: &str, to: &str) -> String {
         0 => String::new(),
         n => format!(" ({} re-rendered by the target)", counted(n, "JSON record")),
     };
+    let refused = match report.refused.len() {
+        0 => String::new(),
+        n => format!(", {} refused by the target", counted(n as u64, "record")),
+    };
     format!(
-        "copy {from} -> {to}: {} in {}; {} copied ({}), {} skipped (already in the target); final check: {}{rerendered}",
+        "copy {from} -> {to}: {} in {}; {} copied ({}), {} skipped (already in the target){refused}; final check: {}{rerendered}",
         counted(report.keys, "key"),
         counted(report.namespaces, "namespace"),
         counted(report.versions_copied, "version"),
@@ -168,6 +224,7 @@ mod tests {
             bytes_copied: 1536,
             rerendered: 0,
             mismatches: Vec::new(),
+            refused: Vec::new(),
         };
         assert_eq!(
             summary(&report, "sqlite", "fs"),
