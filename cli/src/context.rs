@@ -40,6 +40,10 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
+/// stowage's own crates at `warn`: the warnings every run shows (bar `-q`); `-v` and `-vv`
+/// only ever raise these levels, never drop a crate.
+const OWN_WARNINGS: &str = "stowage_core=warn,stowage_providers=warn,stowage=warn";
+
 /// Sends `tracing` output to stderr: by default stowage's own warnings (damage a provider found
 /// and repaired, a clean-up that failed), one line each; `-v`/`-vv` every backend call and more;
 /// `$RUST_LOG` when set and no `-v` given; nothing with `-q`.
@@ -54,8 +58,7 @@ pub fn init_tracing(global: &GlobalArgs) {
                 // Only stowage's crates: a dependency's warnings (sqlx's slow statements, say)
                 // are not the user's to act on. Failures are not logged, so every failure stays
                 // one `stowage:` line.
-                let filter =
-                    EnvFilter::new("stowage_core=warn,stowage_providers=warn,stowage=warn");
+                let filter = EnvFilter::new(OWN_WARNINGS);
                 let _ = tracing_subscriber::fmt()
                     .with_env_filter(filter)
                     .with_writer(std::io::stderr)
@@ -66,7 +69,8 @@ pub fn init_tracing(global: &GlobalArgs) {
                 return;
             }
         },
-        1 => EnvFilter::new("stowage_core=debug"),
+        // The call spans of stowage_core, and still the providers' and the CLI's warnings.
+        1 => EnvFilter::new("stowage_core=debug,stowage_providers=warn,stowage=warn"),
         _ => EnvFilter::new("stowage_core=trace,stowage_providers=debug,stowage=debug"),
     };
     // Fails only if a subscriber is already set, which cannot happen in this binary.

@@ -912,3 +912,37 @@ fn a_range_must_start_inside_the_payload() {
     let run = sb.fails(&["get", "empty", "--range", "1-"], 2);
     assert!(run.stderr.contains("byte 1"), "{}", run.stderr);
 }
+
+#[test]
+fn warnings_show_with_every_verbosity_but_quiet() {
+    let sb = Sandbox::new();
+    sb.write(
+        "fs.toml",
+        "[storage]\nprovider = \"fs\"\n[storage.config]\nroot = \"fs\"\n",
+    );
+    for key in ["a", "b"] {
+        let run = sb.run_with_stdin(&["--config", "fs.toml", "put", key, "-"], key.as_bytes());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    // Junk appended to the fs index log: the provider repairs it and warns.
+    let damage = || {
+        let log = sb.join("fs/index.log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(b"\x01\x02\x03");
+        std::fs::write(&log, bytes).unwrap();
+    };
+    for verbosity in [&[][..], &["-v"], &["-vv"], &["--json"]] {
+        damage();
+        let mut args = verbosity.to_vec();
+        args.extend_from_slice(&["--config", "fs.toml", "ls"]);
+        let run = sb.ok(&args);
+        assert!(
+            run.stderr.contains("WARN") && run.stderr.contains("index"),
+            "{verbosity:?} hid the warning: {}",
+            run.stderr
+        );
+    }
+    damage();
+    let run = sb.ok(&["-q", "--config", "fs.toml", "ls"]);
+    assert_eq!(run.stderr, "", "-q shows no warnings");
+}
