@@ -946,3 +946,32 @@ fn warnings_show_with_every_verbosity_but_quiet() {
     let run = sb.ok(&["-q", "--config", "fs.toml", "ls"]);
     assert_eq!(run.stderr, "", "-q shows no warnings");
 }
+
+#[test]
+fn attr_minus_zero_is_zero_and_big_integers_inside_values_are_refused() {
+    let sb = Sandbox::new();
+    let run = sb.run_with_stdin(&["put", "k", "--attr", "n=-0"], b"x");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = sb.ok(&["--json", "head", "k"]).json();
+    assert_eq!(head["attributes"]["n"], serde_json::json!(0), "{head}");
+    for filter in [
+        ["--attr", "n=-0"],
+        ["--attr", "n=0"],
+        ["--attr-min", "n=-0"],
+    ] {
+        let mut args = vec!["search"];
+        args.extend_from_slice(&filter);
+        assert_eq!(sb.ok(&args).text(), "k  v1  1 B\n", "{filter:?}");
+    }
+    let run = sb.run_with_stdin(
+        &["put", "big", "--attr", r#"n={"x":99999999999999999999}"#],
+        b"x",
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("99999999999999999999") && run.stderr.contains("beyond 64 bits"),
+        "{}",
+        run.stderr
+    );
+    sb.fails(&["head", "big"], 3);
+}
