@@ -164,7 +164,16 @@ impl CopyObserver for CopyProgress {
         if !info.is_deleted() {
             self.bytes.fetch_add(info.size, Ordering::Relaxed);
         }
-        self.bar.inc(1);
+        // A key copied as a tombstone may take two versions (what it deleted, then itself);
+        // a bar of keys must not run past its length for it.
+        if !self.per_key
+            || self
+                .bar
+                .length()
+                .is_none_or(|len| self.bar.position() < len)
+        {
+            self.bar.inc(1);
+        }
         self.refresh();
     }
 

@@ -599,20 +599,22 @@ async fn copy_history(
                 .iter()
                 .rev()
                 .find(|v| !v.is_deleted() && v.version < s.version),
+            counters,
         )
         .await?;
-        counters.copied(s);
         last = Some(s.version);
     }
     Ok(())
 }
 
-/// Writes one source version `s` onto the target whose latest version is `last`.
+/// Writes one source version `s` onto the target whose latest version is `last`, counting each
+/// version written (a tombstone onto nothing takes two: what it deleted, then itself).
 async fn write_version(
     pair: &Pair,
     s: &RecordInfo,
     last: Option<Version>,
     live_before: Option<&RecordInfo>,
+    counters: &Counters<'_>,
 ) -> Result<()> {
     let key = s.key.as_str();
     let mode = match last {
@@ -624,9 +626,10 @@ async fn write_version(
             Some(v) => v,
             // A tombstone with nothing before it in the target: write what it deleted first.
             None => {
-                put_from(pair, live_before.unwrap_or(s), mode)
-                    .await?
-                    .version
+                let deleted = live_before.unwrap_or(s);
+                let written = put_from(pair, deleted, mode).await?;
+                counters.copied(deleted);
+                written.version
             }
         };
         pair.dst
@@ -638,9 +641,12 @@ async fn write_version(
             )
             .await
             .map_err(|e| naming(pair, s, e))?;
+        counters.copied(s);
         return Ok(());
     }
-    put_from(pair, s, mode).await.map(drop)
+    put_from(pair, s, mode).await?;
+    counters.copied(s);
+    Ok(())
 }
 
 /// Streams version `s` of the source into the target with `mode`; checks that the target
@@ -689,11 +695,11 @@ async fn copy_latest(
             // Read the deleted payload through the tombstone's predecessor.
             let history = source_history(&pair.src, latest).await?;
             let live = history.iter().rev().find(|v| !v.is_deleted());
-            write_version(pair, latest, None, live).await?;
+            write_version(pair, latest, None, live, counters).await?;
         } else {
             put_from(pair, latest, PutMode::Create).await?;
+            counters.copied(latest);
         }
-        counters.copied(latest);
         return Ok(());
     };
     if compare(pair, latest, c).await?.matches() {
@@ -729,6 +735,7 @@ async fn copy_latest(
             last = put_from(pair, live, PutMode::IfVersion(last))
                 .await?
                 .version;
+            counters.copied(live);
         }
     }
     if latest.is_deleted() {

@@ -386,3 +386,41 @@ async fn a_target_state_differing_only_in_metadata_is_named_so_by_both_modes() {
         assert!(msg.contains("their tags differ"), "{msg}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_only_counts_both_versions_a_tombstone_takes() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    let target = store("sqlite", &d2).await;
+    let s = source.default_namespace();
+    s.put("k", "ten bytes!", Metadata::new()).await.unwrap();
+    s.delete("k", DeleteOptions::default()).await.unwrap();
+    let options = CopyOptions {
+        versions: CopyVersions::Latest,
+        ..Default::default()
+    };
+    let report = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    let written = target.default_namespace().versions("k").await.unwrap();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(report.versions_copied, 2, "{report:?}");
+    assert_eq!(report.bytes_copied, 10, "{report:?}");
+    // A target tombstone of an older state: the payload is brought back, then deleted again.
+    let d3 = tempfile::tempdir().unwrap();
+    let behind = store("sqlite", &d3).await;
+    let b = behind.default_namespace();
+    s.restore("k", None).await.unwrap();
+    copy(&source, &behind, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    b.delete("k", DeleteOptions::default()).await.unwrap();
+    s.put("k", "newer", Metadata::new()).await.unwrap();
+    s.delete("k", DeleteOptions::default()).await.unwrap();
+    let report = copy(&source, &behind, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{report:?}");
+    assert_eq!(report.versions_copied, 2, "{report:?}");
+    assert_eq!(report.bytes_copied, 5, "{report:?}");
+}
