@@ -480,6 +480,8 @@ mod tests {
     }
 
     #[test]
+    // The literals are spelt as other languages print them, digits beyond f64's included.
+    #[allow(clippy::excessive_precision)]
     fn floats_parse_to_the_nearest_f64() {
         // Python's and JavaScript's shortest spelling of these floats; serde_json's default
         // fast parser lands one step off on them (the workspace enables `float_roundtrip`).
@@ -491,7 +493,10 @@ mod tests {
         ] {
             let got: f64 = serde_json::from_str(text).unwrap();
             assert_eq!(got.to_bits(), want.to_bits(), "{text}");
-            assert_eq!(serde_json::to_string(&got).unwrap().parse::<f64>().unwrap(), want);
+            assert_eq!(
+                serde_json::to_string(&got).unwrap().parse::<f64>().unwrap(),
+                want
+            );
         }
     }
 
