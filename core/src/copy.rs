@@ -455,20 +455,6 @@ fn metadata_difference(s: &RecordInfo, t: &RecordInfo) -> Option<String> {
     (!fields.is_empty()).then(|| fields.join(" and "))
 }
 
-/// Whether a content type names JSON (`application/json`, `application/*+json`, with or
-/// without parameters): the payloads a merging target keeps as documents.
-fn is_json(content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return false };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
 /// Compares source version `s` with target version `t` (their numbers aside).
 async fn compare(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<Verdict> {
     if s.is_deleted() != t.is_deleted() {
@@ -486,7 +472,7 @@ async fn compare_payload(pair: &Pair, s: &RecordInfo, t: &RecordInfo) -> Result<
     if s.hash == t.hash {
         return Ok(Verdict::Same);
     }
-    if pair.rerenders && is_json(s.metadata.content_type.as_deref()) {
+    if pair.rerenders && s.metadata.is_json() {
         // A tombstone's payload cannot be read back; the live version before it was compared
         // when it was copied.
         if s.is_deleted() || same_json(pair, s, t).await? {
@@ -668,9 +654,7 @@ async fn put_from(pair: &Pair, s: &RecordInfo, mode: PutMode) -> Result<RecordIn
         .await
         .map_err(|e| naming(pair, s, e))?;
     if written.hash != s.hash
-        && !(pair.rerenders
-            && is_json(s.metadata.content_type.as_deref())
-            && same_json(pair, s, &written).await?)
+        && !(pair.rerenders && s.metadata.is_json() && same_json(pair, s, &written).await?)
     {
         return Err(Error::corrupt(
             pair.dst.store().provider(),

@@ -50,9 +50,9 @@ pub use hash::{ContentHash, ContentHasher};
 pub use key::{Key, Namespace, MAX_KEY_LEN};
 pub use metrics::{Metrics, OperationStats, PayloadBytes};
 pub use model::{
-    ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions, ListOptions, Metadata,
-    NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp, VerifyProblem, VerifyReport,
-    Version,
+    is_json_content_type, ByteRange, Capabilities, Conflict, DeleteOptions, GcReport, GetOptions,
+    ListOptions, Metadata, NoProgress, Page, Progress, PutMode, RecordInfo, Timestamp,
+    VerifyProblem, VerifyReport, Version,
 };
 pub use plugin::{load_plugins, PluginDescription, PluginLibrary};
 pub use query::{compare_json, AttrFilter, CursorPos, Order, Query, TimeRange};

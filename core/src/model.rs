@@ -213,6 +213,21 @@ impl Metadata {
         self
     }
 
+    /// Whether the content type names JSON (`application/json`, `application/…+json`, any case,
+    /// with or without parameters): the payloads a merging provider keeps as documents.
+    ///
+    /// ```
+    /// use stowage_core::Metadata;
+    /// let json = |ct: &str| Metadata::new().with_content_type(ct).is_json();
+    /// assert!(json("application/json; charset=utf-8") && json("Application/LD+JSON"));
+    /// assert!(!json("text/json") && !Metadata::new().is_json());
+    /// ```
+    pub fn is_json(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_some_and(is_json_content_type)
+    }
+
     /// Checks the content type, every tag and every attribute name for control characters
     /// (a newline in a tag would read as another line of `stowage head`, as keys refuse them
     /// for the same reason); `InvalidInput` names the field and the character.
@@ -243,6 +258,19 @@ impl Metadata {
         }
         Ok(())
     }
+}
+
+/// Whether a content type names JSON (`application/json`, `application/…+json`, any case, with
+/// or without parameters). See [`Metadata::is_json`].
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A field whose concurrent values a merging provider kept (see `automerge`).

@@ -19,7 +19,7 @@ use automerge::transaction::Transactable;
 use automerge::{
     ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT,
 };
-use stowage_core::{Conflict, Key, Metadata, Namespace, Timestamp};
+use stowage_core::{is_json_content_type, Conflict, Key, Metadata, Namespace, Timestamp};
 
 /// The record content a put brings, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,19 +56,6 @@ impl Payload {
             Payload::Bytes(b) => b.clone(),
         }
     }
-}
-
-/// Whether a content type names JSON (`application/json`, `application/x+json`, with or
-/// without parameters).
-pub(crate) fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The record as it is at one point of the document's history.
