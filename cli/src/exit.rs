@@ -86,7 +86,7 @@ pub fn report(error: &Error) -> ExitCode {
     if is_broken_pipe(error) {
         return ExitCode::from(OK);
     }
-    eprintln!("stowage: {}", one_line(&error_chain(error)));
+    eprintln!("stowage: {}", one_line(&error.chain()));
     ExitCode::from(code_for(error.kind()))
 }
 
@@ -136,22 +136,6 @@ fn one_line_usage_error(rendered: &str) -> String {
         line.push_str(&usage);
     }
     line
-}
-
-/// The error's message followed by its sources, so an I/O error shows the OS reason.
-pub(crate) fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        let part = s.to_string();
-        // thiserror messages often embed their source already; do not repeat it.
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Folds a multi-line message into one line.
@@ -212,7 +196,7 @@ mod tests {
             "opening out.bin",
             std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied\nreally"),
         );
-        let line = one_line(&error_chain(&e));
+        let line = one_line(&e.chain());
         assert!(!line.contains('\n'), "{line}");
         assert!(
             line.contains("opening out.bin") && line.contains("denied really"),

@@ -203,6 +203,29 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// The message followed by each source it does not already contain (thiserror messages
+    /// often embed their source), joined with `: ` — an I/O error shows the OS reason once.
+    /// What the CLI prints.
+    ///
+    /// ```
+    /// use stowage_core::Error;
+    /// let e = Error::io("reading a.txt", std::io::Error::other("disk on fire"));
+    /// assert!(e.chain().ends_with("disk on fire"));
+    /// ```
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let part = s.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            source = s.source();
+        }
+        text
+    }
+
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -426,25 +426,9 @@ async fn listing_pages_follow_key_byte_order() {
 
 // ---- errors: each names the endpoint and the bucket ----
 
-/// The error as the CLI prints it: the message, then each source the message does not
-/// already contain (as `stowage`'s one-line error does).
-fn as_one_line(err: &stowage_core::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 fn assert_backend_error(err: &stowage_core::Error, endpoint: &str, bucket: &str, also: &str) {
     let text = err.to_string();
-    let line = as_one_line(err);
+    let line = err.chain();
     eprintln!("error as the user sees it: {line}");
     // The cause is quoted once, without the HTTP response's headers.
     assert_eq!(line, text, "a source is repeated after the message");

@@ -1018,12 +1018,7 @@ async fn a_put_that_fails_inside_a_shared_commit_fails_alone() {
                 }
                 Err(e) => {
                     assert_eq!(k, "poison", "a put sharing the commit failed: {e}");
-                    let mut chain = e.to_string();
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(s) = source {
-                        chain = format!("{chain}: {s}");
-                        source = s.source();
-                    }
+                    let chain = e.chain();
                     assert!(chain.contains("poisoned by a test"), "{chain}");
                 }
             }

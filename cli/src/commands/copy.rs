@@ -91,7 +91,7 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
             return Err(Failure::Worded {
                 message: format!(
                     "{}; copy stopped: {}",
-                    exit::error_chain(&e),
+                    e.chain(),
                     copied_before(progress.versions_copied())
                 ),
                 code: exit::code_for(e.kind()),
