@@ -3,3 +3,8 @@
 //!
 //! The plugin tests load real shared libraries from `target/plugins/`, built by
 //! `scripts/build-plugin-fixtures` before `cargo test`.
+
+/// The README's Rust example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
