@@ -8,3 +8,8 @@
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExamples;
+
+/// The user guide's Rust example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/user-guide.md")]
+pub struct UserGuideExamples;
