@@ -1,27 +1,41 @@
 //! [`AutomergeBackend`]: the `StorageBackend` over a directory of Automerge documents.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use automerge::{ActorId, ReadDoc};
 use stowage_core::{
-    async_trait, Body, Capabilities, DeleteOptions, Error, GetOptions, Key, ListOptions, Metadata,
-    Namespace, Page, Progress, PutMode, Query, RecordInfo, Result, StorageBackend, VerifyProblem,
-    VerifyReport, Version,
+    async_trait, is_json_content_type, Body, Capabilities, ContentHash, DeleteOptions, Error,
+    GcReport, GetOptions, Key, ListOptions, Metadata, Namespace, Page, Progress, PutMode, Query,
+    RecordInfo, Result, StorageBackend, VerifyProblem, VerifyReport, Version,
 };
 
+use super::blobs::{BlobPin, BlobRef, BlobStore, Received, Staged};
 use super::config::AutomergeConfig;
 use super::document::{self, Payload};
 use super::listing;
 use super::record::{ms_to_timestamp, now_ms, DocSettings, RecordDoc};
 use super::storage::{self, DocLock};
 use super::PROVIDER;
-use crate::atomic_file::Durability;
+use crate::atomic_file::{AtomicFile, Durability};
 
 const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_LINE: &str = "stowage-automerge 1\n";
+/// A store whose documents hold every payload themselves.
+const FORMAT_V1: &str = "stowage-automerge 1\n";
+/// A store whose documents may refer to payload files under `blobs/`: written before the first
+/// such reference, so a build that knows only version 1 refuses the store instead of reading
+/// a reference as a payload.
+const FORMAT_V2: &str = "stowage-automerge 2\n";
+
+/// A temporary file untouched this long may be abandoned (if its writer's lock is free too).
+const ABANDONED_TMP_QUIET: Duration = Duration::from_secs(60);
+/// Where locks do not work, a temporary file untouched this long counts as abandoned.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
 /// A store of records as Automerge documents under one root directory.
 ///
@@ -37,6 +51,10 @@ pub struct AutomergeBackend {
 pub(crate) struct Inner {
     pub(crate) root: PathBuf,
     pub(crate) settings: DocSettings,
+    pub(crate) blobs: BlobStore,
+    blob_min_bytes: u64,
+    /// `FORMAT` is known to say version 2.
+    format_v2: AtomicBool,
     docs: Mutex<HashMap<PathBuf, Arc<Mutex<RecordDoc>>>>,
 }
 
@@ -61,6 +79,9 @@ impl AutomergeBackend {
                     durability: Durability::from_fsync(config.fsync),
                     compact_min_bytes: config.compact_min_bytes,
                 },
+                blobs: BlobStore::new(&config.root, Durability::from_fsync(config.fsync)),
+                blob_min_bytes: config.blob_min_bytes,
+                format_v2: AtomicBool::new(false),
                 docs: Mutex::new(HashMap::new()),
             }),
         })
@@ -180,25 +201,73 @@ impl Inner {
         fs::create_dir_all(&docs)
             .map_err(|e| Error::io(format!("creating {}", docs.display()), e))?;
         let format = self.root.join(FORMAT_FILE);
-        match fs::read_to_string(&format) {
-            Ok(s) if s == FORMAT_LINE => Ok(()),
-            Ok(s) => Err(Error::corrupt(
-                PROVIDER,
-                format!(
-                    "{} says {:?}, but this build reads {:?}; use a matching stowage version",
-                    format.display(),
-                    s.trim(),
-                    FORMAT_LINE.trim()
-                ),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::atomic_file::write_atomic(
-                &format,
-                FORMAT_LINE.as_bytes(),
-                self.settings.durability,
-            )
-            .map_err(|e| Error::io(format!("writing {}", format.display()), e)),
-            Err(e) => Err(Error::io(format!("reading {}", format.display()), e)),
+        for _ in 0..2 {
+            match fs::read_to_string(&format) {
+                Ok(s) if s == FORMAT_V1 => return Ok(()),
+                Ok(s) if s == FORMAT_V2 => {
+                    self.format_v2.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(s) => {
+                    return Err(Error::corrupt(
+                        PROVIDER,
+                        format!(
+                            "{} says {:?}, but this build reads {:?} or {:?}; use a matching stowage version",
+                            format.display(),
+                            s.trim(),
+                            FORMAT_V1.trim(),
+                            FORMAT_V2.trim()
+                        ),
+                    ))
+                }
+                // Created only if still absent: a concurrent writer may have written version 2
+                // meanwhile, which must never be replaced by 1.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let write = || -> std::io::Result<()> {
+                        let mut file = AtomicFile::create_in(&self.root, self.settings.durability)?;
+                        file.write_all(FORMAT_V1.as_bytes())?;
+                        file.commit_if_absent(&format).map(|_| ())
+                    };
+                    write().map_err(|e| Error::io(format!("writing {}", format.display()), e))?;
+                }
+                Err(e) => return Err(Error::io(format!("reading {}", format.display()), e)),
+            }
         }
+        Err(Error::corrupt(
+            PROVIDER,
+            format!(
+                "{} was written but cannot be read back; check the file system",
+                format.display()
+            ),
+        ))
+    }
+
+    /// Makes `FORMAT` say version 2 (durably), before the first document change that refers
+    /// to a payload file.
+    pub(crate) fn ensure_blob_format(&self) -> Result<()> {
+        if self.format_v2.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.ensure_root()?;
+        if self.format_v2.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let format = self.root.join(FORMAT_FILE);
+        crate::atomic_file::write_atomic(&format, FORMAT_V2.as_bytes(), self.settings.durability)
+            .map_err(|e| Error::io(format!("writing {}", format.display()), e))?;
+        self.format_v2.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives a staged payload file its hash name under a pin and makes `FORMAT` version 2: the
+    /// payload as the document will refer to it, and the pin to hold until that change is
+    /// committed (so `gc` cannot remove the file in between).
+    fn store_blob(&self, staged: Staged) -> Result<(Payload, BlobPin)> {
+        self.ensure_root()?;
+        let pin = self.blobs.pin()?;
+        let blob = self.blobs.commit(staged)?;
+        self.ensure_blob_format()?;
+        Ok((Payload::Blob(blob), pin))
     }
 
     pub(crate) fn doc(
@@ -353,12 +422,44 @@ impl StorageBackend for AutomergeBackend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
-        let bytes = body.into_bytes().await?;
-        let payload = Payload::parse(bytes.to_vec(), metadata.content_type.as_deref()).map_err(
-            |inexact| Error::invalid_input(format!("record {ns}/{key} was not written: {inexact}")),
-        )?;
+        // JSON is parsed (and then reconciled) whole; any other payload at or above the
+        // threshold is streamed to a file.
+        let is_json = metadata
+            .content_type
+            .as_deref()
+            .is_some_and(is_json_content_type);
+        let received = if is_json {
+            Received::Inline(body.into_bytes().await?)
+        } else {
+            self.inner
+                .blobs
+                .receive(body, self.inner.blob_min_bytes)
+                .await?
+        };
+        let incoming = match received {
+            Received::Inline(bytes) => Ok(Payload::parse(
+                bytes.to_vec(),
+                metadata.content_type.as_deref(),
+            )
+            .map_err(|inexact| {
+                Error::invalid_input(format!("record {ns}/{key} was not written: {inexact}"))
+            })?),
+            Received::Staged(staged) => Err(staged),
+        };
         let (ns, key) = (ns.clone(), key.clone());
         self.blocking(move |inner| {
+            let (payload, _pin) = match incoming {
+                // A payload declared JSON that is not JSON is bytes: a file too when big.
+                Ok(Payload::Bytes(bytes)) if bytes.len() as u64 >= inner.blob_min_bytes => {
+                    let (payload, pin) = inner.store_blob(inner.blobs.stage_bytes(&bytes)?)?;
+                    (payload, Some(pin))
+                }
+                Ok(payload) => (payload, None),
+                Err(staged) => {
+                    let (payload, pin) = inner.store_blob(staged)?;
+                    (payload, Some(pin))
+                }
+            };
             inner.write(&ns, &key, |rd, lock| {
                 let latest = rd.latest();
                 let base = match mode {
@@ -408,25 +509,38 @@ impl StorageBackend for AutomergeBackend {
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
         let (ns, key) = (ns.clone(), key.clone());
-        let (info, bytes) = self
+        let (info, payload) = self
             .blocking(move |inner| {
                 inner.read(&ns, &key, |rd| {
                     let v = Inner::resolve(rd, &ns, &key, options.version)?;
                     let info = rd.record_info(v)?;
-                    let bytes = rd
-                        .state_at(v)?
-                        .payload
-                        .map(|p| p.render())
-                        .unwrap_or_default();
-                    Ok((info, bytes))
+                    let payload = match rd.summary(v)?.blob {
+                        Some(blob) => Err(blob),
+                        None => Ok(rd
+                            .state_at(v)?
+                            .payload
+                            .and_then(|p| p.render())
+                            .unwrap_or_default()),
+                    };
+                    Ok((info, payload))
                 })
             })
             .await?;
-        let body = match options.range {
-            None => Body::from_bytes(bytes),
-            Some(range) => {
-                let (start, len) = range.resolve(bytes.len() as u64)?;
-                Body::from_bytes(bytes[start as usize..(start + len) as usize].to_vec())
+        let body = match payload {
+            Ok(bytes) => match options.range {
+                None => Body::from_bytes(bytes),
+                Some(range) => {
+                    let (start, len) = range.resolve(bytes.len() as u64)?;
+                    Body::from_bytes(bytes[start as usize..(start + len) as usize].to_vec())
+                }
+            },
+            Err(blob) => {
+                let (start, len) = match options.range {
+                    None => (0, blob.size),
+                    Some(range) => range.resolve(blob.size)?,
+                };
+                let what = format!("{}/{} version {}", info.namespace, info.key, info.version);
+                self.inner.blobs.read(blob, start, len, what).await?
             }
         };
         Ok((info, body))
@@ -581,9 +695,11 @@ impl StorageBackend for AutomergeBackend {
             .await?;
         progress.set_total(docs.len() as u64);
         let mut report = VerifyReport::default();
+        let files: FileChecks = Arc::new(Mutex::new(HashMap::new()));
         for dir in docs {
+            let files = files.clone();
             let part = self
-                .blocking(move |inner| verify_document(inner, &dir))
+                .blocking(move |inner| verify_document(inner, &dir, &files))
                 .await?;
             report.records_checked += part.records_checked;
             report.blobs_checked += part.blobs_checked;
@@ -591,6 +707,61 @@ impl StorageBackend for AutomergeBackend {
             report.problems.extend(part.problems);
             progress.inc(1);
         }
+        Ok(report)
+    }
+
+    async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        self.blocking(|inner| inner.ensure_root()).await?;
+        // Waits until no write (in any process) is between storing a payload file and
+        // committing the change that refers to it, and keeps new ones waiting until gc is done.
+        let _exclusive = self.blocking(|inner| inner.blobs.exclusive()).await?;
+        let docs = self
+            .blocking(|inner| {
+                let mut all = Vec::new();
+                for ns in storage::namespace_dirs(&inner.root)? {
+                    all.extend(storage::document_dirs(&inner.root, &ns)?);
+                }
+                Ok(all)
+            })
+            .await?;
+        progress.set_total(docs.len() as u64 + 1);
+        let mut referenced: BTreeSet<BlobRef> = BTreeSet::new();
+        let mut payloads: HashSet<ContentHash> = HashSet::new();
+        for dir in docs {
+            let (refs, hashes) = self.blocking(move |inner| gc_scan(inner, &dir)).await?;
+            referenced.extend(refs);
+            payloads.extend(hashes);
+            progress.inc(1);
+        }
+        let report = self
+            .blocking(move |inner| {
+                let keep: HashSet<ContentHash> = referenced.iter().map(|b| b.hash).collect();
+                let mut report = GcReport::default();
+                let stored = inner
+                    .blobs
+                    .list_all()
+                    .map_err(|e| Error::io("listing the payload files under blobs/", e))?;
+                for (hash, size) in stored {
+                    if keep.contains(&hash) {
+                        continue;
+                    }
+                    inner.blobs.remove(&hash).map_err(|e| {
+                        Error::io(
+                            format!("removing {}", inner.blobs.path_of(&hash).display()),
+                            e,
+                        )
+                    })?;
+                    report.blobs_removed += 1;
+                    report.bytes_freed += size;
+                }
+                // Every payload a version needs stays, in a document or in a file.
+                payloads.extend(keep);
+                report.blobs_kept = payloads.len() as u64;
+                inner.remove_abandoned_tmp_files()?;
+                Ok(report)
+            })
+            .await?;
+        progress.inc(1);
         Ok(report)
     }
 
@@ -610,6 +781,24 @@ impl StorageBackend for AutomergeBackend {
 }
 
 impl Inner {
+    /// Removes the temporary files of writers that died: under `tmp/`, in the root (`FORMAT`)
+    /// and in the document folders. A live writer's file is locked, so it stays.
+    fn remove_abandoned_tmp_files(&self) -> Result<()> {
+        let mut dirs = vec![self.blobs.tmp_dir().to_path_buf(), self.root.clone()];
+        for ns in storage::namespace_dirs(&self.root)? {
+            dirs.extend(storage::document_dirs(&self.root, &ns)?);
+        }
+        for dir in dirs {
+            crate::atomic_file::remove_abandoned_tmp_files(
+                &dir,
+                ABANDONED_TMP_QUIET,
+                STALE_TMP_AGE,
+            )
+            .map_err(|e| Error::io(format!("cleaning temporary files in {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
     fn latest_infos_any(&self, ns: &Namespace) -> Result<bool> {
         for dir in storage::document_dirs(&self.root, ns)? {
             if self.latest_info(dir)?.is_some() {
@@ -620,9 +809,39 @@ impl Inner {
     }
 }
 
+/// What `gc` must keep of the document in `dir`, loaded afresh (not cached): the payload files
+/// any of its changes refers to, and the hash of every version's payload. A document that
+/// does not load stops `gc` (it could refer to any file).
+fn gc_scan(inner: &Inner, dir: &Path) -> Result<(BTreeSet<BlobRef>, Vec<ContentHash>)> {
+    let mut fresh = RecordDoc::new(dir.to_path_buf(), None, &ActorId::random());
+    {
+        let Some(mut lock) = DocLock::acquire(dir, false, false)? else {
+            return Ok(Default::default());
+        };
+        fresh
+            .reload(&mut lock, &inner.settings.actor)
+            .map_err(|e| {
+                Error::corrupt(
+                    PROVIDER,
+                    format!("gc stopped, removing nothing: {e}; run `stowage verify`"),
+                )
+            })?;
+    }
+    let refs = document::blob_refs(&fresh.doc);
+    let mut hashes = Vec::new();
+    for v in 1..=fresh.latest() {
+        hashes.push(fresh.summary(v)?.hash);
+    }
+    Ok((refs, hashes))
+}
+
+/// Results of re-hashing payload files during one `verify`, by hash: `None` when missing.
+type FileChecks = Arc<Mutex<HashMap<ContentHash, Option<(ContentHash, u64)>>>>;
+
 /// Loads one document's files into a fresh document, independently of the cache, re-renders
-/// every version's payload and compares its hash and size with what the backend serves.
-fn verify_document(inner: &Inner, dir: &Path) -> Result<VerifyReport> {
+/// every version's payload and compares its hash and size with what the backend serves;
+/// re-hashes every payload file a version refers to (each file once per `verify`).
+fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut fresh = RecordDoc::new(dir.to_path_buf(), None, &ActorId::random());
     {
@@ -696,6 +915,59 @@ fn verify_document(inner: &Inner, dir: &Path) -> Result<VerifyReport> {
         report.records_checked += 1;
         report.blobs_checked += 1;
         report.bytes_checked += on_disk.size;
+        if let Some(blob) = on_disk.blob {
+            let known = files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&blob.hash)
+                .copied();
+            let found = match known {
+                Some(found) => found,
+                None => {
+                    let path = inner.blobs.path_of(&blob.hash);
+                    let found = inner
+                        .blobs
+                        .rehash(&blob.hash)
+                        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                    files
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(blob.hash, found);
+                    found
+                }
+            };
+            let path = inner.blobs.path_of(&blob.hash);
+            match found {
+                None => report.problems.push(VerifyProblem {
+                    hash: Some(blob.hash),
+                    ..problem(
+                        Some(v),
+                        "missing",
+                        format!(
+                            "the payload file {} ({} bytes) is missing; restore it from a replica or backup",
+                            path.display(),
+                            blob.size
+                        ),
+                    )
+                }),
+                Some((hash, size)) if hash != blob.hash || size != blob.size => {
+                    report.problems.push(VerifyProblem {
+                        hash: Some(blob.hash),
+                        ..problem(
+                            Some(v),
+                            "corrupt",
+                            format!(
+                                "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); restore it from a replica or backup",
+                                path.display(),
+                                blob.hash,
+                                blob.size
+                            ),
+                        )
+                    })
+                }
+                Some(_) => {}
+            }
+        }
         match served.get(v as usize - 1) {
             Some(s) if s.hash == on_disk.hash && s.size == on_disk.size => {}
             Some(s) => report.problems.push(VerifyProblem {

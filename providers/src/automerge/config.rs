@@ -14,6 +14,7 @@ use stowage_core::{Error, Result};
 /// [storage.config]
 /// root = "stowage-data/automerge"
 /// actor = "8f1e5c0a9b7d4e2f8a6c3b1d0e9f7a5c"   # optional
+/// blob_min_bytes = 1048576                      # optional
 /// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +34,17 @@ pub struct AutomergeConfig {
     /// total size exceeds both the snapshot's size and this many bytes (default 4096).
     #[serde(default = "default_compact_min_bytes")]
     pub compact_min_bytes: u64,
+    /// A byte payload (one not reconciled as JSON) of at least this many bytes is streamed to
+    /// a content-addressed file under `<root>/blobs/` and the document holds only a reference
+    /// to it; smaller ones live in the document. Default 1 MiB, at most
+    /// [`MAX_BLOB_MIN_BYTES`]; `0` puts every byte payload in a file.
+    #[serde(default = "default_blob_min_bytes")]
+    pub blob_min_bytes: u64,
 }
+
+/// The largest `blob_min_bytes` accepted (16 MiB): payloads below the threshold are held whole
+/// in memory, in the document and in every snapshot of it.
+pub const MAX_BLOB_MIN_BYTES: u64 = 16 << 20;
 
 fn default_fsync() -> bool {
     true
@@ -41,6 +52,10 @@ fn default_fsync() -> bool {
 
 fn default_compact_min_bytes() -> u64 {
     4096
+}
+
+fn default_blob_min_bytes() -> u64 {
+    1 << 20
 }
 
 impl AutomergeConfig {
@@ -51,6 +66,7 @@ impl AutomergeConfig {
             actor: None,
             fsync: default_fsync(),
             compact_min_bytes: default_compact_min_bytes(),
+            blob_min_bytes: default_blob_min_bytes(),
         }
     }
 
@@ -64,6 +80,15 @@ impl AutomergeConfig {
             ));
         }
         parsed.actor_id()?;
+        if parsed.blob_min_bytes > MAX_BLOB_MIN_BYTES {
+            return Err(Error::invalid_config(
+                "storage.config.blob_min_bytes",
+                format!(
+                    "is {} bytes, above the limit of {MAX_BLOB_MIN_BYTES} (16 MiB): byte payloads below it are held whole in memory; give at most {MAX_BLOB_MIN_BYTES}, or 0 to put every byte payload in a file",
+                    parsed.blob_min_bytes
+                ),
+            ));
+        }
         Ok(parsed)
     }
 
@@ -107,7 +132,9 @@ impl AutomergeConfig {
                 "fsync": {"type": "boolean", "default": true,
                           "description": "fsync change files, snapshots and directories before a write returns."},
                 "compact_min_bytes": {"type": "integer", "minimum": 0, "default": 4096,
-                          "description": "Compact incremental files into a snapshot once they exceed the snapshot and this size."}
+                          "description": "Compact incremental files into a snapshot once they exceed the snapshot and this size."},
+                "blob_min_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_BLOB_MIN_BYTES, "default": 1048576,
+                          "description": "Byte (non-JSON) payloads of at least this size are streamed to content-addressed files under blobs/; 0 = all of them."}
             }
         })
     }

@@ -7,7 +7,7 @@
 //! | field | Automerge type | meaning |
 //! |---|---|---|
 //! | `ns`, `key` | string | the record's namespace and key (written by the genesis change) |
-//! | `body` | map / list / scalar / bytes | a JSON payload as Automerge objects, or a byte scalar |
+//! | `body` | map / list / scalar / bytes / blob ref | a JSON payload as Automerge objects, a byte scalar, or (a byte payload of at least `blob_min_bytes`) a [`BlobRef`] to a payload file |
 //! | `content_type` | string (absent when none) | `Metadata::content_type` |
 //! | `tags` | map tag → `true` | the tag set; concurrent adds and removes merge per tag |
 //! | `attributes` | map name → JSON | attributes, reconciled like a JSON body |
@@ -21,6 +21,8 @@ use automerge::{
 };
 use stowage_core::{is_json_content_type, Conflict, Key, Metadata, Namespace, Timestamp};
 
+use super::blobs::{BlobRef, BLOB_REF_TYPE_CODE};
+
 /// The record content a put brings, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Payload {
@@ -28,6 +30,9 @@ pub(crate) enum Payload {
     Json(serde_json::Value),
     /// Any other payload, one byte scalar.
     Bytes(Vec<u8>),
+    /// A byte payload in a file under `blobs/`: the document holds one scalar of the unknown
+    /// Automerge type [`BLOB_REF_TYPE_CODE`] naming its hash and size.
+    Blob(BlobRef),
 }
 
 impl Payload {
@@ -49,11 +54,13 @@ impl Payload {
         Ok(Payload::Bytes(bytes))
     }
 
-    /// The bytes `get` returns: compact JSON with keys in byte order, or the bytes themselves.
-    pub(crate) fn render(&self) -> Vec<u8> {
+    /// The bytes `get` returns: compact JSON with keys in byte order, or the bytes themselves;
+    /// `None` for a payload in a file (read it from there).
+    pub(crate) fn render(&self) -> Option<Vec<u8>> {
         match self {
-            Payload::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
-            Payload::Bytes(b) => b.clone(),
+            Payload::Json(v) => Some(serde_json::to_vec(v).unwrap_or_default()),
+            Payload::Bytes(b) => Some(b.clone()),
+            Payload::Blob(_) => None,
         }
     }
 }
@@ -121,6 +128,12 @@ pub(crate) fn reconcile_record<T: Transactable + ReadDoc>(
                 let same = matches!(tx.get(ROOT, "body")?, Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Bytes(b) if b == bytes));
                 if !same {
                     tx.put(ROOT, "body", ScalarValue::Bytes(bytes.clone()))?;
+                }
+            }
+            Payload::Blob(blob) => {
+                let same = matches!(tx.get(ROOT, "body")?, Some((Value::Scalar(s), _)) if blob_ref(s.as_ref()) == Some(*blob));
+                if !same {
+                    tx.put(ROOT, "body", blob_scalar(blob))?;
                 }
             }
         }
@@ -353,9 +366,43 @@ fn json_scalar(value: &serde_json::Value) -> ScalarValue {
     }
 }
 
+/// The scalar a document holds for a payload in a file.
+pub(crate) fn blob_scalar(blob: &BlobRef) -> ScalarValue {
+    ScalarValue::Unknown {
+        type_code: BLOB_REF_TYPE_CODE,
+        bytes: blob.encode(),
+    }
+}
+
+/// The payload file a scalar refers to, if it is a reference.
+pub(crate) fn blob_ref(s: &ScalarValue) -> Option<BlobRef> {
+    match s {
+        ScalarValue::Unknown { type_code, bytes } => BlobRef::decode(*type_code, bytes),
+        _ => None,
+    }
+}
+
+/// Every payload file any change of `doc` refers to (the winning value of a version, a
+/// conflicting one or one overwritten since): what `gc` keeps and `sync` copies.
+pub(crate) fn blob_refs(doc: &Automerge) -> BTreeSet<BlobRef> {
+    let mut out = BTreeSet::new();
+    for change in doc.get_changes(&[]) {
+        for op in change.decode().operations {
+            if let automerge::legacy::OpType::Put(value) = &op.action {
+                out.extend(blob_ref(value));
+            }
+        }
+    }
+    out
+}
+
 /// The JSON form of a scalar. Types JSON lacks: counters and timestamps are integers, bytes
-/// (written by other Automerge tools) are hex strings, unknown types are `null`.
+/// (written by other Automerge tools) are hex strings, a payload file reference is
+/// `{"hash": "blake3:…", "size": n}` (only in conflicts), other unknown types are `null`.
 fn scalar_to_json(s: &ScalarValue) -> serde_json::Value {
+    if let Some(blob) = blob_ref(s) {
+        return serde_json::json!({"hash": blob.hash.to_string(), "size": blob.size});
+    }
     match s {
         ScalarValue::Null | ScalarValue::Unknown { .. } => serde_json::Value::Null,
         ScalarValue::Boolean(b) => (*b).into(),
@@ -498,6 +545,9 @@ pub(crate) fn read_record<R: ReadDoc>(
                 ScalarValue::Bytes(b) => Some(Payload::Bytes(b.clone())),
                 _ => None,
             }
+        }
+        Some((Value::Scalar(s), _)) if blob_ref(s.as_ref()).is_some() => {
+            blob_ref(s.as_ref()).map(Payload::Blob)
         }
         Some((value, id)) => Some(Payload::Json(render_value(at, &value, &id)?)),
     };

@@ -54,6 +54,7 @@
 //! both directions.
 
 mod backend;
+mod blobs;
 mod config;
 mod document;
 mod exact_json;
@@ -70,7 +71,7 @@ use stowage_core::{
 };
 
 pub use backend::{AutomergeBackend, ChangeInfo};
-pub use config::AutomergeConfig;
+pub use config::{AutomergeConfig, MAX_BLOB_MIN_BYTES};
 pub use sync::{sync_stores, SyncReport};
 
 /// The provider name.
@@ -85,12 +86,12 @@ pub fn capabilities() -> Capabilities {
         purge: true,
         search: true,
         search_is_scan: true,
-        range_reads: false,
+        range_reads: true,
         create_only: true,
         if_version: true,
         merge: true,
         dedup: false,
-        gc: false,
+        gc: true,
         verify: true,
         list_namespaces: true,
         sync: true,

@@ -11,6 +11,7 @@ use stowage_core::{
     ContentHash, Error, Key, Metadata, Namespace, RecordInfo, Result, Timestamp, Version,
 };
 
+use super::blobs::BlobRef;
 use super::document::{self, At, Payload, RecordState};
 use super::history::History;
 use super::storage::{self, DocLock, FileKind};
@@ -24,6 +25,8 @@ pub(crate) struct VersionSummary {
     pub(crate) size: u64,
     pub(crate) metadata: Metadata,
     pub(crate) deleted_at: Option<Timestamp>,
+    /// The payload file, when the payload is in one.
+    pub(crate) blob: Option<BlobRef>,
 }
 
 /// Settings shared by every document of a backend.
@@ -200,16 +203,19 @@ impl RecordDoc {
             return Ok(s.clone());
         }
         let state = self.state_at(v)?;
-        let bytes = state
-            .payload
-            .as_ref()
-            .map(Payload::render)
-            .unwrap_or_default();
+        let (hash, size, blob) = match &state.payload {
+            Some(Payload::Blob(blob)) => (blob.hash, blob.size, Some(*blob)),
+            other => {
+                let bytes = other.as_ref().and_then(Payload::render).unwrap_or_default();
+                (ContentHash::of(&bytes), bytes.len() as u64, None)
+            }
+        };
         let summary = Arc::new(VersionSummary {
-            hash: ContentHash::of(&bytes),
-            size: bytes.len() as u64,
+            hash,
+            size,
             metadata: state.metadata,
             deleted_at: state.deleted_at,
+            blob,
         });
         self.summaries.insert(v, summary.clone());
         Ok(summary)

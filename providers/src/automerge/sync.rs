@@ -8,6 +8,7 @@ use serde::Serialize;
 use stowage_core::{Error, Result};
 
 use super::backend::{AutomergeBackend, Inner};
+use super::document;
 use super::storage::{self, DocLock};
 use super::PROVIDER;
 
@@ -39,6 +40,10 @@ impl SyncReport {
 
 /// Exchanges changes between two stores, in both directions, for every document either holds,
 /// until both hold the same changes: afterwards every record reads identically from both.
+///
+/// Payload files (`blobs/`) that one side's changes refer to and the other side lacks are
+/// copied first (streamed, their hashes checked), before those changes are applied there; both
+/// stores are pinned against `gc` meanwhile.
 ///
 /// Each document pair runs Automerge's sync protocol (heads and Bloom filters first, then only
 /// the changes the other side lacks), with every message encoded as it would go over a wire so
@@ -88,11 +93,18 @@ fn relative_docs(inner: &Inner) -> Result<BTreeSet<PathBuf>> {
 fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
     a.ensure_root()?;
     b.ensure_root()?;
+    // Lock in one global order (by root) so two syncs running the other way cannot deadlock.
+    let a_first = a.root <= b.root;
+    // Files copied in must survive a `gc` of the receiving store until the changes referring
+    // to them are written there.
+    let _pins = if a_first {
+        (a.blobs.pin()?, b.blobs.pin()?)
+    } else {
+        (b.blobs.pin()?, a.blobs.pin()?)
+    };
     let mut report = SyncReport::default();
     let mut all = relative_docs(a)?;
     all.extend(relative_docs(b)?);
-    // Lock in one global order (by root) so two syncs running the other way cannot deadlock.
-    let a_first = a.root <= b.root;
     for rel in all {
         report.documents += 1;
         let (first, second) = if a_first { (a, b) } else { (b, a) };
@@ -111,6 +123,9 @@ fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
         } else {
             (&mut *g2, &mut l2, &mut *g1, &mut l1)
         };
+        let (refs_a, refs_b) = (document::blob_refs(&da.doc), document::blob_refs(&db.doc));
+        copy_blobs(a, b, refs_a.difference(&refs_b))?;
+        copy_blobs(b, a, refs_b.difference(&refs_a))?;
         let (heads_a, heads_b) = (da.doc.get_heads(), db.doc.get_heads());
         let (mut state_a, mut state_b) = (sync::State::new(), sync::State::new());
         loop {
@@ -168,4 +183,24 @@ fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
         }
     }
     Ok(report)
+}
+
+/// Copies into `to` the payload files of `refs` (referred to by changes `to` is about to
+/// receive) that it lacks, and makes its `FORMAT` version 2 first if there are any.
+fn copy_blobs<'a>(
+    from: &Inner,
+    to: &Inner,
+    refs: impl Iterator<Item = &'a super::blobs::BlobRef>,
+) -> Result<()> {
+    let mut refs = refs.peekable();
+    if refs.peek().is_none() {
+        return Ok(());
+    }
+    to.ensure_blob_format()?;
+    for blob in refs {
+        if !to.blobs.has(blob) {
+            to.blobs.copy_from(&from.blobs, *blob)?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,484 @@
+//! Byte payloads of at least `blob_min_bytes` as content-addressed files beside the documents:
+//!
+//! ```text
+//! <root>/blobs/<first 2 hex>/<other 62 hex of the payload's blake3>
+//! <root>/tmp/.tmp-*          a payload being received (or left by a crash)
+//! <root>/gc.lock             shared by writers between storing a file and committing the
+//!                            change that references it; exclusive while `gc` runs
+//! ```
+//!
+//! A payload is streamed into a temporary file while it is hashed (never whole in memory),
+//! then, under a [`BlobPin`], linked to its hash name (an existing file of that name already
+//! holds these bytes and is kept: dedup) and referenced by the document change. The document
+//! holds a [`BlobRef`] in place of the bytes. Files are immutable; `gc` removes the ones no
+//! change of any document references, under the exclusive lock, so never one a writer is about
+//! to reference.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::PROVIDER;
+use crate::atomic_file::{self, AtomicFile, Durability};
+
+/// The Automerge scalar type code of a reference (an "unknown" type to Automerge, which keeps
+/// such values as they are; 10–15 are unassigned in the binary format).
+pub(crate) const BLOB_REF_TYPE_CODE: u8 = 15;
+/// The first byte of a reference's value: its layout version.
+const BLOB_REF_LAYOUT: u8 = 1;
+/// Layout byte + 32 hash bytes + 8 size bytes (little endian).
+const BLOB_REF_LEN: usize = 1 + 32 + 8;
+
+/// Chunks buffered between an incoming stream and the blocking file writer (bounds memory).
+const WRITE_QUEUE: usize = 4;
+/// Buffer of blocking copies and re-hashes.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// A payload stored as a file: its blake3 and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct BlobRef {
+    pub(crate) hash: ContentHash,
+    pub(crate) size: u64,
+}
+
+impl BlobRef {
+    /// The value the document holds: `[1][32-byte hash][u64 LE size]`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BLOB_REF_LEN);
+        out.push(BLOB_REF_LAYOUT);
+        out.extend_from_slice(self.hash.as_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out
+    }
+
+    /// The reference an Automerge "unknown" scalar holds, if it is one of ours.
+    pub(crate) fn decode(type_code: u8, bytes: &[u8]) -> Option<BlobRef> {
+        if type_code != BLOB_REF_TYPE_CODE
+            || bytes.len() != BLOB_REF_LEN
+            || bytes[0] != BLOB_REF_LAYOUT
+        {
+            return None;
+        }
+        let hash: [u8; 32] = bytes[1..33].try_into().ok()?;
+        let size: [u8; 8] = bytes[33..41].try_into().ok()?;
+        Some(BlobRef {
+            hash: ContentHash::from_bytes(hash),
+            size: u64::from_le_bytes(size),
+        })
+    }
+}
+
+/// What a put received: small enough to live in the document, or staged in a temporary file.
+pub(crate) enum Received {
+    /// Fewer bytes than the threshold (the whole payload).
+    Inline(Bytes),
+    /// A payload in a temporary file, hashed, not yet under its hash name.
+    Staged(Staged),
+}
+
+/// A received payload in a temporary file; dropped uncommitted, the file goes.
+pub(crate) struct Staged {
+    file: AtomicFile,
+    blob: BlobRef,
+}
+
+/// The payload files of one store.
+#[derive(Clone, Debug)]
+pub(crate) struct BlobStore {
+    root: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+    durability: Durability,
+}
+
+impl BlobStore {
+    /// The payload files of the store at `root`.
+    pub(crate) fn new(root: &Path, durability: Durability) -> Self {
+        BlobStore {
+            root: root.to_path_buf(),
+            dir: root.join("blobs"),
+            tmp: root.join("tmp"),
+            durability,
+        }
+    }
+
+    /// The folder of temporary files.
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Where the payload of `hash` lives.
+    pub(crate) fn path_of(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Takes a pin: `gc` (in any process) waits until it drops. Blocking.
+    pub(crate) fn pin(&self) -> Result<BlobPin> {
+        let path = self.root.join("gc.lock");
+        let file = open_lock_file(&path)?;
+        file.lock_shared().map_err(|e| lock_error(&path, e))?;
+        Ok(BlobPin { file })
+    }
+
+    /// Waits until no pin is held in any process and keeps new ones out until the guard drops
+    /// (a separate open file, so this process's own pins count too). Blocking.
+    pub(crate) fn exclusive(&self) -> Result<BlobPin> {
+        let path = self.root.join("gc.lock");
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(|e| lock_error(&path, e))?;
+        Ok(BlobPin { file })
+    }
+
+    fn tmp_error(&self, e: io::Error) -> Error {
+        Error::io(
+            format!(
+                "writing a payload under {} (check the disk has room and the folder is writable)",
+                self.tmp.display()
+            ),
+            e,
+        )
+    }
+
+    fn create_tmp(&self) -> Result<AtomicFile> {
+        fs::create_dir_all(&self.tmp).map_err(|e| self.tmp_error(e))?;
+        AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))
+    }
+
+    /// Stages an in-memory payload in a temporary file. Blocking.
+    pub(crate) fn stage_bytes(&self, bytes: &[u8]) -> Result<Staged> {
+        let mut file = self.create_tmp()?;
+        file.write_all(bytes).map_err(|e| self.tmp_error(e))?;
+        Ok(Staged {
+            file,
+            blob: BlobRef {
+                hash: ContentHash::of(bytes),
+                size: bytes.len() as u64,
+            },
+        })
+    }
+
+    /// Reads a payload: one with fewer than `threshold` bytes comes back whole; a bigger one is
+    /// streamed to a temporary file while it is hashed, holding at most a few chunks (and the
+    /// first `threshold` bytes) in memory.
+    pub(crate) async fn receive(&self, mut body: Body, threshold: u64) -> Result<Received> {
+        if let Some(bytes) = body.as_bytes() {
+            if (bytes.len() as u64) < threshold {
+                return Ok(Received::Inline(bytes.clone()));
+            }
+            let (store, bytes) = (self.clone(), bytes.clone());
+            return stowage_core::run_blocking(PROVIDER, move || store.stage_bytes(&bytes))
+                .await
+                .map(Received::Staged);
+        }
+        let mut head = BytesMut::new();
+        while (head.len() as u64) < threshold {
+            match body.next_chunk().await {
+                None => return Ok(Received::Inline(head.freeze())),
+                Some(chunk) => head.extend_from_slice(&chunk?),
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let store = self.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<Staged> {
+            let mut file = store.create_tmp()?;
+            let mut hasher = ContentHasher::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk).map_err(|e| store.tmp_error(e))?;
+            }
+            let (hash, size) = hasher.finish();
+            Ok(Staged {
+                file,
+                blob: BlobRef { hash, size },
+            })
+        });
+        let mut failed = None;
+        let mut next = Some(Ok(head.freeze()));
+        while let Some(chunk) = next {
+            match chunk {
+                Ok(chunk) if chunk.is_empty() => {}
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            next = body.next_chunk().await;
+        }
+        drop(tx);
+        let staged = writer
+            .await
+            .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
+        match failed {
+            // Dropping the staged file removes the partial copy.
+            Some(e) => Err(e),
+            None => staged.map(Received::Staged),
+        }
+    }
+
+    /// Gives a staged payload its hash name; an existing file of that name (same bytes) is
+    /// kept, unless its length shows it damaged. Call with a [`BlobPin`] held until the change
+    /// referencing it is committed. Blocking.
+    pub(crate) fn commit(&self, staged: Staged) -> Result<BlobRef> {
+        let blob = staged.blob;
+        let dest = self.path_of(&blob.hash);
+        self.make_fan_dir(&dest)?;
+        let damaged = matches!(fs::metadata(&dest), Ok(m) if m.len() != blob.size);
+        let stored = if damaged {
+            staged.file.commit(&dest)
+        } else {
+            staged.file.commit_if_absent(&dest).map(|_| ())
+        };
+        stored.map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
+        Ok(blob)
+    }
+
+    fn make_fan_dir(&self, dest: &Path) -> Result<()> {
+        let fan = dest.parent().expect("blob paths have a fan-out folder");
+        if fan.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(fan).map_err(|e| Error::io(format!("creating {}", fan.display()), e))?;
+        if self.durability == Durability::Sync {
+            for dir in [&self.dir, &self.root] {
+                atomic_file::sync_dir(dir)
+                    .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file of `blob` is there with the right length (not re-hashed).
+    pub(crate) fn has(&self, blob: &BlobRef) -> bool {
+        matches!(fs::metadata(self.path_of(&blob.hash)), Ok(m) if m.is_file() && m.len() == blob.size)
+    }
+
+    /// Streams `len` bytes at `offset` of the payload `blob` of `what` (a record version). A
+    /// missing file, or one of another length, is `Corrupt` naming it; a whole read
+    /// (`offset == 0 && len == size`) is re-hashed and its stream ends with `Corrupt` instead
+    /// of its end if the bytes do not match.
+    pub(crate) async fn read(
+        &self,
+        blob: BlobRef,
+        offset: u64,
+        len: u64,
+        what: String,
+    ) -> Result<Body> {
+        let path = self.path_of(&blob.hash);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::corrupt(
+                    PROVIDER,
+                    format!(
+                        "the payload file {} of {what} is missing; run `stowage verify`, and restore the file from a replica or backup",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        let on_disk = file
+            .metadata()
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if on_disk != blob.size {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!(
+                    "the payload file {} of {what} holds {on_disk} bytes, not {}; run `stowage verify`",
+                    path.display(),
+                    blob.size
+                ),
+            ));
+        }
+        if offset > 0 {
+            file.seek(io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        }
+        let body = Body::from_reader(file.take(len), Some(len));
+        if offset != 0 || len != blob.size {
+            return Ok(body);
+        }
+        let stream = futures::stream::unfold(
+            (body.into_stream(), Some(ContentHasher::new())),
+            move |(mut inner, hasher)| {
+                let (what, path) = (what.clone(), path.clone());
+                async move {
+                    let mut hasher = hasher?;
+                    match inner.next().await {
+                        Some(Ok(chunk)) => {
+                            hasher.update(&chunk);
+                            Some((Ok(chunk), (inner, Some(hasher))))
+                        }
+                        Some(Err(e)) => Some((Err(e), (inner, None))),
+                        None => {
+                            let (got, n) = hasher.finish();
+                            if got == blob.hash && n == blob.size {
+                                None
+                            } else {
+                                let err = Error::corrupt(
+                                    PROVIDER,
+                                    format!(
+                                        "the payload file {} of {what} read back as {n} bytes hashing to {got}, not {}; run `stowage verify`",
+                                        path.display(),
+                                        blob.hash
+                                    ),
+                                );
+                                Some((Err(err), (inner, None)))
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Body::from_stream(stream, Some(len)))
+    }
+
+    /// Re-hashes the file of `hash`: its hash and length, `None` when it is missing. Blocking.
+    pub(crate) fn rehash(&self, hash: &ContentHash) -> io::Result<Option<(ContentHash, u64)>> {
+        let file = match File::open(self.path_of(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut hasher = ContentHasher::new();
+        copy_hashing(file, io::sink(), &mut hasher)?;
+        Ok(Some(hasher.finish()))
+    }
+
+    /// Copies the file of `blob` from `source` (another store) into this one, checking its
+    /// hash on the way: a damaged or missing source is `Corrupt` naming it. Call with a pin of
+    /// this store held. Blocking.
+    pub(crate) fn copy_from(&self, source: &BlobStore, blob: BlobRef) -> Result<()> {
+        let from = source.path_of(&blob.hash);
+        let file = File::open(&from).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::corrupt(
+                    PROVIDER,
+                    format!(
+                        "the payload file {} is missing, so it cannot be synced; run `stowage verify` on that store",
+                        from.display()
+                    ),
+                )
+            } else {
+                Error::io(format!("opening {}", from.display()), e)
+            }
+        })?;
+        let mut tmp = self.create_tmp()?;
+        let mut hasher = ContentHasher::new();
+        copy_hashing(file, &mut tmp, &mut hasher)
+            .map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
+        let (hash, size) = hasher.finish();
+        if (hash, size) != (blob.hash, blob.size) {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!(
+                    "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); it was not synced: run `stowage verify` on that store",
+                    from.display(),
+                    blob.hash,
+                    blob.size
+                ),
+            ));
+        }
+        self.commit(Staged { file: tmp, blob })?;
+        Ok(())
+    }
+
+    /// Every payload file and its length. Blocking.
+    pub(crate) fn list_all(&self) -> io::Result<Vec<(ContentHash, u64)>> {
+        let mut out = Vec::new();
+        let fans = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for fan in fans {
+            let fan = fan?;
+            let fan_name = fan.file_name().to_string_lossy().into_owned();
+            if fan_name.len() != 2 || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let Ok(hash) = ContentHash::from_hex(&format!("{fan_name}{name}")) else {
+                    continue; // not a payload file (e.g. a stray one); gc never removes it
+                };
+                if hash.to_hex()[2..] != *name {
+                    continue;
+                }
+                out.push((hash, entry.metadata()?.len()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the file of `hash`; a missing one is fine. Blocking.
+    pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
+        match fs::remove_file(self.path_of(hash)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn copy_hashing(
+    mut from: impl Read,
+    mut to: impl Write,
+    hasher: &mut ContentHasher,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// A held `gc.lock` (shared: a pin; exclusive: `gc`); released on drop or when the process
+/// dies.
+pub(crate) struct BlobPin {
+    file: File,
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+}
+
+fn lock_error(path: &Path, e: io::Error) -> Error {
+    Error::Locked {
+        path: path.to_path_buf(),
+        message: format!("could not lock it ({e}); check the file system supports advisory locks"),
+    }
+}
