@@ -51,6 +51,9 @@ const ABANDONED_TMP_QUIET: Duration = Duration::from_secs(60);
 /// Where the file system cannot lock files, a temporary file untouched this long is taken for
 /// a leftover instead.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// How a damaged or missing payload is repaired: a put of the same bytes stores them again
+/// (see `payload_stored` and [`BlobStore`]), and every version with that hash reads them.
+const REPAIR: &str = "to repair it, put the original bytes again under any key";
 /// Prefix of the files a corrupt log tail is saved to before it is cut off.
 pub(crate) const DAMAGED_PREFIX: &str = "index.log.damaged-";
 
@@ -677,6 +680,8 @@ impl Core {
             // this batch may remove (a later record must not lean on their old bytes).
             let mut inlined: HashSet<ContentHash> = HashSet::new();
             let mut purged: HashSet<ContentHash> = HashSet::new();
+            // Read buffer for comparing stored copies with the payloads being put.
+            let mut scratch = Vec::new();
             for (ns, key, mut op) in requests {
                 let Some(key) = key else {
                     compact = true;
@@ -698,7 +703,12 @@ impl Core {
                         (LogRecord::Version(info), Some(bytes)) => {
                             let stored = inlined.contains(&info.hash)
                                 || (!purged.contains(&info.hash)
-                                    && self.payload_stored(&state.index, &info.hash));
+                                    && self.payload_stored(
+                                        &state,
+                                        &info.hash,
+                                        bytes,
+                                        &mut scratch,
+                                    ));
                             (!stored).then_some(&bytes[..])
                         }
                         _ => None,
@@ -743,16 +753,58 @@ impl Core {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Whether the payload `hash` is stored already, so a new record can reference it without
-    /// bytes of its own: inline in the log, or as a payload file that a version references (and
-    /// that exists: a missing one is stored again, inline). A payload file no version
-    /// references is garbage for `gc` and not relied on. Called under the writer lock.
-    fn payload_stored(&self, index: &super::index::Index, hash: &ContentHash) -> bool {
-        match index.payload(hash) {
-            Some(p) if p.inline.is_some() => true,
-            Some(_) => self.blobs.path_of(hash).is_file(),
-            None => false,
+    /// Whether the small payload `bytes` (of hash `hash`) is stored intact already, so a new
+    /// record can reference it without bytes of its own: inline in the log, or as a payload file
+    /// that a version references. A stored copy is read back (one positioned read of at most
+    /// `inline_max` bytes, mostly from the page cache) and compared: a copy that is missing,
+    /// unreadable or damaged since it was stored is not relied on, and the put writes the bytes
+    /// inline again, where every later read finds them (a re-put repairs a damaged payload). A
+    /// payload file no version references is garbage for `gc` and not relied on either. Called
+    /// under the writer lock.
+    fn payload_stored(
+        &self,
+        state: &LogState,
+        hash: &ContentHash,
+        bytes: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        let Some(payload) = state.index.payload(hash) else {
+            return false;
+        };
+        let (intact, place) = match payload.inline {
+            Some(at) => {
+                scratch.resize(at.len as usize, 0);
+                let read = index_log::read_at(&state.file, scratch, at.offset);
+                (
+                    read.is_ok() && scratch[..] == *bytes,
+                    format!(
+                        "{} bytes at offset {} of {}",
+                        at.len,
+                        at.offset,
+                        self.log_path.display()
+                    ),
+                )
+            }
+            None => {
+                let path = self.blobs.path_of(hash);
+                let read = File::open(&path).and_then(|f| {
+                    use std::io::Read;
+                    scratch.clear();
+                    f.take(bytes.len() as u64 + 1).read_to_end(scratch)
+                });
+                match read {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+                    read => (
+                        read.is_ok() && scratch[..] == *bytes,
+                        path.display().to_string(),
+                    ),
+                }
+            }
+        };
+        if !intact {
+            tracing::warn!(payload = %hash, stored = %place, "the stored copy of the payload is damaged; this put writes its bytes into the index log again");
         }
+        intact
     }
 
     /// Raises a version-1 log to the current format before the first append. Under the writer
@@ -1406,13 +1458,15 @@ impl StorageBackend for FsBackend {
                         (bytes.len() as u64 != size).then(|| {
                             (
                                 "corrupt",
-                                format!("the payload kept in the index log ({place}) is not the recorded {size} bytes"),
+                                format!("the payload kept in the index log ({place}) is not the recorded {size} bytes; {REPAIR}"),
                             )
                         })
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Some((
                         "corrupt",
-                        format!("the payload kept in the index log ({place}) is damaged: {e}"),
+                        format!(
+                            "the payload kept in the index log ({place}) is damaged: {e}; {REPAIR}"
+                        ),
                     )),
                     Err(e) => Some(("unreadable", format!("{place}: {e}"))),
                 }
@@ -1421,14 +1475,17 @@ impl StorageBackend for FsBackend {
                 let found = run_blocking(PROVIDER, move || Ok(store.rehash(&hash))).await?;
                 let path = core.blobs.path_of(&hash);
                 match found {
-                    Ok(None) => Some(("missing", format!("{} does not exist", path.display()))),
+                    Ok(None) => Some((
+                        "missing",
+                        format!("{} does not exist; {REPAIR}", path.display()),
+                    )),
                     Ok(Some((got, n))) => {
                         report.blobs_checked += 1;
                         report.bytes_checked += n;
                         (got != hash || n != size).then(|| {
                             (
                                 "corrupt",
-                                format!("{} holds {n} bytes hashing to {got}; expected {size} bytes hashing to {hash}", path.display()),
+                                format!("{} holds {n} bytes hashing to {got}; expected {size} bytes hashing to {hash}; {REPAIR}", path.display()),
                             )
                         })
                     }

@@ -2,9 +2,12 @@
 //! digits of the blake3 hash name a fan-out directory, the other 62 the file).
 //!
 //! A payload is streamed into a temporary file under `tmp/` while it is hashed, then made
-//! durable and linked to its hash name (see [`crate::atomic_file`]); if that name exists the
-//! content is there already and the copy is dropped (dedup). File names come only from
-//! hashes, never from keys, so no key can name a path.
+//! durable and linked to its hash name (see [`crate::atomic_file`]). If that name exists the
+//! content should be there already (dedup), but a stored file can be damaged after the fact
+//! (a bit flip, a truncation): a put of the same bytes then repairs it. A streamed copy, which
+//! is on disk anyway, is renamed over the existing file; an in-memory one is compared with the
+//! file first and written only if they differ. File names come only from hashes, never from
+//! keys, so no key can name a path.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -77,12 +80,25 @@ impl BlobStore {
     }
 
     /// Stores an in-memory payload. Blocking.
+    ///
+    /// When the file is there already, its content is compared with `bytes` (a read, usually
+    /// from the page cache, where a write would also fsync): equal, nothing is written (dedup);
+    /// different or unreadable (damaged since it was stored), `bytes` replace it.
     pub(crate) fn write_bytes(&self, bytes: &[u8]) -> Result<(ContentHash, u64)> {
         let hash = ContentHash::of(bytes);
         let dest = self.path_of(&hash);
-        // Already stored: the content is the name, so there is nothing to write.
-        if dest.is_file() {
-            return Ok((hash, bytes.len() as u64));
+        match file_holds(&dest, bytes) {
+            Ok(Some(true)) => return Ok((hash, bytes.len() as u64)),
+            Ok(None) => {}
+            Ok(Some(false)) => tracing::warn!(
+                file = %dest.display(),
+                "the payload file no longer holds its content (damaged); replacing it with the bytes of this put"
+            ),
+            Err(e) => tracing::warn!(
+                file = %dest.display(),
+                error = %e,
+                "the payload file could not be read; replacing it with the bytes of this put"
+            ),
         }
         let mut file =
             AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))?;
@@ -138,9 +154,7 @@ impl BlobStore {
             let (hash, size) = hasher.finish();
             // Waits for a `gc` in progress, which may be deleting this very hash.
             let pin = pins.pin()?;
-            let dest = store.path_of(&hash);
-            file.commit_if_absent(&dest)
-                .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
+            store.store_streamed(file, &hash)?;
             Ok((pin, hash, size))
         });
         let mut body = body;
@@ -169,6 +183,34 @@ impl BlobStore {
             Some(e) => Err(e),
             None => written,
         }
+    }
+
+    /// Gives the complete, hashed temporary file `file` the name of `hash`. Called with a pin
+    /// held, so `gc` is not deleting that name meanwhile. Blocking.
+    ///
+    /// A new payload is hard-linked (never replacing a file another writer linked first). When
+    /// the name exists, the temporary file is renamed over it instead of dropped: the existing
+    /// file may have been damaged since it was stored, and reading it to find out would cost as
+    /// much as the put itself. The rename is atomic (a reader sees the old file or the new one,
+    /// and one holding the old file open keeps reading it), the content is the same when the old
+    /// file was healthy, and writers racing on one hash each install a complete copy. It costs a
+    /// rename and, with fsync, a directory fsync, as storing a new payload does.
+    fn store_streamed(&self, file: AtomicFile, hash: &ContentHash) -> Result<()> {
+        let dest = self.path_of(hash);
+        let stored = |e| Error::io(format!("storing payload {}", dest.display()), e);
+        match fs::symlink_metadata(&dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                file.commit_if_absent(&dest).map_err(stored)?;
+            }
+            _ => {
+                if let Err(e) = file.commit(&dest) {
+                    // A file system that refuses to replace a file in use (the temporary file
+                    // is gone with `file`): the existing copy stays, as a plain dedup would.
+                    tracing::warn!(file = %dest.display(), error = %e, "could not replace the stored payload file with the copy just written; keeping the stored one");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads `len` bytes at `offset` of a small blob in one call; with `expect` set (a whole
@@ -310,6 +352,32 @@ impl BlobStore {
 
     fn tmp_error(&self, e: io::Error) -> Error {
         Error::io(format!("writing a payload under {}", self.tmp.display()), e)
+    }
+}
+
+/// Whether the file at `path` holds exactly `bytes`: `None` if there is no such file.
+/// Compares sizes first, then the content in pieces (no hash needed: `bytes` are the content
+/// the name stands for).
+fn file_holds(path: &Path, bytes: &[u8]) -> io::Result<Option<bool>> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() != bytes.len() as u64 {
+        return Ok(Some(false));
+    }
+    let mut buf = vec![0u8; bytes.len().clamp(1, 256 * 1024)];
+    let mut at = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Some(at == bytes.len()));
+        }
+        if at + n > bytes.len() || buf[..n] != bytes[at..at + n] {
+            return Ok(Some(false));
+        }
+        at += n;
     }
 }
 

@@ -162,9 +162,13 @@ impl Index {
                     inline: None,
                 });
                 payload.refs += 1;
-                // Bytes of a payload already located stay garbage: reads use the first copy.
-                if let (Some(at), None) = (framed.inline, payload.inline) {
-                    payload.inline = Some(at);
+                // A later copy of a payload's bytes replaces the one located before, which
+                // becomes garbage: a re-put writes the bytes again when the stored copy is
+                // damaged (a repair), and copies of a healthy payload are equal anyway.
+                if let Some(at) = framed.inline {
+                    if let Some(old) = payload.inline.replace(at) {
+                        self.live_bytes -= u64::from(old.len);
+                    }
                     self.live_bytes += u64::from(at.len);
                 }
                 state.versions.push(info);
@@ -487,10 +491,13 @@ mod tests {
         let at = |offset| InlineAt { offset, len: 5 };
         let hash = ContentHash::of(b"hello");
         put_payload(&mut idx, "a", 1, &[], b"hello", Some(at(10))).unwrap();
-        // A second record of the same payload without bytes (dedup), one with a second copy.
+        // A second record of the same payload without bytes (dedup), one with a second copy
+        // (a repair of a damaged first copy): reads move to the later copy, and the first one
+        // becomes garbage.
         put_payload(&mut idx, "b", 1, &[], b"hello", None).unwrap();
-        put_payload(&mut idx, "c", 1, &[], b"hello", Some(at(500))).unwrap();
         assert_eq!(idx.payload(&hash).unwrap().inline, Some(at(10)));
+        put_payload(&mut idx, "c", 1, &[], b"hello", Some(at(500))).unwrap();
+        assert_eq!(idx.payload(&hash).unwrap().inline, Some(at(500)));
         assert_eq!(idx.live_bytes(), 300 + 5);
         // Inline bytes must match the size the record claims.
         let short = put_payload(&mut idx, "d", 1, &[], b"hello!", Some(at(900)));
