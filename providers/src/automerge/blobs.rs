@@ -8,8 +8,9 @@
 //! ```
 //!
 //! A payload is streamed into a temporary file while it is hashed (never whole in memory),
-//! then, under a [`BlobPin`], linked to its hash name (an existing file of that name already
-//! holds these bytes and is kept: dedup) and referenced by the document change. The document
+//! then, under a [`BlobPin`], renamed to its hash name (one file per distinct payload: dedup;
+//! the rename over an existing file repairs it if it was damaged) and referenced by the
+//! document change. The document
 //! holds a [`BlobRef`] in place of the bytes. Files are immutable; `gc` removes the ones no
 //! change of any document references, under the exclusive lock, so never one a writer is about
 //! to reference.
@@ -226,20 +227,19 @@ impl BlobStore {
         }
     }
 
-    /// Gives a staged payload its hash name; an existing file of that name (same bytes) is
-    /// kept, unless its length shows it damaged. Call with a [`BlobPin`] held until the change
-    /// referencing it is committed. Blocking.
+    /// Gives a staged payload its hash name. The copy is renamed over an existing file of that
+    /// name: the bytes are the same by construction unless that file was damaged since (a bit
+    /// flip, a truncation), which a put of the same bytes so repairs; a reader that has the old
+    /// file open keeps reading it. Call with a [`BlobPin`] held until the change referencing
+    /// it is committed. Blocking.
     pub(crate) fn commit(&self, staged: Staged) -> Result<BlobRef> {
         let blob = staged.blob;
         let dest = self.path_of(&blob.hash);
         self.make_fan_dir(&dest)?;
-        let damaged = matches!(fs::metadata(&dest), Ok(m) if m.len() != blob.size);
-        let stored = if damaged {
-            staged.file.commit(&dest)
-        } else {
-            staged.file.commit_if_absent(&dest).map(|_| ())
-        };
-        stored.map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
+        staged
+            .file
+            .commit(&dest)
+            .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
         Ok(blob)
     }
 

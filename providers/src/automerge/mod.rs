@@ -11,10 +11,12 @@
 //! values a document cannot hold exactly — an integer beyond `i64`/`u64`, a number with more
 //! precision than an `f64`, a repeated object key — is refused with `InvalidInput` naming the
 //! JSON path, before anything is written. Any other payload, or one declared JSON that does
-//! not parse, is one byte scalar. `get` returns a JSON record as compact JSON with object keys
-//! in byte order (so two replicas holding the same changes return byte-identical payloads);
-//! `hash` and `size` are those of the bytes `get` returns. Content type, tags (a map tag → true) and attributes live in the document too and
-//! merge per field. See `docs/formats.md` for the schema and the files.
+//! not parse, is bytes: one byte scalar in the document, or, from `blob_min_bytes` bytes up
+//! (default 1 MiB), a file (see *Payload files*). `get` returns a JSON record as compact JSON
+//! with object keys in byte order (so two replicas holding the same changes return
+//! byte-identical payloads); `hash` and `size` are those of the bytes `get` returns. Content
+//! type, tags (a map tag → true) and attributes live in the document too and merge per field.
+//! See `docs/formats.md` for the schema and the files.
 //!
 //! # Versions
 //! Every write (put, delete, restore) is one Automerge change with a message and a time.
@@ -42,16 +44,28 @@
 //! Each document has a folder named after a hash of namespace and key, holding immutable
 //! content-addressed change files and a snapshot that replaces them once they outweigh it
 //! (`docs/formats.md`, section `automerge`). A write holds the document's lock file only while
-//! it reloads, commits one change and writes its file. Payloads are not shared between
-//! documents (`dedup = false`), and `gc` has nothing to reclaim (compaction removes covered
-//! change files as it goes). Each backend caches the documents it has opened in memory.
+//! it reloads, commits one change and writes its file. Compaction removes covered change files
+//! as it goes. Each backend caches the documents it has opened in memory.
 //! Beside its data files each folder keeps `latest.json`, the latest version's `RecordInfo`
 //! keyed by the data file names it was computed from, so `list` and `search` read one small
 //! file per record instead of loading its document (a stale cache is detected and rebuilt).
 //!
+//! # Payload files
+//! A byte payload of at least `blob_min_bytes` bytes (`0`: every byte payload) is streamed to a
+//! content-addressed file `blobs/<2 hex>/<62 hex>` (its blake3) while it is hashed, never whole
+//! in memory; the document's `body` then holds a reference (an Automerge scalar of an unknown
+//! type naming hash and size) instead of the bytes. `get` streams the file (a byte range reads
+//! only those bytes; a whole read is re-hashed and ends with `Corrupt` naming the file on a
+//! mismatch). One file serves every version and key with those bytes; smaller payloads stay in
+//! their documents, so `capabilities().dedup` is false. A writer holds `gc.lock` shared from
+//! linking its file until its change is committed; `gc` holds it exclusive and removes the
+//! files no change of any document refers to (after `purge`) and abandoned temporary files.
+//! `verify` re-hashes the files. A JSON payload is parsed and reconciled whole, so it is always
+//! held in memory. `FORMAT` says `2` from the first reference on (see `docs/formats.md`).
+//!
 //! # Replication
 //! [`sync_stores`] runs Automerge's sync protocol between two stores for every document, in
-//! both directions.
+//! both directions, copying the payload files one side's changes refer to first.
 
 mod backend;
 mod blobs;
