@@ -123,10 +123,13 @@ fn sync_blocking(a: &Inner, b: &Inner) -> Result<SyncReport> {
         } else {
             (&mut *g2, &mut l2, &mut *g1, &mut l1)
         };
-        let (refs_a, refs_b) = (document::blob_refs(&da.doc), document::blob_refs(&db.doc));
-        copy_blobs(a, b, refs_a.difference(&refs_b))?;
-        copy_blobs(b, a, refs_b.difference(&refs_a))?;
         let (heads_a, heads_b) = (da.doc.get_heads(), db.doc.get_heads());
+        // Equal heads: the same changes on both sides, so no file to copy.
+        if heads_a != heads_b {
+            let (refs_a, refs_b) = (document::blob_refs(&da.doc), document::blob_refs(&db.doc));
+            copy_blobs(a, b, refs_a.difference(&refs_b))?;
+            copy_blobs(b, a, refs_b.difference(&refs_a))?;
+        }
         let (mut state_a, mut state_b) = (sync::State::new(), sync::State::new());
         loop {
             let mut quiet = true;
