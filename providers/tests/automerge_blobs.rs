@@ -764,3 +764,63 @@ async fn sync_copies_payload_files_the_other_side_lacks() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(!blob_path(&root_c, &iz.hash).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_payload_files_conflict_by_reference_and_both_files_stay() {
+    let (root_a, root_b) = (fresh_root("conflict-a"), fresh_root("conflict-b"));
+    let a = store(&root_a, 1000);
+    let b = store(&root_b, 1000);
+    let base = put(&a, "k", b"small base").await;
+    sync_stores(&a, &b).await.unwrap();
+    let (x, y) = (payload(70, 10_000), payload(71, 12_000));
+    let ix = a
+        .put(
+            &ns(),
+            &key("k"),
+            Body::from(x.clone()),
+            Metadata::new(),
+            PutMode::Base(base.version),
+        )
+        .await
+        .unwrap();
+    let iy = b
+        .put(
+            &ns(),
+            &key("k"),
+            Body::from(y.clone()),
+            Metadata::new(),
+            PutMode::Base(base.version),
+        )
+        .await
+        .unwrap();
+    sync_stores(&a, &b).await.unwrap();
+    for (root, s) in [(&root_a, &a), (&root_b, &b)] {
+        let head = s.head(&ns(), &key("k"), None).await.unwrap();
+        assert_eq!(head.conflicts.len(), 1, "{:?}", head.conflicts);
+        let mut values = head.conflicts[0].values.clone();
+        values.sort_by_key(|v| v.to_string());
+        let mut want = vec![
+            json!({"hash": ix.hash.to_string(), "size": 10_000}),
+            json!({"hash": iy.hash.to_string(), "size": 12_000}),
+        ];
+        want.sort_by_key(|v| v.to_string());
+        assert_eq!(
+            values, want,
+            "conflict values are the references, not the bytes"
+        );
+        let winner = get_all(s, "k", None).await.unwrap();
+        assert!(winner == x || winner == y);
+        assert_eq!(
+            (head.hash, head.size),
+            (ContentHash::of(&winner), winner.len() as u64)
+        );
+        // The losing value is still referred to by a change: gc keeps its file.
+        s.gc(&NoProgress).await.unwrap();
+        assert!(blob_path(root, &ix.hash).exists() && blob_path(root, &iy.hash).exists());
+        assert!(s.verify(&NoProgress).await.unwrap().is_clean());
+    }
+    assert_eq!(
+        get_all(&a, "k", None).await.unwrap(),
+        get_all(&b, "k", None).await.unwrap()
+    );
+}
