@@ -25,9 +25,8 @@ use super::blob::BlobStore;
 use super::config::S3Config;
 use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{
-    after_key, check_key_fits, decode_meta, encode_meta, hash_of_blob_path, key_dir,
-    key_prefix_prefix, meta_path, namespace_prefix, parse_meta_path, staging_path, MetaName, BLOBS,
-    META, STAGING,
+    after_key, encode_meta, hash_of_blob_path, key_prefix_prefix, namespace_prefix,
+    parse_meta_path, staging_path, Layout, MetaName, BLOBS, HASHED_MARK, META, STAGING,
 };
 use super::PROVIDER;
 
@@ -137,8 +136,8 @@ pub struct S3Backend {
     target: Target,
     blobs: BlobStore,
     cache: MetaCache,
-    /// The root as a prefix of object names (`stores/prod/`, or empty), for the name limit.
-    name_root: String,
+    /// How keys become object names under the root.
+    layout: Layout,
     /// How old an unreferenced blob (or a staging object) must be before gc deletes it.
     gc_grace: Duration,
 }
@@ -170,7 +169,7 @@ impl S3Backend {
             op,
             target,
             cache: MetaCache::default(),
-            name_root: cfg.normalized_root().trim_start_matches('/').to_string(),
+            layout: Layout::new(cfg.normalized_root().trim_start_matches('/').to_string()),
             gc_grace: cfg.gc_grace(),
         })
     }
@@ -251,12 +250,12 @@ impl S3Backend {
 
     /// The key's latest metadata object, if it has any version.
     async fn latest_name(&self, ns: &Namespace, key: &Key) -> Result<Option<Listed>> {
-        let dir = key_dir(ns, key.as_str());
+        let dir = self.layout.key_dir(ns, key.as_str());
         // A hint `v` lets the listing start at `v`: whatever is there (v and newer, however the
         // key changed meanwhile) its maximum is the latest. Nothing there means fewer versions
         // than the hint (a purge): fall back to the whole listing.
         if let Some(v) = self.cache.latest_hint(&dir).filter(|v| *v >= 2) {
-            let after = meta_path(ns, key.as_str(), v - 1);
+            let after = self.layout.meta_path(ns, key.as_str(), v - 1);
             let found = self.list_meta(ns, &dir, Some(&after)).await?;
             if let Some(last) = found.into_iter().max_by_key(|l| l.name.version) {
                 self.cache.set_latest_hint(&dir, Some(last.name.version));
@@ -272,7 +271,7 @@ impl S3Backend {
 
     /// Every metadata object of the key, oldest first.
     async fn all_names(&self, ns: &Namespace, key: &Key) -> Result<Vec<Listed>> {
-        let dir = key_dir(ns, key.as_str());
+        let dir = self.layout.key_dir(ns, key.as_str());
         let mut all = self.list_meta(ns, &dir, None).await?;
         all.sort_by_key(|l| l.name.version);
         self.cache
@@ -292,7 +291,7 @@ impl S3Backend {
         self.read_meta(
             ns,
             &name.path,
-            &name.key_hex,
+            &name.segment,
             name.version,
             listed.etag.as_deref(),
         )
@@ -305,7 +304,7 @@ impl S3Backend {
         &self,
         ns: &Namespace,
         path: &str,
-        key_hex: &str,
+        segment: &str,
         version: Version,
         etag: Option<&str>,
     ) -> Result<Option<RecordInfo>> {
@@ -322,7 +321,9 @@ impl S3Backend {
                     .error(format_args!("reading metadata {path}"), e))
             }
         };
-        let record = decode_meta(path, &bytes.to_bytes(), ns, key_hex, version)?;
+        let record = self
+            .layout
+            .decode_meta(path, &bytes.to_bytes(), ns, segment, version)?;
         if let Some(etag) = etag {
             self.cache
                 .put(path.to_string(), etag.to_string(), record.clone());
@@ -358,7 +359,7 @@ impl S3Backend {
     /// claim and a listing, never a wrong write.
     async fn latest_for_write(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
         if let Some(cached) = self.cached_latest(ns, key) {
-            let path = meta_path(ns, key.as_str(), cached.version);
+            let path = self.layout.meta_path(ns, key.as_str(), cached.version);
             if let Some((etag, _)) = self.cache.entry(&path) {
                 match self.op.stat_with(&path).if_match(&etag).await {
                     Ok(_) => return Ok(Some(cached)),
@@ -374,14 +375,9 @@ impl S3Backend {
         self.latest_listed(ns, key).await
     }
 
-    /// Refuses, before any I/O, a key whose object names S3 would refuse as too long.
-    fn check_key(&self, ns: &Namespace, key: &Key) -> Result<()> {
-        check_key_fits(&self.name_root, ns, key)
-    }
-
     /// Whether version 1 of the key exists (one HEAD, no listing).
     async fn has_first_version(&self, ns: &Namespace, key: &Key) -> Result<bool> {
-        let path = meta_path(ns, key.as_str(), 1);
+        let path = self.layout.meta_path(ns, key.as_str(), 1);
         match self.op.stat(&path).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
@@ -393,9 +389,11 @@ impl S3Backend {
 
     /// The latest version this process last saw of the key (unchecked).
     fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
-        let v = self.cache.latest_hint(&key_dir(ns, key.as_str()))?;
+        let v = self
+            .cache
+            .latest_hint(&self.layout.key_dir(ns, key.as_str()))?;
         self.cache
-            .entry(&meta_path(ns, key.as_str(), v))
+            .entry(&self.layout.meta_path(ns, key.as_str(), v))
             .map(|(_, r)| r)
     }
 
@@ -406,14 +404,17 @@ impl S3Backend {
     /// `v` was the latest. Two HEADs cost less than a LIST on every S3 we know; `None` means
     /// "ask the listing".
     async fn latest_by_probe(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
-        let Some(v) = self.cache.latest_hint(&key_dir(ns, key.as_str())) else {
+        let Some(v) = self
+            .cache
+            .latest_hint(&self.layout.key_dir(ns, key.as_str()))
+        else {
             return Ok(None);
         };
-        let path = meta_path(ns, key.as_str(), v);
+        let path = self.layout.meta_path(ns, key.as_str(), v);
         let Some((etag, record)) = self.cache.entry(&path) else {
             return Ok(None);
         };
-        let next = meta_path(ns, key.as_str(), v + 1);
+        let next = self.layout.meta_path(ns, key.as_str(), v + 1);
         let (current, newer) = futures::join!(
             async { self.op.stat_with(&path).if_match(&etag).await },
             async { self.op.stat(&next).await }
@@ -441,8 +442,9 @@ impl S3Backend {
 
     /// One version of the key.
     async fn version(&self, ns: &Namespace, key: &Key, version: Version) -> Result<RecordInfo> {
-        let path = meta_path(ns, key.as_str(), version);
-        self.read_meta(ns, &path, &hex::encode(key.as_str()), version, None)
+        let path = self.layout.meta_path(ns, key.as_str(), version);
+        let segment = self.layout.key_segment(ns, key.as_str());
+        self.read_meta(ns, &path, &segment, version, None)
             .await?
             .ok_or_else(|| Error::not_found(ns, key, Some(version)))
     }
@@ -450,14 +452,16 @@ impl S3Backend {
     /// Creates metadata object `record.version` unless it exists; `false` if another writer
     /// claimed that version first.
     async fn claim(&self, record: &RecordInfo) -> Result<bool> {
-        let path = meta_path(&record.namespace, record.key.as_str(), record.version);
+        let path = self
+            .layout
+            .meta_path(&record.namespace, record.key.as_str(), record.version);
         let bytes = encode_meta(record)?;
         match self.op.write_with(&path, bytes).if_not_exists(true).await {
             Ok(meta) => {
                 if let Some(etag) = meta.etag() {
                     self.cache.put(path, etag.to_string(), record.clone());
                 }
-                let dir = key_dir(&record.namespace, record.key.as_str());
+                let dir = self.layout.key_dir(&record.namespace, record.key.as_str());
                 self.cache.set_latest_hint(&dir, Some(record.version));
                 Ok(true)
             }
@@ -504,6 +508,10 @@ impl S3Backend {
 
     /// Every latest record of the namespace whose key starts with `prefix` and is after
     /// `lower`, in key order, until `want` pass `keep` (all when `None`).
+    ///
+    /// Keys named by their hex are walked in order by one listing. Keys too long for that are
+    /// named by hash ([`Layout`]), after every hex name and in no useful order: they are read
+    /// first, by a listing of their own, and merged in.
     async fn scan_latest(
         &self,
         ns: &Namespace,
@@ -512,14 +520,59 @@ impl S3Backend {
         want: Option<usize>,
         keep: impl Fn(&RecordInfo) -> bool,
     ) -> Result<Vec<RecordInfo>> {
+        let prefix = prefix.unwrap_or("");
+        let max_hex = self.layout.max_hex_key_len(ns);
+        let mut hashed = self
+            .hashed_latest(ns, prefix, lower)
+            .await?
+            .into_iter()
+            .peekable();
+        let mut out = Vec::new();
+        // A prefix longer than any hex-named key leaves only hashed ones.
+        if prefix.len() <= max_hex {
+            let mut hex_keys = self.hex_latest(ns, prefix, lower, max_hex).await?;
+            while want.is_none_or(|w| out.len() < w) {
+                let Some(batch) = hex_keys.next_batch(self).await? else {
+                    break;
+                };
+                for record in batch {
+                    while let Some(long) = hashed.next_if(|h| h.key.as_str() < record.key.as_str())
+                    {
+                        if keep(&long) {
+                            out.push(long);
+                        }
+                    }
+                    if keep(&record) {
+                        out.push(record);
+                    }
+                }
+            }
+            if !hex_keys.exhausted {
+                // Stopped at `want`: every hashed key left sorts after what was found.
+                return Ok(out);
+            }
+        }
+        out.extend(hashed.filter(|r| keep(r)));
+        Ok(out)
+    }
+
+    /// The start of a walk over the hex-named keys of `ns` starting with `prefix` (at most
+    /// `max_hex` bytes) and after `lower`.
+    async fn hex_latest(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        lower: Option<&str>,
+        max_hex: usize,
+    ) -> Result<HexWalk> {
         let ns_prefix = namespace_prefix(ns);
-        let hex_prefix = hex::encode(prefix.unwrap_or(""));
         // Every object of a key with this prefix sorts after the bare hex prefix.
-        let mut start_after = prefix
-            .filter(|p| !p.is_empty())
-            .map(|p| key_prefix_prefix(ns, p));
+        let mut start_after = (!prefix.is_empty()).then(|| key_prefix_prefix(ns, prefix));
         if let Some(lower) = lower {
-            let bound = after_key(ns, lower);
+            // A hex-named key is after a longer `lower` exactly when it is after `lower`'s
+            // first `max_hex` bytes (it cannot extend them).
+            let lower = lower.as_bytes();
+            let bound = after_key(ns, &lower[..lower.len().min(max_hex)]);
             if start_after.as_ref().is_none_or(|s| bound > *s) {
                 start_after = Some(bound);
             }
@@ -528,74 +581,65 @@ impl S3Backend {
         if let Some(after) = &start_after {
             lister = lister.start_after(after);
         }
-        let mut lister = lister
+        let lister = lister
             .await
             .map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
-        let mut out = Vec::new();
-        let mut batch: Vec<Listed> = Vec::new();
-        let mut current: Option<Listed> = None;
-        let mut exhausted = false;
-        while !exhausted && want.is_none_or(|w| out.len() < w) {
-            // Gather one batch of keys' latest names, then fetch their metadata concurrently.
-            while batch.len() < FETCH_CONCURRENCY * 2 {
-                let Some(entry) = lister.next().await else {
-                    exhausted = true;
-                    break;
-                };
-                let entry =
-                    entry.map_err(|e| self.target.error(format_args!("listing {ns_prefix}"), e))?;
-                let Some(name) = parse_meta_path(&ns_prefix, entry.path()) else {
-                    continue;
-                };
-                if !name.key_hex.starts_with(&hex_prefix) {
-                    if name.key_hex.as_str() > hex_prefix.as_str() {
-                        exhausted = true;
-                        break;
-                    }
-                    continue;
-                }
-                let listed = Listed {
-                    name,
-                    etag: entry.metadata().etag().map(str::to_string),
-                };
-                match &current {
-                    Some(c) if c.name.key_hex == listed.name.key_hex => {
-                        if listed.name.version > c.name.version {
-                            current = Some(listed);
-                        }
-                    }
-                    _ => {
-                        if let Some(done) = current.replace(listed) {
-                            batch.push(done);
-                        }
-                    }
-                }
-            }
-            if exhausted {
-                batch.extend(current.take());
-            }
-            // One key's unreadable metadata object must not hide every other key: it is
-            // skipped with a warning (verify reports it, and get/head of that key fail).
-            let fetched: Vec<Option<RecordInfo>> = futures::stream::iter(batch.drain(..))
-                .map(|listed| async move {
-                    match self.fetch(ns, &listed).await {
-                        Err(e) if e.kind() == ErrorKind::Corrupt => {
-                            tracing::warn!(target: "stowage_providers::s3", path = %listed.name.path, error = %e, "skipping a key whose latest metadata object is unreadable; run verify");
-                            Ok(None)
-                        }
-                        other => other,
-                    }
-                })
-                .buffered(FETCH_CONCURRENCY)
-                .try_collect()
-                .await?;
-            for record in fetched.into_iter().flatten() {
-                if keep(&record) {
-                    out.push(record);
+        Ok(HexWalk {
+            ns: ns.clone(),
+            hex_prefix: hex::encode(prefix),
+            ns_prefix,
+            lister,
+            current: None,
+            exhausted: false,
+        })
+    }
+
+    /// The latest records of the keys of `ns` named by hash that start with `prefix` and are
+    /// after `lower`, in key order.
+    async fn hashed_latest(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        lower: Option<&str>,
+    ) -> Result<Vec<RecordInfo>> {
+        let dir = format!("{}{HASHED_MARK}", namespace_prefix(ns));
+        let mut latest: std::collections::BTreeMap<String, Listed> = Default::default();
+        for listed in self.list_meta(ns, &dir, None).await? {
+            match latest.get(&listed.name.segment) {
+                Some(known) if known.name.version >= listed.name.version => {}
+                _ => {
+                    latest.insert(listed.name.segment.clone(), listed);
                 }
             }
         }
-        Ok(out)
+        let fetched: Vec<Option<RecordInfo>> = futures::stream::iter(latest.into_values())
+            .map(|listed| self.fetch_or_skip(ns, listed))
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut records: Vec<RecordInfo> = fetched
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r.key.as_str().starts_with(prefix) && lower.is_none_or(|l| r.key.as_str() > l)
+            })
+            .collect();
+        // `str` order is byte order.
+        records.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+        Ok(records)
+    }
+
+    /// Reads a listed key's latest metadata object for a listing. One key's unreadable
+    /// metadata object must not hide every other key: it is skipped with a warning (verify
+    /// reports it, and get/head of that key fail).
+    async fn fetch_or_skip(&self, ns: &Namespace, listed: Listed) -> Result<Option<RecordInfo>> {
+        match self.fetch(ns, &listed).await {
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                tracing::warn!(target: "stowage_providers::s3", path = %listed.name.path, error = %e, "skipping a key whose latest metadata object is unreadable; run verify");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// Every metadata object of the store (all namespaces), for gc and verify: the records,
@@ -691,6 +735,83 @@ impl S3Backend {
     }
 }
 
+/// A walk in key order over the hex-named keys of a namespace: each batch is the latest
+/// records of the next keys of one listing, fetched concurrently.
+struct HexWalk {
+    ns: Namespace,
+    ns_prefix: String,
+    /// Only keys whose segment starts with this.
+    hex_prefix: String,
+    lister: opendal::Lister,
+    /// The latest name seen of the key being listed.
+    current: Option<Listed>,
+    /// No hex-named key is left.
+    exhausted: bool,
+}
+
+impl HexWalk {
+    /// The latest records of the next keys (fewer when some are unreadable or purged
+    /// meanwhile); `None` once every key was returned.
+    async fn next_batch(&mut self, backend: &S3Backend) -> Result<Option<Vec<RecordInfo>>> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        let mut batch: Vec<Listed> = Vec::new();
+        while batch.len() < FETCH_CONCURRENCY * 2 {
+            let Some(entry) = self.lister.next().await else {
+                self.exhausted = true;
+                break;
+            };
+            let entry = entry.map_err(|e| {
+                backend
+                    .target
+                    .error(format_args!("listing {}", self.ns_prefix), e)
+            })?;
+            let Some(name) = parse_meta_path(&self.ns_prefix, entry.path()) else {
+                continue;
+            };
+            // Hashed names sort after every hex name: the hex-named keys are done.
+            if name.segment.starts_with(HASHED_MARK) {
+                self.exhausted = true;
+                break;
+            }
+            if !name.segment.starts_with(&self.hex_prefix) {
+                if name.segment.as_str() > self.hex_prefix.as_str() {
+                    self.exhausted = true;
+                    break;
+                }
+                continue;
+            }
+            let listed = Listed {
+                name,
+                etag: entry.metadata().etag().map(str::to_string),
+            };
+            match &self.current {
+                Some(c) if c.name.segment == listed.name.segment => {
+                    if listed.name.version > c.name.version {
+                        self.current = Some(listed);
+                    }
+                }
+                _ => {
+                    if let Some(done) = self.current.replace(listed) {
+                        batch.push(done);
+                    }
+                }
+            }
+        }
+        if self.exhausted {
+            batch.extend(self.current.take());
+        }
+        let ns = &self.ns;
+        let fetched: Vec<Option<RecordInfo>> = futures::stream::iter(batch)
+            .map(|listed| backend.fetch_or_skip(ns, listed))
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(Some(fetched.into_iter().flatten().collect()))
+    }
+}
+
 fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<&RecordInfo>) -> Error {
     Error::Conflict {
         namespace: ns.to_string(),
@@ -782,7 +903,6 @@ impl StorageBackend for S3Backend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
-        self.check_key(ns, key)?;
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
         // uploads. A create of a key this process has not seen asks only whether version 1
@@ -796,7 +916,10 @@ impl StorageBackend for S3Backend {
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
         } else if mode == PutMode::Create
-            && self.cache.latest_hint(&key_dir(ns, key.as_str())).is_none()
+            && self
+                .cache
+                .latest_hint(&self.layout.key_dir(ns, key.as_str()))
+                .is_none()
             && !self.has_first_version(ns, key).await?
         {
             (self.blobs.put(body).await?, None)
@@ -827,7 +950,6 @@ impl StorageBackend for S3Backend {
         key: &Key,
         options: GetOptions,
     ) -> Result<(RecordInfo, Body)> {
-        self.check_key(ns, key)?;
         // Seen before: start reading the payload this process last knew while the probes check
         // it is still the latest; the read is dropped unread if it is not.
         if let (None, Some(cached)) = (options.version, self.cached_latest(ns, key)) {
@@ -859,7 +981,6 @@ impl StorageBackend for S3Backend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
-        self.check_key(ns, key)?;
         match version {
             Some(v) => {
                 Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))
@@ -874,7 +995,6 @@ impl StorageBackend for S3Backend {
         key: &Key,
         options: DeleteOptions,
     ) -> Result<RecordInfo> {
-        self.check_key(ns, key)?;
         self.write_next(ns, key, None, |latest, version, now| {
             let live = match latest {
                 Some(r) if !r.is_deleted() => r,
@@ -921,7 +1041,6 @@ impl StorageBackend for S3Backend {
     }
 
     async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
-        self.check_key(ns, key)?;
         let names = self.all_names(ns, key).await?;
         if names.is_empty() {
             return Err(Error::not_found(ns, key, None));
@@ -940,7 +1059,6 @@ impl StorageBackend for S3Backend {
         key: &Key,
         version: Option<Version>,
     ) -> Result<RecordInfo> {
-        self.check_key(ns, key)?;
         let source = match version {
             Some(v) => {
                 Self::live_or_not_found(ns, key, Some(self.version(ns, key, v).await?), Some(v))?
@@ -967,7 +1085,6 @@ impl StorageBackend for S3Backend {
     }
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
-        self.check_key(ns, key)?;
         let names = self.all_names(ns, key).await?;
         if names.is_empty() {
             return Err(Error::not_found(ns, key, None));
@@ -980,7 +1097,8 @@ impl StorageBackend for S3Backend {
                     .error(format_args!("deleting metadata {}", listed.name.path), e)
             })?;
         }
-        self.cache.set_latest_hint(&key_dir(ns, key.as_str()), None);
+        self.cache
+            .set_latest_hint(&self.layout.key_dir(ns, key.as_str()), None);
         Ok(names.len() as u64)
     }
 
@@ -1076,7 +1194,8 @@ impl StorageBackend for S3Backend {
             ..VerifyReport::default()
         };
         for b in broken {
-            let key = hex::decode(&b.name.key_hex)
+            // A long key's name is its hash: the key itself is only inside the object.
+            let key = hex::decode(&b.name.segment)
                 .ok()
                 .and_then(|k| String::from_utf8(k).ok());
             report.problems.push(VerifyProblem {

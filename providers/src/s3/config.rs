@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 use stowage_core::{parse_config, Error, Result};
 
+use super::layout::MAX_ROOT_LEN;
 use super::PROVIDER;
 
 /// Smallest part S3 accepts for every part of a multipart upload but the last.
@@ -170,6 +171,15 @@ impl S3Config {
                 format!("{:?} must be a plain prefix like `stores/prod` (no `.`/`..` segments, no `\\`)", self.root),
             ));
         }
+        let root_len = self.root.trim_matches('/').len();
+        if root_len >= MAX_ROOT_LEN {
+            return Err(Error::invalid_config(
+                field("root"),
+                format!(
+                    "is {root_len} bytes; it must be shorter than {MAX_ROOT_LEN}, so that every object name (root, namespace, key) fits in the 1024 bytes S3 takes"
+                ),
+            ));
+        }
         match (&self.access_key_id, &self.secret_access_key) {
             (Some(_), None) => {
                 return Err(Error::invalid_config(
@@ -261,7 +271,7 @@ impl S3Config {
                 "region": {"type": "string", "minLength": 1, "default": "us-east-1",
                            "description": "Region of the bucket."},
                 "root": {"type": "string", "default": "",
-                         "description": "Prefix inside the bucket under which the store lives."},
+                         "description": "Prefix inside the bucket under which the store lives (at most 511 bytes without its slashes)."},
                 "access_key_id": {"type": "string",
                                   "description": "Access key id; default AWS_ACCESS_KEY_ID, else anonymous."},
                 "secret_access_key": {"type": "string", "writeOnly": true,
@@ -319,6 +329,10 @@ mod tests {
                 "endpoint",
             ),
             (json!({"bucket": "ok-b", "root": "a/../b"}), "root"),
+            (
+                json!({"bucket": "ok-b", "root": "r".repeat(MAX_ROOT_LEN)}),
+                "root",
+            ),
             (
                 json!({"bucket": "ok-b", "access_key_id": "x"}),
                 "secret_access_key",

@@ -5,15 +5,17 @@
 //! blobs/<64 hex of blake3>                         payload bytes, content-addressed
 //! staging/<32 hex>                                 a large payload while it uploads and hashes
 //! meta/<namespace>/<hex of key>/<20-digit version>.json   one object per version
+//! meta/<namespace>/~<64 hex of blake3 of key>/<20-digit version>.json   the same, long keys
 //! ```
 //!
 //! Keys are hex-encoded so the byte order of keys is the lexicographic order of object names
 //! (hex digits all sort after `/`, so a key sorts before every longer key it is a prefix of),
-//! and any key is a safe object name. The 20-digit zero-padded version makes the versions of
-//! a key list oldest first.
+//! and any key is a safe object name. A key whose hex would make names longer than S3 takes
+//! is named by its hash instead ([`Layout`]). The 20-digit zero-padded version makes the
+//! versions of a key list oldest first.
 
 use serde::{Deserialize, Serialize};
-use stowage_core::{ContentHash, Error, Key, Namespace, RecordInfo, Result, Version};
+use stowage_core::{ContentHash, Error, Namespace, RecordInfo, Result, Version};
 
 use super::PROVIDER;
 
@@ -68,50 +70,113 @@ pub(crate) fn key_prefix_prefix(ns: &Namespace, key_prefix: &str) -> String {
     format!("{}{}", namespace_prefix(ns), hex::encode(key_prefix))
 }
 
-/// The prefix (a "folder") holding every version of one key.
-pub(crate) fn key_dir(ns: &Namespace, key: &str) -> String {
-    format!("{}{}/", namespace_prefix(ns), hex::encode(key))
-}
-
-/// A listing `start_after` that skips `key` and every version of it, but no longer key.
-pub(crate) fn after_key(ns: &Namespace, key: &str) -> String {
+/// The listing bound that skips the key whose UTF-8 bytes are `key`, and every version of
+/// it, but no longer key.
+pub(crate) fn after_key(ns: &Namespace, key: &[u8]) -> String {
     // '~' sorts after every version file name; a longer key continues with a hex digit where
     // this has '/', and hex digits sort after '/'.
-    format!("{}~", key_dir(ns, key))
+    format!("{}{}/~", namespace_prefix(ns), hex::encode(key))
 }
 
 /// The longest object name S3 accepts (AWS refuses longer ones; some servers do not check).
 pub(crate) const MAX_OBJECT_NAME: usize = 1024;
 
-/// Bytes of a metadata object name beyond the root, the namespace and the hex key:
+/// Bytes of a metadata object name beyond the root, the namespace and the key's segment:
 /// `meta/`, `/` after the namespace, `/` after the key, 20 digits and `.json`.
 const META_NAME_OVERHEAD: usize = META.len() + 1 + 1 + 20 + ".json".len();
 
-/// The longest key (in bytes) whose metadata object names fit in [`MAX_OBJECT_NAME`] under
-/// `root` (the object-name prefix, e.g. `stores/prod/`) and namespace `ns`. Every other name
-/// (`blobs/…`, `staging/…`) is shorter.
-pub(crate) fn max_key_len(root: &str, ns: &Namespace) -> usize {
-    MAX_OBJECT_NAME.saturating_sub(root.len() + ns.as_str().len() + META_NAME_OVERHEAD) / 2
+/// The first character of a hashed key segment: `~` sorts after every hex digit, so the keys
+/// named by hash list after every key named by its hex.
+pub(crate) const HASHED_MARK: char = '~';
+
+/// Length of a hashed key segment: the mark and 64 hex digits of a blake3 hash.
+const HASHED_SEGMENT_LEN: usize = 1 + 64;
+
+/// The longest root (object-name prefix) a store may have: every namespace (at most 63 bytes)
+/// and every key (hashed when long) then fits in [`MAX_OBJECT_NAME`].
+pub(crate) const MAX_ROOT_LEN: usize = 512;
+
+/// How keys become object names under one root.
+///
+/// A key is named by its hex (which keeps the byte order of keys as the order of names, so a
+/// listing walks keys in order) when its metadata object names fit in [`MAX_OBJECT_NAME`];
+/// a longer key — up to the 1024 bytes any key may have — is named `~` + the hex of the
+/// blake3 hash of its bytes. Which keys are hashed depends only on the root, the namespace
+/// and the key's length, so every process agrees; their names carry no order, so listings
+/// read them apart and merge them in (see the backend's `scan_latest`).
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    /// The object-name prefix of the store (`""` or ending in `/`, no leading `/`).
+    root: String,
 }
 
-/// Refuses a key whose object names would be longer than S3 accepts (no I/O).
-pub(crate) fn check_key_fits(root: &str, ns: &Namespace, key: &Key) -> Result<()> {
-    let max = max_key_len(root, ns);
-    let len = key.as_str().len();
-    if len <= max {
-        return Ok(());
+impl Layout {
+    /// The layout under `root` (at most [`MAX_ROOT_LEN`] bytes; the config checks it).
+    pub(crate) fn new(root: String) -> Self {
+        Layout { root }
     }
-    Err(Error::InvalidKey {
-        key: key.to_string(),
-        reason: format!(
-            "is {len} bytes, but this s3 store (root `{root}`, namespace `{ns}`) takes keys of at most {max} bytes: the key is hex-encoded (2 bytes per key byte) into object names, which S3 limits to {MAX_OBJECT_NAME} bytes"
-        ),
-    })
-}
 
-/// The metadata object of one version.
-pub(crate) fn meta_path(ns: &Namespace, key: &str, version: Version) -> String {
-    format!("{}{version:020}.json", key_dir(ns, key))
+    /// The longest key (in bytes) named by its hex in `ns`; longer keys are hashed.
+    pub(crate) fn max_hex_key_len(&self, ns: &Namespace) -> usize {
+        MAX_OBJECT_NAME.saturating_sub(self.root.len() + ns.as_str().len() + META_NAME_OVERHEAD) / 2
+    }
+
+    /// The key's segment in object names: its hex, or `~` + the hex of its hash when long.
+    pub(crate) fn key_segment(&self, ns: &Namespace, key: &str) -> String {
+        if key.len() <= self.max_hex_key_len(ns) {
+            hex::encode(key)
+        } else {
+            format!("{HASHED_MARK}{}", blake3::hash(key.as_bytes()).to_hex())
+        }
+    }
+
+    /// The prefix (a "folder") holding every version of one key.
+    pub(crate) fn key_dir(&self, ns: &Namespace, key: &str) -> String {
+        format!("{}{}/", namespace_prefix(ns), self.key_segment(ns, key))
+    }
+
+    /// The metadata object of one version.
+    pub(crate) fn meta_path(&self, ns: &Namespace, key: &str, version: Version) -> String {
+        format!("{}{version:020}.json", self.key_dir(ns, key))
+    }
+
+    /// Parses a metadata object read from `path` (found as key segment `segment` and
+    /// `version`), checking it belongs where it was found.
+    pub(crate) fn decode_meta(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        ns: &Namespace,
+        segment: &str,
+        version: Version,
+    ) -> Result<RecordInfo> {
+        let object: MetaObject = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                PROVIDER,
+                format!("metadata object {path} is not valid JSON of format {META_FORMAT}: {e}"),
+            )
+        })?;
+        if object.format != META_FORMAT {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!("metadata object {path} has format {} but this stowage reads format {META_FORMAT}; upgrade stowage", object.format),
+            ));
+        }
+        let r = &object.record;
+        if &r.namespace != ns
+            || self.key_segment(ns, r.key.as_str()) != segment
+            || r.version != version
+        {
+            return Err(Error::corrupt(
+                PROVIDER,
+                format!(
+                    "metadata object {path} holds {}/{} version {}, not what its name says",
+                    r.namespace, r.key, r.version
+                ),
+            ));
+        }
+        Ok(object.record)
+    }
 }
 
 /// A metadata object found in a listing: which key (hex) and version it holds.
@@ -119,23 +184,32 @@ pub(crate) fn meta_path(ns: &Namespace, key: &str, version: Version) -> String {
 pub(crate) struct MetaName {
     /// The object's path.
     pub path: String,
-    /// The key, hex-encoded as in the path.
-    pub key_hex: String,
+    /// The key's segment in the path: its hex, or `~` and the hex of its hash.
+    pub segment: String,
     /// The version number.
     pub version: Version,
 }
 
-/// Parses `meta/<ns>/<hex key>/<version>.json` (under the namespace prefix `ns_prefix`).
+/// Parses `meta/<ns>/<key segment>/<version>.json` (under the namespace prefix `ns_prefix`).
 pub(crate) fn parse_meta_path(ns_prefix: &str, path: &str) -> Option<MetaName> {
     let rest = path.strip_prefix(ns_prefix)?;
-    let (key_hex, file) = rest.split_once('/')?;
+    let (segment, file) = rest.split_once('/')?;
     let digits = file.strip_suffix(".json")?;
-    if key_hex.is_empty() || digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let hex_digits = match segment.strip_prefix(HASHED_MARK) {
+        Some(hash) if segment.len() == HASHED_SEGMENT_LEN => hash,
+        Some(_) => return None,
+        None => segment,
+    };
+    if hex_digits.is_empty()
+        || !hex_digits.bytes().all(|b| b.is_ascii_hexdigit())
+        || digits.len() != 20
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     Some(MetaName {
         path: path.to_string(),
-        key_hex: key_hex.to_string(),
+        segment: segment.to_string(),
         version: digits.parse().ok()?,
     })
 }
@@ -166,49 +240,22 @@ pub(crate) fn encode_meta(record: &RecordInfo) -> Result<Vec<u8>> {
     })
 }
 
-/// Parses a metadata object read from `path`, checking it belongs where it was found.
-pub(crate) fn decode_meta(
-    path: &str,
-    bytes: &[u8],
-    ns: &Namespace,
-    key_hex: &str,
-    version: Version,
-) -> Result<RecordInfo> {
-    let object: MetaObject = serde_json::from_slice(bytes).map_err(|e| {
-        Error::corrupt(
-            PROVIDER,
-            format!("metadata object {path} is not valid JSON of format {META_FORMAT}: {e}"),
-        )
-    })?;
-    if object.format != META_FORMAT {
-        return Err(Error::corrupt(
-            PROVIDER,
-            format!("metadata object {path} has format {} but this stowage reads format {META_FORMAT}; upgrade stowage", object.format),
-        ));
-    }
-    let r = &object.record;
-    if &r.namespace != ns || hex::encode(r.key.as_str()) != key_hex || r.version != version {
-        return Err(Error::corrupt(
-            PROVIDER,
-            format!(
-                "metadata object {path} holds {}/{} version {}, not what its name says",
-                r.namespace, r.key, r.version
-            ),
-        ));
-    }
-    Ok(object.record)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stowage_core::Key;
+
+    fn layout(root: &str) -> Layout {
+        Layout::new(root.to_string())
+    }
 
     #[test]
     fn object_names_sort_like_keys() {
         let ns = Namespace::new("n").unwrap();
+        let l = layout("");
         let mut keys = vec!["b", "a/b", "a", "ab", "a\u{e9}", "a0", "z/\u{7f}x"];
         let mut names: Vec<(String, &str)> =
-            keys.iter().map(|k| (meta_path(&ns, k, 7), *k)).collect();
+            keys.iter().map(|k| (l.meta_path(&ns, k, 7), *k)).collect();
         names.sort();
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         assert_eq!(names.iter().map(|(_, k)| *k).collect::<Vec<_>>(), keys);
@@ -217,35 +264,85 @@ mod tests {
     #[test]
     fn after_key_skips_only_that_key() {
         let ns = Namespace::new("n").unwrap();
-        let bound = after_key(&ns, "a");
-        assert!(meta_path(&ns, "a", u64::MAX) < bound);
-        assert!(meta_path(&ns, "a/", 1) > bound);
-        assert!(meta_path(&ns, "ab", 1) > bound);
-        assert!(meta_path(&ns, "b", 1) > bound);
+        let l = layout("");
+        let bound = after_key(&ns, b"a");
+        assert!(l.meta_path(&ns, "a", u64::MAX) < bound);
+        assert!(l.meta_path(&ns, "a/", 1) > bound);
+        assert!(l.meta_path(&ns, "ab", 1) > bound);
+        assert!(l.meta_path(&ns, "b", 1) > bound);
     }
 
     #[test]
     fn versions_sort_numerically_and_parse_back() {
         let ns = Namespace::new("n").unwrap();
-        assert!(meta_path(&ns, "k", 9) < meta_path(&ns, "k", 10));
-        let name = parse_meta_path(&namespace_prefix(&ns), &meta_path(&ns, "k", 10)).unwrap();
-        assert_eq!((name.key_hex.as_str(), name.version), ("6b", 10));
+        let l = layout("");
+        assert!(l.meta_path(&ns, "k", 9) < l.meta_path(&ns, "k", 10));
+        let name = parse_meta_path(&namespace_prefix(&ns), &l.meta_path(&ns, "k", 10)).unwrap();
+        assert_eq!((name.segment.as_str(), name.version), ("6b", 10));
         assert!(parse_meta_path(&namespace_prefix(&ns), "meta/n/6b/").is_none());
         assert!(parse_meta_path(&namespace_prefix(&ns), "meta/n/6b/12.json").is_none());
+        assert!(parse_meta_path(
+            &namespace_prefix(&ns),
+            "meta/n/~zz/00000000000000000001.json"
+        )
+        .is_none());
     }
 
     #[test]
-    fn the_longest_key_fills_1024_bytes_with_its_root() {
+    fn keys_up_to_the_limit_are_hex_and_longer_ones_hashed_so_every_name_fits() {
         let ns = Namespace::new("default").unwrap();
-        for root in ["", "stores/prod/", "t/"] {
-            let max = max_key_len(root, &ns);
-            let name = format!("{root}{}", meta_path(&ns, &"k".repeat(max), u64::MAX));
+        for root in ["", "stores/prod/", "t/", &"r".repeat(MAX_ROOT_LEN - 1)] {
+            let root = if root.ends_with('/') || root.is_empty() {
+                root.to_string()
+            } else {
+                format!("{root}/")
+            };
+            let l = layout(&root);
+            let max = l.max_hex_key_len(&ns);
+            let at_max = "k".repeat(max);
+            let name = format!("{root}{}", l.meta_path(&ns, &at_max, u64::MAX));
             assert!(name.len() <= MAX_OBJECT_NAME && name.len() + 2 > MAX_OBJECT_NAME);
-            assert!(check_key_fits(root, &ns, &Key::new("k".repeat(max)).unwrap()).is_ok());
-            let err = check_key_fits(root, &ns, &Key::new("k".repeat(max + 1)).unwrap());
-            assert_eq!(err.unwrap_err().kind(), stowage_core::ErrorKind::InvalidKey);
+            assert_eq!(l.key_segment(&ns, &at_max), hex::encode(&at_max));
+            for long in ["k".repeat(max + 1), "\u{e9}".repeat(512)] {
+                let segment = l.key_segment(&ns, &long);
+                assert!(segment.starts_with(HASHED_MARK) && segment.len() == HASHED_SEGMENT_LEN);
+                let path = l.meta_path(&ns, &long, u64::MAX);
+                assert!(root.len() + path.len() <= MAX_OBJECT_NAME, "{root}{path}");
+                let parsed = parse_meta_path(&namespace_prefix(&ns), &path).unwrap();
+                assert_eq!(parsed.segment, segment);
+            }
         }
-        assert_eq!(max_key_len("", &ns), 492);
+        assert_eq!(layout("").max_hex_key_len(&ns), 492);
+        // The longest namespace under the longest root still leaves room for a hashed name.
+        let ns = Namespace::new("n".repeat(63)).unwrap();
+        let root = format!("{}/", "r".repeat(MAX_ROOT_LEN - 1));
+        let path = layout(&root).meta_path(&ns, &"k".repeat(1024), u64::MAX);
+        assert!(root.len() + path.len() <= MAX_OBJECT_NAME);
+    }
+
+    #[test]
+    fn a_metadata_object_must_sit_under_its_own_key() {
+        let ns = Namespace::new("n").unwrap();
+        let l = layout("");
+        let long = "x".repeat(600);
+        let record = RecordInfo {
+            namespace: ns.clone(),
+            key: Key::new(long.clone()).unwrap(),
+            version: 3,
+            hash: ContentHash::of(b"x"),
+            size: 1,
+            created_at: stowage_core::Timestamp::from_micros(1),
+            updated_at: stowage_core::Timestamp::from_micros(1),
+            deleted_at: None,
+            metadata: stowage_core::Metadata::new(),
+            conflicts: Vec::new(),
+        };
+        let bytes = encode_meta(&record).unwrap();
+        let segment = l.key_segment(&ns, &long);
+        assert!(l.decode_meta("p", &bytes, &ns, &segment, 3).is_ok());
+        let other = l.key_segment(&ns, &"y".repeat(600));
+        let err = l.decode_meta("p", &bytes, &ns, &other, 3).unwrap_err();
+        assert_eq!(err.kind(), stowage_core::ErrorKind::Corrupt);
     }
 
     #[test]

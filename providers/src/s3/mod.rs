@@ -11,8 +11,8 @@
 //!   byte order); `search` reads the latest metadata of every key (a scan, and
 //!   `capabilities().search_is_scan` says so).
 //! - Object names hold the hex of the key, and S3 takes names of at most 1024 bytes: a key
-//!   may be `(992 - root - namespace) / 2` bytes long (492 with no root in `default`); a longer
-//!   one is refused with `InvalidKey` before any I/O.
+//!   longer than `(992 - root - namespace) / 2` bytes (492 with no root in `default`) is named
+//!   by its blake3 hash instead, and listings merge those keys into key order.
 //! - `gc` may run while others write: it deletes a payload no version references only once its
 //!   LastModified is older than `gc_grace_secs` (an hour by default), since a put uploads its
 //!   payload before it claims the version, and a put that finds its payload stored renews an
@@ -143,7 +143,7 @@ impl StorageProviderFactory for S3Factory {
     }
 
     fn description(&self) -> &str {
-        "any S3-compatible object store via Apache OpenDAL: content-addressed payloads, versions claimed with conditional creates; keys are hex-encoded into object names of at most 1024 bytes, so a key may be at most (992 - root - namespace bytes) / 2 bytes long (492 with no root in `default`)"
+        "any S3-compatible object store via Apache OpenDAL: content-addressed payloads, versions claimed with conditional creates, search by scan"
     }
 
     fn config_schema(&self) -> serde_json::Value {
