@@ -10,6 +10,7 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
+use crate::hash::{ContentHash, ContentHasher};
 
 /// Size of the chunks [`Body::from_reader`] and [`Body::from_file`] read.
 pub const CHUNK_SIZE: usize = 256 * 1024;
@@ -160,6 +161,49 @@ impl Body {
                 Ok(buf.freeze())
             }
         }
+    }
+
+    /// The body checked as it streams: once its last chunk has passed, its bytes must hash
+    /// to `hash` and number `size`, or the stream ends with the error `mismatch(got, n)` (the
+    /// hash and count read) instead of ending normally. A provider wraps every whole-payload
+    /// read of content-addressed storage in it, so damaged bytes are never served as a good
+    /// payload; a reader that stops early checks nothing.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use stowage_core::{Body, ContentHash, Error};
+    /// let claimed = ContentHash::of(b"hello");
+    /// let damaged = Body::from("hellO").verified(claimed, 5, |got, n| {
+    ///     Error::corrupt("demo", format!("read {n} bytes hashing to {got}"))
+    /// });
+    /// assert!(damaged.into_bytes().await.is_err());
+    /// let good = Body::from("hello").verified(claimed, 5, |_, _| unreachable!());
+    /// assert_eq!(&good.into_bytes().await.unwrap()[..], b"hello");
+    /// # });
+    /// ```
+    pub fn verified(
+        self,
+        hash: ContentHash,
+        size: u64,
+        mismatch: impl FnOnce(ContentHash, u64) -> Error + Send + 'static,
+    ) -> Body {
+        let size_hint = self.size_hint();
+        let state = Some((self.into_stream(), ContentHasher::new(), mismatch));
+        let checked = stream::unfold(state, move |state| async move {
+            let (mut inner, mut hasher, mismatch) = state?;
+            match inner.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    Some((Ok(chunk), Some((inner, hasher, mismatch))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None => {
+                    let (got, n) = hasher.finish();
+                    (got != hash || n != size).then(|| (Err(mismatch(got, n)), None))
+                }
+            }
+        });
+        Body::from_stream(checked, size_hint)
     }
 
     /// The body as a stream of chunks.

@@ -20,7 +20,6 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -312,39 +311,16 @@ impl BlobStore {
         if offset != 0 || len != blob.size {
             return Ok(body);
         }
-        let stream = futures::stream::unfold(
-            (body.into_stream(), Some(ContentHasher::new())),
-            move |(mut inner, hasher)| {
-                let (what, path) = (what.clone(), path.clone());
-                async move {
-                    let mut hasher = hasher?;
-                    match inner.next().await {
-                        Some(Ok(chunk)) => {
-                            hasher.update(&chunk);
-                            Some((Ok(chunk), (inner, Some(hasher))))
-                        }
-                        Some(Err(e)) => Some((Err(e), (inner, None))),
-                        None => {
-                            let (got, n) = hasher.finish();
-                            if got == blob.hash && n == blob.size {
-                                None
-                            } else {
-                                let err = Error::corrupt(
-                                    PROVIDER,
-                                    format!(
-                                        "the payload file {} of {what} read back as {n} bytes hashing to {got}, not {}; run `stowage verify`",
-                                        path.display(),
-                                        blob.hash
-                                    ),
-                                );
-                                Some((Err(err), (inner, None)))
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        Ok(Body::from_stream(stream, Some(len)))
+        Ok(body.verified(blob.hash, blob.size, move |got, n| {
+            Error::corrupt(
+                PROVIDER,
+                format!(
+                    "the payload file {} of {what} read back as {n} bytes hashing to {got}, not {}; run `stowage verify`",
+                    path.display(),
+                    blob.hash
+                ),
+            )
+        }))
     }
 
     /// Re-hashes the file of `hash`: its hash and length, `None` when it is missing. Blocking.
