@@ -690,7 +690,7 @@ impl StorageBackend for SqliteBackend {
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
         let pool = self.pool().await?;
-        blobs::verify(pool, &self.path, progress).await
+        blobs::verify(pool, &self.path, self.config.chunk_size(), progress).await
     }
 
     async fn namespaces(&self) -> Result<Vec<Namespace>> {

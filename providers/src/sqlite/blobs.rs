@@ -252,8 +252,11 @@ impl StagedBlob {
     }
 
     /// Inside the put's transaction: takes the staged row for the payload (its hash filled
-    /// in), or drops it if that payload is stored already (dedup). Fails if the row is gone.
-    /// Call [`Self::settle`] once the transaction is committed.
+    /// in), or drops it if that payload is stored already, intact as far as can be told
+    /// cheaply (dedup; see [`STORED_BLOB_SQL`]). A stored row found damaged is deleted with
+    /// its chunks and the staged one takes its hash instead, so a re-put repairs it (the
+    /// versions reference the hash, and their foreign key is checked at commit). Fails if the
+    /// staged row is gone. Call [`Self::settle`] once the transaction is committed.
     pub(crate) async fn claim_in(&self, conn: &mut SqliteConnection) -> Result<()> {
         let fail = |doing: &str, e: sqlx::Error| map_err(&self.ctx.path, doing, e);
         let (hash, size) = self.hash_and_size();
@@ -272,14 +275,26 @@ impl StagedBlob {
         if mine.is_none() {
             return Err(self.lost());
         }
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM blobs WHERE hash = ?1")
+        let existing: Option<(i64, bool)> = sqlx::query_as(STORED_BLOB_SQL)
             .bind(&hash.as_bytes()[..])
+            .bind(size as i64)
+            .bind(COMPARE_STAGED_MAX as i64)
+            .bind(self.ctx.chunk_size as i64)
+            .bind(id)
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| fail("looking up a payload hash", e))?;
-        if existing.is_some() {
+        if let Some((_, true)) = existing {
             self.discard_in(conn).await
         } else {
+            if let Some((damaged, _)) = existing {
+                tracing::warn!(path = %self.ctx.path.display(), payload = %hash, "the stored payload is damaged; replacing it with the copy this put streamed");
+                sqlx::query("DELETE FROM blobs WHERE id = ?1")
+                    .bind(damaged)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| fail("removing a damaged payload", e))?;
+            }
             sqlx::query("UPDATE blobs SET hash = ?1, staged_at = NULL WHERE id = ?2")
                 .bind(&hash.as_bytes()[..])
                 .bind(id)
@@ -339,6 +354,33 @@ impl Drop for StagedBlob {
         });
     }
 }
+
+/// A streamed payload at most this large that is stored already is compared byte for byte
+/// with the copy just staged (reading both, at most twice this, mostly from the page cache)
+/// before the staged copy is dropped; a larger one only by its layout (see
+/// [`STORED_BLOB_SQL`]), since reading it would cost as much as the put itself.
+const COMPARE_STAGED_MAX: u64 = 1024 * 1024;
+
+/// The stored blob of a hash (`?1`) a streamed put of `?2` bytes has staged under row `?5`
+/// (chunks of `?4` bytes): its id and whether it looks intact. Its size must be the payload's
+/// and its chunk count must match its size and chunk size; a row holding its payload in `data`
+/// must hold that many bytes; one kept in `chunks` must have exactly its chunks, numbered from
+/// 0, holding that many bytes in all (`length` of a blob reads no overflow page). Up to `?3`
+/// bytes, a payload chunked like the staged copy is also compared chunk by chunk with it, which
+/// finds a flipped bit too. One statement, in place of the plain look-up a dedup needs anyway.
+const STORED_BLOB_SQL: &str = "
+SELECT e.id, coalesce(
+    e.size = ?2 AND e.chunk_size > 0
+    AND e.chunk_count = (e.size + e.chunk_size - 1) / e.chunk_size
+    AND CASE WHEN e.data IS NOT NULL THEN length(e.data) = e.size AND e.chunk_count <= 1
+        ELSE (SELECT count(*) = e.chunk_count AND coalesce(sum(length(c.data)), 0) = e.size
+                  AND coalesce(max(c.idx), -1) = e.chunk_count - 1
+              FROM chunks c WHERE c.blob_id = e.id)
+        END
+    AND (e.size > ?3 OR e.data IS NOT NULL OR e.chunk_size IS NOT ?4
+        OR NOT EXISTS (SELECT 1 FROM chunks a JOIN chunks b ON b.blob_id = ?5 AND b.idx = a.idx
+                       WHERE a.blob_id = e.id AND a.data IS NOT b.data)), 0)
+FROM blobs e WHERE e.hash = ?1";
 
 /// Streams `prefix` then `rest` into a [`StagedBlob`], hashing as it goes, one chunk per
 /// transaction; at most one chunk is held in memory. The caller claims it in the put's
@@ -539,6 +581,11 @@ impl ChunkReader {
     }
 }
 
+/// How a damaged or missing payload is repaired: a put of the same bytes finds the stored row
+/// damaged and writes the payload again (see [`StagedBlob::claim_in`] and the small put's
+/// upsert), and every version with that hash reads it.
+const REPAIR: &str = "to repair it, put the original bytes again under any key";
+
 /// Removes every blob no version references (their chunks go with them) and every staged
 /// payload abandoned for longer than [`ABANDONED_STAGING_AGE`] (a live stream refreshes its
 /// `staged_at` more often), then hands the freed pages back to the file system.
@@ -595,9 +642,12 @@ fn abandoned_before() -> i64 {
 /// snapshot so concurrent writers cannot cause false alarms. Staged payloads (a put streaming
 /// now, or one abandoned by a process that died) are not part of the store yet and are not
 /// checked; abandoned ones are mentioned in the log, since `gc` removes them.
+/// `chunk_size` is the configured one, which decides the path a put of a payload takes and so
+/// which repair `verify` can offer (see [`repair_hint`]).
 pub(crate) async fn verify(
     pool: &SqlitePool,
     path: &Path,
+    chunk_size: usize,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
@@ -628,7 +678,7 @@ pub(crate) async fn verify(
             version: Some(row.get::<i64, _>(2) as u64),
             hash,
             problem: "missing".into(),
-            detail: "no stored payload has this version's hash".into(),
+            detail: format!("no stored payload has this version's hash; {REPAIR}"),
         });
     }
     let mismatched = sqlx::query(
@@ -671,7 +721,7 @@ pub(crate) async fn verify(
             after = id;
             let stored: Option<Vec<u8>> = row.get(1);
             let size = row.get::<i64, _>(2) as u64;
-            let chunk_size = row.get::<i64, _>(3) as u64;
+            let blob_chunk_size = row.get::<i64, _>(3) as u64;
             let chunks: i64 = row.get(4);
             let inline: bool = row.get(5);
             let Some(expected) = stored.as_deref().and_then(hash_from) else {
@@ -687,21 +737,22 @@ pub(crate) async fn verify(
             };
             let layout = Layout {
                 chunks,
-                chunk_size,
+                chunk_size: blob_chunk_size,
                 inline,
             };
-            let found = rehash(&mut tx, path, id, layout, size).await?;
+            let found = rehash(&mut tx, path, id, &layout, size).await?;
             report.blobs_checked += 1;
             report.bytes_checked += found.bytes;
             progress.inc(size);
             let detail = match found.problem {
-                Some(p) => Some(p),
-                None if found.hash != expected => {
-                    Some(format!("payload hashes to {}, not {expected}", found.hash))
-                }
+                Some(p) => Some((p, REPAIR)),
+                None if found.hash != expected => Some((
+                    format!("payload hashes to {}, not {expected}", found.hash),
+                    repair_hint(&layout, size, chunk_size as u64),
+                )),
                 None => None,
             };
-            if let Some(detail) = detail {
+            if let Some((detail, repair)) = detail {
                 let owners = sqlx::query(
                     "SELECT ns, key, version FROM versions WHERE hash = ?1 ORDER BY ns, key, version",
                 )
@@ -719,6 +770,7 @@ pub(crate) async fn verify(
                         detail: format!("{detail} (no record uses it; `stowage gc` removes it)"),
                     });
                 }
+                let detail = format!("{detail}; {repair}");
                 for owner in owners {
                     report.problems.push(VerifyProblem {
                         namespace: Some(owner.get(0)),
@@ -766,14 +818,32 @@ struct Layout {
     inline: bool,
 }
 
+/// How to repair a stored payload (`layout`, `size` bytes) whose bytes changed but kept their
+/// layout (every chunk its length: a flipped bit), given the configured `chunk_size`: a put of
+/// the same bytes sees that only where it compares content. A payload of at most one chunk is
+/// put in one statement that compares its `data` (or its only chunk); a larger one is claimed
+/// with a comparison chunk by chunk up to [`COMPARE_STAGED_MAX`], when chunked alike.
+fn repair_hint(layout: &Layout, size: u64, chunk_size: u64) -> &'static str {
+    let put_compares = if size <= chunk_size {
+        layout.inline || layout.chunks <= 1
+    } else {
+        !layout.inline && size <= COMPARE_STAGED_MAX && layout.chunk_size == chunk_size
+    };
+    if put_compares {
+        REPAIR
+    } else {
+        "a put of the same bytes does not see this damage (the stored chunks kept their lengths, and comparing a payload this large would cost a full read): purge every version that references it, run `stowage gc`, then put it again"
+    }
+}
+
 async fn rehash(
     conn: &mut SqliteConnection,
     path: &Path,
     blob_id: i64,
-    layout: Layout,
+    layout: &Layout,
     size: u64,
 ) -> Result<Rehash> {
-    let Layout {
+    let &Layout {
         chunks,
         chunk_size,
         inline,

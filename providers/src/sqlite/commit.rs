@@ -20,8 +20,13 @@ use super::PROVIDER;
 /// A put of a payload that fits one chunk, as a single round trip: the version row is written
 /// only if the precondition holds (`mode` 0 overwrite, 1 create, 2 if-version `expected`); the
 /// blob, holding the payload in its own row (`blobs.data`, schema version 3), only if the
-/// version was written and the hash is new (`changes()` chains them). The
-/// `versions_track_latest` trigger maintains `latest`, `tags` and `attrs`.
+/// version was written (`changes()` chains them) and the hash is new, or its stored row no
+/// longer holds the payload: a row damaged since it was written (its `data`, size or chunk
+/// count changed; for a row kept in `chunks`, a chunk count or a first chunk that differs) is
+/// rewritten with the payload, so a re-put repairs it. On a healthy duplicate that costs the
+/// conflicting row's read and a comparison, no write; the `WHERE` of the upsert decides it in
+/// the same statement. The `versions_track_latest` trigger maintains `latest`, `tags` and
+/// `attrs`.
 /// Parameters are anonymous: sqlx hands them out in order across the statements of a batch
 /// (numbered ones would be re-bound from the start in every statement).
 macro_rules! put_small_statements {
@@ -39,7 +44,19 @@ INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, dele
     RETURNING version, created_at;
 INSERT INTO blobs (hash, size, chunk_size, chunk_count, data)
     SELECT ?, ?, ?, ?, ? WHERE changes() > 0
-    ON CONFLICT (hash) DO NOTHING;
+    ON CONFLICT (hash) DO UPDATE SET size = excluded.size, chunk_size = excluded.chunk_size,
+        chunk_count = excluded.chunk_count, data = excluded.data
+    WHERE CASE WHEN blobs.data IS NOT NULL
+        THEN blobs.data IS NOT excluded.data OR blobs.size IS NOT excluded.size
+            OR blobs.chunk_count IS NOT excluded.chunk_count OR blobs.chunk_size < excluded.size
+        ELSE blobs.size IS NOT excluded.size
+            OR blobs.chunk_count IS NOT (SELECT count(*) FROM chunks WHERE blob_id = blobs.id)
+            OR CASE WHEN blobs.chunk_count <= 1
+                THEN coalesce((SELECT data FROM chunks WHERE blob_id = blobs.id AND idx = 0), x'')
+                    IS NOT excluded.data
+                ELSE (SELECT sum(length(data)) FROM chunks WHERE blob_id = blobs.id)
+                    IS NOT blobs.size END
+        END;
 "
     };
 }
