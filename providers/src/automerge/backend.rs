@@ -144,18 +144,16 @@ impl AutomergeBackend {
     pub async fn compact_all(&self) -> Result<u64> {
         self.blocking(|inner| {
             let mut n = 0;
-            for ns in storage::namespace_dirs(&inner.root)? {
-                for dir in storage::document_dirs(&inner.root, &ns)? {
-                    inner.write_dir(dir, None, |rd, lock| {
-                        if rd.latest() > 0 {
-                            rd.compact(&inner.settings)?;
-                            lock.bump_generation()?;
-                            rd.refresh_listing(None)?;
-                            n += 1;
-                        }
-                        Ok(())
-                    })?;
-                }
+            for dir in storage::all_document_dirs(&inner.root)? {
+                inner.write_dir(dir, None, |rd, lock| {
+                    if rd.latest() > 0 {
+                        rd.compact(&inner.settings)?;
+                        lock.bump_generation()?;
+                        rd.refresh_listing(None)?;
+                        n += 1;
+                    }
+                    Ok(())
+                })?;
             }
             Ok(n)
         })
@@ -685,13 +683,7 @@ impl StorageBackend for AutomergeBackend {
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
         let docs = self
-            .blocking(|inner| {
-                let mut all = Vec::new();
-                for ns in storage::namespace_dirs(&inner.root)? {
-                    all.extend(storage::document_dirs(&inner.root, &ns)?);
-                }
-                Ok(all)
-            })
+            .blocking(|inner| storage::all_document_dirs(&inner.root))
             .await?;
         progress.set_total(docs.len() as u64);
         let mut report = VerifyReport::default();
@@ -716,13 +708,7 @@ impl StorageBackend for AutomergeBackend {
         // committing the change that refers to it, and keeps new ones waiting until gc is done.
         let _exclusive = self.blocking(|inner| inner.blobs.exclusive()).await?;
         let docs = self
-            .blocking(|inner| {
-                let mut all = Vec::new();
-                for ns in storage::namespace_dirs(&inner.root)? {
-                    all.extend(storage::document_dirs(&inner.root, &ns)?);
-                }
-                Ok(all)
-            })
+            .blocking(|inner| storage::all_document_dirs(&inner.root))
             .await?;
         progress.set_total(docs.len() as u64 + 1);
         let mut referenced: BTreeSet<BlobRef> = BTreeSet::new();
@@ -785,9 +771,7 @@ impl Inner {
     /// and in the document folders. A live writer's file is locked, so it stays.
     fn remove_abandoned_tmp_files(&self) -> Result<()> {
         let mut dirs = vec![self.blobs.tmp_dir().to_path_buf(), self.root.clone()];
-        for ns in storage::namespace_dirs(&self.root)? {
-            dirs.extend(storage::document_dirs(&self.root, &ns)?);
-        }
+        dirs.extend(storage::all_document_dirs(&self.root)?);
         for dir in dirs {
             crate::atomic_file::remove_abandoned_tmp_files(
                 &dir,

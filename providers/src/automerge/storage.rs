@@ -217,6 +217,15 @@ pub(crate) fn namespace_dirs(root: &Path) -> Result<Vec<Namespace>> {
     Ok(out)
 }
 
+/// The folder of every document of every namespace.
+pub(crate) fn all_document_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    for ns in namespace_dirs(root)? {
+        all.extend(document_dirs(root, &ns)?);
+    }
+    Ok(all)
+}
+
 /// The document folders of a namespace.
 pub(crate) fn document_dirs(root: &Path, ns: &Namespace) -> Result<Vec<PathBuf>> {
     let dir = root.join("docs").join(ns.as_str());

@@ -80,11 +80,9 @@ fn same_root(a: &AutomergeBackend, b: &AutomergeBackend) -> bool {
 /// Document folders relative to the root: `docs/<ns>/<hash>`, the same in every replica.
 fn relative_docs(inner: &Inner) -> Result<BTreeSet<PathBuf>> {
     let mut out = BTreeSet::new();
-    for ns in storage::namespace_dirs(&inner.root)? {
-        for dir in storage::document_dirs(&inner.root, &ns)? {
-            if let Ok(rel) = dir.strip_prefix(&inner.root) {
-                out.insert(rel.to_path_buf());
-            }
+    for dir in storage::all_document_dirs(&inner.root)? {
+        if let Ok(rel) = dir.strip_prefix(&inner.root) {
+            out.insert(rel.to_path_buf());
         }
     }
     Ok(out)
