@@ -14,7 +14,6 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use stowage_core::{run_blocking, Body, ContentHash, ContentHasher, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -271,35 +270,12 @@ impl BlobStore {
         let body = Body::from_reader(file.take(len), Some(len));
         let Some(size) = expect else { return Ok(body) };
         let expected = *hash;
-        let stream = futures::stream::unfold(
-            (body.into_stream(), Some(ContentHasher::new())),
-            move |(mut inner, hasher)| {
-                let what = what.clone();
-                async move {
-                    let mut hasher = hasher?;
-                    match inner.next().await {
-                        Some(Ok(chunk)) => {
-                            hasher.update(&chunk);
-                            Some((Ok(chunk), (inner, Some(hasher))))
-                        }
-                        Some(Err(e)) => Some((Err(e), (inner, None))),
-                        None => {
-                            let (got, n) = hasher.finish();
-                            if got == expected && n == size {
-                                None
-                            } else {
-                                let err = Error::corrupt(
-                                    PROVIDER,
-                                    format!("payload of {what} read back as {n} bytes hashing to {got}, not {expected}; run `stowage verify`"),
-                                );
-                                Some((Err(err), (inner, None)))
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        Ok(Body::from_stream(stream, Some(len)))
+        Ok(body.verified(expected, size, move |got, n| {
+            Error::corrupt(
+                PROVIDER,
+                format!("payload of {what} read back as {n} bytes hashing to {got}, not {expected}; run `stowage verify`"),
+            )
+        }))
     }
 
     /// Re-hashes a blob; `None` if it is missing. Blocking.
