@@ -1217,12 +1217,22 @@ impl StorageBackend for S3Backend {
             let users = &by_hash[hash];
             let found = self.blobs.rehash(&path).await?;
             let problem = match found {
-                None => Some(("missing", format!("payload {path} is missing"))),
+                None => Some((
+                    "missing",
+                    format!("payload {path} is missing; to repair it, put the original bytes again under any key"),
+                )),
                 Some((got, size)) => {
                     report.blobs_checked += 1;
                     report.bytes_checked += size;
                     if got != *hash {
-                        Some(("corrupt", format!("payload {path} hashes to {got}")))
+                        // A put sees a stored payload of the wrong size (its dedup check reads
+                        // the size) but not one of the right size with other bytes.
+                        let repair = if users.iter().any(|r| r.size != size) {
+                            "to repair it, put the original bytes again under any key".to_string()
+                        } else {
+                            format!("it has the right size, which a put cannot tell from a healthy copy: to repair it, delete the object {path} (under the store's root), then put the original bytes again under any key")
+                        };
+                        Some(("corrupt", format!("payload {path} hashes to {got}; {repair}")))
                     } else {
                         users.iter().find(|r| r.size != size).map(|r| {
                             (

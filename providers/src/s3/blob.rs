@@ -12,6 +12,13 @@
 //! the caller claims the version: gc deletes only payloads older than the grace period (see
 //! `S3Backend::gc`), and without the refresh a gc that listed the versions before the claim
 //! could delete a payload the new version needs.
+//!
+//! A payload found stored whose size is not the payload's (truncated, or overwritten by
+//! something else since) is written again too, so a put of the original bytes repairs it. The
+//! size comes with the `HeadObject` a dedup hit sends anyway (for the age above). Damage that
+//! keeps the size cannot be seen without reading the object back, which would cost a dedup hit
+//! as much as the upload it saves; `verify` names such a blob and the way to repair it
+//! (delete the object, then put the bytes again).
 
 use std::time::{Duration, SystemTime};
 
@@ -79,25 +86,34 @@ impl BlobStore {
         }
     }
 
-    /// Whether the stored payload at `path` must be written again before a version may claim
-    /// it: it is gone (a gc took it since the dedup hit) or old enough for gc to take it
-    /// before the claim.
+    /// Whether the stored payload at `path` (one `HeadObject`) must be written again, with
+    /// the `size` bytes of this put, before a version may claim it: it is gone (a gc took it
+    /// since the dedup hit), old enough for gc to take it before the claim, or not `size`
+    /// bytes long (damaged: a truncated or overwritten object).
     ///
     /// The age is measured with this host's clock against the server's LastModified, so
     /// clock skew shifts the threshold: S3 refuses requests signed more than 15 minutes off
     /// the server's clock, which leaves the default hour's half at least a quarter hour of
     /// margin. LastModified is truncated to the second, which only overstates the age.
-    async fn needs_refresh(&self, path: &str) -> Result<bool> {
-        if self.refresh_after.is_none() {
-            return Ok(false);
-        }
+    async fn needs_rewrite(&self, path: &str, size: u64) -> Result<bool> {
         match self.op.stat(path).await {
-            Ok(meta) => Ok(self.is_stale(&meta)),
+            Ok(meta) => Ok(self.is_damaged(path, &meta, size) || self.is_stale(&meta)),
             Err(e) if is_not_found(&e) => Ok(true),
             Err(e) => Err(self
                 .target
                 .error(format_args!("checking payload {path}"), e)),
         }
+    }
+
+    /// Whether the stored payload at `path`, described by `meta`, is not the `size` bytes its
+    /// name stands for (logged: the put that found it writes it again).
+    fn is_damaged(&self, path: &str, meta: &opendal::Metadata, size: u64) -> bool {
+        let stored = meta.content_length();
+        if stored == size {
+            return false;
+        }
+        tracing::warn!(target: "stowage_providers::s3", %path, stored, size, "the stored payload has the wrong size (damaged); writing it again");
+        true
     }
 
     /// Whether a stored payload with this metadata is older than the refresh threshold.
@@ -154,18 +170,19 @@ impl BlobStore {
         {
             Ok(_) => Ok(()),
             // Same name, same bytes: the payload is stored already (dedup). An old one is
-            // written again to renew its LastModified. Re-sending the bytes (at most one part,
-            // already in memory) is the one refresh every S3 takes: a copy onto itself is
-            // refused by S3 unless it replaces the object's metadata, and OpenDAL refuses it
-            // outright (`IsSameFile`). Overwriting a content-addressed object with the same
-            // bytes changes nothing a reader can see.
+            // written again to renew its LastModified, and one of another size (damaged) to
+            // repair it. Re-sending the bytes (at most one part, already in memory) is the one
+            // refresh every S3 takes: a copy onto itself is refused by S3 unless it replaces
+            // the object's metadata, and OpenDAL refuses it outright (`IsSameFile`).
+            // Overwriting a content-addressed object with the same bytes changes nothing a
+            // reader can see.
             Err(e) if is_precondition_failed(&e) => {
-                if !self.needs_refresh(&path).await? {
+                if !self.needs_rewrite(&path, bytes.len() as u64).await? {
                     return Ok(());
                 }
                 self.op.write(&path, bytes).await.map(|_| ()).map_err(|e| {
                     self.target
-                        .error(format_args!("refreshing payload {path}"), e)
+                        .error(format_args!("writing payload {path} again"), e)
                 })
             }
             Err(e) => Err(self
@@ -218,19 +235,20 @@ impl BlobStore {
             });
         }
         let (hash, size) = hasher.finish();
-        let result = self.commit_staging(&staging, &hash).await;
+        let result = self.commit_staging(&staging, &hash, size).await;
         if let Err(e) = self.op.delete(&staging).await {
             tracing::warn!(target: "stowage_providers::s3", %staging, error = %e, "removing a staging object failed; gc removes it later");
         }
         result.map(|()| (hash, size))
     }
 
-    async fn commit_staging(&self, staging: &str, hash: &ContentHash) -> Result<()> {
+    async fn commit_staging(&self, staging: &str, hash: &ContentHash, size: u64) -> Result<()> {
         let path = blob_path(hash);
         // A stored duplicate that is old is overwritten by the copy too (same bytes, fresh
-        // LastModified): a server-side copy, the cheapest refresh there is.
+        // LastModified): a server-side copy, the cheapest refresh there is. So is one of
+        // another size (damaged), which the copy repairs.
         let exists_fresh = match self.op.stat(&path).await {
-            Ok(meta) => !self.is_stale(&meta),
+            Ok(meta) => !self.is_damaged(&path, &meta, size) && !self.is_stale(&meta),
             Err(e) if is_not_found(&e) => false,
             Err(e) => {
                 return Err(self
