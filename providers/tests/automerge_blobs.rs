@@ -641,6 +641,10 @@ async fn verify_and_get_report_a_damaged_or_missing_payload_file() {
             p.detail.contains("blobs"),
             "the detail names the file: {p:?}"
         );
+        assert!(
+            p.detail.contains("put the original bytes again"),
+            "the detail says how to repair: {p:?}"
+        );
     }
 
     let err = get_all(&s, "one", None).await.unwrap_err();

@@ -928,7 +928,7 @@ fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<Veri
                         Some(v),
                         "missing",
                         format!(
-                            "the payload file {} ({} bytes) is missing; restore it from a replica or backup",
+                            "the payload file {} ({} bytes) is missing; to repair it, put the original bytes again under any key (or restore the file from a replica or backup)",
                             path.display(),
                             blob.size
                         ),
@@ -941,7 +941,7 @@ fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<Veri
                             Some(v),
                             "corrupt",
                             format!(
-                                "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); restore it from a replica or backup",
+                                "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); to repair it, put the original bytes again under any key (or restore the file from a replica or backup)",
                                 path.display(),
                                 blob.hash,
                                 blob.size

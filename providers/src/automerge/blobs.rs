@@ -280,7 +280,7 @@ impl BlobStore {
                 return Err(Error::corrupt(
                     PROVIDER,
                     format!(
-                        "the payload file {} of {what} is missing; run `stowage verify`, and restore the file from a replica or backup",
+                        "the payload file {} of {what} is missing; run `stowage verify`; to repair it, put the original bytes again under any key",
                         path.display()
                     ),
                 ))
