@@ -3,6 +3,7 @@
 //! repaired by an in-memory and by a streamed put, under the same key and under another one.
 //! Every version with that hash then reads back byte-exact and `verify` is clean. A healthy
 //! duplicate stays a duplicate: no second file, no second copy in the log.
+#![cfg(feature = "fs")]
 
 use std::path::{Path, PathBuf};
 

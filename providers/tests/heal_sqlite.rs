@@ -3,6 +3,7 @@
 //! or deleted, each repaired by an in-memory and by a streamed put, under the same key and
 //! under another one. Every version with that hash then reads back byte-exact and `verify` is
 //! clean. A healthy duplicate stays one row: no rewrite, no second copy.
+#![cfg(feature = "sqlite")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
