@@ -7,7 +7,10 @@
 //! - Larger payloads are content-addressed files under `blobs/ab/cdef…`, written to a temporary
 //!   file while hashed, fsynced, linked to their hash name and the directory fsynced; streamed
 //!   both ways, range reads seek.
-//! - Either way a payload is stored once per hash (dedup).
+//! - Either way a payload is stored once per hash (dedup). A put of a stored hash checks the
+//!   stored copy (inline bytes compared, an in-memory payload's file compared, a streamed one's
+//!   file replaced by the copy just written), so putting the original bytes again repairs a
+//!   payload damaged on disk.
 //! - Metadata lives in `index.log`, an append-only log of checksummed records, replayed into an
 //!   in-memory index on open, so `list`, `search`, `head` and `versions` never read payloads.
 //!   A torn or corrupt tail is cut off (a corrupt one saved aside) and reported, never served.

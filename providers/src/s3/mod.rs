@@ -3,6 +3,8 @@
 //!
 //! - Payloads are content-addressed at `blobs/<blake3 hex>` and stored once per bucket+root,
 //!   whatever keys and namespaces use them; large ones go up as multipart uploads, streamed.
+//!   A put that finds its blob stored with another size (truncated or overwritten) writes it
+//!   again, so putting the original bytes again repairs it.
 //! - Each version of a key is one metadata object, `meta/<ns>/<hex key>/<version>.json`,
 //!   created with `If-None-Match: *`: the server lets exactly one of racing writers claim a
 //!   version number, so `IfVersion` and `Create` hold without locks (the server must enforce

@@ -7,6 +7,8 @@
 //! - Payloads are content-addressed (blake3) and stored once per store in chunks of
 //!   `chunk_size` bytes: puts stream chunk by chunk while hashing, gets stream chunk by chunk
 //!   and read only the chunks a byte range covers. A payload of one chunk sits in its blob row.
+//!   A put of a stored hash checks the stored row in the statements it runs anyway and writes
+//!   the payload again if the row was damaged (see `docs/formats.md`, **Repair by re-put**).
 //! - A larger payload is staged one chunk per short transaction and claimed by the put's final
 //!   transaction, so a slow producer keeps no other writer, in this process or another, waiting;
 //!   `gc` removes staging left by a process killed mid-stream once it is an hour old.
