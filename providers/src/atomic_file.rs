@@ -99,6 +99,7 @@ impl AtomicFile {
     }
 
     /// Where the temporary file lives (for error messages).
+    #[cfg_attr(not(feature = "fs"), allow(dead_code))] // only fs names it
     pub(crate) fn tmp_path(&self) -> &Path {
         &self.tmp_path
     }

@@ -22,6 +22,16 @@ use stowage_core::{Error, Registry, Result, StorageProviderFactory};
 
 #[cfg(any(feature = "fs", feature = "automerge"))]
 mod atomic_file;
+
+/// How a damaged or missing stored payload is repaired wherever payloads are content-addressed:
+/// a put of the same bytes rewrites the stored copy (`verify` and failed reads say so).
+#[cfg(any(
+    feature = "fs",
+    feature = "sqlite",
+    feature = "s3",
+    feature = "automerge"
+))]
+pub(crate) const REPAIR_BY_REPUT: &str = "to repair it, put the original bytes again under any key";
 #[cfg(feature = "automerge")]
 pub mod automerge;
 #[cfg(feature = "fs")]

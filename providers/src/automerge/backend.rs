@@ -23,6 +23,7 @@ use super::record::{ms_to_timestamp, now_ms, DocSettings, RecordDoc};
 use super::storage::{self, DocLock};
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
+use crate::REPAIR_BY_REPUT;
 
 const FORMAT_FILE: &str = "FORMAT";
 /// A store whose documents hold every payload themselves.
@@ -928,7 +929,7 @@ fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<Veri
                         Some(v),
                         "missing",
                         format!(
-                            "the payload file {} ({} bytes) is missing; to repair it, put the original bytes again under any key (or restore the file from a replica or backup)",
+                            "the payload file {} ({} bytes) is missing; {REPAIR_BY_REPUT} (or restore the file from a replica or backup)",
                             path.display(),
                             blob.size
                         ),
@@ -941,7 +942,7 @@ fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<Veri
                             Some(v),
                             "corrupt",
                             format!(
-                                "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); to repair it, put the original bytes again under any key (or restore the file from a replica or backup)",
+                                "the payload file {} holds {size} bytes hashing to {hash}, not {} ({} bytes); {REPAIR_BY_REPUT} (or restore the file from a replica or backup)",
                                 path.display(),
                                 blob.hash,
                                 blob.size

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
+use crate::REPAIR_BY_REPUT;
 
 /// The Automerge scalar type code of a reference (an "unknown" type to Automerge, which keeps
 /// such values as they are; 10–15 are unassigned in the binary format).
@@ -280,7 +281,7 @@ impl BlobStore {
                 return Err(Error::corrupt(
                     PROVIDER,
                     format!(
-                        "the payload file {} of {what} is missing; run `stowage verify`; to repair it, put the original bytes again under any key",
+                        "the payload file {} of {what} is missing; run `stowage verify`; {REPAIR_BY_REPUT}",
                         path.display()
                     ),
                 ))

@@ -53,7 +53,7 @@ const ABANDONED_TMP_QUIET: Duration = Duration::from_secs(60);
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// How a damaged or missing payload is repaired: a put of the same bytes stores them again
 /// (see `payload_stored` and [`BlobStore`]), and every version with that hash reads them.
-const REPAIR: &str = "to repair it, put the original bytes again under any key";
+use crate::REPAIR_BY_REPUT as REPAIR;
 /// Prefix of the files a corrupt log tail is saved to before it is cut off.
 pub(crate) const DAMAGED_PREFIX: &str = "index.log.damaged-";
 

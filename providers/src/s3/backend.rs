@@ -29,6 +29,7 @@ use super::layout::{
     parse_meta_path, staging_path, Layout, MetaName, BLOBS, HASHED_MARK, META, STAGING,
 };
 use super::PROVIDER;
+use crate::REPAIR_BY_REPUT;
 
 /// Metadata objects fetched at once by list, search, gc and verify.
 const FETCH_CONCURRENCY: usize = 16;
@@ -1219,7 +1220,7 @@ impl StorageBackend for S3Backend {
             let problem = match found {
                 None => Some((
                     "missing",
-                    format!("payload {path} is missing; to repair it, put the original bytes again under any key"),
+                    format!("payload {path} is missing; {REPAIR_BY_REPUT}"),
                 )),
                 Some((got, size)) => {
                     report.blobs_checked += 1;
@@ -1228,11 +1229,14 @@ impl StorageBackend for S3Backend {
                         // A put sees a stored payload of the wrong size (its dedup check reads
                         // the size) but not one of the right size with other bytes.
                         let repair = if users.iter().any(|r| r.size != size) {
-                            "to repair it, put the original bytes again under any key".to_string()
+                            REPAIR_BY_REPUT.to_string()
                         } else {
                             format!("it has the right size, which a put cannot tell from a healthy copy: to repair it, delete the object {path} (under the store's root), then put the original bytes again under any key")
                         };
-                        Some(("corrupt", format!("payload {path} hashes to {got}; {repair}")))
+                        Some((
+                            "corrupt",
+                            format!("payload {path} hashes to {got}; {repair}"),
+                        ))
                     } else {
                         users.iter().find(|r| r.size != size).map(|r| {
                             (

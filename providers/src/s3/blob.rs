@@ -314,32 +314,16 @@ impl BlobStore {
                 }
             })
         });
+        let body = Body::from_stream(stream, Some(len));
         if range.is_some() {
-            return Ok(Body::from_stream(stream, Some(len)));
+            return Ok(body);
         }
-        let checked = futures::stream::unfold(Some((stream, ContentHasher::new())), move |state| {
-            let path = path.clone();
-            async move {
-                let (mut stream, mut hasher) = state?;
-                match stream.next().await {
-                    Some(Ok(chunk)) => {
-                        hasher.update(&chunk);
-                        Some((Ok(chunk), Some((stream, hasher))))
-                    }
-                    Some(Err(e)) => Some((Err(e), None)),
-                    None => {
-                        let (got, got_size) = hasher.finish();
-                        if got == hash && got_size == size {
-                            None
-                        } else {
-                            let msg = format!("payload {path} should be {hash} ({size} bytes) but reads as {got} ({got_size} bytes); run verify");
-                            Some((Err(Error::corrupt(PROVIDER, msg)), None))
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Body::from_stream(checked, Some(size)))
+        Ok(body.verified(hash, size, move |got, got_size| {
+            Error::corrupt(
+                PROVIDER,
+                format!("payload {path} should be {hash} ({size} bytes) but reads as {got} ({got_size} bytes); run verify"),
+            )
+        }))
     }
 
     fn read_error(&self, path: &str, size: u64, e: opendal::Error) -> Error {

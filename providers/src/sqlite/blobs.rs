@@ -584,7 +584,7 @@ impl ChunkReader {
 /// How a damaged or missing payload is repaired: a put of the same bytes finds the stored row
 /// damaged and writes the payload again (see [`StagedBlob::claim_in`] and the small put's
 /// upsert), and every version with that hash reads it.
-const REPAIR: &str = "to repair it, put the original bytes again under any key";
+use crate::REPAIR_BY_REPUT as REPAIR;
 
 /// Removes every blob no version references (their chunks go with them) and every staged
 /// payload abandoned for longer than [`ABANDONED_STAGING_AGE`] (a live stream refreshes its
