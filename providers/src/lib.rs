@@ -22,6 +22,8 @@ use stowage_core::{Error, Registry, Result, StorageProviderFactory};
 
 #[cfg(any(feature = "fs", feature = "automerge"))]
 mod atomic_file;
+#[cfg(any(feature = "fs", feature = "automerge"))]
+mod lock_file;
 
 /// How a damaged or missing stored payload is repaired wherever payloads are content-addressed:
 /// a put of the same bytes rewrites the stored copy (`verify` and failed reads say so).

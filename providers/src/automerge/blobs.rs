@@ -15,7 +15,7 @@
 //! change of any document references, under the exclusive lock, so never one a writer is about
 //! to reference.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
+use crate::lock_file::{lock_error, open as open_lock_file};
 use crate::REPAIR_BY_REPUT;
 
 /// The Automerge scalar type code of a reference (an "unknown" type to Automerge, which keeps
@@ -440,22 +441,5 @@ pub(crate) struct BlobPin {
 impl Drop for BlobPin {
     fn drop(&mut self) {
         let _ = self.file.unlock();
-    }
-}
-
-fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
-}
-
-fn lock_error(path: &Path, e: io::Error) -> Error {
-    Error::Locked {
-        path: path.to_path_buf(),
-        message: format!("could not lock it ({e}); check the file system supports advisory locks"),
     }
 }

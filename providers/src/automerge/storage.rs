@@ -14,7 +14,7 @@
 //! directory.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -79,24 +79,13 @@ impl DocLock {
             return Ok(None);
         }
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+        let file = crate::lock_file::open(&path)?;
         let locked = if exclusive {
             file.lock()
         } else {
             file.lock_shared()
         };
-        locked.map_err(|e| Error::Locked {
-            path: path.clone(),
-            message: format!(
-                "could not lock the document ({e}); check the file system supports advisory locks"
-            ),
-        })?;
+        locked.map_err(|e| crate::lock_file::lock_error(&path, e))?;
         Ok(Some(DocLock { file, path }))
     }
 

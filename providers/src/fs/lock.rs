@@ -13,28 +13,13 @@
 //! Both are `flock`-style locks (`std::fs::File::lock`): released by the OS when a process
 //! dies, so a crashed writer never leaves the store locked.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use stowage_core::{Error, Result};
+use stowage_core::Result;
 
-fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
-}
-
-fn lock_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Locked {
-        path: path.to_path_buf(),
-        message: format!("could not take the lock ({e}); is the root on a file system without locks (some network mounts)?"),
-    }
-}
+use crate::lock_file::{lock_error, open as open_lock_file};
 
 /// The exclusive lock serialising write transactions across processes.
 #[derive(Debug)]
