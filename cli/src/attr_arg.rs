@@ -2,6 +2,8 @@
 
 use std::str::FromStr;
 
+use stowage_core::exact_json::{self, Inexact, Problem};
+
 /// An attribute name and JSON value given as `K=V` on the command line.
 ///
 /// `V` is parsed as JSON when it parses (`200`, `1.5`, `true`, `null`, `"007"`, `[1,2]`),
@@ -25,21 +27,15 @@ impl FromStr for AttrArg {
         if name.is_empty() {
             return Err(format!("the attribute name before `=` is empty in {s:?}"));
         }
-        let value = match integer_tokens(raw) {
+        let value = match json_text(raw) {
             // Not JSON: a plain string, whatever digits it holds.
             Err(NotJson) => serde_json::Value::String(raw.to_string()),
-            Ok((text, integers)) => {
-                // JSON reads an integer beyond 64 bits as the nearest float: another number.
-                if let Some(big) = integers.iter().find(|t| !fits_64_bits(t)) {
-                    return Err(if big.as_str() == raw.trim() {
-                        format!(
-                            "the value of {name} ({raw}) is an integer beyond 64 bits, which would be stored as the nearest float; quote it to keep it exactly as a string: {name}='\"{raw}\"'"
-                        )
-                    } else {
-                        format!(
-                            "the value of {name} holds {big}, an integer beyond 64 bits, which would be stored as the nearest float; quote it to keep it exactly as a string: \"{big}\""
-                        )
-                    });
+            Ok(text) => {
+                // What JSON parsing would change (an integer beyond 64 bits read as the nearest
+                // float, a number with more digits than a float holds, a repeated object key)
+                // is refused rather than stored as something else.
+                if let Err(inexact) = exact_json::check(text.as_bytes()) {
+                    return Err(refusal(name, raw, &inexact));
                 }
                 serde_json::from_str(&text)
                     .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()))
@@ -52,17 +48,39 @@ impl FromStr for AttrArg {
     }
 }
 
+/// Why `--attr NAME=RAW` is refused: what would change, and how to keep it.
+fn refusal(name: &str, raw: &str, inexact: &Inexact) -> String {
+    let whole = inexact.pointer.is_empty();
+    match &inexact.problem {
+        Problem::IntegerOutOfRange(literal) if whole => format!(
+            "the value of {name} ({raw}) is an integer beyond 64 bits, which would be stored as the nearest float; quote it to keep it exactly as a string: {name}='\"{raw}\"'"
+        ),
+        Problem::IntegerOutOfRange(literal) => format!(
+            "the value of {name} holds {literal}, an integer beyond 64 bits, which would be stored as the nearest float; quote it to keep it exactly as a string: \"{literal}\""
+        ),
+        Problem::FloatNotExact(literal, stored) if whole => format!(
+            "the value of {name} ({raw}) has more digits than a 64-bit float holds and would be stored as {stored}; quote it to keep it exactly as a string: {name}='\"{raw}\"'"
+        ),
+        Problem::FloatNotExact(literal, stored) => format!(
+            "the value of {name} holds {literal}, which has more digits than a 64-bit float holds and would be stored as {stored}; quote it to keep it exactly as a string: \"{literal}\""
+        ),
+        Problem::DuplicateKey(key) => format!(
+            "the value of {name} repeats the key {key:?} (in the object at JSON path {:?}), and only one of its values would be kept; give each value its own key",
+            inexact.pointer
+        ),
+    }
+}
+
 /// `raw` is not JSON (so it is taken as a plain string).
 struct NotJson;
 
 /// If `raw` is JSON: its text with every integer `-0` written `0` (JSON readers take `-0` for
-/// the float -0.0; as an integer it is 0), and its integer tokens (numbers without a fraction or
-/// exponent) outside strings, as written.
-fn integer_tokens(raw: &str) -> Result<(String, Vec<String>), NotJson> {
+/// the float -0.0; as an integer it is 0).
+fn json_text(raw: &str) -> Result<String, NotJson> {
     if serde_json::from_str::<serde::de::IgnoredAny>(raw).is_err() {
         return Err(NotJson);
     }
-    let (mut text, mut integers) = (String::with_capacity(raw.len()), Vec::new());
+    let mut text = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
     let (mut in_string, mut escaped) = (false, false);
     while let Some(c) = chars.next() {
@@ -83,23 +101,13 @@ fn integer_tokens(raw: &str) -> Result<(String, Vec<String>), NotJson> {
                 token.push(n);
                 chars.next();
             }
-            if token.contains(['.', 'e', 'E']) {
-                text.push_str(&token);
-            } else {
-                text.push_str(if token == "-0" { "0" } else { &token });
-                integers.push(token);
-            }
+            text.push_str(if token == "-0" { "0" } else { &token });
         } else {
             in_string = c == '"';
             text.push(c);
         }
     }
-    Ok((text, integers))
-}
-
-/// Whether an integer token fits `i64` or `u64`.
-fn fits_64_bits(token: &str) -> bool {
-    token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -175,6 +183,33 @@ mod tests {
             json!("99999999999999999999x")
         );
         assert_eq!(parse("n=[18446744073709551615]").value, json!([u64::MAX]));
+    }
+
+    #[test]
+    fn values_json_would_change_are_refused() {
+        // More digits than a 64-bit float holds, at the top or inside.
+        let err = "x=0.12345678901234567890123"
+            .parse::<AttrArg>()
+            .unwrap_err();
+        assert!(
+            err.contains("more digits than a 64-bit float") && err.contains("x='\""),
+            "{err}"
+        );
+        let err = r#"x={"a":[1.00000000000000000000001]}"#.parse::<AttrArg>().unwrap_err();
+        assert!(
+            err.contains("stored as 1.0") && err.contains("quote it"),
+            "{err}"
+        );
+        // A repeated key would keep one of its values.
+        let err = r#"x={"a":{"k":1,"k":2}}"#.parse::<AttrArg>().unwrap_err();
+        assert!(
+            err.contains("repeats the key \"k\"") && err.contains("/a"),
+            "{err}"
+        );
+        // Exact numbers in other spellings stay numbers.
+        assert_eq!(parse("x=1e2").value, json!(100.0));
+        assert_eq!(parse("x=0.1").value, json!(0.1));
+        assert_eq!(parse("x=-0.0").value, json!(-0.0));
     }
 
     #[test]

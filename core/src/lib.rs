@@ -28,6 +28,7 @@ mod body;
 mod config;
 pub mod copy;
 mod error;
+pub mod exact_json;
 mod factory;
 mod hash;
 mod key;

@@ -441,7 +441,11 @@ impl StorageBackend for AutomergeBackend {
                 metadata.content_type.as_deref(),
             )
             .map_err(|inexact| {
-                Error::invalid_input(format!("record {ns}/{key} was not written: {inexact}"))
+                Error::invalid_input(format!(
+                    "record {ns}/{key} was not written: {inexact}, or put the payload with a \
+                     non-JSON content type (e.g. application/octet-stream) to keep its bytes \
+                     exactly as they are"
+                ))
             })?),
             Received::Staged(staged) => Err(staged),
         };

@@ -44,10 +44,10 @@ impl Payload {
     pub(crate) fn parse(
         bytes: Vec<u8>,
         content_type: Option<&str>,
-    ) -> Result<Payload, super::exact_json::Inexact> {
+    ) -> Result<Payload, stowage_core::exact_json::Inexact> {
         if content_type.is_some_and(is_json_content_type) {
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                super::exact_json::check(&bytes)?;
+                stowage_core::exact_json::check(&bytes)?;
                 return Ok(Payload::Json(value));
             }
         }

@@ -71,7 +71,6 @@ mod backend;
 mod blobs;
 mod config;
 mod document;
-mod exact_json;
 mod history;
 mod listing;
 mod record;

@@ -1,10 +1,12 @@
-//! Whether a JSON payload survives being held as an Automerge document exactly: every number
-//! reads back as the number written and no object key is lost.
+//! Whether JSON text survives being parsed into a [`serde_json::Value`] (and so into metadata
+//! attributes, or an Automerge document) exactly: every number reads back as the number
+//! written and no object key is lost.
 //!
 //! `serde_json` (built without `arbitrary_precision`, a feature that would change number
 //! handling for the whole workspace) turns an integer beyond 64 bits into an `f64` and keeps
-//! only the last of duplicate keys, both silently. So before a JSON payload becomes a document
-//! the raw bytes are scanned once more: an integer literal must fit `i64` or `u64`; a literal
+//! only the last of duplicate keys, both silently. So where that would lose what a user wrote
+//! (the `automerge` provider's JSON payloads, the CLI's `--attr` values) the raw text is
+//! scanned once more with [`check`]: an integer literal must fit `i64` or `u64`; a literal
 //! with a fraction or exponent must, once parsed as `serde_json` parses it, render (shortest
 //! round-trip form, as `get` renders it) to the same decimal number as written (`1e2` → `100.0`
 //! and `0.1` → `0.1` are the same number; 30 significant digits are not); an object may not
@@ -17,17 +19,17 @@ use std::fmt;
 
 /// The first value of a payload that would not read back exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Inexact {
+pub struct Inexact {
     /// JSON Pointer (RFC 6901) of the value: `""` for the whole payload, `/a/0` for the first
     /// item of the array under key `a`.
-    pub(crate) pointer: String,
+    pub pointer: String,
     /// What is wrong with it.
-    pub(crate) problem: Problem,
+    pub problem: Problem,
 }
 
 /// Why a value would not read back exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Problem {
+pub enum Problem {
     /// An integer literal outside both `i64` and `u64` (it would become a float).
     IntegerOutOfRange(String),
     /// A number that reads back as another number (the literal, then what `get` would give).
@@ -47,13 +49,13 @@ impl fmt::Display for Inexact {
             Problem::IntegerOutOfRange(literal) => write!(
                 f,
                 "{at} ({}) is an integer outside the 64-bit range and would read back as an \
-                 approximate float; store it as a JSON string{KEEP_BYTES}",
+                 approximate float; store it as a JSON string",
                 shorten(literal)
             ),
             Problem::FloatNotExact(literal, rendered) => write!(
                 f,
                 "{at} ({}) has more precision than a 64-bit float holds and would read back \
-                 as {rendered}; store it as a JSON string{KEEP_BYTES}",
+                 as {rendered}; store it as a JSON string",
                 shorten(literal)
             ),
             Problem::DuplicateKey(key) => {
@@ -65,17 +67,13 @@ impl fmt::Display for Inexact {
                 write!(
                     f,
                     "{object} repeats the key {:?} and only one of its values would be kept; \
-                     give each value its own key{KEEP_BYTES}",
+                     give each value its own key",
                     shorten(key)
                 )
             }
         }
     }
 }
-
-/// The way out every refusal offers.
-const KEEP_BYTES: &str = ", or put the payload with a non-JSON content type (e.g. \
-                          application/octet-stream) to keep its bytes exactly as they are";
 
 /// Cuts a runaway literal, key or path for an error message.
 fn shorten(s: &str) -> Cow<'_, str> {
@@ -88,7 +86,16 @@ fn shorten(s: &str) -> Cow<'_, str> {
 
 /// Scans `json` (bytes `serde_json` parsed successfully) for the first value that would not
 /// read back exactly.
-pub(crate) fn check(json: &[u8]) -> Result<(), Inexact> {
+///
+/// ```
+/// use stowage_core::exact_json::{check, Problem};
+/// assert!(check(br#"{"id": 18446744073709551615, "x": 0.1, "big": 1e300}"#).is_ok());
+/// let err = check(br#"{"a": [1, 18446744073709551616]}"#).unwrap_err();
+/// assert_eq!(err.pointer, "/a/1");
+/// assert!(matches!(err.problem, Problem::IntegerOutOfRange(_)));
+/// assert!(check(br#"{"k": 1, "k": 2}"#).is_err());
+/// ```
+pub fn check(json: &[u8]) -> Result<(), Inexact> {
     let mut scan = Scanner {
         bytes: json,
         pos: 0,
