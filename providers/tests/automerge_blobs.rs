@@ -5,6 +5,9 @@
 //! and sync copying the files.
 #![cfg(feature = "automerge")]
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -70,18 +73,6 @@ async fn hash_of(mut body: Body) -> stowage_core::Result<(ContentHash, u64)> {
     Ok(hasher.finish())
 }
 
-/// Peak resident memory of this process so far (`VmHWM`), in KiB.
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 const RSS_CHILD: &str = "STOWAGE_AM_BLOB_RSS_CHILD";
 const BIG: u64 = 64 * 1024 * 1024;
 
@@ -104,7 +95,7 @@ async fn rss_child() {
         )
         .await
         .unwrap();
-    let base = vm_hwm_kib();
+    let base = support::vm_hwm_kib();
     let (body, hash) = generated(7, BIG);
     let info = store
         .put(
@@ -117,7 +108,7 @@ async fn rss_child() {
         .await
         .unwrap();
     assert_eq!((info.hash, info.size), (hash, BIG));
-    let put = vm_hwm_kib();
+    let put = support::vm_hwm_kib();
     let (got, body) = store
         .get(&ns(), &key("big.bin"), GetOptions::default())
         .await
@@ -128,13 +119,13 @@ async fn rss_child() {
         (hash, BIG),
         "payload read back"
     );
-    let get = vm_hwm_kib();
+    let get = support::vm_hwm_kib();
     println!("RSS base={base} put={put} get={get}");
 }
 
 #[test]
 fn a_big_payload_streams_in_and_out_in_bounded_memory() {
-    if vm_hwm_kib() == 0 {
+    if support::vm_hwm_kib() == 0 {
         eprintln!("SKIPPED: no /proc/self/status here to read peak memory from");
         return;
     }
