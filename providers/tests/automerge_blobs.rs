@@ -651,11 +651,7 @@ async fn verify_and_get_report_a_damaged_or_missing_payload_file() {
     assert_eq!(s.head(&ns(), &key("two"), None).await.unwrap(), i2);
 
     // Writing the payload again (streamed or from memory) repairs its file.
-    let chunks: Vec<stowage_core::Result<Bytes>> = one
-        .chunks(1000)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    let streamed = Body::from_stream(futures::stream::iter(chunks), None);
+    let streamed = stowage_core::testkit::chunked_body(&one, 1000);
     s.put(
         &ns(),
         &key("one-again"),

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use stowage_core::testkit::{chunked_body, pattern};
 use stowage_core::{
     Body, ContentHash, ErrorKind, GetOptions, Key, Metadata, Namespace, NoProgress, PutMode,
     RecordInfo, StorageBackend,
@@ -27,26 +28,13 @@ fn key(k: &str) -> Key {
     Key::new(k).unwrap()
 }
 
-fn patterned(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u8)
-                .wrapping_mul(31)
-                .wrapping_add(seed ^ (i >> 8) as u8)
-        })
-        .collect()
-}
-
 /// The payload as one in-memory body, or as a stream of 4 KiB chunks with no size given.
 fn body(bytes: &[u8], streamed: bool) -> Body {
-    if !streamed {
-        return Body::from(bytes.to_vec());
+    if streamed {
+        chunked_body(bytes, 4096)
+    } else {
+        Body::from(bytes.to_vec())
     }
-    let chunks: Vec<stowage_core::Result<bytes::Bytes>> = bytes
-        .chunks(4096)
-        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-        .collect();
-    Body::from_stream(futures::stream::iter(chunks), None)
 }
 
 async fn put(store: &FsBackend, k: &str, bytes: &[u8], streamed: bool) -> RecordInfo {
@@ -162,7 +150,7 @@ async fn assert_damaged(store: &FsBackend, versions: &[(&str, u64)], case: &str)
 
 #[tokio::test]
 async fn a_re_put_repairs_a_damaged_payload_file() {
-    let payload = patterned(7, 300_000);
+    let payload = pattern(7, 300_000);
     for damage in [Damage::Flip, Damage::Truncate] {
         for streamed in [false, true] {
             for repair_key in ["a", "c"] {
@@ -197,7 +185,7 @@ async fn a_re_put_repairs_a_damaged_payload_file() {
 
 #[tokio::test]
 async fn a_re_put_stores_a_missing_payload_file_again() {
-    let payload = patterned(8, 100_000);
+    let payload = pattern(8, 100_000);
     for streamed in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let store = open_with(dir.path(), serde_json::json!({})).await;
@@ -214,7 +202,7 @@ async fn a_re_put_stores_a_missing_payload_file_again() {
 
 #[tokio::test]
 async fn a_re_put_repairs_damaged_inline_bytes_in_the_log() {
-    let payload = patterned(9, 3000);
+    let payload = pattern(9, 3000);
     for streamed in [false, true] {
         for repair_key in ["a", "c"] {
             let case = format!("streamed {streamed}, re-put under {repair_key}");
@@ -223,7 +211,7 @@ async fn a_re_put_repairs_damaged_inline_bytes_in_the_log() {
                 let store = open_with(dir.path(), serde_json::json!({})).await;
                 put(&store, "a", &payload, false).await;
                 put(&store, "b", &payload, streamed).await;
-                put(&store, "z", &patterned(1, 3000), false).await;
+                put(&store, "z", &pattern(1, 3000), false).await;
             }
             assert_eq!(copies_in_log(dir.path(), &payload), 1, "{case}");
             let mut log = std::fs::read(log_path(dir.path())).unwrap();
@@ -255,7 +243,7 @@ async fn a_re_put_repairs_damaged_inline_bytes_in_the_log() {
             assert_healed(&other, &read_versions, &payload, &case).await;
             assert_eq!(
                 read(&store, "z", 1).await.unwrap(),
-                patterned(1, 3000),
+                pattern(1, 3000),
                 "{case}"
             );
             assert_eq!(copies_in_log(dir.path(), &payload), 1, "{case}");
@@ -283,7 +271,7 @@ async fn a_re_put_repairs_damaged_inline_bytes_in_the_log() {
 /// the store keeps such payloads inline: the bytes go into the log, which reads prefer.
 #[tokio::test]
 async fn a_small_re_put_repairs_a_damaged_file_by_keeping_the_bytes_inline() {
-    let payload = patterned(3, 5000);
+    let payload = pattern(3, 5000);
     let dir = tempfile::tempdir().unwrap();
     let info = {
         let store = open_with(dir.path(), serde_json::json!({ "inline_max": 0 })).await;
@@ -307,7 +295,7 @@ async fn a_small_re_put_repairs_a_damaged_file_by_keeping_the_bytes_inline() {
 async fn a_healthy_duplicate_stays_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_with(dir.path(), serde_json::json!({})).await;
-    let large = patterned(5, 200_000);
+    let large = pattern(5, 200_000);
     let info = put(&store, "large/1", &large, false).await;
     let blob = blob_path(dir.path(), &info.hash);
     let modified = std::fs::metadata(&blob).unwrap().modified().unwrap();
@@ -332,7 +320,7 @@ async fn a_healthy_duplicate_stays_one_copy() {
     assert_eq!(files(&dir.path().join("blobs")).len(), 1);
     assert!(files(&dir.path().join("tmp")).is_empty());
 
-    let small = patterned(6, 2000);
+    let small = pattern(6, 2000);
     put(&store, "small/1", &small, false).await;
     let before = std::fs::metadata(log_path(dir.path())).unwrap().len();
     put(&store, "small/2", &small, false).await;

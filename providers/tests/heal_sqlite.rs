@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use sqlx::{Connection, Executor};
+use stowage_core::testkit::{chunked_body, pattern};
 use stowage_core::{
     Body, ContentHash, ErrorKind, GetOptions, Key, Metadata, Namespace, NoProgress, PutMode,
     RecordInfo, StorageBackend, StorageProviderFactory,
@@ -38,26 +38,13 @@ fn key(k: &str) -> Key {
     Key::new(k).unwrap()
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u8)
-                .wrapping_mul(31)
-                .wrapping_add(seed ^ (i >> 8) as u8)
-        })
-        .collect()
-}
-
 /// The payload as one in-memory body, or as a stream of 1000-byte pieces with no size given.
 fn body(bytes: &[u8], streamed: bool) -> Body {
-    if !streamed {
-        return Body::from(bytes.to_vec());
+    if streamed {
+        chunked_body(bytes, 1000)
+    } else {
+        Body::from(bytes.to_vec())
     }
-    let pieces: Vec<stowage_core::Result<Bytes>> = bytes
-        .chunks(1000)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    Body::from_stream(futures::stream::iter(pieces), None)
 }
 
 async fn put(b: &dyn StorageBackend, k: &str, bytes: &[u8], streamed: bool) -> RecordInfo {

@@ -35,6 +35,16 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// `bytes` as a stream of `chunk`-sized pieces with no size given: what a caller streaming a
+/// payload of unknown length hands a provider.
+pub fn chunked_body(bytes: &[u8], chunk: usize) -> Body {
+    let pieces: Vec<crate::Result<Bytes>> = bytes
+        .chunks(chunk)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Body::from_stream(stream::iter(pieces), None)
+}
+
 /// A body that yields `total` pattern bytes in `chunk`-sized chunks, generated lazily so the
 /// whole payload is never in memory on the writing side; returns the expected hash too.
 pub fn streamed_body(

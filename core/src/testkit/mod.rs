@@ -125,7 +125,8 @@ pub use conditional::{
     put_create, put_if_version, race_base_merge, race_create, race_if_version,
 };
 pub use fixture::{
-    all_keys, fresh_namespace, hash_body, pattern, read_body, streamed_body, streamed_slice,
+    all_keys, chunked_body, fresh_namespace, hash_body, pattern, read_body, streamed_body,
+    streamed_slice,
 };
 pub use isolation::namespace_isolation;
 pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
