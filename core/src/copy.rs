@@ -94,7 +94,7 @@ pub struct CopyMismatch {
 }
 
 /// A record the target refused (its key or content is invalid there, e.g. JSON a merging
-/// target cannot keep exactly, a key too long for an object store); the copy went on without
+/// target cannot keep exactly, or a key a plugin provider does not take); the copy went on without
 /// the rest of its versions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CopyRefusal {
