@@ -23,6 +23,8 @@ use stowage_core::{Error, Registry, Result, StorageProviderFactory};
 #[cfg(any(feature = "fs", feature = "automerge"))]
 mod atomic_file;
 #[cfg(any(feature = "fs", feature = "automerge"))]
+mod cas_files;
+#[cfg(any(feature = "fs", feature = "automerge"))]
 mod lock_file;
 
 /// How a damaged or missing stored payload is repaired wherever payloads are content-addressed:

@@ -1,4 +1,5 @@
-//! Byte payloads of at least `blob_min_bytes` as content-addressed files beside the documents:
+//! Byte payloads of at least `blob_min_bytes` as content-addressed files ([`CasFiles`], their
+//! folders made on first use) beside the documents:
 //!
 //! ```text
 //! <root>/blobs/<first 2 hex>/<other 62 hex of the payload's blake3>
@@ -16,15 +17,17 @@
 //! to reference.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::ops::Deref;
+use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::PROVIDER;
-use crate::atomic_file::{self, AtomicFile, Durability};
+use crate::atomic_file::{AtomicFile, Durability};
+use crate::cas_files::{copy_hashing, CasFiles, Folders};
 use crate::lock_file::{lock_error, open as open_lock_file};
 use crate::REPAIR_BY_REPUT;
 
@@ -35,11 +38,6 @@ pub(crate) const BLOB_REF_TYPE_CODE: u8 = 15;
 const BLOB_REF_LAYOUT: u8 = 1;
 /// Layout byte + 32 hash bytes + 8 size bytes (little endian).
 const BLOB_REF_LEN: usize = 1 + 32 + 8;
-
-/// Chunks buffered between an incoming stream and the blocking file writer (bounds memory).
-const WRITE_QUEUE: usize = 4;
-/// Buffer of blocking copies and re-hashes.
-const COPY_BUFFER: usize = 256 * 1024;
 
 /// A payload stored as a file: its blake3 and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,32 +90,24 @@ pub(crate) struct Staged {
 /// The payload files of one store.
 #[derive(Clone, Debug)]
 pub(crate) struct BlobStore {
-    root: PathBuf,
-    dir: PathBuf,
-    tmp: PathBuf,
-    durability: Durability,
+    files: CasFiles,
+}
+
+/// The shared file layout: paths, re-hashing, listing, removal.
+impl Deref for BlobStore {
+    type Target = CasFiles;
+
+    fn deref(&self) -> &CasFiles {
+        &self.files
+    }
 }
 
 impl BlobStore {
     /// The payload files of the store at `root`.
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
         BlobStore {
-            root: root.to_path_buf(),
-            dir: root.join("blobs"),
-            tmp: root.join("tmp"),
-            durability,
+            files: CasFiles::new(PROVIDER, root, durability, Folders::OnDemand),
         }
-    }
-
-    /// The folder of temporary files.
-    pub(crate) fn tmp_dir(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Where the payload of `hash` lives.
-    pub(crate) fn path_of(&self, hash: &ContentHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.dir.join(&hex[..2]).join(&hex[2..])
     }
 
     /// Takes a pin: `gc` (in any process) waits until it drops. Blocking.
@@ -135,21 +125,6 @@ impl BlobStore {
         let file = open_lock_file(&path)?;
         file.lock().map_err(|e| lock_error(&path, e))?;
         Ok(BlobPin { file })
-    }
-
-    fn tmp_error(&self, e: io::Error) -> Error {
-        Error::io(
-            format!(
-                "writing a payload under {} (check the disk has room and the folder is writable)",
-                self.tmp.display()
-            ),
-            e,
-        )
-    }
-
-    fn create_tmp(&self) -> Result<AtomicFile> {
-        fs::create_dir_all(&self.tmp).map_err(|e| self.tmp_error(e))?;
-        AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))
     }
 
     /// Stages an in-memory payload in a temporary file. Blocking.
@@ -185,47 +160,11 @@ impl BlobStore {
                 Some(chunk) => head.extend_from_slice(&chunk?),
             }
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let store = self.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<Staged> {
-            let mut file = store.create_tmp()?;
-            let mut hasher = ContentHasher::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                file.write_all(&chunk).map_err(|e| store.tmp_error(e))?;
-            }
-            let (hash, size) = hasher.finish();
-            Ok(Staged {
-                file,
-                blob: BlobRef { hash, size },
-            })
-        });
-        let mut failed = None;
-        let mut next = Some(Ok(head.freeze()));
-        while let Some(chunk) = next {
-            match chunk {
-                Ok(chunk) if chunk.is_empty() => {}
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            next = body.next_chunk().await;
-        }
-        drop(tx);
-        let staged = writer
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
-        match failed {
-            // Dropping the staged file removes the partial copy.
-            Some(e) => Err(e),
-            None => staged.map(Received::Staged),
-        }
+        self.write_stream(head.freeze(), body, |file, hash, size| {
+            let blob = BlobRef { hash, size };
+            Ok(Received::Staged(Staged { file, blob }))
+        })
+        .await
     }
 
     /// Gives a staged payload its hash name. The copy is renamed over an existing file of that
@@ -236,27 +175,12 @@ impl BlobStore {
     pub(crate) fn commit(&self, staged: Staged) -> Result<BlobRef> {
         let blob = staged.blob;
         let dest = self.path_of(&blob.hash);
-        self.make_fan_dir(&dest)?;
+        self.ensure_fan_dir(&dest)?;
         staged
             .file
             .commit(&dest)
             .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
         Ok(blob)
-    }
-
-    fn make_fan_dir(&self, dest: &Path) -> Result<()> {
-        let fan = dest.parent().expect("blob paths have a fan-out folder");
-        if fan.is_dir() {
-            return Ok(());
-        }
-        fs::create_dir_all(fan).map_err(|e| Error::io(format!("creating {}", fan.display()), e))?;
-        if self.durability == Durability::Sync {
-            for dir in [&self.dir, &self.root] {
-                atomic_file::sync_dir(dir)
-                    .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
-            }
-        }
-        Ok(())
     }
 
     /// Whether the file of `blob` is there with the right length (not re-hashed).
@@ -325,18 +249,6 @@ impl BlobStore {
         }))
     }
 
-    /// Re-hashes the file of `hash`: its hash and length, `None` when it is missing. Blocking.
-    pub(crate) fn rehash(&self, hash: &ContentHash) -> io::Result<Option<(ContentHash, u64)>> {
-        let file = match File::open(self.path_of(hash)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut hasher = ContentHasher::new();
-        copy_hashing(file, io::sink(), &mut hasher)?;
-        Ok(Some(hasher.finish()))
-    }
-
     /// Copies the file of `blob` from `source` (another store) into this one, checking its
     /// hash on the way: a damaged or missing source is `Corrupt` naming it. Call with a pin of
     /// this store held. Blocking.
@@ -373,62 +285,6 @@ impl BlobStore {
         }
         self.commit(Staged { file: tmp, blob })?;
         Ok(())
-    }
-
-    /// Every payload file and its length. Blocking.
-    pub(crate) fn list_all(&self) -> io::Result<Vec<(ContentHash, u64)>> {
-        let mut out = Vec::new();
-        let fans = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for fan in fans {
-            let fan = fan?;
-            let fan_name = fan.file_name().to_string_lossy().into_owned();
-            if fan_name.len() != 2 || !fan.file_type()?.is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(fan.path())? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let Ok(hash) = ContentHash::from_hex(&format!("{fan_name}{name}")) else {
-                    continue; // not a payload file (e.g. a stray one); gc never removes it
-                };
-                if hash.to_hex()[2..] != *name {
-                    continue;
-                }
-                out.push((hash, entry.metadata()?.len()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes the file of `hash`; a missing one is fine. Blocking.
-    pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
-        match fs::remove_file(self.path_of(hash)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn copy_hashing(
-    mut from: impl Read,
-    mut to: impl Write,
-    hasher: &mut ContentHasher,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
     }
 }
 

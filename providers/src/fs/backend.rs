@@ -1334,11 +1334,11 @@ impl StorageBackend for FsBackend {
                 let (mut removed, mut freed) = (0, 0);
                 for (hash, size) in doomed {
                     match store.remove(&hash) {
-                        Ok(()) => {
+                        Ok(true) => {
                             removed += 1;
                             freed += size;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Ok(false) => {}
                         Err(e) => {
                             return Err(Error::io(
                                 format!("removing {}", store.path_of(&hash).display()),

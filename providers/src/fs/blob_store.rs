@@ -1,81 +1,67 @@
-//! [`BlobStore`]: payloads as content-addressed files, `blobs/ab/cdef…` (the first two hex
-//! digits of the blake3 hash name a fan-out directory, the other 62 the file).
+//! [`BlobStore`]: the fs provider's payloads as content-addressed files ([`CasFiles`]), with
+//! every folder made (and checked for symlinks) when the store opens.
 //!
 //! A payload is streamed into a temporary file under `tmp/` while it is hashed, then made
 //! durable and linked to its hash name (see [`crate::atomic_file`]). If that name exists the
 //! content should be there already (dedup), but a stored file can be damaged after the fact
 //! (a bit flip, a truncation): a put of the same bytes then repairs it. A streamed copy, which
 //! is on disk anyway, is renamed over the existing file; an in-memory one is compared with the
-//! file first and written only if they differ. File names come only from hashes, never from
-//! keys, so no key can name a path.
+//! file first and written only if they differ.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 
 use bytes::Bytes;
-use stowage_core::{run_blocking, Body, ContentHash, ContentHasher, Error, Result};
+use stowage_core::{run_blocking, Body, ContentHash, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::lock::{BlobPin, BlobPins};
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
+use crate::cas_files::{CasFiles, Folders};
 
 /// Payloads up to this size are read in one call on the calling task: a page-cache read of a
 /// few KiB costs less than a hop to a blocking thread.
 pub(crate) const SMALL_READ: u64 = 64 * 1024;
 
-/// Chunks buffered between an incoming stream and the blocking writer (bounds memory).
-const WRITE_QUEUE: usize = 4;
-
 /// Content-addressed payload files.
 #[derive(Clone, Debug)]
 pub(crate) struct BlobStore {
-    dir: PathBuf,
-    tmp: PathBuf,
-    durability: Durability,
+    files: CasFiles,
 }
 
-enum WriteMsg {
-    Chunk(Bytes),
-    Finish,
+/// The shared file layout: paths, re-hashing, listing, removal.
+impl Deref for BlobStore {
+    type Target = CasFiles;
+
+    fn deref(&self) -> &CasFiles {
+        &self.files
+    }
 }
 
 impl BlobStore {
     /// The blob store of the store at `root`.
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
         BlobStore {
-            dir: root.join("blobs"),
-            tmp: root.join("tmp"),
-            durability,
+            files: CasFiles::new(PROVIDER, root, durability, Folders::Prepared),
         }
-    }
-
-    /// The temporary-file directory.
-    pub(crate) fn tmp_dir(&self) -> &Path {
-        &self.tmp
     }
 
     /// Creates `blobs/`, its 256 fan-out directories and `tmp/`, refusing any that is a
     /// symlink (which could lead writes out of the root). Blocking.
     pub(crate) fn prepare(&self) -> Result<()> {
         real_dir(&self.dir)?;
-        real_dir(&self.tmp)?;
+        real_dir(self.tmp_dir())?;
         let mut created = false;
-        for i in 0..=255u8 {
-            created |= real_dir(&self.dir.join(hex::encode([i])))?;
+        for fan in CasFiles::fans() {
+            created |= real_dir(&self.dir.join(fan))?;
         }
-        if created && self.durability == Durability::Sync {
-            crate::atomic_file::sync_dir(&self.dir)
-                .map_err(|e| Error::io(format!("syncing {}", self.dir.display()), e))?;
+        if created {
+            self.sync_dirs(&[&self.dir])?;
         }
         Ok(())
-    }
-
-    /// Where the blob of `hash` lives.
-    pub(crate) fn path_of(&self, hash: &ContentHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.dir.join(&hex[..2]).join(&hex[2..])
     }
 
     /// Stores an in-memory payload. Blocking.
@@ -99,8 +85,7 @@ impl BlobStore {
                 "the payload file could not be read; replacing it with the bytes of this put"
             ),
         }
-        let mut file =
-            AtomicFile::create_in(&self.tmp, self.durability).map_err(|e| self.tmp_error(e))?;
+        let mut file = self.create_tmp()?;
         file.write_all(bytes)
             .map_err(|e| Error::io(format!("writing {}", file.tmp_path().display()), e))?;
         // A rename, even over a copy another writer stored meanwhile: the content is the same.
@@ -127,61 +112,18 @@ impl BlobStore {
                 let (hash, size) = self.write_bytes(bytes)?;
                 return Ok((pin, hash, size));
             }
-            let bytes = bytes.clone();
-            let store = self.clone();
+            let (store, bytes) = (self.clone(), bytes.clone());
             let (hash, size) = run_blocking(PROVIDER, move || store.write_bytes(&bytes)).await?;
             return Ok((pin, hash, size));
         }
-        let pins = pins.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteMsg>(WRITE_QUEUE);
-        let store = self.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<(BlobPin, ContentHash, u64)> {
-            let mut file = AtomicFile::create_in(&store.tmp, store.durability)
-                .map_err(|e| store.tmp_error(e))?;
-            let mut hasher = ContentHasher::new();
-            loop {
-                match rx.blocking_recv() {
-                    Some(WriteMsg::Chunk(chunk)) => {
-                        hasher.update(&chunk);
-                        file.write_all(&chunk).map_err(|e| store.tmp_error(e))?;
-                    }
-                    Some(WriteMsg::Finish) => break,
-                    // The payload stream failed: dropping `file` removes the partial copy.
-                    None => return Err(Error::invalid_input("payload stream ended with an error")),
-                }
-            }
-            let (hash, size) = hasher.finish();
+        let (pins, store) = (pins.clone(), self.clone());
+        self.write_stream(Bytes::new(), body, move |file, hash, size| {
             // Waits for a `gc` in progress, which may be deleting this very hash.
             let pin = pins.pin()?;
             store.store_streamed(file, &hash)?;
             Ok((pin, hash, size))
-        });
-        let mut body = body;
-        let mut failed = None;
-        while let Some(chunk) = body.next_chunk().await {
-            match chunk {
-                Ok(chunk) => {
-                    if tx.send(WriteMsg::Chunk(chunk)).await.is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if failed.is_none() {
-            let _ = tx.send(WriteMsg::Finish).await;
-        }
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| Error::backend(PROVIDER, "payload writer task failed", e))?;
-        match failed {
-            Some(e) => Err(e),
-            None => written,
-        }
+        })
+        .await
     }
 
     /// Gives the complete, hashed temporary file `file` the name of `hash`. Called with a pin
@@ -276,58 +218,6 @@ impl BlobStore {
                 format!("payload of {what} read back as {n} bytes hashing to {got}, not {expected}; run `stowage verify`"),
             )
         }))
-    }
-
-    /// Re-hashes a blob; `None` if it is missing. Blocking.
-    pub(crate) fn rehash(&self, hash: &ContentHash) -> io::Result<Option<(ContentHash, u64)>> {
-        let mut file = match fs::File::open(self.path_of(hash)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut hasher = ContentHasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(Some(hasher.finish()))
-    }
-
-    /// Every stored blob and its file size. Blocking.
-    pub(crate) fn list_all(&self) -> io::Result<Vec<(ContentHash, u64)>> {
-        let mut out = Vec::new();
-        for i in 0..=255u8 {
-            let fan = hex::encode([i]);
-            let dir = self.dir.join(&fan);
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let Ok(hash) = ContentHash::from_hex(&format!("{fan}{name}")) else {
-                    continue; // not a blob (e.g. a stray file); never deleted by gc
-                };
-                out.push((hash, entry.metadata()?.len()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Deletes a blob. Blocking.
-    pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
-        fs::remove_file(self.path_of(hash))
-    }
-
-    fn tmp_error(&self, e: io::Error) -> Error {
-        Error::io(format!("writing a payload under {}", self.tmp.display()), e)
     }
 }
 
