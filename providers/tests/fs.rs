@@ -222,6 +222,169 @@ async fn flipped_byte_in_log_tail_is_saved_aside_and_verify_reports_it() {
     );
 }
 
+/// Offsets of every occurrence of `needle` in `haystack`.
+fn occurrences(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Flips one bit of the index log at `at`.
+fn flip_log_byte(root: &Path, at: usize) {
+    let mut bytes = std::fs::read(log_path(root)).unwrap();
+    bytes[at] ^= 0x08;
+    std::fs::write(log_path(root), &bytes).unwrap();
+}
+
+async fn history(store: &FsBackend, k: &str) -> Vec<u64> {
+    store
+        .versions(&Namespace::default(), &key(k))
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_corrupt_record_inside_the_log_costs_that_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        put(&store, "before", "written before the damage").await;
+        put(&store, "a", "payload of a, version 1").await;
+        put(&store, "a", "payload of a, version 2").await;
+        put(&store, "a", "payload of a, version 3").await;
+        put(&store, "after", "written after the damage").await;
+    }
+    // One bit of version 2's record (the inline length just before its payload bytes): the
+    // checksum no longer matches, and the records after it must not be lost with it.
+    let log = std::fs::read(log_path(dir.path())).unwrap();
+    let at = occurrences(&log, b"payload of a, version 2");
+    assert_eq!(at.len(), 1);
+    flip_log_byte(dir.path(), at[0] - 2);
+
+    let store = open(dir.path()).await;
+    let notes = store.recovery_notes().await.unwrap();
+    assert!(
+        notes.len() == 1 && notes[0].contains("stepped over") && notes[0].contains("saved to"),
+        "{notes:?}"
+    );
+    assert_eq!(
+        read(&store, "before").await.unwrap(),
+        b"written before the damage"
+    );
+    assert_eq!(
+        read(&store, "after").await.unwrap(),
+        b"written after the damage"
+    );
+    assert_eq!(read(&store, "a").await.unwrap(), b"payload of a, version 3");
+    assert_eq!(history(&store, "a").await, [1, 3]);
+    let report = store.verify(&NoProgress).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].problem, "log-corrupt");
+    let saved: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("index.log.damaged-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(report.problems[0].detail.contains(&saved[0]));
+    // The log was rewritten without the damage, with version 3 marked as following a lost
+    // one: format 3, which releases expecting whole histories refuse rather than misread.
+    let log = std::fs::read(log_path(dir.path())).unwrap();
+    assert_eq!(log[8], 3);
+    assert!(occurrences(&log, b"payload of a, version 2").is_empty());
+
+    // The store goes on: the next version follows the latest, and a re-open finds nothing
+    // wrong and the same history.
+    put(&store, "a", "payload of a, version 4").await;
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(history(&store, "a").await, [1, 3, 4]);
+    assert_eq!(read(&store, "a").await.unwrap(), b"payload of a, version 4");
+    assert_eq!(
+        read(&store, "after").await.unwrap(),
+        b"written after the damage"
+    );
+
+    // Once the key with the gap is purged, a compaction writes format 2 again.
+    store.purge(&Namespace::default(), &key("a")).await.unwrap();
+    store.compact().await.unwrap();
+    assert_eq!(std::fs::read(log_path(dir.path())).unwrap()[8], 2);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(
+        read(&store, "before").await.unwrap(),
+        b"written before the damage"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_purge_and_a_lost_length_field_are_stepped_over_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        put(&store, "purged-key", "first life, version 1").await;
+        put(&store, "purged-key", "first life, version 2").await;
+        store
+            .purge(&Namespace::default(), &key("purged-key"))
+            .await
+            .unwrap();
+        put(&store, "purged-key", "second life, version 1").await;
+        put(
+            &store,
+            "bent-length",
+            "its record's length field is damaged",
+        )
+        .await;
+        put(&store, "last", "the last record").await;
+    }
+    let log = std::fs::read(log_path(dir.path())).unwrap();
+    // The purge record is the third record naming the key: damage a byte of that name.
+    let names = occurrences(&log, b"purged-key");
+    assert_eq!(names.len(), 4, "two versions, the purge, a new version");
+    flip_log_byte(dir.path(), names[2] + 3);
+    // The length field is the first byte of a frame: 4 + 4 + kind + namespace length +
+    // "default" + key length before the key.
+    let bent = occurrences(&log, b"bent-length");
+    assert_eq!(bent.len(), 1);
+    flip_log_byte(dir.path(), bent[0] - (4 + 4 + 1 + 1 + 7 + 2) + 1);
+
+    let store = open(dir.path()).await;
+    let notes = store.recovery_notes().await.unwrap();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes.iter().all(|n| n.contains("stepped over")),
+        "{notes:?}"
+    );
+    // The version 1 after the lost purge starts the key's history again.
+    assert_eq!(history(&store, "purged-key").await, [1]);
+    assert_eq!(
+        read(&store, "purged-key").await.unwrap(),
+        b"second life, version 1"
+    );
+    assert_eq!(
+        read(&store, "bent-length").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(read(&store, "last").await.unwrap(), b"the last record");
+    let report = store.verify(&NoProgress).await.unwrap();
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(report.problems.iter().all(|p| p.problem == "log-corrupt"));
+    // No gap left behind (the purge was lost, not a version): format 2.
+    assert_eq!(std::fs::read(log_path(dir.path())).unwrap()[8], 2);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(history(&store, "purged-key").await, [1]);
+}
+
 #[tokio::test]
 async fn deleted_and_altered_blobs_are_reported_by_key_and_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -1106,12 +1269,12 @@ async fn a_version_1_log_is_read_and_upgraded_on_the_first_write() {
     // A version this release does not know is refused with both versions named.
     drop(store);
     let mut future = std::fs::read(log_path(dir.path())).unwrap();
-    future[8] = 3;
+    future[8] = 4;
     std::fs::write(log_path(dir.path()), &future).unwrap();
     let err = FsBackend::open(config(dir.path())).await.err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     assert!(
-        err.to_string().contains("version 3") && err.to_string().contains("1 to 2"),
+        err.to_string().contains("version 4") && err.to_string().contains("1 to 3"),
         "{err}"
     );
 }

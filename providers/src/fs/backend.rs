@@ -36,7 +36,9 @@ use tokio::sync::{oneshot, OnceCell};
 use super::blob_store::{BlobStore, SMALL_READ};
 use super::config::FsConfig;
 use super::index::Index;
-use super::index_log::{self, Damage, DamageKind, InlineAt, LogRecord, FORMAT_VERSION, HEADER_LEN};
+use super::index_log::{
+    self, Damage, DamageKind, InlineAt, LogRecord, FORMAT_VERSION, FORMAT_WITH_GAPS, HEADER_LEN,
+};
 use super::lock::{BlobPins, WriterLock};
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
@@ -166,7 +168,7 @@ impl FsBackend {
     }
 
     /// Opens (creating if needed) the store at `config.root`: replays its index log, cutting
-    /// off a torn or corrupt tail.
+    /// off a torn tail and stepping over corrupt records (see `docs/formats.md`).
     pub async fn open(config: FsConfig) -> Result<Self> {
         let backend = Self::new(config);
         backend.opened().await?;
@@ -178,8 +180,8 @@ impl FsBackend {
         &self.config
     }
 
-    /// Damage to the index log this process found and repaired (torn or corrupt tails), one
-    /// sentence each; also logged with `tracing::warn!`.
+    /// Damage to the index log this process found and repaired (a torn tail, corrupt records),
+    /// one sentence each; also logged with `tracing::warn!`.
     pub async fn recovery_notes(&self) -> Result<Vec<String>> {
         let core = self.core().await?;
         Ok(core.read_state().notes.clone())
@@ -392,7 +394,7 @@ impl Core {
                 ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                atomic_file::write_atomic(&log_path, &index_log::header(), durability)
+                atomic_file::write_atomic(&log_path, &index_log::header(FORMAT_VERSION), durability)
                     .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
             }
             Err(e) => return Err(Error::io(format!("checking {}", log_path.display()), e)),
@@ -490,7 +492,9 @@ impl Core {
     }
 
     /// Reads new records into the index. With `repair` (only under the writer lock, when no
-    /// other process can be appending) a damaged tail is saved aside and cut off.
+    /// other process can be appending) a corrupt record is stepped over, so the records after
+    /// it are kept, a damaged tail is cut off, each corrupt region is saved aside, and a log
+    /// that had a corrupt region inside it is rewritten without it (a compaction).
     fn catch_up(&self, state: &mut LogState, repair: bool) -> Result<()> {
         let path_ino = fs::metadata(&self.log_path)
             .map(|m| inode(&m))
@@ -517,17 +521,55 @@ impl Core {
             return Ok(());
         }
         let index = &mut state.index;
-        let end = index_log::scan(&state.file, state.offset, len, |record, framed| {
+        let end = index_log::scan(&state.file, state.offset, len, repair, |record, framed| {
             index.apply(record, framed)
         })
         .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
         state.offset = end.offset;
-        if let (Some(damage), true) = (end.damage, repair) {
+        if !repair {
+            return Ok(());
+        }
+        for region in &end.stepped_over {
+            let saved = self.save_aside(region)?;
+            let note = format!(
+                "index log {}: {region}; the records in those bytes are lost from the index: they were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
+                self.log_path.display(),
+                saved.display()
+            );
+            tracing::warn!(log = %self.log_path.display(), "{note}");
+            state.notes.push(note);
+        }
+        if let Some(damage) = end.damage {
             let note = self.cut_damage(&damage)?;
             tracing::warn!(log = %self.log_path.display(), "{note}");
             state.notes.push(note);
         }
+        if !end.stepped_over.is_empty() {
+            // The regions are saved: rewrite the log from the index, without them.
+            self.compact(state)?;
+        }
         Ok(())
+    }
+
+    /// Copies a damaged region of the log to a file of its own beside it, for inspection;
+    /// returns that file.
+    fn save_aside(&self, damage: &Damage) -> Result<PathBuf> {
+        let io_err = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+        let saved = self.root.join(format!(
+            "{DAMAGED_PREFIX}{}-at-{}",
+            Timestamp::now().as_micros(),
+            damage.offset
+        ));
+        let mut region = vec![0u8; damage.bytes as usize];
+        let file = File::open(&self.log_path).map_err(|e| io_err("opening", e))?;
+        index_log::read_at(&file, &mut region, damage.offset).map_err(|e| io_err("reading", e))?;
+        atomic_file::write_atomic(&saved, &region, Durability::Sync).map_err(|e| {
+            Error::io(
+                format!("saving the damaged log bytes to {}", saved.display()),
+                e,
+            )
+        })?;
+        Ok(saved)
     }
 
     /// Saves a corrupt tail beside the log and truncates the log before it; returns what was
@@ -536,25 +578,7 @@ impl Core {
         let io_err = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
         let mut note = format!("index log {}: {damage}", self.log_path.display());
         if let DamageKind::Corrupt(_) = damage.kind {
-            let saved = self
-                .root
-                .join(format!("{DAMAGED_PREFIX}{}", Timestamp::now().as_micros()));
-            let mut tail = Vec::with_capacity(damage.bytes as usize);
-            {
-                use std::io::{Read, Seek, SeekFrom};
-                let mut f = File::open(&self.log_path).map_err(|e| io_err("opening", e))?;
-                f.seek(SeekFrom::Start(damage.offset))
-                    .map_err(|e| io_err("reading", e))?;
-                f.take(damage.bytes)
-                    .read_to_end(&mut tail)
-                    .map_err(|e| io_err("reading", e))?;
-            }
-            atomic_file::write_atomic(&saved, &tail, Durability::Sync).map_err(|e| {
-                Error::io(
-                    format!("saving the damaged log tail to {}", saved.display()),
-                    e,
-                )
-            })?;
+            let saved = self.save_aside(damage)?;
             note.push_str(&format!(
                 "; the records in it are lost from the index: the bytes were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
                 saved.display()
@@ -713,7 +737,7 @@ impl Core {
                         }
                         _ => None,
                     };
-                    index_log::encode(&record, bytes, &mut buf)
+                    index_log::encode(&record, bytes, false, &mut buf)
                         .map_err(|e| Error::invalid_input(format!("{ns}/{key}: {e}")))?;
                     match record {
                         LogRecord::Version(info) => {
@@ -876,9 +900,29 @@ impl Core {
         let dead = state.index.dead_inline();
         let io_err = |e| Error::io(format!("compacting {}", self.log_path.display()), e);
         let mut file = AtomicFile::create_in(&self.root, self.durability).map_err(io_err)?;
-        let mut buf = index_log::header().to_vec();
+        // A version that does not follow the one before it (its predecessors were lost to a
+        // damaged region) is marked as such, and only then does the log need format 3.
+        let follows = |before: Option<&RecordInfo>, info: &RecordInfo| match before {
+            Some(b) if b.namespace == info.namespace && b.key == info.key => {
+                b.version + 1 == info.version
+            }
+            _ => info.version == 1,
+        };
+        let mut before = None;
+        let gaps = state.index.all_versions().any(|info| {
+            let gap = !follows(before, info);
+            before = Some(info);
+            gap
+        });
+        let format = if gaps {
+            FORMAT_WITH_GAPS
+        } else {
+            FORMAT_VERSION
+        };
+        let mut buf = index_log::header(format).to_vec();
         let mut copied: HashSet<ContentHash> = HashSet::new();
         let mut payload = Vec::new();
+        let mut before = None;
         for info in state.index.all_versions() {
             let inline = match state.index.payload(&info.hash).and_then(|p| p.inline) {
                 Some(at) if copied.insert(info.hash) => {
@@ -888,8 +932,15 @@ impl Core {
                 }
                 _ => None,
             };
-            index_log::encode(&LogRecord::Version(info.clone()), inline, &mut buf)
-                .map_err(io_err)?;
+            let after_gap = !follows(before, info);
+            before = Some(info);
+            index_log::encode(
+                &LogRecord::Version(info.clone()),
+                inline,
+                after_gap,
+                &mut buf,
+            )
+            .map_err(io_err)?;
             if buf.len() >= 1 << 20 {
                 file.write_all(&buf).map_err(io_err)?;
                 buf.clear();
@@ -1429,7 +1480,7 @@ impl StorageBackend for FsBackend {
                     hash: None,
                     problem: "log-corrupt".into(),
                     detail: format!(
-                        "the index log had a corrupt tail, cut off and saved to {}; records in it are lost from the index; delete the file once inspected",
+                        "the index log had corrupt bytes, removed from it and saved to {}; records in them are lost from the index (a version whose payload was among them reads as missing: put the same bytes again to repair it); delete the file once inspected",
                         entry.path().display()
                     ),
                 });

@@ -111,6 +111,14 @@ impl Index {
                         ));
                     }
                 }
+                let has_versions = self
+                    .namespaces
+                    .get(&info.namespace)
+                    .is_some_and(|nsi| nsi.keys.contains_key(info.key.as_str()));
+                if framed.after_gap && info.version == 1 && has_versions {
+                    // Numbering restarted after damage: the purge that restarted it was lost.
+                    self.purge(&info.namespace, &info.key);
+                }
                 if !self.namespaces.contains_key(&info.namespace) {
                     self.namespaces
                         .insert(info.namespace.clone(), NsIndex::default());
@@ -126,7 +134,10 @@ impl Index {
                     None => keys.entry(key.to_string()).or_default(),
                 };
                 let expected = state.versions.last().map_or(1, |l| l.version + 1);
-                if info.version != expected {
+                // After damage (or in a log rewritten after it) versions before this one may be
+                // lost: a later version is taken, never an earlier one.
+                let gap = framed.after_gap && info.version > expected;
+                if info.version != expected && !gap {
                     if state.versions.is_empty() {
                         keys.remove(key);
                     }
@@ -175,30 +186,34 @@ impl Index {
                 self.live_bytes += frame_len;
                 self.versions += 1;
             }
-            LogRecord::Purge { ns, k } => {
-                if let Some(nsi) = self.namespaces.get_mut(&ns) {
-                    if let Some(state) = nsi.keys.remove(k.as_str()) {
-                        if let Some(latest) = state.versions.last() {
-                            untag(&mut nsi.tags, k.as_str(), &latest.metadata.tags);
-                        }
-                        self.live_bytes -= state.log_bytes;
-                        self.versions -= state.versions.len() as u64;
-                        for info in &state.versions {
-                            unref(
-                                &mut self.payloads,
-                                &mut self.live_bytes,
-                                &mut self.dead_inline,
-                                &info.hash,
-                            );
-                        }
-                    }
-                    if nsi.keys.is_empty() {
-                        self.namespaces.remove(&ns);
-                    }
-                }
-            }
+            LogRecord::Purge { ns, k } => self.purge(&ns, &k),
         }
         Ok(())
+    }
+
+    /// Forgets every version of a key.
+    fn purge(&mut self, ns: &Namespace, k: &Key) {
+        let Some(nsi) = self.namespaces.get_mut(ns) else {
+            return;
+        };
+        if let Some(state) = nsi.keys.remove(k.as_str()) {
+            if let Some(latest) = state.versions.last() {
+                untag(&mut nsi.tags, k.as_str(), &latest.metadata.tags);
+            }
+            self.live_bytes -= state.log_bytes;
+            self.versions -= state.versions.len() as u64;
+            for info in &state.versions {
+                unref(
+                    &mut self.payloads,
+                    &mut self.live_bytes,
+                    &mut self.dead_inline,
+                    &info.hash,
+                );
+            }
+        }
+        if nsi.keys.is_empty() {
+            self.namespaces.remove(ns);
+        }
     }
 
     /// Log bytes of records that still describe a version, plus the inline bytes of payloads
@@ -366,11 +381,54 @@ mod tests {
         Framed {
             frame_len,
             inline: None,
+            after_gap: false,
         }
     }
 
     fn put(idx: &mut Index, key: &str, v: u64, tags: &[&str]) -> Result<(), String> {
         put_payload(idx, key, v, tags, key.as_bytes(), None)
+    }
+
+    /// A version applied as coming after a damaged region.
+    fn put_after_gap(idx: &mut Index, key: &str, v: u64, tags: &[&str]) -> Result<(), String> {
+        let payload = format!("{key}{v}");
+        put_framed(idx, key, v, tags, payload.as_bytes(), None, true)
+    }
+
+    fn history(idx: &Index, key: &str) -> Vec<u64> {
+        idx.versions(&Namespace::default(), &Key::new(key).unwrap())
+            .map(|v| v.iter().map(|i| i.version).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn after_damage_lost_versions_and_a_lost_purge_are_taken_in_stride() {
+        let mut idx = Index::default();
+        put(&mut idx, "a", 1, &["old"]).unwrap();
+        put(&mut idx, "a", 2, &["old"]).unwrap();
+        // Version 3 was lost: 4 is taken only as coming after damage.
+        assert!(put(&mut idx, "a", 4, &[]).is_err());
+        put_after_gap(&mut idx, "a", 4, &["new"]).unwrap();
+        assert_eq!(history(&idx, "a"), [1, 2, 4]);
+        // Never an earlier or repeated version.
+        assert!(put_after_gap(&mut idx, "a", 3, &[]).is_err());
+        assert!(put_after_gap(&mut idx, "a", 4, &[]).is_err());
+        assert_eq!(history(&idx, "a"), [1, 2, 4]);
+        // A version 1 of a key with versions: the purge before it was lost.
+        put_after_gap(&mut idx, "a", 1, &["fresh"]).unwrap();
+        assert_eq!(history(&idx, "a"), [1]);
+        assert_eq!(idx.version_count(), 1);
+        assert_eq!(idx.live_bytes(), 100);
+        let ns = Namespace::default();
+        for (tag, hits) in [("old", 0), ("new", 0), ("fresh", 1)] {
+            let found = idx.search(&ns, &Query::new().tag(tag)).unwrap().items;
+            assert_eq!(found.len(), hits, "{tag}");
+        }
+        // A key first seen after damage may start anywhere.
+        put_after_gap(&mut idx, "b", 7, &[]).unwrap();
+        assert_eq!(history(&idx, "b"), [7]);
+        put(&mut idx, "b", 8, &[]).unwrap();
+        assert_eq!(history(&idx, "b"), [7, 8]);
     }
 
     fn put_payload(
@@ -380,6 +438,18 @@ mod tests {
         tags: &[&str],
         payload: &[u8],
         inline: Option<InlineAt>,
+    ) -> Result<(), String> {
+        put_framed(idx, key, v, tags, payload, inline, false)
+    }
+
+    fn put_framed(
+        idx: &mut Index,
+        key: &str,
+        v: u64,
+        tags: &[&str],
+        payload: &[u8],
+        inline: Option<InlineAt>,
+        after_gap: bool,
     ) -> Result<(), String> {
         let mut m = Metadata::new();
         for t in tags {
@@ -401,6 +471,7 @@ mod tests {
             Framed {
                 frame_len: 100,
                 inline,
+                after_gap,
             },
         )
     }

@@ -13,7 +13,8 @@
 //!   payload damaged on disk.
 //! - Metadata lives in `index.log`, an append-only log of checksummed records, replayed into an
 //!   in-memory index on open, so `list`, `search`, `head` and `versions` never read payloads.
-//!   A torn or corrupt tail is cut off (a corrupt one saved aside) and reported, never served.
+//!   A torn tail is cut off; a corrupt record is saved aside and stepped over, so the records
+//!   after it are kept (the log is then rewritten without it); both are reported.
 //!   The log is compacted when purged garbage outweighs live records.
 //! - Several processes can use one root: an exclusive lock file serialises write transactions
 //!   and every operation first reads what other processes committed.
