@@ -21,20 +21,11 @@ use stowage_providers::automerge::{
     sync_stores, AutomergeBackend, AutomergeConfig, AutomergeFactory,
 };
 
+mod scratch;
+
 /// A fresh directory under cargo's per-target temporary directory.
 fn fresh_root(label: &str) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "automerge-blobs-{label}-{}-{n}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    scratch::fresh_root("automerge-blobs", label)
 }
 
 fn ns() -> Namespace {
