@@ -169,53 +169,46 @@ impl<'a> Scanner<'a> {
     fn object(&mut self) -> Result<(), Inexact> {
         self.pos += 1;
         let mut seen: HashSet<Cow<'a, str>> = HashSet::new();
-        loop {
-            self.skip_ws();
-            match self.peek() {
-                b'}' | 0 => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                b',' => {
-                    self.pos += 1;
-                    continue;
-                }
-                _ => {}
-            }
+        while self.next_item(b'}') {
             let raw = self.string();
             let key = decode_string(raw);
-            if seen.contains(&key) {
+            if !seen.insert(key.clone()) {
                 return self.fail(Problem::DuplicateKey(key.into_owned()));
             }
-            seen.insert(key.clone());
             self.skip_ws();
             self.pos += 1; // ':'
             self.path.push(Segment::Key(key));
             self.value()?;
             self.path.pop();
         }
+        Ok(())
     }
 
     fn array(&mut self) -> Result<(), Inexact> {
         self.pos += 1;
         let mut index = 0usize;
-        loop {
-            self.skip_ws();
-            match self.peek() {
-                b']' | 0 => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                b',' => {
-                    self.pos += 1;
-                    continue;
-                }
-                _ => {}
-            }
+        while self.next_item(b']') {
             self.path.push(Segment::Index(index));
             self.value()?;
             self.path.pop();
             index += 1;
+        }
+        Ok(())
+    }
+
+    /// Inside an object or array: skips white space and commas up to the next member (`true`)
+    /// or past the closing `close` (`false`; also at the end of the input).
+    fn next_item(&mut self, close: u8) -> bool {
+        loop {
+            self.skip_ws();
+            match self.peek() {
+                b',' => self.pos += 1,
+                c if c == close || c == 0 => {
+                    self.pos += 1;
+                    return false;
+                }
+                _ => return true,
+            }
         }
     }
 
