@@ -98,8 +98,8 @@ impl AtomicFile {
         self.file.as_mut().expect("AtomicFile used after commit")
     }
 
-    /// Where the temporary file lives (for error messages).
-    #[cfg_attr(not(feature = "fs"), allow(dead_code))] // only fs names it
+    /// Where the temporary file lives.
+    #[cfg(test)]
     pub(crate) fn tmp_path(&self) -> &Path {
         &self.tmp_path
     }

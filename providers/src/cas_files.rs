@@ -18,27 +18,15 @@ const WRITE_QUEUE: usize = 4;
 /// Buffer of blocking copies and re-hashes.
 const COPY_BUFFER: usize = 256 * 1024;
 
-/// Who makes `tmp/` and the fan-out folders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Folders {
-    /// The provider, when it opens the store: one missing later is an error.
-    Prepared,
-    /// This module, on first use ([`CasFiles::create_tmp`], [`CasFiles::ensure_fan_dir`]).
-    OnDemand,
-}
-
 /// The content-addressed payload files of one store root.
 #[derive(Clone, Debug)]
 pub(crate) struct CasFiles {
     provider: &'static str,
-    /// The store root.
-    pub(crate) root: PathBuf,
     /// The `blobs/` folder.
     pub(crate) dir: PathBuf,
     tmp: PathBuf,
     /// Whether writes are fsynced.
     pub(crate) durability: Durability,
-    folders: Folders,
 }
 
 enum WriteMsg {
@@ -48,19 +36,12 @@ enum WriteMsg {
 
 impl CasFiles {
     /// The payload files of the store at `root`, of `provider` (named in its errors).
-    pub(crate) fn new(
-        provider: &'static str,
-        root: &Path,
-        durability: Durability,
-        folders: Folders,
-    ) -> Self {
+    pub(crate) fn new(provider: &'static str, root: &Path, durability: Durability) -> Self {
         CasFiles {
             provider,
-            root: root.to_path_buf(),
             dir: root.join("blobs"),
             tmp: root.join("tmp"),
             durability,
-            folders,
         }
     }
 
@@ -92,18 +73,6 @@ impl CasFiles {
         Ok(())
     }
 
-    /// Creates the fan-out folder of `dest` (a [`Self::path_of`]) if it is missing, in a
-    /// [`Folders::OnDemand`] store. Blocking.
-    pub(crate) fn ensure_fan_dir(&self, dest: &Path) -> Result<()> {
-        let fan = dest.parent().expect("blob paths have a fan-out folder");
-        if fan.is_dir() {
-            return Ok(());
-        }
-        fs::create_dir_all(fan).map_err(|e| Error::io(format!("creating {}", fan.display()), e))?;
-        // `blobs/` itself may be new too.
-        self.sync_dirs(&[&self.dir, &self.root])
-    }
-
     /// The error of a write under `tmp/`: it names the folder and what usually fixes it.
     pub(crate) fn tmp_error(&self, e: io::Error) -> Error {
         Error::io(
@@ -115,11 +84,12 @@ impl CasFiles {
         )
     }
 
-    /// A new temporary file under `tmp/` (made first if missing, in a [`Folders::OnDemand`]
-    /// store). Blocking.
+    /// A new temporary file under `tmp/`, which is made if it is missing (a store that makes its
+    /// folders when first needed, or one whose `tmp/` was removed while it was open).
+    /// Blocking.
     pub(crate) fn create_tmp(&self) -> Result<AtomicFile> {
         match AtomicFile::create_in(&self.tmp, self.durability) {
-            Err(e) if e.kind() == NotFound && self.folders == Folders::OnDemand => {
+            Err(e) if e.kind() == NotFound => {
                 fs::create_dir_all(&self.tmp).map_err(|e| self.tmp_error(e))?;
                 AtomicFile::create_in(&self.tmp, self.durability)
             }

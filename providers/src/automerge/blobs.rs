@@ -19,7 +19,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::ops::Deref;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use stowage_core::{Body, ContentHash, ContentHasher, Error, Result};
@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
-use crate::cas_files::{copy_hashing, CasFiles, Folders};
+use crate::cas_files::{copy_hashing, CasFiles};
 use crate::lock_file::{lock_error, open as open_lock_file};
 use crate::REPAIR_BY_REPUT;
 
@@ -91,6 +91,8 @@ pub(crate) struct Staged {
 #[derive(Clone, Debug)]
 pub(crate) struct BlobStore {
     files: CasFiles,
+    /// The store root (where `gc.lock` lives).
+    root: PathBuf,
 }
 
 /// The shared file layout: paths, re-hashing, listing, removal.
@@ -106,7 +108,8 @@ impl BlobStore {
     /// The payload files of the store at `root`.
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
         BlobStore {
-            files: CasFiles::new(PROVIDER, root, durability, Folders::OnDemand),
+            files: CasFiles::new(PROVIDER, root, durability),
+            root: root.to_path_buf(),
         }
     }
 
@@ -181,6 +184,18 @@ impl BlobStore {
             .commit(&dest)
             .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;
         Ok(blob)
+    }
+
+    /// Creates the fan-out folder of `dest` (a [`CasFiles::path_of`]) when this is the first
+    /// payload in it, and `blobs/` too when it is the first of all (both made durable with
+    /// the folders holding them). Blocking.
+    fn ensure_fan_dir(&self, dest: &Path) -> Result<()> {
+        let fan = dest.parent().expect("blob paths have a fan-out folder");
+        if fan.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(fan).map_err(|e| Error::io(format!("creating {}", fan.display()), e))?;
+        self.sync_dirs(&[&self.dir, &self.root])
     }
 
     /// Whether the file of `blob` is there with the right length (not re-hashed).

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::lock::{BlobPin, BlobPins};
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
-use crate::cas_files::{CasFiles, Folders};
+use crate::cas_files::CasFiles;
 
 /// Payloads up to this size are read in one call on the calling task: a page-cache read of a
 /// few KiB costs less than a hop to a blocking thread.
@@ -45,7 +45,7 @@ impl BlobStore {
     /// The blob store of the store at `root`.
     pub(crate) fn new(root: &Path, durability: Durability) -> Self {
         BlobStore {
-            files: CasFiles::new(PROVIDER, root, durability, Folders::Prepared),
+            files: CasFiles::new(PROVIDER, root, durability),
         }
     }
 
@@ -86,8 +86,7 @@ impl BlobStore {
             ),
         }
         let mut file = self.create_tmp()?;
-        file.write_all(bytes)
-            .map_err(|e| Error::io(format!("writing {}", file.tmp_path().display()), e))?;
+        file.write_all(bytes).map_err(|e| self.tmp_error(e))?;
         // A rename, even over a copy another writer stored meanwhile: the content is the same.
         file.commit(&dest)
             .map_err(|e| Error::io(format!("storing payload {}", dest.display()), e))?;

@@ -20,6 +20,9 @@ use stowage_core::{
 use super::error::map_err;
 use super::writer::Writer;
 use super::PROVIDER;
+// A put of the same bytes finds a damaged stored row and writes the payload again (see
+// `StagedBlob::claim_in` and the small put's upsert).
+use crate::REPAIR_BY_REPUT;
 
 /// A payload classified by size: one that fits a single chunk takes the one-statement fast path.
 pub(crate) enum Payload {
@@ -581,11 +584,6 @@ impl ChunkReader {
     }
 }
 
-/// How a damaged or missing payload is repaired: a put of the same bytes finds the stored row
-/// damaged and writes the payload again (see [`StagedBlob::claim_in`] and the small put's
-/// upsert), and every version with that hash reads it.
-use crate::REPAIR_BY_REPUT as REPAIR;
-
 /// Removes every blob no version references (their chunks go with them) and every staged
 /// payload abandoned for longer than [`ABANDONED_STAGING_AGE`] (a live stream refreshes its
 /// `staged_at` more often), then hands the freed pages back to the file system.
@@ -678,7 +676,7 @@ pub(crate) async fn verify(
             version: Some(row.get::<i64, _>(2) as u64),
             hash,
             problem: "missing".into(),
-            detail: format!("no stored payload has this version's hash; {REPAIR}"),
+            detail: format!("no stored payload has this version's hash; {REPAIR_BY_REPUT}"),
         });
     }
     let mismatched = sqlx::query(
@@ -745,7 +743,7 @@ pub(crate) async fn verify(
             report.bytes_checked += found.bytes;
             progress.inc(size);
             let detail = match found.problem {
-                Some(p) => Some((p, REPAIR)),
+                Some(p) => Some((p, REPAIR_BY_REPUT)),
                 None if found.hash != expected => Some((
                     format!("payload hashes to {}, not {expected}", found.hash),
                     repair_hint(&layout, size, chunk_size as u64),
@@ -830,7 +828,7 @@ fn repair_hint(layout: &Layout, size: u64, chunk_size: u64) -> &'static str {
         !layout.inline && size <= COMPARE_STAGED_MAX && layout.chunk_size == chunk_size
     };
     if put_compares {
-        REPAIR
+        REPAIR_BY_REPUT
     } else {
         "a put of the same bytes does not see this damage (the stored chunks kept their lengths, and comparing a payload this large would cost a full read): purge every version that references it, run `stowage gc`, then put it again"
     }
