@@ -529,20 +529,17 @@ impl Core {
         if !repair {
             return Ok(());
         }
-        for region in &end.stepped_over {
-            let saved = self.save_aside(region)?;
-            let note = format!(
-                "index log {}: {region}; the records in those bytes are lost from the index: they were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
-                self.log_path.display(),
-                saved.display()
-            );
+        for damage in end.stepped_over.iter().chain(&end.damage) {
+            let mut note = format!("index log {}: {damage}", self.log_path.display());
+            match damage.kind {
+                DamageKind::Torn => note.push_str("; cut off (no acknowledged write is lost)"),
+                _ => note.push_str(&self.save_aside(&state.file, damage)?),
+            }
             tracing::warn!(log = %self.log_path.display(), "{note}");
             state.notes.push(note);
         }
-        if let Some(damage) = end.damage {
-            let note = self.cut_damage(&damage)?;
-            tracing::warn!(log = %self.log_path.display(), "{note}");
-            state.notes.push(note);
+        if let Some(tail) = &end.damage {
+            self.truncate_log(tail.offset)?;
         }
         if !end.stepped_over.is_empty() {
             // The regions are saved: rewrite the log from the index, without them.
@@ -551,51 +548,41 @@ impl Core {
         Ok(())
     }
 
-    /// Copies a damaged region of the log to a file of its own beside it, for inspection;
-    /// returns that file.
-    fn save_aside(&self, damage: &Damage) -> Result<PathBuf> {
-        let io_err = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+    /// Copies a damaged region of the log (open as `log`) to a file of its own beside it, for
+    /// inspection; returns the end of the note saying so.
+    fn save_aside(&self, log: &File, damage: &Damage) -> Result<String> {
         let saved = self.root.join(format!(
             "{DAMAGED_PREFIX}{}-at-{}",
             Timestamp::now().as_micros(),
             damage.offset
         ));
         let mut region = vec![0u8; damage.bytes as usize];
-        let file = File::open(&self.log_path).map_err(|e| io_err("opening", e))?;
-        index_log::read_at(&file, &mut region, damage.offset).map_err(|e| io_err("reading", e))?;
+        index_log::read_at(log, &mut region, damage.offset)
+            .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
         atomic_file::write_atomic(&saved, &region, Durability::Sync).map_err(|e| {
             Error::io(
                 format!("saving the damaged log bytes to {}", saved.display()),
                 e,
             )
         })?;
-        Ok(saved)
+        Ok(format!(
+            "; the records in those bytes are lost from the index: they were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
+            saved.display()
+        ))
     }
 
-    /// Saves a corrupt tail beside the log and truncates the log before it; returns what was
-    /// done, as a sentence.
-    fn cut_damage(&self, damage: &Damage) -> Result<String> {
+    /// Truncates the log at `offset` (a damaged tail, already reported and saved).
+    fn truncate_log(&self, offset: u64) -> Result<()> {
         let io_err = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
-        let mut note = format!("index log {}: {damage}", self.log_path.display());
-        if let DamageKind::Corrupt(_) = damage.kind {
-            let saved = self.save_aside(damage)?;
-            note.push_str(&format!(
-                "; the records in it are lost from the index: the bytes were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
-                saved.display()
-            ));
-        } else {
-            note.push_str("; cut off (no acknowledged write is lost)");
-        }
         let file = OpenOptions::new()
             .write(true)
             .open(&self.log_path)
             .map_err(|e| io_err("opening", e))?;
-        file.set_len(damage.offset)
-            .map_err(|e| io_err("truncating", e))?;
+        file.set_len(offset).map_err(|e| io_err("truncating", e))?;
         if self.durability == Durability::Sync {
             file.sync_all().map_err(|e| io_err("syncing", e))?;
         }
-        Ok(note)
+        Ok(())
     }
 
     fn commit_loop(self: Arc<Self>, rx: mpsc::Receiver<Intent>) {
