@@ -1,7 +1,7 @@
 //! What the provider benches share (and the plugin benches of `tests/` and the provider test
-//! `tests/automerge_blobs.rs`, which include this file by path): the runtime, the plain put, the summary of a paired loop, peak-memory measurement
-//! of a big transfer in a child process (so earlier benchmarks' allocations do not count), and
-//! the payload generator it streams. Each bench binary includes this module and uses part of it.
+//! `tests/automerge_blobs.rs`, which include this file by path): the runtime, the plain put,
+//! the summary of a paired loop, peak-memory measurement of a big transfer in a child process
+//! (so earlier benchmarks' allocations do not count), and the payload generator it streams. Each bench binary includes this module and uses part of it.
 #![allow(dead_code)] // each bench binary uses a different part
 
 use std::time::Duration;
