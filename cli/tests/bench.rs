@@ -154,8 +154,15 @@ fn bad_arguments_exit_2_naming_the_problem() {
     assert!(run.stderr.contains("not both"), "{}", run.stderr);
     let run = sb.fails(&["bench", "--provider", "memory", "--size", "4XB"], 2);
     assert!(run.stderr.contains("4XB"), "{}", run.stderr);
-    sb.fails(&["bench", "--provider", "memory", "--ops", "0"], 2);
-    sb.fails(&["bench", "--provider", "memory", "--concurrency", "0"], 2);
+    for flag in ["--ops", "--concurrency"] {
+        let run = sb.fails(&["bench", "--provider", "memory", flag, "0"], 2);
+        assert!(
+            run.stderr
+                .contains(&format!("'{flag} <N>': must be at least 1")),
+            "{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]

@@ -125,12 +125,13 @@ fn malformed_configs_exit_2_naming_the_field() {
         (
             "bad-toml.toml",
             "[storage\nprovider = ",
-            &["malformed TOML", "bad-toml.toml"],
+            // A syntax error names its place, not a field.
+            &["invalid config in bad-toml.toml: malformed TOML at line 1, column 9: "],
         ),
         (
             "unknown-field.toml",
             "[storage]\nprovider = \"sqlite\"\nflavour = \"x\"\n",
-            &["flavour"],
+            &["flavour", "in `storage`; see docs/user-guide.md"],
         ),
         (
             "unknown-provider.toml",

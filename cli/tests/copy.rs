@@ -403,6 +403,15 @@ fn copy_options_select_keys_namespaces_and_versions_and_a_rerun_skips() {
     small_source(&sb);
     write_config(&sb, "t.toml", "sqlite", &json!({ "path": "t.db" }));
 
+    let copy = ["--config", "s.toml", "copy", "--to-config", "t.toml"];
+    let run = sb.fails(&[&copy[..], &["--concurrency", "0"]].concat(), 2);
+    assert!(
+        run.stderr
+            .contains("'--concurrency <N>': must be at least 1"),
+        "{}",
+        run.stderr
+    );
+
     let run = sb.ok(&[
         "--config",
         "s.toml",

@@ -206,6 +206,24 @@ fn missing_records_exit_3() {
     let run = sb.fails(&["get", "k", "--version", "9"], 3);
     assert!(run.stderr.contains('9'), "{}", run.stderr);
     sb.fails(&["head", "k", "--version", "9"], 3);
+
+    // A tombstone is a version `versions` lists, so the message does not call it missing.
+    sb.ok(&["rm", "k"]);
+    assert!(sb.ok(&["versions", "k"]).text().contains("deleted"));
+    for args in [
+        vec!["get", "k", "--version", "2"],
+        vec!["restore", "k", "--version", "2"],
+    ] {
+        let run = sb.fails(&args, 3);
+        assert!(
+            run.stderr.contains(
+                "record default/k has no readable version 2: it was never written, was purged, \
+                 or is a deletion marker"
+            ),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
@@ -351,7 +369,16 @@ fn ls_pages_with_limit_and_after_and_filters_by_prefix() {
     assert_eq!(quiet.text().lines().count(), 1);
     assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
 
-    sb.fails(&["ls", "--limit", "0"], 2);
+    // A zero count says what is allowed, not the standard library's parse error.
+    for args in [&["ls", "--limit", "0"][..], &["search", "--limit", "0"]] {
+        let run = sb.fails(args, 2);
+        assert!(
+            run.stderr.contains("'--limit <N>': must be at least 1"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("non-zero type"), "{}", run.stderr);
+    }
 
     // The hint quotes a key as a shell needs it, and following it continues the listing.
     for key in ["d e", "d it's"] {

@@ -130,10 +130,9 @@ impl StowageConfig {
             field,
             message,
         };
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            let (field, message) = describe_toml_error(text, &e);
-            invalid(field, message)
-        })?;
+        // A syntax error is about the file, not a field: the empty field leaves it unnamed.
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| invalid(String::new(), describe_toml_error(text, &e)))?;
         substitute_env(&mut value, "", env).map_err(|(field, msg)| invalid(field, msg))?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -142,12 +141,17 @@ impl StowageConfig {
             } else {
                 path
             };
+            // toml's message ends in a newline (and may put "in `table`" on a line of its own).
+            let message = e.into_inner().to_string();
+            let message = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
             invalid(
                 field,
-                format!(
-                    "{}; see docs/user-guide.md for the config format",
-                    e.into_inner()
-                ),
+                format!("{message}; see docs/user-guide.md for the config format"),
             )
         })?;
         let namespace = match raw.storage.namespace {
@@ -185,16 +189,25 @@ impl StowageConfig {
     }
 }
 
-/// Turns a TOML syntax error into (field or line, message).
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
-    let field = match e.span() {
+/// Turns a TOML syntax error into a message naming its line and column (both from 1).
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].lines().count().max(1);
-            format!("(line {line})")
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            format!(
+                "malformed TOML at line {line}, column {column}: {}",
+                e.message()
+            )
         }
-        None => "(syntax)".to_string(),
-    };
-    (field, format!("malformed TOML: {}", e.message()))
+        None => format!("malformed TOML: {}", e.message()),
+    }
 }
 
 /// Replaces `${VAR}` in every string of `value`.
@@ -290,12 +303,53 @@ mod tests {
             err.to_string().contains("c.toml") && err.to_string().contains("malformed TOML"),
             "{err}"
         );
+        assert_eq!(
+            err.to_string(),
+            "invalid config in c.toml: malformed TOML at line 1, column 9: unclosed table, \
+             expected `]`"
+        );
+        let err =
+            StowageConfig::from_toml_str("[storage]\nprovider = \"x\"\nnamespace = é\n", "c.toml")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid config in c.toml: malformed TOML at line 3, column 13: "),
+            "{err}"
+        );
         let err = StowageConfig::from_toml_str(
             "[storage]\nprovider = \"x\"\nnamespace = \"Bad\"\n",
             "c.toml",
         )
         .unwrap_err();
         assert!(err.to_string().contains("storage.namespace"), "{err}");
+        // One sentence per unknown field: no stray space before the `;`.
+        for (text, field, expected) in [
+            (
+                "[storage]\nprovider = \"x\"\nflavour = 1\n",
+                "storage.flavour",
+                "expected one of `provider`, `namespace`, `config` in `storage`",
+            ),
+            (
+                "[storage]\nprovider = \"x\"\n[plugins]\nx = 1\n",
+                "plugins.x",
+                "expected `paths` or `dirs` in `plugins`",
+            ),
+            (
+                "zz = 1\n[storage]\nprovider = \"x\"\n",
+                "zz",
+                "expected `storage` or `plugins`",
+            ),
+        ] {
+            let err = StowageConfig::from_toml_str(text, "c.toml").unwrap_err();
+            let unknown = field.rsplit('.').next().unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid config in c.toml: field `{field}`: unknown field `{unknown}`, \
+                     {expected}; see docs/user-guide.md for the config format"
+                )
+            );
+        }
         let err = StowageConfig::from_toml_str("[plugins]\npaths = []\n", "c.toml").unwrap_err();
         assert!(err.to_string().contains("storage"), "{err}");
     }

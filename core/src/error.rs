@@ -62,11 +62,12 @@ pub enum Error {
         current: Option<u64>,
     },
     /// A configuration value was wrong.
-    #[error("invalid config{}: field `{field}`: {message}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default())]
+    #[error("{}", invalid_config_message(source_name.as_deref(), field, message))]
     InvalidConfig {
         /// The file (or provider) the config came from, if known.
         source_name: Option<String>,
-        /// Dotted path of the field (e.g. `storage.config.path`).
+        /// Dotted path of the field (e.g. `storage.config.path`); empty when the error is about
+        /// the file as a whole (malformed TOML), and then the message names no field.
         field: String,
         /// What was wrong and what was expected.
         message: String,
@@ -151,8 +152,21 @@ pub enum Error {
 
 fn not_found_message(namespace: &str, key: &str, version: Option<u64>) -> String {
     match version {
-        Some(v) => format!("record {namespace}/{key} has no version {v}"),
+        // Also what a tombstone or a purged version gets, so the wording covers those too.
+        Some(v) => format!(
+            "record {namespace}/{key} has no readable version {v}: it was never written, was \
+             purged, or is a deletion marker (list the key's versions to see which)"
+        ),
         None => format!("record {namespace}/{key} not found"),
+    }
+}
+
+fn invalid_config_message(source_name: Option<&str>, field: &str, message: &str) -> String {
+    let source = source_name.map(|s| format!(" in {s}")).unwrap_or_default();
+    if field.is_empty() {
+        format!("invalid config{source}: {message}")
+    } else {
+        format!("invalid config{source}: field `{field}`: {message}")
     }
 }
 
@@ -331,5 +345,38 @@ mod tests {
         }
         let short = crate::Key::new("a//b").unwrap_err().to_string();
         assert!(short.starts_with("invalid key \"a//b\": "), "{short}");
+    }
+
+    #[test]
+    fn a_missing_version_is_not_called_never_written() {
+        let ns = crate::Namespace::default();
+        let key = crate::Key::new("k").unwrap();
+        assert_eq!(
+            Error::not_found(&ns, &key, Some(2)).to_string(),
+            "record default/k has no readable version 2: it was never written, was purged, or \
+             is a deletion marker (list the key's versions to see which)"
+        );
+        assert_eq!(
+            Error::not_found(&ns, &key, None).to_string(),
+            "record default/k not found"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_without_a_field_names_none() {
+        let err = |field: &str| Error::InvalidConfig {
+            source_name: Some("c.toml".into()),
+            field: field.into(),
+            message: "bad".into(),
+        };
+        assert_eq!(
+            err("storage.provider").to_string(),
+            "invalid config in c.toml: field `storage.provider`: bad"
+        );
+        assert_eq!(err("").to_string(), "invalid config in c.toml: bad");
+        assert_eq!(
+            Error::invalid_config("plugins.paths", "bad").to_string(),
+            "invalid config: field `plugins.paths`: bad"
+        );
     }
 }

@@ -21,8 +21,9 @@ pub enum AttrFilter {
         /// Required value.
         value: serde_json::Value,
     },
-    /// The attribute lies in `[min, max)`: numbers compare numerically, strings (such as RFC 3339
-    /// times) byte-wise; a value of another type does not match.
+    /// The attribute lies in `[min, max)`, ordered as [`compare_json`] orders values: numbers
+    /// numerically, strings (such as RFC 3339 times) byte-wise, booleans `false` before `true`.
+    /// A null, array or object, or a value whose type differs from a bound's, does not match.
     Range {
         /// Attribute name.
         name: String,
@@ -477,6 +478,26 @@ mod tests {
             compare_json(&json!(u64::MAX), &json!(i64::MIN)),
             Some(Ordering::Greater)
         );
+    }
+
+    #[test]
+    fn ranges_order_booleans_and_refuse_mixed_types() {
+        let range =
+            |min: Option<serde_json::Value>, max: Option<serde_json::Value>| AttrFilter::Range {
+                name: "flag".into(),
+                min,
+                max,
+            };
+        // false < true, as the doc comment on `Range` says.
+        assert!(range(Some(json!(true)), None).accepts(Some(&json!(true))));
+        assert!(!range(Some(json!(true)), None).accepts(Some(&json!(false))));
+        assert!(range(None, Some(json!(true))).accepts(Some(&json!(false))));
+        // A value of another type than the bound, or a null, array or object, does not match.
+        assert!(!range(Some(json!(0)), None).accepts(Some(&json!(true))));
+        assert!(!range(Some(json!("a")), None).accepts(Some(&json!(1))));
+        for v in [json!(null), json!([1]), json!({"a": 1})] {
+            assert!(!range(None, Some(json!(9))).accepts(Some(&v)), "{v}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use stowage_core::{
     Body, Error, Metadata, NamespaceHandle, PutMode, Result, Stowage, StowageConfig,
 };
 
+use super::at_least_one;
 use crate::context::Context;
 use crate::output::{counted, human_size};
 
@@ -32,10 +33,10 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_size)]
     pub size: u64,
     /// Operations per phase.
-    #[arg(long, value_name = "N", default_value = "1000")]
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = at_least_one::<NonZeroU64>)]
     pub ops: NonZeroU64,
     /// Operations in flight at once (each on its own task).
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = at_least_one::<NonZeroUsize>)]
     pub concurrency: NonZeroUsize,
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use stowage_core::copy::{self, CopyOptions, CopyReport, CopyVersions};
 use stowage_core::Error;
 
+use super::at_least_one;
 use crate::context::Context;
 use crate::exit::{self, Failure};
 use crate::output::{counted, human_size};
@@ -30,7 +31,7 @@ pub struct Args {
     #[arg(long, value_name = "latest|all", default_value = "all", value_parser = parse_versions)]
     pub versions: CopyVersions,
     /// Keys copied at once.
-    #[arg(long, value_name = "N", default_value = "4")]
+    #[arg(long, value_name = "N", default_value = "4", value_parser = at_least_one::<NonZeroUsize>)]
     pub concurrency: NonZeroUsize,
 }
 

@@ -4,6 +4,7 @@ use std::num::NonZeroUsize;
 
 use stowage_core::{ListOptions, Result};
 
+use super::at_least_one;
 use crate::context::Context;
 
 /// Page size used to walk a whole listing without holding it all in memory.
@@ -15,7 +16,7 @@ pub struct Args {
     /// Only keys starting with this (byte-wise; need not end at `/`).
     pub prefix: Option<String>,
     /// Print at most N records; a hint on stderr says how to continue.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
     pub limit: Option<NonZeroUsize>,
     /// Only keys after KEY (pass the last key of the previous page).
     #[arg(long, value_name = "KEY")]

@@ -4,6 +4,7 @@ use std::num::NonZeroUsize;
 
 use stowage_core::{AttrFilter, Order, Query, Result, Timestamp};
 
+use super::at_least_one;
 use crate::attr_arg::AttrArg;
 use crate::context::Context;
 
@@ -65,7 +66,7 @@ pub struct Args {
     #[arg(long)]
     pub desc: bool,
     /// Print at most N records.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<NonZeroUsize>)]
     pub limit: Option<NonZeroUsize>,
     /// Also match records whose latest version is a tombstone.
     #[arg(long)]
