@@ -345,7 +345,8 @@ pub enum PutMode {
     Overwrite,
     /// Write only if the key has no live version (absent or deleted).
     Create,
-    /// Write only if the key's latest version is exactly this one.
+    /// Write only if the key's latest version (a tombstone counts) is exactly this one; `0`
+    /// means the key has no version at all (never written, or purged).
     IfVersion(Version),
     /// "My writer read this version": a merging provider merges the change against it; every
     /// other provider treats it as [`PutMode::IfVersion`].

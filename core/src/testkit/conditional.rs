@@ -110,10 +110,12 @@ async fn check_version_precondition(
         format!("head after a refused {name} on an absent key"),
     )?;
 
+    // Version 0 names "no version at all": it creates the key, once.
     let v1 = ns
-        .put("doc", "one", Metadata::new())
+        .put_with("doc", "one", Metadata::new(), mode(0))
         .await
-        .step("put doc")?;
+        .step(format!("{:?} on an absent key", mode(0)))?;
+    ensure_eq!(v1.version, 1, "{:?} on an absent key: version", mode(0));
     let v2 = ns
         .put_with("doc", "two", Metadata::new(), mode(1))
         .await
@@ -151,7 +153,8 @@ async fn check_version_precondition(
     Ok(Outcome::Passed)
 }
 
-/// `IfVersion(v)` writes only when the latest version (tombstones count) is exactly `v`.
+/// `IfVersion(v)` writes only when the latest version (tombstones count) is exactly `v`; `0`
+/// when the key has no version at all.
 pub async fn put_if_version(store: &Stowage) -> BehaviourResult {
     if !store.capabilities().if_version {
         return Ok(Outcome::Skipped(

@@ -191,8 +191,9 @@ impl StorageBackend for MemoryBackend {
                     ));
                 }
             }
+            // Version 0 is "no version at all": never written, or purged.
             PutMode::IfVersion(v) | PutMode::Base(v) => {
-                if latest.map(|l| l.version) != Some(v) {
+                if latest.map_or(0, |l| l.version) != v {
                     return Err(conflict(ns, key, format!("version {v}"), history));
                 }
             }
