@@ -357,13 +357,19 @@ impl S3Backend {
     /// The version a write should build on. A write needs less proof than a read: the claim
     /// of `v + 1` fails by itself if `v + 1` exists, so only "`v` is still the object we
     /// know" (not purged and rewritten) is checked, with one HEAD; a stale answer costs a lost
-    /// claim and a listing, never a wrong write.
-    async fn latest_for_write(&self, ns: &Namespace, key: &Key) -> Result<Option<RecordInfo>> {
+    /// claim and a listing, never a wrong write. But it may be older than the latest, so a
+    /// write must not be *refused* on it ([`Latest::listed`] says whether it can be).
+    async fn latest_for_write(&self, ns: &Namespace, key: &Key) -> Result<Latest> {
         if let Some(cached) = self.cached_latest(ns, key) {
             let path = self.layout.meta_path(ns, key.as_str(), cached.version);
             if let Some((etag, _)) = self.cache.entry(&path) {
                 match self.op.stat_with(&path).if_match(&etag).await {
-                    Ok(_) => return Ok(Some(cached)),
+                    Ok(_) => {
+                        return Ok(Latest {
+                            record: Some(cached),
+                            listed: false,
+                        })
+                    }
                     Err(e) if is_not_found(&e) || is_precondition_failed(&e) => {}
                     Err(e) => {
                         return Err(self
@@ -373,7 +379,10 @@ impl S3Backend {
                 }
             }
         }
-        self.latest_listed(ns, key).await
+        Ok(Latest {
+            record: self.latest_listed(ns, key).await?,
+            listed: true,
+        })
     }
 
     /// Whether version 1 of the key exists (one HEAD, no listing).
@@ -480,18 +489,30 @@ impl S3Backend {
         &self,
         ns: &Namespace,
         key: &Key,
-        mut known: Option<Option<RecordInfo>>,
+        mut known: Option<Latest>,
         mut build: impl FnMut(Option<&RecordInfo>, Version, Timestamp) -> Result<RecordInfo>,
     ) -> Result<RecordInfo> {
         for attempt in 0..MAX_CLAIM_ATTEMPTS {
-            let latest = match known.take() {
+            let Latest {
+                record: latest,
+                listed,
+            } = match known.take() {
                 Some(latest) => latest,
-                // After a lost claim the cached version is stale: go straight to the listing.
-                None if attempt > 0 => self.latest_listed(ns, key).await?,
+                // After a lost claim or a refusal on what this process had cached, the cached
+                // version is stale: go straight to the listing.
+                None if attempt > 0 => Latest {
+                    record: self.latest_listed(ns, key).await?,
+                    listed: true,
+                },
                 None => self.latest_for_write(ns, key).await?,
             };
             let next = latest.as_ref().map_or(1, |r| r.version + 1);
-            let record = build(latest.as_ref(), next, Timestamp::now())?;
+            let record = match build(latest.as_ref(), next, Timestamp::now()) {
+                Ok(record) => record,
+                Err(e) if listed => return Err(e),
+                // Another process may have written since: refuse only on the listing.
+                Err(_) => continue,
+            };
             if self.claim(&record).await? {
                 return Ok(record);
             }
@@ -813,6 +834,15 @@ impl HexWalk {
     }
 }
 
+/// The latest version of a key as a write found it.
+struct Latest {
+    /// The record (`None`: the key has no version).
+    record: Option<RecordInfo>,
+    /// Whether a listing (or a HEAD of version 1) said so just now, rather than this process's
+    /// cache: only then may a precondition be refused on it.
+    listed: bool,
+}
+
 fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<&RecordInfo>) -> Error {
     Error::Conflict {
         namespace: ns.to_string(),
@@ -923,10 +953,22 @@ impl StorageBackend for S3Backend {
                 .is_none()
             && !self.has_first_version(ns, key).await?
         {
-            (self.blobs.put(body).await?, None)
+            // No version 1: the key has no version at all (versions are contiguous from 1).
+            let absent = Latest {
+                record: None,
+                listed: true,
+            };
+            (self.blobs.put(body).await?, absent)
         } else {
-            let latest = self.latest_for_write(ns, key).await?;
-            check_put_mode(ns, key, mode, latest.as_ref())?;
+            let mut latest = self.latest_for_write(ns, key).await?;
+            if !latest.listed && check_put_mode(ns, key, mode, latest.record.as_ref()).is_err() {
+                // What this process cached may be stale: refuse only on the listing.
+                latest = Latest {
+                    record: self.latest_listed(ns, key).await?,
+                    listed: true,
+                };
+            }
+            check_put_mode(ns, key, mode, latest.record.as_ref())?;
             (self.blobs.put(body).await?, latest)
         };
         let (hash, size) = stored;
