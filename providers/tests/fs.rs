@@ -816,6 +816,30 @@ fn two_process_child() {
     });
 }
 
+/// Two backends on one root (two processes' view, in one process): the kit's random walk, each
+/// step through either one, against one model — inline payloads, then payload files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_root_agree_with_the_model() {
+    for inline_max in [16 * 1024, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let open = || async {
+            let backend = stowage_providers::fs::factory()
+                .create(serde_json::json!({ "root": root, "inline_max": inline_max }))
+                .await
+                .expect("creating an fs store");
+            stowage_core::Stowage::from_backend(backend)
+        };
+        let (a, b) = (open().await, open().await);
+        let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
+        assert!(
+            result.is_ok(),
+            "inline_max {inline_max}: {}",
+            result.unwrap_err()
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_processes_share_one_root_without_lost_updates() {
     let dir = tempfile::tempdir().unwrap();

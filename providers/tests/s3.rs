@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use stowage_core::{
-    Body, ContentHash, ErrorKind, GetOptions, ListOptions, Metadata, PutMode, Stowage,
+    Body, ContentHash, DeleteOptions, Error, ErrorKind, GetOptions, Key, ListOptions, Metadata,
+    Namespace, PutMode, StorageBackend, Stowage,
 };
 use stowage_providers::s3::{factory, operator, S3Config};
 
@@ -180,6 +181,64 @@ async fn conformance_kit_passes() {
         report.skipped()
     );
     report.assert_passed();
+}
+
+/// A write is never refused on what one process cached while another wrote: `Create` after
+/// the other's delete, and `IfVersion` of the version the other wrote, both succeed; a stale
+/// `IfVersion` names the real current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cache_never_refuses_a_write() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("stale"));
+    let a = factory().create(cfg.clone()).await.unwrap();
+    let b = factory().create(cfg).await.unwrap();
+    let (ns, k) = (Namespace::new("n").unwrap(), Key::new("doc").unwrap());
+    let put = |backend: &Arc<dyn StorageBackend>, text: &'static str, mode: PutMode| {
+        let (backend, ns, k) = (backend.clone(), ns.clone(), k.clone());
+        async move {
+            backend
+                .put(&ns, &k, Body::from(text), Metadata::new(), mode)
+                .await
+        }
+    };
+    put(&a, "one", PutMode::Overwrite).await.unwrap();
+    // `a` now caches version 1 as the latest; `b` deletes it.
+    a.head(&ns, &k, None).await.unwrap();
+    b.delete(&ns, &k, DeleteOptions::default()).await.unwrap();
+    let created = put(&a, "two", PutMode::Create).await.unwrap();
+    assert_eq!(created.version, 3, "Create after another process's delete");
+    // `b` writes version 4 behind `a`'s back.
+    put(&b, "four", PutMode::Overwrite).await.unwrap();
+    let err = put(&a, "stale", PutMode::IfVersion(3)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                current: Some(4),
+                ..
+            }
+        ),
+        "a stale IfVersion names the real current version: {err:?}"
+    );
+    put(&b, "five", PutMode::Overwrite).await.unwrap();
+    let next = put(&a, "six", PutMode::IfVersion(5)).await.unwrap();
+    assert_eq!(
+        next.version, 6,
+        "IfVersion of the version another process wrote"
+    );
+}
+
+/// Two backends on one bucket and root (two processes' view): the kit's random walk, each step
+/// through either one, against one model, so a version or metadata cache one of them keeps
+/// must notice the other's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_root_agree_with_the_model() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("shared"));
+    let a = stowage_core::Stowage::from_backend(factory().create(cfg.clone()).await.unwrap());
+    let b = stowage_core::Stowage::from_backend(factory().create(cfg).await.unwrap());
+    let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
+    assert!(result.is_ok(), "{}", result.unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -396,6 +396,17 @@ async fn foreign_newer_and_damaged_files_are_refused() {
     assert!(err.to_string().contains("damaged.db"), "{err}");
 }
 
+/// Two backends on one database file (two processes' view): the kit's random walk, each step
+/// through either one, against one model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_file_agree_with_the_model() {
+    let path = fresh_dir().join("shared.db");
+    let a = stowage_core::Stowage::from_backend(backend_at(&path, serde_json::json!({})).await);
+    let b = stowage_core::Stowage::from_backend(backend_at(&path, serde_json::json!({})).await);
+    let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
+    assert!(result.is_ok(), "{}", result.unwrap_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_if_version_writers_from_separate_pools() {
     let dir = fresh_dir();

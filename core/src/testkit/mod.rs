@@ -102,6 +102,7 @@ mod fixture;
 mod isolation;
 mod keys;
 mod listing;
+mod model;
 mod roundtrip;
 mod search;
 mod versions;
@@ -131,6 +132,7 @@ pub use fixture::{
 pub use isolation::namespace_isolation;
 pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
 pub use listing::{bad_cursors_rejected, list_pagination, list_prefix_and_start_after};
+pub use model::{random_operations, random_operations_shared};
 pub use roundtrip::{
     byte_ranges, failed_body_writes_nothing, metadata_round_trip, round_trip_all_byte_values,
     round_trip_empty, round_trip_large_streamed, round_trip_one_byte,
@@ -202,7 +204,8 @@ macro_rules! __conformance_behaviours {
             dedup_across_keys_and_namespaces,
             gc_and_verify_clean,
             namespaces_listed,
-            unsupported_operations_say_so
+            unsupported_operations_say_so,
+            random_operations
         }
     };
 }

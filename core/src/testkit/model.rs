@@ -1,0 +1,683 @@
+//! A seeded random walk over the whole contract, checked step by step against a model.
+//!
+//! The other behaviours each pin one rule on a short script. This one mixes every operation
+//! the provider supports — puts under each [`PutMode`], deletes, restores, purges, reads of
+//! old versions, listings, searches and `gc` — on a handful of keys that share payloads, and
+//! after every step compares what the provider answered with what the contract says it must
+//! answer, worked out from a plain in-memory history of every key. Interleavings a script
+//! would not think of (a purge of a key whose payload another key still uses, then `gc`, then
+//! a put of that payload again; a restore of a version whose payload was deduplicated; a
+//! conditional write against a tombstone) come up in every run.
+//!
+//! Sequences are deterministic: the seeds are fixed, so a failure reproduces, and its message
+//! names the seed, the step and the steps before it. `STOWAGE_TESTKIT_SEEDS` (comma-separated
+//! numbers) runs other seeds, and `STOWAGE_TESTKIT_STEPS` another length.
+
+use std::collections::BTreeMap;
+
+use super::check::{ensure, ensure_eq, BehaviourResult, Failure, Outcome, Step};
+use super::fixture::{fresh_namespace, pattern, read_body};
+use crate::error::ErrorKind;
+use crate::hash::ContentHash;
+use crate::model::{
+    Capabilities, DeleteOptions, GetOptions, ListOptions, Metadata, NoProgress, PutMode, RecordInfo,
+};
+use crate::query::Query;
+use crate::stowage::{NamespaceHandle, Stowage};
+
+/// The seeds run when `STOWAGE_TESTKIT_SEEDS` is not set.
+const SEEDS: [u64; 2] = [0x5eed_0001, 0x5eed_0002];
+/// Steps of each sequence when `STOWAGE_TESTKIT_STEPS` is not set.
+const STEPS: usize = 150;
+/// Every this many steps, every key is read back whole (all versions, listings).
+const FULL_CHECK_EVERY: usize = 25;
+/// Keys of the walk: few, so operations meet on the same keys; a prefix pair for listings.
+const KEYS: [&str; 5] = ["a", "a/b", "b", "dir/x.json", "z-\u{e9}t\u{e9}"];
+/// Payload sizes of the pool: mostly small, two past the usual inline and chunk thresholds
+/// of the built-in providers (16 KiB, 64 KiB).
+const SIZES: [usize; 7] = [0, 1, 37, 300, 4096, 20_000, 70_000];
+const TAGS: [&str; 2] = ["red", "blue"];
+
+/// A seeded random sequence of every operation the capabilities allow, on five keys sharing
+/// a small pool of payloads, each answer checked against a model of the contract: version
+/// numbers, tombstones, preconditions and the `current` version of each conflict, restores,
+/// purges (numbering restarts), payload bytes and hashes, metadata, `versions`, listings with
+/// and without tombstones, tag search, and `gc` never removing a payload still referenced.
+/// Every record read back must equal, field for field, the info its write returned.
+pub async fn random_operations(store: &Stowage) -> BehaviourResult {
+    walk_seeds(&[store]).await
+}
+
+/// [`random_operations`] through two stores opened on the same storage — what two processes
+/// sharing a database file, a directory or a bucket see. Each step goes through one of the
+/// two, chosen at random, and is checked against the one model, so a cache, an index or a
+/// version counter that one store keeps and the other's writes make stale shows up as a wrong
+/// answer. Not part of [`behaviours`](super::behaviours), which get one store: call it from a
+/// provider's own tests with two stores made from one config.
+pub async fn random_operations_shared(a: &Stowage, b: &Stowage) -> BehaviourResult {
+    ensure_eq!(
+        a.capabilities(),
+        b.capabilities(),
+        "the two stores' capabilities"
+    );
+    walk_seeds(&[a, b]).await
+}
+
+async fn walk_seeds(stores: &[&Stowage]) -> BehaviourResult {
+    let seeds = env_numbers("STOWAGE_TESTKIT_SEEDS")?.unwrap_or_else(|| SEEDS.to_vec());
+    let steps = match env_numbers("STOWAGE_TESTKIT_STEPS")? {
+        Some(v) if v.len() == 1 => v[0] as usize,
+        Some(_) => {
+            return Err(Failure::new(
+                "STOWAGE_TESTKIT_STEPS must be one number".to_string(),
+            ))
+        }
+        None => STEPS,
+    };
+    for seed in seeds {
+        let first = fresh_namespace(stores[0], "walk")?;
+        let mut sides = vec![first];
+        for store in &stores[1..] {
+            let name = sides[0].namespace().as_str();
+            sides.push(
+                store
+                    .namespace(name)
+                    .step(format!("opening namespace {name:?} on the second store"))?,
+            );
+        }
+        let mut walk = Walk::new(sides, seed);
+        if let Err(failure) = walk.run(steps).await {
+            return Err(Failure::new(format!(
+                "seed {seed:#x}, step {}: {}\n  steps before it (newest last):\n{}",
+                walk.step,
+                failure.message(),
+                walk.recent()
+            )));
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
+fn env_numbers(name: &str) -> Result<Option<Vec<u64>>, Failure> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(None);
+    };
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            };
+            parsed.map_err(|_| Failure::new(format!("{name}: {s:?} is not a number")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// One version of a key as the model knows it: the info its write returned, and its payload.
+#[derive(Clone)]
+struct Known {
+    info: RecordInfo,
+    payload: usize,
+}
+
+struct Walk {
+    /// The namespace through each store; `side` is the one this step goes through.
+    sides: Vec<NamespaceHandle>,
+    side: usize,
+    caps: Capabilities,
+    rng: u64,
+    step: usize,
+    log: Vec<String>,
+    /// Every key's history, oldest first; a purged key is absent.
+    keys: BTreeMap<&'static str, Vec<Known>>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl Walk {
+    fn new(sides: Vec<NamespaceHandle>, seed: u64) -> Self {
+        let payloads = SIZES
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| pattern(seed ^ ((i as u64 + 1) * 0x9e37), len))
+            .collect();
+        Walk {
+            caps: sides[0].store().capabilities(),
+            sides,
+            side: 0,
+            rng: seed | 1,
+            step: 0,
+            log: Vec::new(),
+            keys: BTreeMap::new(),
+            payloads,
+        }
+    }
+
+    /// The namespace through the store this step uses.
+    fn ns(&self) -> &NamespaceHandle {
+        &self.sides[self.side]
+    }
+
+    /// Notes a step in the log, naming the store it went through when there are two.
+    fn note(&mut self, what: &str) {
+        let entry = match self.sides.len() {
+            1 => what.to_string(),
+            _ => format!("[store {}] {what}", self.side + 1),
+        };
+        self.log.push(entry);
+    }
+
+    fn recent(&self) -> String {
+        let from = self.log.len().saturating_sub(12);
+        self.log[from..]
+            .iter()
+            .map(|l| format!("    {l}\n"))
+            .collect()
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick_key(&mut self) -> &'static str {
+        KEYS[self.below(KEYS.len())]
+    }
+
+    /// Small payloads four times as often as the large ones.
+    fn pick_payload(&mut self) -> usize {
+        if self.chance(80) {
+            self.below(5)
+        } else {
+            5 + self.below(2)
+        }
+    }
+
+    fn pick_metadata(&mut self) -> Metadata {
+        let mut meta = Metadata::new();
+        for tag in TAGS {
+            if self.chance(40) {
+                meta = meta.with_tag(tag);
+            }
+        }
+        if self.chance(50) {
+            meta = meta.with_attribute("n", self.below(3) as i64);
+        }
+        meta
+    }
+
+    fn latest(&self, key: &str) -> Option<&Known> {
+        self.keys.get(key).and_then(|h| h.last())
+    }
+
+    fn latest_version(&self, key: &str) -> Option<u64> {
+        self.latest(key).map(|k| k.info.version)
+    }
+
+    fn live(&self, key: &str) -> Option<&Known> {
+        self.latest(key).filter(|k| !k.info.is_deleted())
+    }
+
+    /// A version number near the key's history: often right, sometimes stale, ahead or 0.
+    fn pick_expected(&mut self, key: &str) -> u64 {
+        let latest = self.latest_version(key).unwrap_or(0);
+        match self.below(4) {
+            0 | 1 => latest,
+            2 => latest.saturating_sub(1 + self.below(2) as u64),
+            _ => latest + 1,
+        }
+    }
+
+    async fn run(&mut self, steps: usize) -> Result<(), Failure> {
+        let c = self.caps;
+        // (weight, operation) of what the capabilities allow.
+        let ops: Vec<(usize, Op)> = [
+            (30, Op::Put, true),
+            (6, Op::PutCreate, c.create_only),
+            (8, Op::PutIfVersion, c.if_version),
+            (3, Op::PutBase, c.if_version && !c.merge),
+            (8, Op::Delete, c.delete),
+            (4, Op::Restore, c.restore && c.delete),
+            (4, Op::RestoreVersion, c.restore && c.delete && c.versions),
+            (3, Op::Purge, c.purge),
+            (10, Op::Get, true),
+            (6, Op::GetVersion, c.versions),
+            (3, Op::Head, true),
+            (4, Op::Versions, c.versions),
+            (3, Op::List, true),
+            (3, Op::Search, c.search),
+            (2, Op::Gc, c.gc),
+        ]
+        .into_iter()
+        .filter(|(_, _, allowed)| *allowed)
+        .map(|(w, op, _)| (w, op))
+        .collect();
+        let total: usize = ops.iter().map(|(w, _)| w).sum();
+        for step in 1..=steps {
+            self.step = step;
+            if self.sides.len() > 1 {
+                self.side = self.below(self.sides.len());
+            }
+            let mut roll = self.below(total);
+            let op = ops
+                .iter()
+                .find(|(w, _)| {
+                    let hit = roll < *w;
+                    roll = roll.saturating_sub(*w);
+                    hit
+                })
+                .map(|(_, op)| *op)
+                .expect("a weight was picked");
+            self.apply(op).await?;
+            if step % FULL_CHECK_EVERY == 0 || step == steps {
+                for side in 0..self.sides.len() {
+                    self.side = side;
+                    self.note("(full check)");
+                    self.full_check().await?;
+                }
+            }
+        }
+        if c.verify {
+            let report = self.sides[0]
+                .store()
+                .verify(&NoProgress)
+                .await
+                .step("verify after the walk")?;
+            ensure!(
+                report.problems.is_empty(),
+                "verify after the walk found problems: {:?}",
+                report.problems
+            );
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, op: Op) -> Result<(), Failure> {
+        let key = self.pick_key();
+        match op {
+            Op::Put | Op::PutCreate | Op::PutIfVersion | Op::PutBase => {
+                let mode = match op {
+                    Op::Put => PutMode::Overwrite,
+                    Op::PutCreate => PutMode::Create,
+                    Op::PutIfVersion => PutMode::IfVersion(self.pick_expected(key)),
+                    _ => PutMode::Base(self.pick_expected(key)),
+                };
+                let payload = self.pick_payload();
+                let meta = self.pick_metadata();
+                self.put(key, mode, payload, meta).await
+            }
+            Op::Delete => {
+                let if_version = self.chance(40).then(|| self.pick_expected(key));
+                self.delete(key, if_version).await
+            }
+            Op::Restore => self.restore(key, None).await,
+            Op::RestoreVersion => {
+                let latest = self.latest_version(key).unwrap_or(0);
+                let v = 1 + self.below(latest as usize + 1) as u64;
+                self.restore(key, Some(v)).await
+            }
+            Op::Purge => self.purge(key).await,
+            Op::Get => self.check_get(key, None).await,
+            Op::GetVersion => {
+                let latest = self.latest_version(key).unwrap_or(0);
+                let v = 1 + self.below(latest as usize + 1) as u64;
+                self.check_get(key, Some(v)).await
+            }
+            Op::Head => {
+                self.note(&format!("head {key:?}"));
+                let got = self.ns().head(key, None).await;
+                let want = self.live(key).map(|k| k.info.clone());
+                expect_info(got, want.as_ref(), &format!("head {key:?}"))
+            }
+            Op::Versions => self.check_versions(key).await,
+            Op::List => self.check_list().await,
+            Op::Search => {
+                let tag = TAGS[self.below(TAGS.len())];
+                self.check_search(tag).await
+            }
+            Op::Gc => {
+                self.note("gc");
+                self.ns().store().gc(&NoProgress).await.step("gc")?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn put(
+        &mut self,
+        key: &'static str,
+        mode: PutMode,
+        payload: usize,
+        meta: Metadata,
+    ) -> Result<(), Failure> {
+        let what = format!(
+            "put {key:?} ({} bytes, {mode:?}, tags {:?})",
+            self.payloads[payload].len(),
+            meta.tags
+        );
+        self.note(&what);
+        let bytes = self.payloads[payload].clone();
+        let got = self.ns().put_with(key, bytes, meta.clone(), mode).await;
+        let latest = self.latest(key).map(|k| k.info.clone());
+        let allowed = match mode {
+            PutMode::Overwrite => true,
+            PutMode::Create => latest.as_ref().is_none_or(RecordInfo::is_deleted),
+            // Version 0 is "no version at all" (never written, or purged).
+            PutMode::IfVersion(v) | PutMode::Base(v) => {
+                latest.as_ref().map_or(0, |l| l.version) == v
+            }
+        };
+        if !allowed {
+            return expect_conflict(got, latest.map(|l| l.version), &what);
+        }
+        let info = got.step(&what)?;
+        let expected_hash = ContentHash::of(&self.payloads[payload]);
+        self.check_new_version(key, &info, &what)?;
+        ensure_eq!(info.hash, expected_hash, "{what}: hash");
+        ensure_eq!(
+            info.size,
+            self.payloads[payload].len() as u64,
+            "{what}: size"
+        );
+        ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
+        ensure_eq!(info.metadata, meta, "{what}: metadata");
+        self.keys
+            .entry(key)
+            .or_default()
+            .push(Known { info, payload });
+        Ok(())
+    }
+
+    /// What every new version (put, tombstone, restore) must be: the next number (1 after a
+    /// purge), the key's first `created_at`, an `updated_at` that does not go back.
+    fn check_new_version(&self, key: &str, info: &RecordInfo, what: &str) -> Result<(), Failure> {
+        ensure_eq!(info.key.as_str(), key, "{what}: key");
+        ensure_eq!(
+            info.namespace.as_str(),
+            self.ns().namespace().as_str(),
+            "{what}: namespace"
+        );
+        let history = self.keys.get(key);
+        ensure_eq!(
+            info.version,
+            history
+                .and_then(|h| h.last())
+                .map_or(1, |l| l.info.version + 1),
+            "{what}: version"
+        );
+        if let Some(history) = history {
+            let first = &history[0].info;
+            let last = &history[history.len() - 1].info;
+            ensure_eq!(
+                info.created_at,
+                first.created_at,
+                "{what}: created_at stays the first version's"
+            );
+            ensure!(
+                info.updated_at >= last.updated_at,
+                "{what}: updated_at {} is before the previous version's {}",
+                info.updated_at,
+                last.updated_at
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: &'static str, if_version: Option<u64>) -> Result<(), Failure> {
+        let what = format!("delete {key:?} (if_version {if_version:?})");
+        self.note(&what);
+        let got = self.ns().delete(key, DeleteOptions { if_version }).await;
+        let Some(live) = self.live(key).cloned() else {
+            // Nothing live: NotFound. With a precondition that the tombstone's version does not
+            // meet, a Conflict naming the current version is as right (the contract does not
+            // say which check comes first); without any version at all it must be NotFound.
+            let latest = self.latest_version(key);
+            return match (got, latest, if_version) {
+                (Err(e), Some(current), Some(v))
+                    if v != current && e.kind() == ErrorKind::Conflict =>
+                {
+                    expect_conflict::<RecordInfo>(Err(e), Some(current), &what)
+                }
+                (got, _, _) => expect_kind(got, ErrorKind::NotFound, &what),
+            };
+        };
+        if let Some(v) = if_version {
+            if v != live.info.version {
+                return expect_conflict(got, Some(live.info.version), &what);
+            }
+        }
+        let tomb = got.step(&what)?;
+        self.check_new_version(key, &tomb, &what)?;
+        ensure!(tomb.is_deleted(), "{what}: the tombstone has no deleted_at");
+        ensure_eq!(tomb.hash, live.info.hash, "{what}: the tombstone's hash");
+        ensure_eq!(tomb.size, live.info.size, "{what}: the tombstone's size");
+        ensure_eq!(
+            tomb.metadata,
+            live.info.metadata,
+            "{what}: the tombstone's metadata"
+        );
+        self.keys.entry(key).or_default().push(Known {
+            info: tomb,
+            payload: live.payload,
+        });
+        Ok(())
+    }
+
+    async fn restore(&mut self, key: &'static str, version: Option<u64>) -> Result<(), Failure> {
+        let what = format!("restore {key:?} (version {version:?})");
+        self.note(&what);
+        let got = self.ns().restore(key, version).await;
+        let source = self.keys.get(key).and_then(|h| match version {
+            Some(v) => h
+                .iter()
+                .find(|k| k.info.version == v && !k.info.is_deleted()),
+            None => h.iter().rev().find(|k| !k.info.is_deleted()),
+        });
+        let Some(source) = source.cloned() else {
+            return expect_kind(got, ErrorKind::NotFound, &what);
+        };
+        let info = got.step(&what)?;
+        self.check_new_version(key, &info, &what)?;
+        ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
+        ensure_eq!(info.hash, source.info.hash, "{what}: hash of the source");
+        ensure_eq!(info.size, source.info.size, "{what}: size");
+        ensure_eq!(
+            info.metadata,
+            source.info.metadata,
+            "{what}: metadata of the source"
+        );
+        self.keys.entry(key).or_default().push(Known {
+            info,
+            payload: source.payload,
+        });
+        Ok(())
+    }
+
+    async fn purge(&mut self, key: &'static str) -> Result<(), Failure> {
+        let what = format!("purge {key:?}");
+        self.note(&what);
+        let got = self.ns().purge(key).await;
+        let Some(history) = self.keys.remove(key) else {
+            return expect_kind(got, ErrorKind::NotFound, &what);
+        };
+        let removed = got.step(&what)?;
+        ensure_eq!(removed, history.len() as u64, "{what}: versions removed");
+        Ok(())
+    }
+
+    async fn check_get(&mut self, key: &'static str, version: Option<u64>) -> Result<(), Failure> {
+        let what = format!("get {key:?} (version {version:?})");
+        self.note(&what);
+        let got = self
+            .ns()
+            .get_with(
+                key,
+                GetOptions {
+                    version,
+                    ..Default::default()
+                },
+            )
+            .await;
+        let want = match version {
+            None => self.live(key),
+            Some(v) => self
+                .keys
+                .get(key)
+                .and_then(|h| h.iter().find(|k| k.info.version == v))
+                .filter(|k| !k.info.is_deleted()),
+        }
+        .cloned();
+        let Some(want) = want else {
+            return expect_kind(got, ErrorKind::NotFound, &what);
+        };
+        let (info, body) = got.step(&what)?;
+        ensure_eq!(info, want.info, "{what}: info (as its write returned it)");
+        let bytes = read_body(body, &what).await?;
+        ensure!(
+            bytes == self.payloads[want.payload],
+            "{what}: the payload differs ({} bytes read, {} written)",
+            bytes.len(),
+            self.payloads[want.payload].len()
+        );
+        Ok(())
+    }
+
+    async fn check_versions(&mut self, key: &'static str) -> Result<(), Failure> {
+        let what = format!("versions {key:?}");
+        self.note(&what);
+        let got = self.ns().versions(key).await;
+        let Some(history) = self.keys.get(key) else {
+            return expect_kind(got, ErrorKind::NotFound, &what);
+        };
+        let want: Vec<RecordInfo> = history.iter().map(|k| k.info.clone()).collect();
+        ensure_eq!(got.step(&what)?, want, "{what}");
+        Ok(())
+    }
+
+    async fn check_list(&mut self) -> Result<(), Failure> {
+        self.note("list");
+        for include_deleted in [false, true] {
+            let got = self
+                .ns()
+                .list_all(ListOptions {
+                    include_deleted,
+                    ..Default::default()
+                })
+                .await
+                .step(format!("list (include_deleted {include_deleted})"))?;
+            let want: Vec<RecordInfo> = self
+                .keys
+                .values()
+                .filter_map(|h| h.last())
+                .filter(|k| include_deleted || !k.info.is_deleted())
+                .map(|k| k.info.clone())
+                .collect();
+            ensure_eq!(got, want, "list (include_deleted {include_deleted})");
+        }
+        Ok(())
+    }
+
+    async fn check_search(&mut self, tag: &str) -> Result<(), Failure> {
+        let what = format!("search tag {tag:?}");
+        self.note(&what);
+        let page = self.ns().search(&Query::new().tag(tag)).await.step(&what)?;
+        let mut got: Vec<RecordInfo> = page.items;
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        let want: Vec<RecordInfo> = self
+            .keys
+            .values()
+            .filter_map(|h| h.last())
+            .filter(|k| !k.info.is_deleted() && k.info.metadata.tags.contains(tag))
+            .map(|k| k.info.clone())
+            .collect();
+        ensure_eq!(got, want, "{what} (sorted by key)");
+        Ok(())
+    }
+
+    /// Reads everything back: every key's latest and, where versions are kept, every version
+    /// and the history; both listings.
+    async fn full_check(&mut self) -> Result<(), Failure> {
+        for key in KEYS {
+            self.check_get(key, None).await?;
+            if self.caps.versions {
+                self.check_versions(key).await?;
+                let versions: Vec<u64> = self
+                    .keys
+                    .get(key)
+                    .map(|h| h.iter().map(|k| k.info.version).collect())
+                    .unwrap_or_default();
+                for v in versions {
+                    self.check_get(key, Some(v)).await?;
+                }
+            }
+        }
+        self.check_list().await
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Put,
+    PutCreate,
+    PutIfVersion,
+    PutBase,
+    Delete,
+    Restore,
+    RestoreVersion,
+    Purge,
+    Get,
+    GetVersion,
+    Head,
+    Versions,
+    List,
+    Search,
+    Gc,
+}
+
+fn expect_kind<T: std::fmt::Debug>(
+    got: crate::Result<T>,
+    kind: ErrorKind,
+    what: &str,
+) -> Result<(), Failure> {
+    super::check::expect_err(got, kind, what).map(|_| ())
+}
+
+fn expect_conflict<T: std::fmt::Debug>(
+    got: crate::Result<T>,
+    current: Option<u64>,
+    what: &str,
+) -> Result<(), Failure> {
+    super::check::expect_conflict(
+        got,
+        current,
+        format!("{what} (a precondition the model says fails)"),
+    )
+}
+
+/// `head` of the latest live version: `want` or NotFound.
+fn expect_info(
+    got: crate::Result<RecordInfo>,
+    want: Option<&RecordInfo>,
+    what: &str,
+) -> Result<(), Failure> {
+    match want {
+        None => expect_kind(got, ErrorKind::NotFound, what),
+        Some(want) => {
+            let got = got.step(what)?;
+            ensure_eq!(&got, want, "{what}: info (as its write returned it)");
+            Ok(())
+        }
+    }
+}
