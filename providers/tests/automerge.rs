@@ -49,6 +49,25 @@ mod conformance {
     });
 }
 
+/// Two backends on one root (two processes' view): the kit's random walk, each step through
+/// either one, against one model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_root_agree_with_the_model() {
+    let root = fresh_root("shared");
+    let open = || async {
+        let backend = stowage_core::StorageProviderFactory::create(
+            &stowage_providers::automerge::AutomergeFactory,
+            serde_json::json!({ "root": root, "fsync": false }),
+        )
+        .await
+        .expect("creating the automerge store");
+        stowage_core::Stowage::from_backend(backend)
+    };
+    let (a, b) = (open().await, open().await);
+    let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
+    assert!(result.is_ok(), "{}", result.unwrap_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_passes_with_fsync() {
     let root = fresh_root("run-all");
