@@ -996,8 +996,10 @@ impl StorageBackend for S3Backend {
         // Seen before: start reading the payload this process last knew while the probes check
         // it is still the latest; the read is dropped unread if it is not.
         if let (None, Some(cached)) = (options.version, self.cached_latest(ns, key)) {
-            if !cached.is_deleted() {
-                let range = options.range.map(|r| r.resolve(cached.size)).transpose()?;
+            // A range the cached version cannot serve may suit the real latest: only the
+            // latest decides, below.
+            let range = options.range.map(|r| r.resolve(cached.size)).transpose();
+            if let (false, Ok(range)) = (cached.is_deleted(), range) {
                 let (probe, body) = futures::join!(
                     self.latest_by_probe(ns, key),
                     self.blobs.read(cached.hash, cached.size, range)
