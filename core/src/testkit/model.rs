@@ -20,7 +20,8 @@ use super::fixture::{fresh_namespace, pattern, read_body};
 use crate::error::ErrorKind;
 use crate::hash::ContentHash;
 use crate::model::{
-    Capabilities, DeleteOptions, GetOptions, ListOptions, Metadata, NoProgress, PutMode, RecordInfo,
+    ByteRange, Capabilities, DeleteOptions, GetOptions, ListOptions, Metadata, NoProgress, PutMode,
+    RecordInfo,
 };
 use crate::query::Query;
 use crate::stowage::{NamespaceHandle, Stowage};
@@ -75,17 +76,29 @@ async fn walk_seeds(stores: &[&Stowage]) -> BehaviourResult {
         None => STEPS,
     };
     for seed in seeds {
-        let first = fresh_namespace(stores[0], "walk")?;
-        let mut sides = vec![first];
+        // Two namespaces with the same key names, so a purge, a gc or a shared payload in one
+        // that reaches into the other shows up.
+        let first = vec![
+            fresh_namespace(stores[0], "walk")?,
+            fresh_namespace(stores[0], "walk")?,
+        ];
+        let mut handles = vec![first];
         for store in &stores[1..] {
-            let name = sides[0].namespace().as_str();
-            sides.push(
-                store
-                    .namespace(name)
-                    .step(format!("opening namespace {name:?} on the second store"))?,
-            );
+            let names: Vec<String> = handles[0]
+                .iter()
+                .map(|h| h.namespace().to_string())
+                .collect();
+            let mut other = Vec::new();
+            for name in names {
+                other.push(
+                    store
+                        .namespace(&name)
+                        .step(format!("opening namespace {name:?} on the second store"))?,
+                );
+            }
+            handles.push(other);
         }
-        let mut walk = Walk::new(sides, seed);
+        let mut walk = Walk::new(handles, seed);
         if let Err(failure) = walk.run(steps).await {
             return Err(Failure::new(format!(
                 "seed {seed:#x}, step {}: {}\n  steps before it (newest last):\n{}",
@@ -123,29 +136,32 @@ struct Known {
 }
 
 struct Walk {
-    /// The namespace through each store; `side` is the one this step goes through.
-    sides: Vec<NamespaceHandle>,
+    /// The namespaces through each store (`[store][namespace]`); `side` and `nsi` are the
+    /// store and namespace this step goes through.
+    handles: Vec<Vec<NamespaceHandle>>,
     side: usize,
+    nsi: usize,
     caps: Capabilities,
     rng: u64,
     step: usize,
     log: Vec<String>,
-    /// Every key's history, oldest first; a purged key is absent.
-    keys: BTreeMap<&'static str, Vec<Known>>,
+    /// Every key's history by (namespace, key), oldest first; a purged key is absent.
+    keys: BTreeMap<(usize, &'static str), Vec<Known>>,
     payloads: Vec<Vec<u8>>,
 }
 
 impl Walk {
-    fn new(sides: Vec<NamespaceHandle>, seed: u64) -> Self {
+    fn new(handles: Vec<Vec<NamespaceHandle>>, seed: u64) -> Self {
         let payloads = SIZES
             .iter()
             .enumerate()
             .map(|(i, &len)| pattern(seed ^ ((i as u64 + 1) * 0x9e37), len))
             .collect();
         Walk {
-            caps: sides[0].store().capabilities(),
-            sides,
+            caps: handles[0][0].store().capabilities(),
+            handles,
             side: 0,
+            nsi: 0,
             rng: seed | 1,
             step: 0,
             log: Vec::new(),
@@ -156,14 +172,27 @@ impl Walk {
 
     /// The namespace through the store this step uses.
     fn ns(&self) -> &NamespaceHandle {
-        &self.sides[self.side]
+        &self.handles[self.side][self.nsi]
     }
 
-    /// Notes a step in the log, naming the store it went through when there are two.
+    /// The model's history of `key` in this step's namespace.
+    fn history(&self, key: &'static str) -> Option<&Vec<Known>> {
+        self.keys.get(&(self.nsi, key))
+    }
+
+    /// The latest version of every key of this step's namespace, in key order.
+    fn latest_of_namespace(&self) -> impl Iterator<Item = &Known> {
+        self.keys
+            .iter()
+            .filter(|((n, _), _)| *n == self.nsi)
+            .filter_map(|(_, h)| h.last())
+    }
+
+    /// Notes a step in the log, naming the namespace and (when there are two) the store.
     fn note(&mut self, what: &str) {
-        let entry = match self.sides.len() {
-            1 => what.to_string(),
-            _ => format!("[store {}] {what}", self.side + 1),
+        let entry = match self.handles.len() {
+            1 => format!("[ns {}] {what}", self.nsi + 1),
+            _ => format!("[store {}, ns {}] {what}", self.side + 1, self.nsi + 1),
         };
         self.log.push(entry);
     }
@@ -218,20 +247,20 @@ impl Walk {
         meta
     }
 
-    fn latest(&self, key: &str) -> Option<&Known> {
-        self.keys.get(key).and_then(|h| h.last())
+    fn latest(&self, key: &'static str) -> Option<&Known> {
+        self.history(key).and_then(|h| h.last())
     }
 
-    fn latest_version(&self, key: &str) -> Option<u64> {
+    fn latest_version(&self, key: &'static str) -> Option<u64> {
         self.latest(key).map(|k| k.info.version)
     }
 
-    fn live(&self, key: &str) -> Option<&Known> {
+    fn live(&self, key: &'static str) -> Option<&Known> {
         self.latest(key).filter(|k| !k.info.is_deleted())
     }
 
     /// A version number near the key's history: often right, sometimes stale, ahead or 0.
-    fn pick_expected(&mut self, key: &str) -> u64 {
+    fn pick_expected(&mut self, key: &'static str) -> u64 {
         let latest = self.latest_version(key).unwrap_or(0);
         match self.below(4) {
             0 | 1 => latest,
@@ -267,9 +296,10 @@ impl Walk {
         let total: usize = ops.iter().map(|(w, _)| w).sum();
         for step in 1..=steps {
             self.step = step;
-            if self.sides.len() > 1 {
-                self.side = self.below(self.sides.len());
+            if self.handles.len() > 1 {
+                self.side = self.below(self.handles.len());
             }
+            self.nsi = self.below(2);
             let mut roll = self.below(total);
             let op = ops
                 .iter()
@@ -282,15 +312,17 @@ impl Walk {
                 .expect("a weight was picked");
             self.apply(op).await?;
             if step % FULL_CHECK_EVERY == 0 || step == steps {
-                for side in 0..self.sides.len() {
-                    self.side = side;
-                    self.note("(full check)");
-                    self.full_check().await?;
+                for side in 0..self.handles.len() {
+                    for nsi in 0..2 {
+                        (self.side, self.nsi) = (side, nsi);
+                        self.note("(full check)");
+                        self.full_check().await?;
+                    }
                 }
             }
         }
         if c.verify {
-            let report = self.sides[0]
+            let report = self.handles[0][0]
                 .store()
                 .verify(&NoProgress)
                 .await
@@ -394,7 +426,7 @@ impl Walk {
         ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
         ensure_eq!(info.metadata, meta, "{what}: metadata");
         self.keys
-            .entry(key)
+            .entry((self.nsi, key))
             .or_default()
             .push(Known { info, payload });
         Ok(())
@@ -402,14 +434,19 @@ impl Walk {
 
     /// What every new version (put, tombstone, restore) must be: the next number (1 after a
     /// purge), the key's first `created_at`, an `updated_at` that does not go back.
-    fn check_new_version(&self, key: &str, info: &RecordInfo, what: &str) -> Result<(), Failure> {
+    fn check_new_version(
+        &self,
+        key: &'static str,
+        info: &RecordInfo,
+        what: &str,
+    ) -> Result<(), Failure> {
         ensure_eq!(info.key.as_str(), key, "{what}: key");
         ensure_eq!(
             info.namespace.as_str(),
             self.ns().namespace().as_str(),
             "{what}: namespace"
         );
-        let history = self.keys.get(key);
+        let history = self.history(key);
         ensure_eq!(
             info.version,
             history
@@ -468,7 +505,7 @@ impl Walk {
             live.info.metadata,
             "{what}: the tombstone's metadata"
         );
-        self.keys.entry(key).or_default().push(Known {
+        self.keys.entry((self.nsi, key)).or_default().push(Known {
             info: tomb,
             payload: live.payload,
         });
@@ -479,7 +516,7 @@ impl Walk {
         let what = format!("restore {key:?} (version {version:?})");
         self.note(&what);
         let got = self.ns().restore(key, version).await;
-        let source = self.keys.get(key).and_then(|h| match version {
+        let source = self.history(key).and_then(|h| match version {
             Some(v) => h
                 .iter()
                 .find(|k| k.info.version == v && !k.info.is_deleted()),
@@ -498,7 +535,7 @@ impl Walk {
             source.info.metadata,
             "{what}: metadata of the source"
         );
-        self.keys.entry(key).or_default().push(Known {
+        self.keys.entry((self.nsi, key)).or_default().push(Known {
             info,
             payload: source.payload,
         });
@@ -509,7 +546,7 @@ impl Walk {
         let what = format!("purge {key:?}");
         self.note(&what);
         let got = self.ns().purge(key).await;
-        let Some(history) = self.keys.remove(key) else {
+        let Some(history) = self.keys.remove(&(self.nsi, key)) else {
             return expect_kind(got, ErrorKind::NotFound, &what);
         };
         let removed = got.step(&what)?;
@@ -518,38 +555,44 @@ impl Walk {
     }
 
     async fn check_get(&mut self, key: &'static str, version: Option<u64>) -> Result<(), Failure> {
-        let what = format!("get {key:?} (version {version:?})");
-        self.note(&what);
-        let got = self
-            .ns()
-            .get_with(
-                key,
-                GetOptions {
-                    version,
-                    ..Default::default()
-                },
-            )
-            .await;
         let want = match version {
             None => self.live(key),
             Some(v) => self
-                .keys
-                .get(key)
+                .history(key)
                 .and_then(|h| h.iter().find(|k| k.info.version == v))
                 .filter(|k| !k.info.is_deleted()),
         }
         .cloned();
+        // A byte range now and then, mostly inside the payload, sometimes past or reversed.
+        let range = (self.caps.range_reads && self.chance(35)).then(|| {
+            let size = want.as_ref().map_or(100, |k| k.info.size);
+            let start = self.next() % (size + 2);
+            let end = match self.below(3) {
+                0 => None,
+                _ => Some((start + self.next() % (size + 3)).saturating_sub(1)),
+            };
+            ByteRange { start, end }
+        });
+        let what = format!("get {key:?} (version {version:?}, range {range:?})");
+        self.note(&what);
+        let got = self.ns().get_with(key, GetOptions { version, range }).await;
         let Some(want) = want else {
             return expect_kind(got, ErrorKind::NotFound, &what);
+        };
+        let payload = &self.payloads[want.payload];
+        let expected = match range.map(|r| r.resolve(payload.len() as u64)) {
+            None => &payload[..],
+            Some(Ok((start, len))) => &payload[start as usize..(start + len) as usize],
+            Some(Err(e)) => return expect_kind(got, e.kind(), &what),
         };
         let (info, body) = got.step(&what)?;
         ensure_eq!(info, want.info, "{what}: info (as its write returned it)");
         let bytes = read_body(body, &what).await?;
         ensure!(
-            bytes == self.payloads[want.payload],
-            "{what}: the payload differs ({} bytes read, {} written)",
+            bytes == expected,
+            "{what}: the payload differs ({} bytes read, {} expected)",
             bytes.len(),
-            self.payloads[want.payload].len()
+            expected.len()
         );
         Ok(())
     }
@@ -558,7 +601,7 @@ impl Walk {
         let what = format!("versions {key:?}");
         self.note(&what);
         let got = self.ns().versions(key).await;
-        let Some(history) = self.keys.get(key) else {
+        let Some(history) = self.history(key) else {
             return expect_kind(got, ErrorKind::NotFound, &what);
         };
         let want: Vec<RecordInfo> = history.iter().map(|k| k.info.clone()).collect();
@@ -566,25 +609,46 @@ impl Walk {
         Ok(())
     }
 
+    /// Both listings (with and without tombstones), sometimes under a prefix or after a key,
+    /// read in pages of one to three so cursors are followed.
     async fn check_list(&mut self) -> Result<(), Failure> {
-        self.note("list");
+        let prefix = self
+            .chance(30)
+            .then(|| ["a", "a/", "dir/", "z"][self.below(4)].to_string());
+        let start_after = self.chance(25).then(|| self.pick_key().to_string());
+        let limit = self.chance(50).then(|| 1 + self.below(3));
         for include_deleted in [false, true] {
+            let what = format!(
+                "list (prefix {prefix:?}, start_after {start_after:?}, pages of {limit:?}, include_deleted {include_deleted})"
+            );
+            self.note(&what);
             let got = self
                 .ns()
                 .list_all(ListOptions {
+                    prefix: prefix.clone(),
+                    start_after: start_after.clone(),
+                    limit,
                     include_deleted,
-                    ..Default::default()
+                    cursor: None,
                 })
                 .await
-                .step(format!("list (include_deleted {include_deleted})"))?;
+                .step(&what)?;
             let want: Vec<RecordInfo> = self
-                .keys
-                .values()
-                .filter_map(|h| h.last())
+                .latest_of_namespace()
                 .filter(|k| include_deleted || !k.info.is_deleted())
+                .filter(|k| {
+                    prefix
+                        .as_deref()
+                        .is_none_or(|p| k.info.key.as_str().starts_with(p))
+                })
+                .filter(|k| {
+                    start_after
+                        .as_deref()
+                        .is_none_or(|a| k.info.key.as_str() > a)
+                })
                 .map(|k| k.info.clone())
                 .collect();
-            ensure_eq!(got, want, "list (include_deleted {include_deleted})");
+            ensure_eq!(got, want, "{what}");
         }
         Ok(())
     }
@@ -596,9 +660,7 @@ impl Walk {
         let mut got: Vec<RecordInfo> = page.items;
         got.sort_by(|a, b| a.key.cmp(&b.key));
         let want: Vec<RecordInfo> = self
-            .keys
-            .values()
-            .filter_map(|h| h.last())
+            .latest_of_namespace()
             .filter(|k| !k.info.is_deleted() && k.info.metadata.tags.contains(tag))
             .map(|k| k.info.clone())
             .collect();
@@ -614,8 +676,7 @@ impl Walk {
             if self.caps.versions {
                 self.check_versions(key).await?;
                 let versions: Vec<u64> = self
-                    .keys
-                    .get(key)
+                    .history(key)
                     .map(|h| h.iter().map(|k| k.info.version).collect())
                     .unwrap_or_default();
                 for v in versions {
