@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::check::{ensure, ensure_eq, BehaviourResult, Failure, Outcome, Step};
-use super::fixture::{fresh_namespace, pattern, read_body};
+use super::fixture::{chunked_body, fresh_namespace, pattern, read_body};
 use crate::error::ErrorKind;
 use crate::hash::ContentHash;
 use crate::model::{
@@ -39,11 +39,13 @@ const KEYS: [&str; 5] = ["a", "a/b", "b", "dir/x.json", "z-\u{e9}t\u{e9}"];
 const SIZES: [usize; 7] = [0, 1, 37, 300, 4096, 20_000, 70_000];
 const TAGS: [&str; 2] = ["red", "blue"];
 
-/// A seeded random sequence of every operation the capabilities allow, on five keys sharing
-/// a small pool of payloads, each answer checked against a model of the contract: version
-/// numbers, tombstones, preconditions and the `current` version of each conflict, restores,
-/// purges (numbering restarts), payload bytes and hashes, metadata, `versions`, listings with
-/// and without tombstones, tag search, and `gc` never removing a payload still referenced.
+/// A seeded random sequence of every operation the capabilities allow, on five keys in each
+/// of two namespaces, sharing a small pool of payloads (the larger ones sometimes streamed),
+/// each answer checked against a model of the contract: version numbers, tombstones,
+/// preconditions and the `current` version of each conflict, restores, purges (numbering
+/// restarts), payload bytes, byte ranges and hashes, metadata, `head` and `versions`,
+/// listings with and without tombstones (under a prefix, after a key, in pages of one to
+/// three), tag and attribute search, and `gc` never removing a payload still referenced.
 /// Every record read back must equal, field for field, the info its write returned.
 pub async fn random_operations(store: &Stowage) -> BehaviourResult {
     walk_seeds(&[store]).await
@@ -244,6 +246,9 @@ impl Walk {
         if self.chance(50) {
             meta = meta.with_attribute("n", self.below(3) as i64);
         }
+        if self.chance(20) {
+            meta = meta.with_content_type("application/x-walk");
+        }
         meta
     }
 
@@ -368,16 +373,28 @@ impl Walk {
                 self.check_get(key, Some(v)).await
             }
             Op::Head => {
-                self.note(&format!("head {key:?}"));
-                let got = self.ns().head(key, None).await;
-                let want = self.live(key).map(|k| k.info.clone());
-                expect_info(got, want.as_ref(), &format!("head {key:?}"))
+                let latest = self.latest_version(key).unwrap_or(0);
+                let version = (self.caps.versions && self.chance(40))
+                    .then(|| 1 + self.below(latest as usize + 1) as u64);
+                let what = format!("head {key:?} (version {version:?})");
+                self.note(&what);
+                let got = self.ns().head(key, version).await;
+                let want = match version {
+                    None => self.live(key),
+                    Some(v) => self
+                        .history(key)
+                        .and_then(|h| h.iter().find(|k| k.info.version == v))
+                        .filter(|k| !k.info.is_deleted()),
+                };
+                let want = want.map(|k| k.info.clone());
+                expect_info(got, want.as_ref(), &what)
             }
             Op::Versions => self.check_versions(key).await,
             Op::List => self.check_list().await,
             Op::Search => {
                 let tag = TAGS[self.below(TAGS.len())];
-                self.check_search(tag).await
+                let n = self.chance(40).then(|| self.below(3) as i64);
+                self.check_search(tag, n).await
             }
             Op::Gc => {
                 self.note("gc");
@@ -400,8 +417,13 @@ impl Walk {
             meta.tags
         );
         self.note(&what);
-        let bytes = self.payloads[payload].clone();
-        let got = self.ns().put_with(key, bytes, meta.clone(), mode).await;
+        // Larger payloads are streamed half the time, in pieces and with no size given.
+        let body = if self.payloads[payload].len() >= 4096 && self.chance(50) {
+            chunked_body(&self.payloads[payload], 4000)
+        } else {
+            crate::body::Body::from(self.payloads[payload].clone())
+        };
+        let got = self.ns().put_with(key, body, meta.clone(), mode).await;
         let latest = self.latest(key).map(|k| k.info.clone());
         let allowed = match mode {
             PutMode::Overwrite => true,
@@ -653,15 +675,20 @@ impl Walk {
         Ok(())
     }
 
-    async fn check_search(&mut self, tag: &str) -> Result<(), Failure> {
-        let what = format!("search tag {tag:?}");
+    async fn check_search(&mut self, tag: &str, n: Option<i64>) -> Result<(), Failure> {
+        let what = format!("search tag {tag:?}, attribute n = {n:?}");
         self.note(&what);
-        let page = self.ns().search(&Query::new().tag(tag)).await.step(&what)?;
+        let mut query = Query::new().tag(tag);
+        if let Some(n) = n {
+            query = query.attr_eq("n", n);
+        }
+        let page = self.ns().search(&query).await.step(&what)?;
         let mut got: Vec<RecordInfo> = page.items;
         got.sort_by(|a, b| a.key.cmp(&b.key));
         let want: Vec<RecordInfo> = self
             .latest_of_namespace()
             .filter(|k| !k.info.is_deleted() && k.info.metadata.tags.contains(tag))
+            .filter(|k| n.is_none_or(|n| k.info.metadata.attributes.get("n") == Some(&n.into())))
             .map(|k| k.info.clone())
             .collect();
         ensure_eq!(got, want, "{what} (sorted by key)");
