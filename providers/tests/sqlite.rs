@@ -1354,6 +1354,73 @@ async fn hold_write_lock(path: &Path) -> sqlx::SqliteConnection {
     conn
 }
 
+/// A version stamped later than this process's clock (another process that read its clock
+/// after this one but committed first, or one whose clock runs ahead) is never followed by an
+/// earlier `updated_at`: small and streamed puts, deletes and restores all write at least the
+/// previous version's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updated_at_never_goes_back_after_another_writer_stamped_later() {
+    use sqlx::{Connection, Executor};
+    let (path, backend) = fresh_backend().await;
+    let (ns, k) = (ns("n"), key("doc"));
+    let big = vec![7u8; 3 << 20];
+    let steps: [&str; 4] = ["small put", "streamed put", "delete", "restore"];
+    let mut previous = put_plain(&*backend, &ns, &k, "one").await;
+    for step in steps {
+        // Another writer's version, one minute ahead of this clock.
+        let ahead = previous.updated_at.as_micros() + 60_000_000;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        for table in ["versions", "latest"] {
+            conn.execute(
+                sqlx::query(&format!(
+                    "UPDATE {table} SET updated_at = ?1, deleted_at = CASE WHEN deleted_at IS NULL THEN NULL ELSE ?1 END
+                     WHERE ns = 'n' AND key = 'doc' AND version = ?2"
+                ))
+                .bind(ahead)
+                .bind(previous.version as i64),
+            )
+            .await
+            .unwrap();
+        }
+        conn.close().await.unwrap();
+        let next = match step {
+            "small put" => put_plain(&*backend, &ns, &k, "two").await,
+            "streamed put" => backend
+                .put(
+                    &ns,
+                    &k,
+                    Body::from_stream(
+                        futures::stream::iter(
+                            big.chunks(1 << 20)
+                                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                                .collect::<Vec<_>>(),
+                        ),
+                        None,
+                    ),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap(),
+            "delete" => backend.delete(&ns, &k, Default::default()).await.unwrap(),
+            _ => backend.restore(&ns, &k, None).await.unwrap(),
+        };
+        assert!(
+            next.updated_at.as_micros() >= ahead,
+            "{step}: updated_at {} is before the previous version's {}",
+            next.updated_at.as_micros(),
+            ahead
+        );
+        if step == "delete" {
+            assert_eq!(next.deleted_at, Some(next.updated_at), "{step}: deleted_at");
+        }
+        let read = backend.versions(&ns, &k).await.unwrap();
+        assert_eq!(read.last(), Some(&next), "{step}: stored as returned");
+        previous = next;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_and_reading_do_not_wait_for_another_writer() {
     use sqlx::Executor;

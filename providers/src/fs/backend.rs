@@ -1021,6 +1021,9 @@ fn decide(
     now: Timestamp,
 ) -> Result<(LogRecord, Outcome)> {
     let latest = versions.iter().next_back();
+    // Never before the previous version's time, even if the clock stepped back (or another
+    // process's ran ahead).
+    let now = latest.map_or(now, |l| now.max(l.updated_at));
     let current = latest.map(|l| l.version);
     let next = current.map_or(1, |v| v + 1);
     let created_at = versions.iter().next().map_or(now, |f| f.created_at);

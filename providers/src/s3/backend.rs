@@ -883,8 +883,11 @@ fn new_record(
     version: Version,
     now: Timestamp,
     content: (ContentHash, u64, Metadata),
-    deleted_at: Option<Timestamp>,
+    deleted: bool,
 ) -> RecordInfo {
+    // Never before the previous version's time: another process may have stamped it after
+    // this one read its clock.
+    let now = latest.map_or(now, |r| now.max(r.updated_at));
     RecordInfo {
         namespace: ns.clone(),
         key: key.clone(),
@@ -893,7 +896,7 @@ fn new_record(
         size: content.1,
         created_at: latest.map_or(now, |r| r.created_at),
         updated_at: now,
-        deleted_at,
+        deleted_at: deleted.then_some(now),
         metadata: content.2,
         conflicts: Vec::new(),
     }
@@ -981,7 +984,7 @@ impl StorageBackend for S3Backend {
                 version,
                 now,
                 (hash, size, metadata.clone()),
-                None,
+                false,
             ))
         })
         .await
@@ -1051,15 +1054,7 @@ impl StorageBackend for S3Backend {
                 }
             }
             let content = (live.hash, live.size, live.metadata.clone());
-            Ok(new_record(
-                ns,
-                key,
-                latest,
-                version,
-                now,
-                content,
-                Some(now),
-            ))
+            Ok(new_record(ns, key, latest, version, now, content, true))
         })
         .await
     }
@@ -1124,7 +1119,7 @@ impl StorageBackend for S3Backend {
         };
         self.write_next(ns, key, None, |latest, next, now| {
             let content = (source.hash, source.size, source.metadata.clone());
-            Ok(new_record(ns, key, latest, next, now, content, None))
+            Ok(new_record(ns, key, latest, next, now, content, false))
         })
         .await
     }

@@ -178,8 +178,8 @@ impl SqliteBackend {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.fail("locking the database for a write"))?;
-        let latest: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT version, created_at, deleted_at FROM latest WHERE ns = ?1 AND key = ?2",
+        let latest: Option<(i64, i64, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT version, created_at, deleted_at, updated_at FROM latest WHERE ns = ?1 AND key = ?2",
         )
         .bind(ns.as_str())
         .bind(key.as_str())
@@ -196,7 +196,10 @@ impl SqliteBackend {
             return Ok(Err(current));
         }
         staged.claim_in(&mut tx).await?;
-        let now = Timestamp::now().as_micros();
+        // Never before the previous version's time (another process may have stamped it later).
+        let now = Timestamp::now()
+            .as_micros()
+            .max(latest.map_or(i64::MIN, |l| l.3));
         let version = current.unwrap_or(0) + 1;
         let created_at = latest.map(|l| l.1).unwrap_or(now);
         sqlx::query(
@@ -280,7 +283,7 @@ impl SqliteBackend {
                 hash,
                 size: data.len() as u64,
                 created_at: Timestamp::from_micros(row.get(1)),
-                updated_at: Timestamp::from_micros(now),
+                updated_at: Timestamp::from_micros(row.get(2)),
                 deleted_at: None,
                 metadata,
                 conflicts: Vec::new(),
@@ -507,7 +510,8 @@ impl StorageBackend for SqliteBackend {
             let mut turn = self.write_turn().await?;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
-                 SELECT ns, key, version + 1, hash, size, created_at, ?3, ?3, metadata FROM latest
+                 SELECT ns, key, version + 1, hash, size, created_at, max(?3, updated_at),
+                        max(?3, updated_at), metadata FROM latest
                  WHERE ns = ?1 AND key = ?2 AND deleted_at IS NULL AND (?4 IS NULL OR version = ?4)
                  RETURNING {RECORD_COLUMNS}"
             ))
@@ -632,7 +636,8 @@ impl StorageBackend for SqliteBackend {
             let mut turn = self.write_turn().await?;
             sqlx::query(&format!(
                 "INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
-                 SELECT s.ns, s.key, l.version + 1, s.hash, s.size, l.created_at, ?3, NULL, s.metadata
+                 SELECT s.ns, s.key, l.version + 1, s.hash, s.size, l.created_at,
+                        max(?3, l.updated_at), NULL, s.metadata
                  FROM versions s JOIN latest l ON l.ns = s.ns AND l.key = s.key
                  WHERE s.ns = ?1 AND s.key = ?2 AND s.deleted_at IS NULL
                    AND s.version = coalesce(?4, (SELECT max(version) FROM versions

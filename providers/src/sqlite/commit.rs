@@ -34,14 +34,14 @@ macro_rules! put_small_statements {
         "
 INSERT INTO versions (ns, key, version, hash, size, created_at, updated_at, deleted_at, metadata)
     SELECT p.ns, p.key, coalesce(l.version, 0) + 1, p.hash, p.size, coalesce(l.created_at, p.now),
-           p.now, NULL, p.metadata
+           max(p.now, coalesce(l.updated_at, p.now)), NULL, p.metadata
     FROM (SELECT ? AS ns, ? AS key, ? AS hash, ? AS size, ? AS now, ? AS metadata, ? AS mode,
                  ? AS expected) p
     LEFT JOIN latest l ON l.ns = p.ns AND l.key = p.key
     WHERE CASE p.mode WHEN 0 THEN 1
                       WHEN 1 THEN l.version IS NULL OR l.deleted_at IS NOT NULL
                       ELSE coalesce(l.version, 0) = p.expected END
-    RETURNING version, created_at;
+    RETURNING version, created_at, updated_at;
 INSERT INTO blobs (hash, size, chunk_size, chunk_count, data)
     SELECT ?, ?, ?, ?, ? WHERE changes() > 0
     ON CONFLICT (hash) DO UPDATE SET size = excluded.size, chunk_size = excluded.chunk_size,
@@ -185,11 +185,14 @@ impl SmallPut {
         }
     }
 
-    fn written(&self, row: &sqlx::sqlite::SqliteRow, now: i64) -> Written {
+    /// The version a put wrote, from its `RETURNING` row. `updated_at` is the later of the
+    /// put's clock and the previous version's (another process may have written a version
+    /// stamped after this put read the clock), so it never goes back along a key's history.
+    fn written(&self, row: &sqlx::sqlite::SqliteRow) -> Written {
         Written {
             version: row.get::<i64, _>(0) as u64,
             created_at: row.get(1),
-            updated_at: now,
+            updated_at: row.get(2),
             hash: self.hash,
             size: self.data.len() as u64,
         }
@@ -318,7 +321,7 @@ impl WriteContext {
         .fetch_all(conn)
         .await;
         Ok(rows.map(|rows| match rows.first() {
-            Some(r) => Ok(put.written(r, now)),
+            Some(r) => Ok(put.written(r)),
             None => Err(None),
         }))
     }
@@ -416,7 +419,7 @@ impl WriteContext {
                             "statement {statement} of a batch returned a row"
                         )))));
                     };
-                    attempts[i] = Ok(puts[i].written(&row, now[i]));
+                    attempts[i] = Ok(puts[i].written(&row));
                 }
             }
         }
