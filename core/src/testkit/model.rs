@@ -293,6 +293,7 @@ impl Walk {
             (3, Op::List, true),
             (3, Op::Search, c.search),
             (2, Op::Gc, c.gc),
+            (4, Op::Race, true),
         ]
         .into_iter()
         .filter(|(_, _, allowed)| *allowed)
@@ -396,12 +397,90 @@ impl Walk {
                 let n = self.chance(40).then(|| self.below(3) as i64);
                 self.check_search(tag, n).await
             }
+            Op::Race => self.race(key).await,
             Op::Gc => {
                 self.note("gc");
                 self.ns().store().gc(&NoProgress).await.step("gc")?;
                 Ok(())
             }
         }
+    }
+
+    /// Two puts of one key at once — through both stores when there are two — under one mode:
+    /// both overwrites land as the next two versions in some order; of two `IfVersion`s of the
+    /// latest or two `Create`s of a key with no live version exactly one wins and the other's
+    /// conflict names the winner's version.
+    async fn race(&mut self, key: &'static str) -> Result<(), Failure> {
+        let latest = self.latest(key).map(|k| k.info.clone());
+        let mode = match self.below(10) {
+            0..=3 if self.caps.if_version => {
+                PutMode::IfVersion(latest.as_ref().map_or(0, |l| l.version))
+            }
+            4..=5 if self.caps.create_only => PutMode::Create,
+            _ => PutMode::Overwrite,
+        };
+        let (pa, pb) = (self.pick_payload(), self.pick_payload());
+        let (ma, mb) = (self.pick_metadata(), self.pick_metadata());
+        let other = if self.handles.len() > 1 {
+            1 - self.side
+        } else {
+            self.side
+        };
+        let what = format!(
+            "race of two puts of {key:?} ({mode:?}; {} and {} bytes)",
+            self.payloads[pa].len(),
+            self.payloads[pb].len()
+        );
+        self.note(&what);
+        let (ha, hb) = (self.ns().clone(), self.handles[other][self.nsi].clone());
+        let (ra, rb) = futures::join!(
+            ha.put_with(key, self.payloads[pa].clone(), ma.clone(), mode),
+            hb.put_with(key, self.payloads[pb].clone(), mb.clone(), mode)
+        );
+        let create_refused =
+            mode == PutMode::Create && latest.as_ref().is_some_and(|l| !l.is_deleted());
+        if create_refused {
+            let current = latest.as_ref().map(|l| l.version);
+            expect_conflict(ra, current, &format!("{what}, first"))?;
+            return expect_conflict(rb, current, &format!("{what}, second"));
+        }
+        let mut landed: Vec<(RecordInfo, usize, Metadata)> = Vec::new();
+        let mut refused = Vec::new();
+        for (result, payload, meta) in [(ra, pa, ma), (rb, pb, mb)] {
+            match result {
+                Ok(info) => landed.push((info, payload, meta)),
+                Err(e) => refused.push(e),
+            }
+        }
+        let next = latest.as_ref().map_or(1, |l| l.version + 1);
+        match mode {
+            PutMode::Overwrite => ensure!(
+                refused.is_empty(),
+                "{what}: an overwrite was refused: {:?}",
+                refused
+            ),
+            _ => {
+                ensure_eq!(landed.len(), 1, "{what}: writers that won");
+                let e = refused.pop().expect("one refused");
+                expect_conflict::<()>(Err(e), Some(next), &format!("{what}, the loser"))?;
+            }
+        }
+        landed.sort_by_key(|(info, _, _)| info.version);
+        for (info, payload, meta) in landed {
+            self.check_new_version(key, &info, &what)?;
+            ensure_eq!(
+                info.hash,
+                ContentHash::of(&self.payloads[payload]),
+                "{what}: hash"
+            );
+            ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
+            ensure_eq!(info.metadata, meta, "{what}: metadata");
+            self.keys
+                .entry((self.nsi, key))
+                .or_default()
+                .push(Known { info, payload });
+        }
+        Ok(())
     }
 
     async fn put(
@@ -732,6 +811,7 @@ enum Op {
     List,
     Search,
     Gc,
+    Race,
 }
 
 fn expect_kind<T: std::fmt::Debug>(
