@@ -816,6 +816,52 @@ fn two_process_child() {
     });
 }
 
+/// A put and a `gc` joined in one task (`join!`) both finish, whichever waits for the other:
+/// neither blocks the task's thread while it waits for the payload lock (before, `gc` waited in
+/// place for the put's pin while the put, on the same thread, could not run to release it).
+#[test]
+fn a_put_and_a_gc_joined_in_one_task_both_finish() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            for inline_max in [16 * 1024, 0] {
+                let store = stowage_core::Stowage::builder()
+                    .with_storage(
+                        "fs",
+                        serde_json::json!({ "root": dir.path().join(inline_max.to_string()), "inline_max": inline_max }),
+                    )
+                    .build()
+                    .await
+                    .unwrap();
+                let ns = store.namespace("n").unwrap();
+                for round in 0..20u32 {
+                    let payload = vec![round as u8; 20_000 + round as usize];
+                    let (put, gc) = tokio::join!(
+                        ns.put("k", payload.clone(), Metadata::new()),
+                        store.gc(&stowage_core::NoProgress)
+                    );
+                    gc.unwrap();
+                    put.unwrap();
+                    let (_, read) = ns.get_bytes("k").await.unwrap();
+                    assert_eq!(&read[..], &payload[..], "round {round}");
+                    if round % 2 == 0 {
+                        ns.purge("k").await.unwrap();
+                    }
+                }
+            }
+        });
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a put and a gc joined in one task did not finish within 120 s (deadlock)");
+}
+
 /// Two backends on one root (two processes' view, in one process): the kit's random walk, each
 /// step through either one, against one model — inline payloads, then payload files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

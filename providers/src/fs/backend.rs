@@ -1342,9 +1342,8 @@ impl StorageBackend for FsBackend {
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
         let core = self.core().await?.clone();
-        let pins = core.pins.clone();
         // Waits until no write in any process is between storing a blob and committing it.
-        let exclusive = run_blocking(PROVIDER, move || pins.exclusive()).await?;
+        let exclusive = core.pins.exclusive().await?;
         core.refresh()?;
         let (referenced, inline): (HashSet<ContentHash>, Vec<ContentHash>) = {
             let state = core.read_state();

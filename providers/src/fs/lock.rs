@@ -96,7 +96,12 @@ impl BlobPins {
     /// Pins without waiting, when that is possible (no `gc` running); `None` means a blocking
     /// [`BlobPins::pin`] is needed.
     pub(crate) fn try_pin(&self) -> Result<Option<BlobPin>> {
-        let mut count = self.inner.count.lock().unwrap_or_else(|e| e.into_inner());
+        // Busy means another pin is waiting for a `gc` (holding the mutex): wait like it.
+        let mut count = match self.inner.count.try_lock() {
+            Ok(count) => count,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
         if *count == 0 {
             match self.inner.file.try_lock_shared() {
                 Ok(()) => {}
@@ -123,24 +128,48 @@ impl BlobPins {
         Ok(BlobPin { pins: self.clone() })
     }
 
-    /// [`BlobPins::try_pin`], else [`BlobPins::pin`] where blocking is allowed.
+    /// [`BlobPins::try_pin`], else [`BlobPins::pin`] on the blocking pool. Not in place: the
+    /// `gc` being waited for may be a future of this very task (`join!`), which must go on
+    /// being polled to finish and let go.
     pub(crate) async fn pin_async(&self) -> Result<BlobPin> {
         if let Some(pin) = self.try_pin()? {
             return Ok(pin);
         }
         let pins = self.clone();
-        stowage_core::run_blocking(super::PROVIDER, move || pins.pin()).await
+        off_task(move || pins.pin()).await
     }
 
     /// Waits until no write in any process holds a pin, and keeps new ones out until the guard
-    /// drops. Blocking: call off the async runtime.
-    pub(crate) fn exclusive(&self) -> Result<ExclusiveBlobs> {
+    /// drops. The wait, when there is one, is on the blocking pool, not in place: the writes
+    /// being waited for may be futures of this very task (`join!`), which must go on being
+    /// polled to finish and unpin.
+    pub(crate) async fn exclusive(&self) -> Result<ExclusiveBlobs> {
         // A separate open file: flock treats it as another owner, so this waits for this
         // process's own shared pin too.
         let file = open_lock_file(&self.inner.path)?;
-        file.lock().map_err(|e| lock_error(&self.inner.path, e))?;
-        Ok(ExclusiveBlobs { file })
+        match file.try_lock() {
+            Ok(()) => return Ok(ExclusiveBlobs { file }),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(&self.inner.path, e)),
+        }
+        let path = self.inner.path.clone();
+        off_task(move || {
+            file.lock().map_err(|e| lock_error(&path, e))?;
+            Ok(ExclusiveBlobs { file })
+        })
+        .await
     }
+}
+
+/// Runs a blocking wait on tokio's blocking pool, so the calling task is free meanwhile.
+async fn off_task<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        stowage_core::Error::backend(
+            super::PROVIDER,
+            "waiting for the payload lock (gc.lock) failed",
+            std::io::Error::other(e.to_string()),
+        )
+    })?
 }
 
 /// A pin held by one write in flight.
