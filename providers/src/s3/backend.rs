@@ -141,6 +141,10 @@ pub struct S3Backend {
     layout: Layout,
     /// How old an unreferenced blob (or a staging object) must be before gc deletes it.
     gc_grace: Duration,
+    /// With no grace period, what keeps this process's own puts and gc apart instead: a put
+    /// holds it shared from storing its payload to claiming its version, gc exclusive. (Other
+    /// processes' puts have no such protection: the grace period is off.)
+    gc_gate: tokio::sync::RwLock<()>,
 }
 
 /// What gc does with one blob.
@@ -172,6 +176,7 @@ impl S3Backend {
             cache: MetaCache::default(),
             layout: Layout::new(cfg.normalized_root().trim_start_matches('/').to_string()),
             gc_grace: cfg.gc_grace(),
+            gc_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -937,6 +942,11 @@ impl StorageBackend for S3Backend {
         metadata: Metadata,
         mode: PutMode,
     ) -> Result<RecordInfo> {
+        // Without a grace period, this process's gc waits for the put to claim its version.
+        let _claiming = match self.gc_grace.is_zero() {
+            true => Some(self.gc_gate.read().await),
+            false => None,
+        };
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
         // uploads. A create of a key this process has not seen asks only whether version 1
@@ -1143,6 +1153,10 @@ impl StorageBackend for S3Backend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let _no_put_in_flight = match self.gc_grace.is_zero() {
+            true => Some(self.gc_gate.write().await),
+            false => None,
+        };
         // Mark and sweep races with writers: a put uploads its payload, then claims the
         // version, so a payload uploaded before the metadata listing but claimed after it
         // looks unreferenced. gc therefore deletes only payloads whose LastModified is older

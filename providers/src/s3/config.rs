@@ -63,7 +63,8 @@ pub struct S3Config {
     /// deletes it, in seconds (default 3600, at most 30 days): a put uploads its payload before
     /// it claims the version, and gc must not take the payload in between. Also the age at
     /// which a staging object counts as abandoned. `0` turns the protection off (gc deletes
-    /// every unreferenced payload at once): only for tests, or a store nothing writes to.
+    /// every unreferenced payload at once; it still waits for this process's own puts in
+    /// flight, but not for other processes'): only for tests, or a store one process writes to.
     #[serde(default = "default_gc_grace_secs")]
     pub gc_grace_secs: u64,
 }
