@@ -411,6 +411,9 @@ impl Walk {
     /// latest or two `Create`s of a key with no live version exactly one wins and the other's
     /// conflict names the winner's version.
     async fn race(&mut self, key: &'static str) -> Result<(), Failure> {
+        if self.caps.gc && self.chance(30) {
+            return self.race_with_gc(key).await;
+        }
         let latest = self.latest(key).map(|k| k.info.clone());
         let mode = match self.below(10) {
             0..=3 if self.caps.if_version => {
@@ -481,6 +484,55 @@ impl Walk {
                 .push(Known { info, payload });
         }
         Ok(())
+    }
+
+    /// A put racing `gc` (through the other store when there are two), of a payload no
+    /// version references now if there is one — stored earlier, so a put that finds it and
+    /// skips the upload meets a `gc` about to remove it: the put must land and its payload
+    /// must stay readable.
+    async fn race_with_gc(&mut self, key: &'static str) -> Result<(), Failure> {
+        let unreferenced: Vec<usize> = (0..self.payloads.len())
+            .filter(|p| !self.keys.values().flatten().any(|k| k.payload == *p))
+            .collect();
+        let payload = match unreferenced.len() {
+            0 => self.pick_payload(),
+            n => unreferenced[self.below(n)],
+        };
+        let meta = self.pick_metadata();
+        let other = if self.handles.len() > 1 {
+            1 - self.side
+        } else {
+            self.side
+        };
+        let what = format!(
+            "put of {key:?} ({} bytes) racing gc",
+            self.payloads[payload].len()
+        );
+        self.note(&what);
+        let (ha, hb) = (self.ns().clone(), self.handles[other][self.nsi].clone());
+        let (put, gc) = futures::join!(
+            ha.put_with(
+                key,
+                self.payloads[payload].clone(),
+                meta.clone(),
+                PutMode::Overwrite
+            ),
+            hb.store().gc(&NoProgress)
+        );
+        gc.step(format!("{what}: the gc"))?;
+        let info = put.step(&what)?;
+        self.check_new_version(key, &info, &what)?;
+        ensure_eq!(
+            info.hash,
+            ContentHash::of(&self.payloads[payload]),
+            "{what}: hash"
+        );
+        ensure_eq!(info.metadata, meta, "{what}: metadata");
+        self.keys
+            .entry((self.nsi, key))
+            .or_default()
+            .push(Known { info, payload });
+        self.check_get(key, None).await
     }
 
     async fn put(
