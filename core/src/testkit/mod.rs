@@ -94,6 +94,9 @@
 //! - The search behaviours need distinct timestamps, so they pause a few milliseconds between
 //!   writes; the runtime needs its timer enabled (`#[tokio::test]` has it).
 //! - The race behaviours spawn tasks with `tokio::spawn`, so they run inside a tokio runtime.
+//! - [`random_operations`] joins a put and a `gc` of the same store in one task: `gc` must be
+//!   safe beside the writes of its own process, and neither may block the task's thread while
+//!   it waits for the other.
 
 mod blobs;
 mod check;
