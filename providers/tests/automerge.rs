@@ -36,16 +36,20 @@ fn ns() -> Namespace {
     Namespace::new("default").unwrap()
 }
 
+/// A store on `root` without fsync.
+async fn store_at(root: &std::path::Path) -> stowage_core::Stowage {
+    let backend = stowage_core::StorageProviderFactory::create(
+        &stowage_providers::automerge::AutomergeFactory,
+        serde_json::json!({ "root": root, "fsync": false }),
+    )
+    .await
+    .expect("creating the automerge store");
+    stowage_core::Stowage::from_backend(backend)
+}
+
 mod conformance {
     stowage_core::conformance_tests!(async {
-        let root = super::fresh_root("conformance");
-        let backend = stowage_core::StorageProviderFactory::create(
-            &stowage_providers::automerge::AutomergeFactory,
-            serde_json::json!({ "root": root, "fsync": false }),
-        )
-        .await
-        .expect("creating the automerge store");
-        stowage_core::Stowage::from_backend(backend)
+        super::store_at(&super::fresh_root("conformance")).await
     });
 }
 
@@ -54,16 +58,7 @@ mod conformance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_backends_on_one_root_agree_with_the_model() {
     let root = fresh_root("shared");
-    let open = || async {
-        let backend = stowage_core::StorageProviderFactory::create(
-            &stowage_providers::automerge::AutomergeFactory,
-            serde_json::json!({ "root": root, "fsync": false }),
-        )
-        .await
-        .expect("creating the automerge store");
-        stowage_core::Stowage::from_backend(backend)
-    };
-    let (a, b) = (open().await, open().await);
+    let (a, b) = (store_at(&root).await, store_at(&root).await);
     let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }

@@ -177,6 +177,12 @@ impl Walk {
         &self.handles[self.side][self.nsi]
     }
 
+    /// This step's namespace through the other store (this one's when there is only one).
+    fn other_side(&self) -> &NamespaceHandle {
+        let other = (self.side + 1) % self.handles.len();
+        &self.handles[other][self.nsi]
+    }
+
     /// The model's history of `key` in this step's namespace.
     fn history(&self, key: &'static str) -> Option<&Vec<Known>> {
         self.keys.get(&(self.nsi, key))
@@ -258,6 +264,18 @@ impl Walk {
 
     fn latest_version(&self, key: &'static str) -> Option<u64> {
         self.latest(key).map(|k| k.info.version)
+    }
+
+    /// What a read of `version` (the latest when `None`) must return: a version that exists
+    /// and is not a tombstone, else nothing (NotFound).
+    fn readable(&self, key: &'static str, version: Option<u64>) -> Option<&Known> {
+        match version {
+            None => self.live(key),
+            Some(v) => self
+                .history(key)
+                .and_then(|h| h.iter().find(|k| k.info.version == v))
+                .filter(|k| !k.info.is_deleted()),
+        }
     }
 
     fn live(&self, key: &'static str) -> Option<&Known> {
@@ -380,14 +398,7 @@ impl Walk {
                 let what = format!("head {key:?} (version {version:?})");
                 self.note(&what);
                 let got = self.ns().head(key, version).await;
-                let want = match version {
-                    None => self.live(key),
-                    Some(v) => self
-                        .history(key)
-                        .and_then(|h| h.iter().find(|k| k.info.version == v))
-                        .filter(|k| !k.info.is_deleted()),
-                };
-                let want = want.map(|k| k.info.clone());
+                let want = self.readable(key, version).map(|k| k.info.clone());
                 expect_info(got, want.as_ref(), &what)
             }
             Op::Versions => self.check_versions(key).await,
@@ -424,18 +435,13 @@ impl Walk {
         };
         let (pa, pb) = (self.pick_payload(), self.pick_payload());
         let (ma, mb) = (self.pick_metadata(), self.pick_metadata());
-        let other = if self.handles.len() > 1 {
-            1 - self.side
-        } else {
-            self.side
-        };
         let what = format!(
             "race of two puts of {key:?} ({mode:?}; {} and {} bytes)",
             self.payloads[pa].len(),
             self.payloads[pb].len()
         );
         self.note(&what);
-        let (ha, hb) = (self.ns().clone(), self.handles[other][self.nsi].clone());
+        let (ha, hb) = (self.ns().clone(), self.other_side().clone());
         let (ra, rb) = futures::join!(
             ha.put_with(key, self.payloads[pa].clone(), ma.clone(), mode),
             hb.put_with(key, self.payloads[pb].clone(), mb.clone(), mode)
@@ -470,18 +476,7 @@ impl Walk {
         }
         landed.sort_by_key(|(info, _, _)| info.version);
         for (info, payload, meta) in landed {
-            self.check_new_version(key, &info, &what)?;
-            ensure_eq!(
-                info.hash,
-                ContentHash::of(&self.payloads[payload]),
-                "{what}: hash"
-            );
-            ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
-            ensure_eq!(info.metadata, meta, "{what}: metadata");
-            self.keys
-                .entry((self.nsi, key))
-                .or_default()
-                .push(Known { info, payload });
+            self.land_put(key, info, payload, &meta, &what)?;
         }
         Ok(())
     }
@@ -499,17 +494,12 @@ impl Walk {
             n => unreferenced[self.below(n)],
         };
         let meta = self.pick_metadata();
-        let other = if self.handles.len() > 1 {
-            1 - self.side
-        } else {
-            self.side
-        };
         let what = format!(
             "put of {key:?} ({} bytes) racing gc",
             self.payloads[payload].len()
         );
         self.note(&what);
-        let (ha, hb) = (self.ns().clone(), self.handles[other][self.nsi].clone());
+        let (ha, hb) = (self.ns().clone(), self.other_side().clone());
         let (put, gc) = futures::join!(
             ha.put_with(
                 key,
@@ -521,17 +511,7 @@ impl Walk {
         );
         gc.step(format!("{what}: the gc"))?;
         let info = put.step(&what)?;
-        self.check_new_version(key, &info, &what)?;
-        ensure_eq!(
-            info.hash,
-            ContentHash::of(&self.payloads[payload]),
-            "{what}: hash"
-        );
-        ensure_eq!(info.metadata, meta, "{what}: metadata");
-        self.keys
-            .entry((self.nsi, key))
-            .or_default()
-            .push(Known { info, payload });
+        self.land_put(key, info, payload, &meta, &what)?;
         self.check_get(key, None).await
     }
 
@@ -568,16 +548,24 @@ impl Walk {
             return expect_conflict(got, latest.map(|l| l.version), &what);
         }
         let info = got.step(&what)?;
-        let expected_hash = ContentHash::of(&self.payloads[payload]);
-        self.check_new_version(key, &info, &what)?;
-        ensure_eq!(info.hash, expected_hash, "{what}: hash");
-        ensure_eq!(
-            info.size,
-            self.payloads[payload].len() as u64,
-            "{what}: size"
-        );
+        self.land_put(key, info, payload, &meta, &what)
+    }
+
+    /// Checks the version a put wrote of `payload` with `meta` and adds it to the model.
+    fn land_put(
+        &mut self,
+        key: &'static str,
+        info: RecordInfo,
+        payload: usize,
+        meta: &Metadata,
+        what: &str,
+    ) -> Result<(), Failure> {
+        self.check_new_version(key, &info, what)?;
+        let bytes = &self.payloads[payload];
+        ensure_eq!(info.hash, ContentHash::of(bytes), "{what}: hash");
+        ensure_eq!(info.size, bytes.len() as u64, "{what}: size");
         ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
-        ensure_eq!(info.metadata, meta, "{what}: metadata");
+        ensure_eq!(&info.metadata, meta, "{what}: metadata");
         self.keys
             .entry((self.nsi, key))
             .or_default()
@@ -649,18 +637,39 @@ impl Walk {
             }
         }
         let tomb = got.step(&what)?;
-        self.check_new_version(key, &tomb, &what)?;
-        ensure!(tomb.is_deleted(), "{what}: the tombstone has no deleted_at");
-        ensure_eq!(tomb.hash, live.info.hash, "{what}: the tombstone's hash");
-        ensure_eq!(tomb.size, live.info.size, "{what}: the tombstone's size");
+        self.land_copy(key, tomb, &live, true, &what)
+    }
+
+    /// Checks a version that copies `source`'s content (a tombstone of it, or a restore of it)
+    /// and adds it to the model.
+    fn land_copy(
+        &mut self,
+        key: &'static str,
+        info: RecordInfo,
+        source: &Known,
+        deleted: bool,
+        what: &str,
+    ) -> Result<(), Failure> {
+        self.check_new_version(key, &info, what)?;
+        ensure_eq!(info.is_deleted(), deleted, "{what}: deleted");
         ensure_eq!(
-            tomb.metadata,
-            live.info.metadata,
-            "{what}: the tombstone's metadata"
+            info.hash,
+            source.info.hash,
+            "{what}: hash of the version copied"
+        );
+        ensure_eq!(
+            info.size,
+            source.info.size,
+            "{what}: size of the version copied"
+        );
+        ensure_eq!(
+            info.metadata,
+            source.info.metadata,
+            "{what}: metadata of the version copied"
         );
         self.keys.entry((self.nsi, key)).or_default().push(Known {
-            info: tomb,
-            payload: live.payload,
+            info,
+            payload: source.payload,
         });
         Ok(())
     }
@@ -679,20 +688,7 @@ impl Walk {
             return expect_kind(got, ErrorKind::NotFound, &what);
         };
         let info = got.step(&what)?;
-        self.check_new_version(key, &info, &what)?;
-        ensure_eq!(info.deleted_at, None, "{what}: deleted_at");
-        ensure_eq!(info.hash, source.info.hash, "{what}: hash of the source");
-        ensure_eq!(info.size, source.info.size, "{what}: size");
-        ensure_eq!(
-            info.metadata,
-            source.info.metadata,
-            "{what}: metadata of the source"
-        );
-        self.keys.entry((self.nsi, key)).or_default().push(Known {
-            info,
-            payload: source.payload,
-        });
-        Ok(())
+        self.land_copy(key, info, &source, false, &what)
     }
 
     async fn purge(&mut self, key: &'static str) -> Result<(), Failure> {
@@ -708,14 +704,7 @@ impl Walk {
     }
 
     async fn check_get(&mut self, key: &'static str, version: Option<u64>) -> Result<(), Failure> {
-        let want = match version {
-            None => self.live(key),
-            Some(v) => self
-                .history(key)
-                .and_then(|h| h.iter().find(|k| k.info.version == v))
-                .filter(|k| !k.info.is_deleted()),
-        }
-        .cloned();
+        let want = self.readable(key, version).cloned();
         // A byte range now and then, mostly inside the payload, sometimes past or reversed.
         let range = (self.caps.range_reads && self.chance(35)).then(|| {
             let size = want.as_ref().map_or(100, |k| k.info.size);
