@@ -31,6 +31,14 @@ use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{blob_path, staging_path};
 use super::PROVIDER;
 
+/// A payload a version references is not in the bucket.
+fn missing(path: &str, bucket: &str) -> Error {
+    Error::corrupt(
+        PROVIDER,
+        format!("payload {path} is missing from bucket `{bucket}` although a version references it; run verify"),
+    )
+}
+
 /// Whether a read failed because the blob holds fewer bytes than asked for. Ranges are
 /// resolved against the size the version records, so on a content-addressed blob this means
 /// the object was truncated: OpenDAL checks the length it receives against the one it asked for
@@ -297,6 +305,10 @@ impl BlobStore {
                     .map(|inner| inner.downcast::<opendal::Error>())
                 {
                     Some(Ok(dal)) if is_short_read(&dal) => return truncated(&stream_path, size),
+                    // The request goes out when the stream is first polled.
+                    Some(Ok(dal)) if is_not_found(&dal) => {
+                        return missing(&stream_path, target.bucket())
+                    }
                     Some(Ok(dal)) => {
                         return target.error(format_args!("reading payload {stream_path}"), *dal)
                     }
@@ -328,7 +340,7 @@ impl BlobStore {
 
     fn read_error(&self, path: &str, size: u64, e: opendal::Error) -> Error {
         if is_not_found(&e) {
-            Error::corrupt(PROVIDER, format!("payload {path} is missing from bucket `{}` although a version references it; run verify", self.target.bucket()))
+            missing(path, self.target.bucket())
         } else if is_short_read(&e) {
             truncated(path, size)
         } else {
