@@ -2,7 +2,8 @@
 //!
 //! The other behaviours each pin one rule on a short script. This one mixes every operation
 //! the provider supports — puts under each [`PutMode`], deletes, restores, purges, reads of
-//! old versions, listings, searches and `gc` — on a handful of keys that share payloads, and
+//! old versions, listings, searches, `gc`, and puts racing each other or `gc` — on a handful
+//! of keys that share payloads, and
 //! after every step compares what the provider answered with what the contract says it must
 //! answer, worked out from a plain in-memory history of every key. Interleavings a script
 //! would not think of (a purge of a key whose payload another key still uses, then `gc`, then
@@ -45,8 +46,10 @@ const TAGS: [&str; 2] = ["red", "blue"];
 /// preconditions and the `current` version of each conflict, restores, purges (numbering
 /// restarts), payload bytes, byte ranges and hashes, metadata, `head` and `versions`,
 /// listings with and without tombstones (under a prefix, after a key, in pages of one to
-/// three), tag and attribute search, and `gc` never removing a payload still referenced.
-/// Every record read back must equal, field for field, the info its write returned.
+/// three), tag and attribute search, and `gc` never removing a payload still referenced —
+/// also while a put of that payload is in flight. Two puts of one key at once must both land
+/// (overwrites) or have exactly one winner (`IfVersion`, `Create`). Every record read back
+/// must equal, field for field, the info its write returned.
 pub async fn random_operations(store: &Stowage) -> BehaviourResult {
     walk_seeds(&[store]).await
 }
