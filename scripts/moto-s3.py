@@ -11,13 +11,28 @@ Usage: python moto-s3.py HOST PORT
 """
 
 import sys
+import threading
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
 
+# moto checks `If-None-Match: *` and `If-Match` and then writes, as two steps: two requests on
+# two of the server's threads can both pass the check (two writers both "win" one version).
+# S3 makes the check and the write one atomic step; holding this lock around every write does
+# the same here. Reads stay concurrent.
+WRITES = threading.Lock()
+
+
 class S3Only(DomainDispatcherApplication):
-    """Routes `/moto-api...` to moto's API app and everything else to the S3 app."""
+    """Routes `/moto-api...` to moto's API app and everything else to the S3 app; one write
+    at a time."""
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+            with WRITES:
+                return super().__call__(environ, start_response)
+        return super().__call__(environ, start_response)
 
     def get_application(self, environ):
         path = environ.get("PATH_INFO", "")
