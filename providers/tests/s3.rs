@@ -122,6 +122,21 @@ async fn store(config: Value) -> Stowage {
     Stowage::from_backend(backend)
 }
 
+/// Two backends on one bucket and root under a root of their own, as two processes see the
+/// store: each keeps its own cache.
+async fn two_processes(
+    server: &Server,
+    label: &str,
+) -> (Arc<dyn StorageBackend>, Arc<dyn StorageBackend>) {
+    let cfg = config(server, &unique_root(label));
+    let a = factory().create(cfg.clone()).await;
+    let b = factory().create(cfg).await;
+    (
+        a.expect("creating the first s3 backend"),
+        b.expect("creating the second s3 backend"),
+    )
+}
+
 /// Paths of every object under `prefix` of the store's root, read with a raw OpenDAL operator.
 async fn objects(config: &Value, prefix: &str) -> Vec<String> {
     let op = operator(&S3Config::parse(config).unwrap()).unwrap();
@@ -189,9 +204,7 @@ async fn conformance_kit_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cache_never_refuses_a_write() {
     let Some(server) = server() else { return };
-    let cfg = config(&server, &unique_root("stale"));
-    let a = factory().create(cfg.clone()).await.unwrap();
-    let b = factory().create(cfg).await.unwrap();
+    let (a, b) = two_processes(&server, "stale").await;
     let (ns, k) = (Namespace::new("n").unwrap(), Key::new("doc").unwrap());
     let put = |backend: &Arc<dyn StorageBackend>, text: &'static str, mode: PutMode| {
         let (backend, ns, k) = (backend.clone(), ns.clone(), k.clone());
@@ -234,9 +247,7 @@ async fn a_stale_cache_never_refuses_a_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cache_never_refuses_a_read_range() {
     let Some(server) = server() else { return };
-    let cfg = config(&server, &unique_root("stale-range"));
-    let a = factory().create(cfg.clone()).await.unwrap();
-    let b = factory().create(cfg).await.unwrap();
+    let (a, b) = two_processes(&server, "stale-range").await;
     let (ns, k) = (Namespace::new("n").unwrap(), Key::new("doc").unwrap());
     a.put(
         &ns,
@@ -313,9 +324,8 @@ async fn without_grace_a_gc_never_takes_the_payload_of_a_put_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_backends_on_one_root_agree_with_the_model() {
     let Some(server) = server() else { return };
-    let cfg = config(&server, &unique_root("shared"));
-    let a = stowage_core::Stowage::from_backend(factory().create(cfg.clone()).await.unwrap());
-    let b = stowage_core::Stowage::from_backend(factory().create(cfg).await.unwrap());
+    let (a, b) = two_processes(&server, "shared").await;
+    let (a, b) = (Stowage::from_backend(a), Stowage::from_backend(b));
     let result = stowage_core::testkit::random_operations_shared(&a, &b).await;
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }
@@ -897,9 +907,8 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writers_changes_are_seen_through_the_cache() {
     let Some(server) = server() else { return };
-    let cfg = config(&server, &unique_root("cache"));
-    // Two backends on one root stand for two processes: each has its own cache.
-    let (a, b) = (store(cfg.clone()).await, store(cfg).await);
+    let (a, b) = two_processes(&server, "cache").await;
+    let (a, b) = (Stowage::from_backend(a), Stowage::from_backend(b));
     let (ha, hb) = (a.namespace("c").unwrap(), b.namespace("c").unwrap());
     ha.put("k", "one", Metadata::new()).await.unwrap();
     assert_eq!(&ha.get_bytes("k").await.unwrap().1[..], b"one");
