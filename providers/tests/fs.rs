@@ -325,6 +325,76 @@ async fn a_corrupt_record_inside_the_log_costs_that_record_only() {
     );
 }
 
+/// A process that opened the store before the damage and only reads: its catch-up stops at a
+/// corrupt record while a writer holds the lock (the bytes may be an append in progress), and
+/// repairs it as a writer would once none does, so it serves what was written after the
+/// damage without waiting for some process to write.
+#[tokio::test]
+async fn a_reader_catching_up_repairs_a_corrupt_record_once_no_writer_is_at_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = open(dir.path()).await;
+    put(&reader, "before", "written before the damage").await;
+    {
+        let writer = open(dir.path()).await;
+        put(&writer, "a", "payload of a, version 1").await;
+        put(&writer, "a", "payload of a, version 2").await;
+        put(&writer, "after", "written after the damage").await;
+    }
+    let log = std::fs::read(log_path(dir.path())).unwrap();
+    let at = occurrences(&log, b"payload of a, version 2");
+    assert_eq!(at.len(), 1);
+    flip_log_byte(dir.path(), at[0] - 2);
+
+    // Another process's writer lock, held: the reader serves up to the damage only.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("lock"))
+        .unwrap();
+    lock.try_lock().expect("no writer holds the lock");
+    assert_eq!(
+        read(&reader, "a").await.unwrap(),
+        b"payload of a, version 1"
+    );
+    let err = read(&reader, "after").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(reader.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(std::fs::read(log_path(dir.path())).unwrap(), {
+        let mut damaged = log.clone();
+        damaged[at[0] - 2] ^= 0x08;
+        damaged
+    });
+
+    // Released: the next read repairs, and everything but the damaged record is back.
+    lock.unlock().unwrap();
+    assert_eq!(
+        read(&reader, "after").await.unwrap(),
+        b"written after the damage"
+    );
+    assert_eq!(
+        read(&reader, "a").await.unwrap(),
+        b"payload of a, version 1"
+    );
+    assert_eq!(history(&reader, "a").await, [1]);
+    let notes = reader.recovery_notes().await.unwrap();
+    assert!(
+        notes.len() == 1 && notes[0].contains("saved to"),
+        "{notes:?}"
+    );
+    let report = reader.verify(&NoProgress).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].problem, "log-corrupt");
+    // The repaired log reads the same in a new process, which finds nothing more to repair.
+    drop(reader);
+    let store = open(dir.path()).await;
+    assert!(store.recovery_notes().await.unwrap().is_empty());
+    assert_eq!(
+        read(&store, "after").await.unwrap(),
+        b"written after the damage"
+    );
+    assert_eq!(history(&store, "a").await, [1]);
+}
+
 #[tokio::test]
 async fn a_lost_purge_and_a_lost_length_field_are_stepped_over_too() {
     let dir = tempfile::tempdir().unwrap();

@@ -447,8 +447,9 @@ impl Core {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Catches up with records appended (or a compaction done) by another process. Never
-    /// repairs: a tail that looks torn may be another process's append in progress.
+    /// Catches up with records appended (or a compaction done) by another process. Repairs
+    /// only when no writer is at work (see [`Core::repair_if_no_writer`]): a tail that looks torn
+    /// may be another process's append in progress.
     fn refresh(&self) -> Result<()> {
         self.fresh_state().map(drop)
     }
@@ -461,8 +462,30 @@ impl Core {
             return Ok(state);
         }
         drop(state);
-        self.catch_up(&mut self.write_state(), false)?;
+        if self.catch_up(&mut self.write_state(), false)? {
+            self.repair_if_no_writer();
+        }
         Ok(self.read_state())
+    }
+
+    /// A catch-up stopped at a bad record. If no writer is at work, in this process (the
+    /// commit path's mutex) or in any other (the writer lock), nothing can be mid-append, so
+    /// the record is damage: repair it as a writer would (step over it, save it aside, keep the
+    /// records after it) rather than serve nothing written after it until some process writes.
+    /// A writer at work repairs it at its next commit. Best effort: if the repair fails, what
+    /// was read stays served and the next catch-up or write tries again.
+    fn repair_if_no_writer(&self) {
+        let Ok(_append) = self.append.try_lock() else {
+            return;
+        };
+        let repaired = match self.writer_lock.try_lock() {
+            Ok(Some(_guard)) => self.catch_up(&mut self.write_state(), true),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = repaired {
+            tracing::warn!(log = %self.log_path.display(), error = %e, "could not repair the index log while catching up; serving what was read before the damage");
+        }
     }
 
     /// Whether the log grew or was replaced since `state` read it. An `fstat` of the open file
@@ -494,8 +517,9 @@ impl Core {
     /// Reads new records into the index. With `repair` (only under the writer lock, when no
     /// other process can be appending) a corrupt record is stepped over, so the records after
     /// it are kept, a damaged tail is cut off, each corrupt region is saved aside, and a log
-    /// that had a corrupt region inside it is rewritten without it (a compaction).
-    fn catch_up(&self, state: &mut LogState, repair: bool) -> Result<()> {
+    /// that had a corrupt region inside it is rewritten without it (a compaction). Returns
+    /// whether it stopped at a bad record it did not repair (only without `repair`).
+    fn catch_up(&self, state: &mut LogState, repair: bool) -> Result<bool> {
         let path_ino = fs::metadata(&self.log_path)
             .map(|m| inode(&m))
             .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
@@ -518,7 +542,7 @@ impl Core {
             state.index = Index::default();
         }
         if len == state.offset {
-            return Ok(());
+            return Ok(false);
         }
         let index = &mut state.index;
         let end = index_log::scan(&state.file, state.offset, len, repair, |record, framed| {
@@ -527,7 +551,7 @@ impl Core {
         .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
         state.offset = end.offset;
         if !repair {
-            return Ok(());
+            return Ok(end.damage.is_some());
         }
         for damage in end.stepped_over.iter().chain(&end.damage) {
             let mut note = format!("index log {}: {damage}", self.log_path.display());
@@ -545,7 +569,7 @@ impl Core {
             // The regions are saved: rewrite the log from the index, without them.
             self.compact(state)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Copies a damaged region of the log (open as `log`) to a file of its own beside it, for
