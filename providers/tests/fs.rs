@@ -239,6 +239,21 @@ fn flip_log_byte(root: &Path, at: usize) {
     std::fs::write(log_path(root), &bytes).unwrap();
 }
 
+/// Flips one bit of the one log record holding the inline payload `payload` (its length, just
+/// before the bytes), so the record's checksum no longer matches; returns the damaged log.
+fn damage_record_of(root: &Path, payload: &[u8]) -> Vec<u8> {
+    let log = std::fs::read(log_path(root)).unwrap();
+    let at = occurrences(&log, payload);
+    assert_eq!(
+        at.len(),
+        1,
+        "{:?} is in the log once",
+        String::from_utf8_lossy(payload)
+    );
+    flip_log_byte(root, at[0] - 2);
+    std::fs::read(log_path(root)).unwrap()
+}
+
 async fn history(store: &FsBackend, k: &str) -> Vec<u64> {
     store
         .versions(&Namespace::default(), &key(k))
@@ -260,12 +275,8 @@ async fn a_corrupt_record_inside_the_log_costs_that_record_only() {
         put(&store, "a", "payload of a, version 3").await;
         put(&store, "after", "written after the damage").await;
     }
-    // One bit of version 2's record (the inline length just before its payload bytes): the
-    // checksum no longer matches, and the records after it must not be lost with it.
-    let log = std::fs::read(log_path(dir.path())).unwrap();
-    let at = occurrences(&log, b"payload of a, version 2");
-    assert_eq!(at.len(), 1);
-    flip_log_byte(dir.path(), at[0] - 2);
+    // One bit of version 2's record: the records after it must not be lost with it.
+    damage_record_of(dir.path(), b"payload of a, version 2");
 
     let store = open(dir.path()).await;
     let notes = store.recovery_notes().await.unwrap();
@@ -340,10 +351,7 @@ async fn a_reader_catching_up_repairs_a_corrupt_record_once_no_writer_is_at_work
         put(&writer, "a", "payload of a, version 2").await;
         put(&writer, "after", "written after the damage").await;
     }
-    let log = std::fs::read(log_path(dir.path())).unwrap();
-    let at = occurrences(&log, b"payload of a, version 2");
-    assert_eq!(at.len(), 1);
-    flip_log_byte(dir.path(), at[0] - 2);
+    let damaged = damage_record_of(dir.path(), b"payload of a, version 2");
 
     // Another process's writer lock, held: the reader serves up to the damage only.
     let lock = std::fs::OpenOptions::new()
@@ -359,11 +367,7 @@ async fn a_reader_catching_up_repairs_a_corrupt_record_once_no_writer_is_at_work
     let err = read(&reader, "after").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(reader.recovery_notes().await.unwrap().is_empty());
-    assert_eq!(std::fs::read(log_path(dir.path())).unwrap(), {
-        let mut damaged = log.clone();
-        damaged[at[0] - 2] ^= 0x08;
-        damaged
-    });
+    assert_eq!(std::fs::read(log_path(dir.path())).unwrap(), damaged);
 
     // Released: the next read repairs, and everything but the damaged record is back.
     lock.unlock().unwrap();
