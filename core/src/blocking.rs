@@ -1,5 +1,5 @@
-//! [`run_blocking`]: where a provider's blocking work (file I/O, an embedded database, a call
-//! into a plugin) runs.
+//! [`run_blocking`] and [`run_on_pool`]: where a provider's blocking work (file I/O, an
+//! embedded database, a call into a plugin) runs.
 //!
 //! Async code must not block the runtime, and the usual way out, tokio's `spawn_blocking`,
 //! costs a thread hop and a wake-up on every call — for a small read, more than the read
@@ -14,7 +14,8 @@
 //! Measured on the `kv` example provider (redb), 4 KiB gets on a 2-worker runtime: 4.3 µs in
 //! place against 25 µs through the blocking pool, and twice the throughput with 16 tasks at
 //! once (see `docs/benchmarks.md`). As with any blocking call, other futures of the *same* task
-//! (`join!`) wait while it runs.
+//! (`join!`) wait while it runs, so a wait on something one of them holds goes through
+//! [`run_on_pool`] instead.
 
 use std::cell::Cell;
 
@@ -47,6 +48,28 @@ pub async fn run_blocking<T: Send + 'static>(
         Ok(done) => return done,
         Err(f) => f,
     };
+    run_on_pool(provider, f).await
+}
+
+/// Runs `f`, which may block, on tokio's blocking pool, never in place: for a wait on
+/// something another future of the calling task may hold (a lock a `join!`ed future releases
+/// when it finishes). In place, the wait would stop that future from being polled, and neither
+/// would finish; on the pool, the task goes on polling its other futures meanwhile. Everything
+/// else should use [`run_blocking`], which saves the thread hop.
+///
+/// `provider` names the provider in the error returned if `f` panics.
+///
+/// ```
+/// # async fn demo() -> stowage_core::Result<()> {
+/// let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
+/// let waiter = lock.clone();
+/// stowage_core::run_on_pool("demo", move || Ok(drop(waiter.lock().unwrap()))).await?;
+/// # Ok(()) }
+/// ```
+pub async fn run_on_pool<T: Send + 'static>(
+    provider: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Backend {

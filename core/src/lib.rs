@@ -42,7 +42,7 @@ mod stowage;
 pub mod testkit;
 
 pub use backend::StorageBackend;
-pub use blocking::run_blocking;
+pub use blocking::{run_blocking, run_on_pool};
 pub use body::{Body, CHUNK_SIZE};
 pub use config::{PluginsConfig, StorageConfig, StowageConfig};
 pub use error::{BoxError, Error, ErrorKind, Result};

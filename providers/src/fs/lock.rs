@@ -136,7 +136,7 @@ impl BlobPins {
             return Ok(pin);
         }
         let pins = self.clone();
-        off_task(move || pins.pin()).await
+        stowage_core::run_on_pool(super::PROVIDER, move || pins.pin()).await
     }
 
     /// Waits until no write in any process holds a pin, and keeps new ones out until the guard
@@ -153,23 +153,12 @@ impl BlobPins {
             Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(&self.inner.path, e)),
         }
         let path = self.inner.path.clone();
-        off_task(move || {
+        stowage_core::run_on_pool(super::PROVIDER, move || {
             file.lock().map_err(|e| lock_error(&path, e))?;
             Ok(ExclusiveBlobs { file })
         })
         .await
     }
-}
-
-/// Runs a blocking wait on tokio's blocking pool, so the calling task is free meanwhile.
-async fn off_task<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        stowage_core::Error::backend(
-            super::PROVIDER,
-            "waiting for the payload lock (gc.lock) failed",
-            std::io::Error::other(e.to_string()),
-        )
-    })?
 }
 
 /// A pin held by one write in flight.

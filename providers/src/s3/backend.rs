@@ -943,9 +943,10 @@ impl StorageBackend for S3Backend {
         mode: PutMode,
     ) -> Result<RecordInfo> {
         // Without a grace period, this process's gc waits for the put to claim its version.
-        let _claiming = match self.gc_grace.is_zero() {
-            true => Some(self.gc_gate.read().await),
-            false => None,
+        let _claiming = if self.gc_grace.is_zero() {
+            Some(self.gc_gate.read().await)
+        } else {
+            None
         };
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
@@ -1153,9 +1154,10 @@ impl StorageBackend for S3Backend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let _no_put_in_flight = match self.gc_grace.is_zero() {
-            true => Some(self.gc_gate.write().await),
-            false => None,
+        let _no_put_in_flight = if self.gc_grace.is_zero() {
+            Some(self.gc_gate.write().await)
+        } else {
+            None
         };
         // Mark and sweep races with writers: a put uploads its payload, then claims the
         // version, so a payload uploaded before the metadata listing but claimed after it
