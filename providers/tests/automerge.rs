@@ -716,6 +716,154 @@ async fn a_damaged_change_file_is_reported_never_served() {
     assert!(!report.is_clean(), "verify missed the damaged file");
 }
 
+/// A change file damaged in place (a flipped bit, cut short, emptied): Automerge's loader skips
+/// a chunk it cannot parse without an error, so without a check the document would load
+/// without that change — the record served at an older version, or not found at all, `verify`
+/// clean, and `gc` free to remove the payload files only that change referred to. Each damage
+/// must be `Corrupt` naming the file, on `head`, `get`, a write, `verify` and `gc`; with the
+/// bytes put back, every version reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_file_damaged_in_place_is_corrupt_never_an_older_version() {
+    let root = fresh_root("damaged-in-place");
+    let open = || {
+        let mut config = AutomergeConfig::new(&root);
+        config.fsync = false;
+        // Byte payloads from 1 KiB go to payload files, so gc has one to keep.
+        config.blob_min_bytes = 1024;
+        AutomergeBackend::new(config).unwrap()
+    };
+    let store = open();
+    let key = Key::new("account.json").unwrap();
+    for balance in [100, 50] {
+        let body = format!(r#"{{"balance":{balance}}}"#).into_bytes();
+        store
+            .put(&ns(), &key, body.into(), json_meta(), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let dir = only_doc_folder(&root);
+    let before = dir_listing(&dir);
+    // The newest change carries a 4 KiB byte payload: a payload file only it refers to.
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    store
+        .put(
+            &ns(),
+            &key,
+            payload.clone().into(),
+            Metadata::new(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let newest: Vec<String> = dir_listing(&dir)
+        .into_iter()
+        .filter(|n| !before.contains(n) && n.starts_with("incremental-"))
+        .collect();
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    let file = dir.join(&newest[0]);
+    let original = std::fs::read(&file).unwrap();
+    let blobs_before = count_files(&root.join("blobs"));
+    assert!(blobs_before >= 1, "the 4 KiB payload is not in a file");
+
+    let mut flipped = original.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    let damages: [(&str, Vec<u8>); 4] = [
+        ("last bit flipped", flipped),
+        ("cut to half", original[..original.len() / 2].to_vec()),
+        ("emptied", Vec::new()),
+        ("a middle byte changed", {
+            let mut b = original.clone();
+            let mid = b.len() / 2;
+            b[mid] = b[mid].wrapping_add(1);
+            b
+        }),
+    ];
+    let names_file = |e: &stowage_core::Error| e.to_string().contains(&file.display().to_string());
+    for (what, bytes) in damages {
+        std::fs::write(&file, &bytes).unwrap();
+        let store = open();
+        let err = store.head(&ns(), &key, None).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            stowage_core::ErrorKind::Corrupt,
+            "{what}: {err}"
+        );
+        assert!(names_file(&err), "{what}: {err}");
+        let err = store
+            .get(&ns(), &key, GetOptions::default())
+            .await
+            .map(|(info, _)| info.version)
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            stowage_core::ErrorKind::Corrupt,
+            "{what}: {err}"
+        );
+        let err = store
+            .put(
+                &ns(),
+                &key,
+                br#"{"balance":0}"#.to_vec().into(),
+                json_meta(),
+                PutMode::Create,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            stowage_core::ErrorKind::Corrupt,
+            "{what}: {err}"
+        );
+        let report = store.verify(&stowage_core::NoProgress).await.unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.detail.contains(&file.display().to_string())),
+            "{what}: verify missed the damage: {:?}",
+            report.problems
+        );
+        let err = store.gc(&stowage_core::NoProgress).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            stowage_core::ErrorKind::Corrupt,
+            "{what}: {err}"
+        );
+        assert_eq!(
+            count_files(&root.join("blobs")),
+            blobs_before,
+            "{what}: gc removed a payload file"
+        );
+    }
+
+    std::fs::write(&file, &original).unwrap();
+    let store = open();
+    let (info, body) = store.get(&ns(), &key, GetOptions::default()).await.unwrap();
+    assert_eq!(info.version, 3);
+    assert_eq!(body.into_bytes().await.unwrap(), payload);
+    let report = store.verify(&stowage_core::NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// Regular files under `dir`, at any depth.
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let kind = e.file_type().unwrap();
+            if kind.is_dir() {
+                count_files(&e.path())
+            } else {
+                usize::from(kind.is_file())
+            }
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------------------------
 // JSON payloads are held exactly or refused.
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use stowage_core::{Error, Key, Namespace, Result};
 
+use super::PROVIDER;
 use crate::atomic_file::{write_atomic, Durability};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
@@ -150,14 +151,51 @@ pub(crate) fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
     Ok(out)
 }
 
-/// Reads one data file.
+/// The content hash a data file's name promises (the hex between its prefix and suffix).
+fn named_hash(name: &str) -> Option<&str> {
+    let hex = match file_kind(name)? {
+        FileKind::Snapshot => name
+            .strip_prefix(SNAPSHOT_PREFIX)?
+            .strip_suffix(SNAPSHOT_SUFFIX)?,
+        FileKind::Incremental => name
+            .strip_prefix(INCREMENTAL_PREFIX)?
+            .strip_suffix(INCREMENTAL_SUFFIX)?,
+    };
+    Some(hex)
+}
+
+/// Reads one data file and checks its bytes against the hash its name holds. Automerge's
+/// loader skips a change chunk it cannot parse without failing, so a damaged change file
+/// would otherwise read as a document without that change: an older version served as the
+/// latest, or no record at all. Any damage (a flipped bit, a cut or emptied file) is
+/// `Corrupt` naming the file instead.
 pub(crate) fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let path = dir.join(name);
-    fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+    let bytes = fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let actual = stowage_core::ContentHash::of(&bytes).to_hex();
+    if named_hash(name) != Some(actual.as_str()) {
+        return Err(Error::corrupt(
+            PROVIDER,
+            format!(
+                "{} is damaged: its {} bytes hash to {actual}, not to the hash in its name; \
+                 put it back from a backup, or move it aside to read the rest (then `stowage \
+                 sync` with a replica that has its changes restores them)",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Whether the file at `path` holds exactly the bytes whose hash is `hex`.
+fn holds(path: &Path, hex: &str) -> bool {
+    fs::read(path).is_ok_and(|bytes| stowage_core::ContentHash::of(&bytes).to_hex() == hex)
 }
 
 /// Writes a data file named after its content's blake3; returns its name. An existing file of
-/// that name already holds these bytes and is kept.
+/// that name is kept when it holds these bytes, and rewritten when it was damaged, so writing
+/// the same changes again (a put, or `sync` from a replica) repairs it.
 pub(crate) fn write_content_file(
     dir: &Path,
     kind: FileKind,
@@ -170,7 +208,7 @@ pub(crate) fn write_content_file(
         FileKind::Incremental => format!("{INCREMENTAL_PREFIX}{hash}{INCREMENTAL_SUFFIX}"),
     };
     let path = dir.join(&name);
-    if !path.exists() {
+    if !holds(&path, &hash) {
         write_atomic(&path, bytes, durability)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
@@ -233,4 +271,45 @@ pub(crate) fn document_dirs(root: &Path, ns: &Namespace) -> Result<Vec<PathBuf>>
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_a_content_file_again_repairs_a_damaged_copy_and_keeps_a_sound_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"change bytes".as_slice();
+        let name = write_content_file(dir.path(), FileKind::Incremental, bytes, Durability::NoSync)
+            .unwrap();
+        assert_eq!(read_file(dir.path(), &name).unwrap(), bytes);
+        let path = dir.path().join(&name);
+        fs::write(&path, b"change bytez").unwrap();
+        let err = read_file(dir.path(), &name).unwrap_err();
+        assert_eq!(err.kind(), stowage_core::ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let again =
+            write_content_file(dir.path(), FileKind::Incremental, bytes, Durability::NoSync)
+                .unwrap();
+        assert_eq!(again, name);
+        assert_eq!(read_file(dir.path(), &name).unwrap(), bytes);
+        // A sound copy is left as it is (same inode: not rewritten).
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&path);
+        write_content_file(dir.path(), FileKind::Incremental, bytes, Durability::NoSync).unwrap();
+        assert_eq!(inode(&path), before);
+    }
+
+    #[test]
+    fn a_file_not_named_after_its_content_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("{SNAPSHOT_PREFIX}{}{SNAPSHOT_SUFFIX}", "0".repeat(64));
+        fs::write(dir.path().join(&name), b"anything").unwrap();
+        let err = read_file(dir.path(), &name).unwrap_err();
+        assert_eq!(err.kind(), stowage_core::ErrorKind::Corrupt, "{err}");
+    }
 }
