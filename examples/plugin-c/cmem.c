@@ -26,7 +26,10 @@
 #ifndef CMEM_PLUGIN_NAME
 #define CMEM_PLUGIN_NAME "cmem"
 #endif
-#define PROVIDER "cmem"
+#ifndef CMEM_PROVIDER_NAME
+#define CMEM_PROVIDER_NAME "cmem"
+#endif
+#define PROVIDER CMEM_PROVIDER_NAME
 
 /* Built with -DCMEM_ABI_1_0, the plugin presents itself as an ABI 1.0 plugin: minor 0 and a
  * backend vtable that ends before 1.1's get_first, as a plugin built against the old header

@@ -180,6 +180,36 @@ fn a_file_that_is_not_a_shared_library_is_refused() {
             && err.to_string().contains("no such file"),
         "{err}"
     );
+    // Paths that exist but hold no file are named for what they are, not "no such file".
+    let dir = tempfile::tempdir().unwrap();
+    for (path, what) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (PathBuf::from("/dev/null"), "not a regular file"),
+    ] {
+        let err = PluginLibrary::load(&path).unwrap_err();
+        let m = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+        assert!(
+            m.contains(&path.display().to_string()) && m.contains(what) && !m.contains("no such"),
+            "{m}"
+        );
+    }
+}
+
+/// Names are printed on one line and picked in TOML: a control character in a plugin's name,
+/// or white space in a provider's, would let a plugin fake lines of `stowage providers`.
+#[test]
+fn names_with_control_characters_or_a_spaced_provider_name_are_refused() {
+    let m = refused("librefuse_control_name");
+    assert!(
+        m.contains("plugin_name") && m.contains("control character") && !m.contains('\n'),
+        "{m}"
+    );
+    let m = refused("librefuse_spaced_provider");
+    assert!(
+        m.contains("provider name") && m.contains("white space") && m.contains("\"c mem\""),
+        "{m}"
+    );
 }
 
 #[test]
@@ -202,6 +232,7 @@ fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
         "{m}"
     );
     assert!(m.contains("`cmem`"), "{m}");
+    assert!(m.contains("remove one of the two from [plugins]"), "{m}");
     // The first stays registered; loading the same file again is a no-op, not a clash.
     match registry.get("cmem").unwrap().origin() {
         ProviderOrigin::Plugin { path, plugin, .. } => {
@@ -213,6 +244,58 @@ fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
         .unwrap()
         .register(&registry)
         .unwrap();
+}
+
+/// A provider of the host (the trait's default origin is built-in), squatting the name `cmem`.
+struct Squatter;
+
+#[stowage_core::async_trait]
+impl StorageProviderFactory for Squatter {
+    fn name(&self) -> &str {
+        "cmem"
+    }
+    fn description(&self) -> &str {
+        "registered in code under the C example's provider name"
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        json!({})
+    }
+    fn capabilities(&self) -> stowage_core::Capabilities {
+        stowage_core::Capabilities::default()
+    }
+    fn validate(&self, _config: &serde_json::Value) -> stowage_core::Result<()> {
+        Ok(())
+    }
+    async fn create(
+        &self,
+        _config: serde_json::Value,
+    ) -> stowage_core::Result<Arc<dyn StorageBackend>> {
+        Err(stowage_core::Error::invalid_input(
+            "the squatter makes no backends",
+        ))
+    }
+}
+
+#[test]
+fn a_plugin_cannot_take_the_name_of_a_provider_of_the_host() {
+    let registry = Registry::new();
+    registry.register(Arc::new(Squatter)).unwrap();
+    let err = PluginLibrary::load(plugin("libstowage_plugin_cmem"))
+        .unwrap()
+        .register(&registry)
+        .unwrap_err();
+    let m = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+    assert!(
+        m.contains("already registered by built-in")
+            && m.contains("cannot replace a provider of the host")
+            && !m.contains("remove one of the two"),
+        "{m}"
+    );
+    assert_eq!(
+        registry.get("cmem").unwrap().description(),
+        Squatter.description()
+    );
 }
 
 #[test]

@@ -167,10 +167,24 @@ impl PluginLibrary {
             path: path.clone(),
             message,
         };
-        if !path.is_file() {
-            return Err(refuse(
-                "no such file; check [plugins] paths/dirs or the path given".into(),
-            ));
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) => {
+                let what = if m.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a device, pipe or socket)"
+                };
+                return Err(refuse(format!(
+                    "is {what}; a plugin is a shared library file (.so, .dylib, .dll): name the file, or its folder under [plugins] dirs"
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(refuse(
+                    "no such file (or a symbolic link to nothing); check [plugins] paths/dirs or the path given".into(),
+                ));
+            }
+            Err(e) => return Err(refuse(format!("cannot be read: {e}"))),
         }
         // A bare file name would make the system loader search its library path instead of
         // the working directory, so always hand it an absolute path.
@@ -234,10 +248,21 @@ impl PluginLibrary {
         // SAFETY: non-null, and large enough for every field read below (checked above); the
         // ABI makes it live as long as the library, which is never unloaded.
         let d = unsafe { &*descriptor };
-        // SAFETY: descriptor strings live as long as the library.
+        // Names and versions are printed on one line (`stowage providers`, errors) and picked
+        // from TOML: no control characters in any, and no white space in a provider name.
         let text = |b: StowageBytes, what: &str| {
-            unsafe { descriptor_text(b) }
-                .ok_or_else(|| refuse(format!("descriptor field `{what}` is not valid UTF-8")))
+            // SAFETY: descriptor strings live as long as the library.
+            let text = unsafe { descriptor_text(b) }
+                .ok_or_else(|| refuse(format!("descriptor field `{what}` is not valid UTF-8")))?;
+            let bad = |c: char| c.is_control() || (what == "provider name" && c.is_whitespace());
+            match text.chars().find(|&c| bad(c)) {
+                Some(c) => Err(refuse(format!(
+                    "descriptor field `{what}` holds {}: {:?}; names and versions are printed on one line and a provider is picked by name in TOML",
+                    if c.is_control() { "a control character" } else { "white space" },
+                    text
+                ))),
+                None => Ok(text),
+            }
         };
         let target = text(d.target, "target")?;
         if target != TARGET {
@@ -403,10 +428,16 @@ impl PluginLibrary {
                     }
                     other => return Err(other),
                 };
+                // Only a plugin can be left out of [plugins]; the host's own providers stay.
+                let fix = if other.starts_with("plugin ") {
+                    "remove one of the two from [plugins]"
+                } else {
+                    "a plugin cannot replace a provider of the host: rebuild it under another provider name, or leave it out of [plugins]"
+                };
                 return Err(Error::Plugin {
                     path: self.path.clone(),
                     message: format!(
-                        "provider `{name}` of plugin `{}` is already registered by {other}; remove one of the two from [plugins]",
+                        "provider `{name}` of plugin `{}` is already registered by {other}; {fix}",
                         self.plugin_name
                     ),
                 });
