@@ -56,7 +56,7 @@ pub enum Error {
         namespace: String,
         /// Key of the record.
         key: String,
-        /// What the caller asked for (e.g. "version 3", "absent").
+        /// What the caller asked for (e.g. "version 3", "no live version").
         expected: String,
         /// The current latest version, `None` if the key has none.
         current: Option<u64>,

@@ -353,6 +353,47 @@ pub enum PutMode {
     Base(Version),
 }
 
+impl PutMode {
+    /// Checks this mode's precondition against the key's latest version: `None` when the key
+    /// has no version (never written, or purged), else its number and whether it is a
+    /// tombstone. The one rule every provider applies, with the [`Error::Conflict`] every one
+    /// reports (the current version in it, when there is one).
+    ///
+    /// ```
+    /// use stowage_core::{ErrorKind, Key, Namespace, PutMode};
+    /// let (ns, key) = (Namespace::new("acme").unwrap(), Key::new("k").unwrap());
+    /// assert!(PutMode::Create.check(&ns, &key, Some((3, true))).is_ok());
+    /// let err = PutMode::IfVersion(2).check(&ns, &key, Some((3, false))).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Conflict);
+    /// assert!(err.to_string().contains("expected version 2"));
+    /// ```
+    pub fn check(self, ns: &Namespace, key: &Key, latest: Option<(Version, bool)>) -> Result<()> {
+        let holds = match self {
+            PutMode::Overwrite => true,
+            PutMode::Create => latest.is_none_or(|(_, deleted)| deleted),
+            PutMode::IfVersion(v) | PutMode::Base(v) => latest.map_or(0, |(l, _)| l) == v,
+        };
+        if holds {
+            return Ok(());
+        }
+        Err(Error::Conflict {
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            expected: self.expected(),
+            current: latest.map(|(v, _)| v),
+        })
+    }
+
+    /// What this mode expects of the key, as a [`Error::Conflict`] names it.
+    pub fn expected(self) -> String {
+        match self {
+            PutMode::Overwrite => "any version".into(),
+            PutMode::Create => "no live version".into(),
+            PutMode::IfVersion(v) | PutMode::Base(v) => format!("version {v}"),
+        }
+    }
+}
+
 /// A byte range `[start, end)` of a payload; `end: None` reads to the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ByteRange {

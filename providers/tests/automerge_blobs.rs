@@ -226,6 +226,62 @@ async fn put(store: &AutomergeBackend, k: &str, bytes: &[u8]) -> stowage_core::R
         .unwrap()
 }
 
+/// A put its precondition refuses writes nothing, a payload file included: a conditional put of
+/// a payload for a file is checked before the payload is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_conditional_put_of_a_payload_for_a_file_reads_and_writes_none_of_it() {
+    let root = fresh_root("refused-conditional");
+    let store = store(&root, 1024);
+    put(&store, "k", &payload(1, 5000)).await;
+    let files = blob_files(&root);
+    assert_eq!(files.len(), 1);
+    // A body that fails if anything reads it: the refusal must come first.
+    let unread = |hint: Option<u64>| {
+        let chunks: Vec<stowage_core::Result<Bytes>> = vec![
+            Ok(Bytes::from(payload(2, 4000))),
+            Err(stowage_core::Error::invalid_input(
+                "the refused put read its payload",
+            )),
+        ];
+        Body::from_stream(futures::stream::iter(chunks), hint)
+    };
+    for (mode, hint) in [
+        (PutMode::IfVersion(7), Some(8000)),
+        (PutMode::IfVersion(0), None),
+        (PutMode::Create, None),
+    ] {
+        let err = store
+            .put(&ns(), &key("k"), unread(hint), Metadata::new(), mode)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{mode:?}: {err}");
+        assert!(err.to_string().contains("current version is 1"), "{err}");
+    }
+    assert_eq!(
+        blob_files(&root),
+        files,
+        "a refused put left a payload file"
+    );
+    // Once the key is deleted, Create holds again and stores the payload.
+    store
+        .delete(&ns(), &key("k"), Default::default())
+        .await
+        .unwrap();
+    let bytes = payload(3, 6000);
+    let written = store
+        .put(
+            &ns(),
+            &key("k"),
+            Body::from(bytes.clone()),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.version, 3);
+    assert_eq!(blob_files(&root).len(), 2);
+}
+
 async fn get_all(
     store: &AutomergeBackend,
     k: &str,

@@ -1126,6 +1126,59 @@ fn blob_files(root: &Path) -> usize {
         .count()
 }
 
+/// A put its precondition refuses writes nothing, a payload file included: a conditional put of
+/// a payload too large for the log is checked before the payload is read, so a stale writer of
+/// a large payload neither uploads it nor leaves a file for `gc`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_conditional_put_of_a_large_payload_reads_and_writes_none_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), serde_json::json!({ "inline_max": 1000 })).await;
+    let ns = Namespace::default();
+    put_bytes(&store, &ns, "k", patterned(1, 5000)).await;
+    let (files, log) = (blob_files(dir.path()), log_len(dir.path()));
+    assert_eq!(files, 1);
+    // A body that fails if anything reads it: the refusal must come first.
+    let unread = || {
+        let chunks: Vec<stowage_core::Result<bytes::Bytes>> = vec![
+            Ok(bytes::Bytes::from(patterned(2, 4000))),
+            Err(stowage_core::Error::invalid_input(
+                "the refused put read its payload",
+            )),
+        ];
+        Body::from_stream(futures::stream::iter(chunks), Some(8000))
+    };
+    for mode in [PutMode::IfVersion(7), PutMode::Create, PutMode::Base(0)] {
+        let err = store
+            .put(&ns, &key("k"), unread(), Metadata::new(), mode)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{mode:?}: {err}");
+        assert!(err.to_string().contains("current version is 1"), "{err}");
+    }
+    assert_eq!(
+        blob_files(dir.path()),
+        files,
+        "a refused put left a payload file"
+    );
+    assert_eq!(log_len(dir.path()), log);
+    // The same puts with a precondition that holds do read and store it.
+    let mut bytes = patterned(2, 4000);
+    bytes.extend(patterned(3, 4000));
+    let written = store
+        .put(
+            &ns,
+            &key("k"),
+            Body::from(bytes.clone()),
+            Metadata::new(),
+            PutMode::IfVersion(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.version, 2);
+    assert_eq!(read_in(&store, &ns, "k").await.unwrap(), bytes);
+    assert_eq!(blob_files(dir.path()), files + 1);
+}
+
 fn patterned(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))

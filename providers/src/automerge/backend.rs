@@ -427,6 +427,18 @@ impl StorageBackend for AutomergeBackend {
             .content_type
             .as_deref()
             .is_some_and(is_json_content_type);
+        // A payload file costs a whole upload: a put its precondition refuses fails before it
+        // (the commit checks again, under the lock). `Base` merges, so only the commit decides.
+        if !is_json
+            && matches!(mode, PutMode::Create | PutMode::IfVersion(_))
+            && body
+                .size_hint()
+                .is_none_or(|n| n >= self.inner.blob_min_bytes)
+        {
+            let dir = storage::doc_dir(&self.inner.root, ns, key);
+            let latest = self.blocking(move |inner| inner.latest_info(dir)).await?;
+            mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+        }
         let received = if is_json {
             Received::Inline(body.into_bytes().await?)
         } else {
@@ -467,16 +479,9 @@ impl StorageBackend for AutomergeBackend {
                 let latest = rd.latest();
                 let base = match mode {
                     PutMode::Overwrite => None,
-                    PutMode::Create => {
-                        if latest > 0 && rd.is_live(latest)? {
-                            return Err(conflict(&ns, &key, "absent".into(), latest));
-                        }
-                        None
-                    }
-                    PutMode::IfVersion(v) => {
-                        if v != latest {
-                            return Err(conflict(&ns, &key, format!("version {v}"), latest));
-                        }
+                    PutMode::Create | PutMode::IfVersion(_) => {
+                        let deleted = latest > 0 && !rd.is_live(latest)?;
+                        mode.check(&ns, &key, (latest > 0).then_some((latest, deleted)))?;
                         None
                     }
                     PutMode::Base(v) => {

@@ -1059,19 +1059,7 @@ fn decide(
             mode,
             ..
         } => {
-            match mode {
-                PutMode::Overwrite => {}
-                PutMode::Create => {
-                    if latest.is_some_and(|l| !l.is_deleted()) {
-                        return Err(conflict(ns, key, "absent".into(), current));
-                    }
-                }
-                PutMode::IfVersion(v) | PutMode::Base(v) => {
-                    if current.unwrap_or(0) != v {
-                        return Err(conflict(ns, key, format!("version {v}"), current));
-                    }
-                }
-            }
+            mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
             RecordInfo {
                 namespace: ns.clone(),
                 key: key.clone(),
@@ -1222,6 +1210,13 @@ impl StorageBackend for FsBackend {
                 (pin, hash, bytes.len() as u64, Some(bytes))
             }
             Err(body) => {
+                // A payload file costs a whole upload: a put its precondition refuses fails
+                // before it (the commit checks again, under the lock).
+                if mode != PutMode::Overwrite {
+                    let state = core.fresh_state()?;
+                    let latest = state.index.versions(ns, key).and_then(|v| v.last());
+                    mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+                }
                 let (pin, hash, size) = core.blobs.write_body(body, &core.pins).await?;
                 (pin, hash, size, None)
             }

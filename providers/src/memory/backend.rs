@@ -179,25 +179,7 @@ impl StorageBackend for MemoryBackend {
         let mut state = self.write();
         let history = state.history(ns, key);
         let latest = history.and_then(|h| h.last());
-        match mode {
-            PutMode::Overwrite => {}
-            PutMode::Create => {
-                if latest.is_some_and(|l| !l.is_deleted()) {
-                    return Err(conflict(
-                        ns,
-                        key,
-                        "no live version (create)".into(),
-                        history,
-                    ));
-                }
-            }
-            // Version 0 is "no version at all": never written, or purged.
-            PutMode::IfVersion(v) | PutMode::Base(v) => {
-                if latest.map_or(0, |l| l.version) != v {
-                    return Err(conflict(ns, key, format!("version {v}"), history));
-                }
-            }
-        }
+        mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
         let updated_at = next_time(history);
         let info = RecordInfo {
             namespace: ns.clone(),

@@ -864,21 +864,7 @@ fn check_put_mode(
     mode: PutMode,
     latest: Option<&RecordInfo>,
 ) -> Result<()> {
-    match mode {
-        PutMode::Overwrite => Ok(()),
-        PutMode::Create => match latest {
-            Some(r) if !r.is_deleted() => Err(conflict(ns, key, "no live version".into(), latest)),
-            _ => Ok(()),
-        },
-        PutMode::IfVersion(v) | PutMode::Base(v) => {
-            let current = latest.map_or(0, |r| r.version);
-            if current == v {
-                Ok(())
-            } else {
-                Err(conflict(ns, key, format!("version {v}"), latest))
-            }
-        }
-    }
+    mode.check(ns, key, latest.map(|r| (r.version, r.is_deleted())))
 }
 
 fn new_record(

@@ -119,26 +119,11 @@ impl SqliteBackend {
     }
 
     fn conflict(ns: &Namespace, key: &Key, mode: PutMode, current: Option<u64>) -> Error {
-        let expected = match mode {
-            PutMode::Create => "no live version".to_string(),
-            PutMode::IfVersion(v) | PutMode::Base(v) => format!("version {v}"),
-            PutMode::Overwrite => "any version".to_string(),
-        };
         Error::Conflict {
             namespace: ns.to_string(),
             key: key.to_string(),
-            expected,
+            expected: mode.expected(),
             current,
-        }
-    }
-
-    /// Whether `mode` lets a put write over `latest`: the key's newest version and whether it
-    /// is a tombstone, if the key has any.
-    fn allowed(mode: PutMode, latest: Option<(u64, bool)>) -> bool {
-        match mode {
-            PutMode::Overwrite => true,
-            PutMode::Create => latest.is_none_or(|(_, deleted)| deleted),
-            PutMode::IfVersion(v) | PutMode::Base(v) => latest.map_or(0, |(n, _)| n) == v,
         }
     }
 
@@ -158,7 +143,7 @@ impl SqliteBackend {
         if mode != PutMode::Overwrite {
             let pool = self.pool().await?;
             let latest = self.latest_version(pool, ns, key).await?;
-            if !Self::allowed(mode, latest) {
+            if mode.check(ns, key, latest).is_err() {
                 return Ok(Err(latest.map(|(v, _)| v)));
             }
         }
@@ -187,7 +172,10 @@ impl SqliteBackend {
         .await
         .map_err(self.fail("reading the latest version"))?;
         let current = latest.map(|l| l.0 as u64);
-        if !Self::allowed(mode, latest.map(|l| (l.0 as u64, l.2.is_some()))) {
+        if mode
+            .check(ns, key, latest.map(|l| (l.0 as u64, l.2.is_some())))
+            .is_err()
+        {
             staged.discard_in(&mut tx).await?;
             tx.commit()
                 .await
