@@ -92,9 +92,15 @@ pub fn read_config(path: &Path, named_by: &str) -> Result<StowageConfig> {
         )));
     }
     if !path.exists() {
+        let dangling = path.symlink_metadata().is_ok_and(|m| m.is_symlink());
         return Err(Error::invalid_input(format!(
-            "config file {} (named by {named_by}) does not exist; create it or name another",
-            path.display()
+            "config file {} (named by {named_by}) {}; create it or name another",
+            path.display(),
+            if dangling {
+                "is a symbolic link to nothing"
+            } else {
+                "does not exist"
+            }
         )));
     }
     if path.is_dir() {
@@ -186,8 +192,10 @@ impl Context {
         if let Some(path) = std::env::var_os(CONFIG_ENV) {
             return ConfigSource::Env(PathBuf::from(path));
         }
+        // Anything of that name counts, so a dangling link or a directory is reported rather
+        // than silently passed over for the embedded default (a store the user did not mean).
         let local = Path::new(LOCAL_CONFIG);
-        if local.is_file() {
+        if local.symlink_metadata().is_ok() {
             return ConfigSource::Local(local.to_path_buf());
         }
         ConfigSource::Embedded

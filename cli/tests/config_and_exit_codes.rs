@@ -173,6 +173,43 @@ fn malformed_configs_exit_2_naming_the_field() {
         "{}",
         run.stderr
     );
+    // A file that is not UTF-8 text is a malformed config too, named with its line.
+    std::fs::write(
+        sb.join("latin1.toml"),
+        b"[storage]\nprovider = \"sqlite\"\n# caf\xe9\n",
+    )
+    .unwrap();
+    let run = sb.fails(&["--config", "latin1.toml", "ls"], 2);
+    assert!(
+        run.stderr
+            .contains("invalid config in latin1.toml: line 3 is not UTF-8"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sb.has_default_data_dir());
+}
+
+/// A `./stowage.toml` that is a link to nothing or a directory is reported: falling back to the
+/// embedded default would write to a store the user did not mean.
+#[test]
+fn a_broken_working_directory_config_is_an_error_not_the_default() {
+    let sb = Sandbox::new();
+    std::os::unix::fs::symlink("moved-away.toml", sb.join("stowage.toml")).unwrap();
+    let run = sb.fails(&["ls"], 2);
+    assert!(
+        run.stderr.contains("stowage.toml") && run.stderr.contains("symbolic link to nothing"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_file(sb.join("stowage.toml")).unwrap();
+    std::fs::create_dir(sb.join("stowage.toml")).unwrap();
+    let run = sb.fails(&["ls"], 2);
+    assert!(
+        run.stderr.contains("stowage.toml") && run.stderr.contains("is a directory"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sb.has_default_data_dir());
 }
 
 #[test]

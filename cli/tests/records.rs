@@ -486,6 +486,19 @@ fn search_filters_by_tag_attr_range_type_prefix_and_time() {
 
     let last_time = last["updated_at"].as_str().unwrap();
     assert_eq!(q(&["--since", last_time]), ["u/d"]);
+    // The same instant written with an offset from UTC (RFC 3339 allows any).
+    let hour: u32 = last_time[11..13].parse().unwrap();
+    let (shifted, offset) = if hour < 23 {
+        (hour + 1, "+01:00")
+    } else {
+        (hour - 1, "-01:00")
+    };
+    let with_offset = format!(
+        "{}{shifted:02}{}{offset}",
+        &last_time[..11],
+        last_time[13..].trim_end_matches('Z')
+    );
+    assert_eq!(q(&["--since", &with_offset]), ["u/d"], "{with_offset}");
     let until = q(&["--until", last_time]);
     assert_eq!(until, ["t/a", "t/b", "t/c"]);
     assert_eq!(

@@ -12,6 +12,7 @@
 //! assert_eq!(cfg.storage.config["path"], "data/stowage.db");
 //! ```
 
+use std::env::VarError;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -94,8 +95,19 @@ impl StowageConfig {
     /// Reads and parses a TOML file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::InvalidConfig {
+                source_name: Some(path.display().to_string()),
+                field: String::new(),
+                message: format!(
+                    "line {line} is not UTF-8 text (TOML files are UTF-8; re-save the file as UTF-8)"
+                ),
+            }
+        })?;
         let mut cfg = Self::from_toml_str(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         // Relative to the file's folder; an existing path is also made absolute with `.`, `..`
@@ -116,7 +128,7 @@ impl StowageConfig {
     /// Parses TOML text; `source` names it in errors. `${VAR}` in strings is replaced from the
     /// environment; an unset variable is an error naming it.
     pub fn from_toml_str(text: &str, source: &str) -> Result<Self> {
-        Self::from_toml_str_with_env(text, source, &|name| std::env::var(name).ok())
+        Self::parse(text, source, &|name| std::env::var(name))
     }
 
     /// As [`Self::from_toml_str`], with variables looked up by `env`.
@@ -125,6 +137,10 @@ impl StowageConfig {
         source: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self> {
+        Self::parse(text, source, &|name| env(name).ok_or(VarError::NotPresent))
+    }
+
+    fn parse(text: &str, source: &str, env: &Lookup<'_>) -> Result<Self> {
         let invalid = |field: String, message: String| Error::InvalidConfig {
             source_name: Some(source.to_string()),
             field,
@@ -214,7 +230,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 fn substitute_env(
     value: &mut toml::Value,
     path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Lookup<'_>,
 ) -> std::result::Result<(), (String, String)> {
     match value {
         toml::Value::String(s) if s.contains("${") => {
@@ -240,7 +256,10 @@ fn substitute_env(
     Ok(())
 }
 
-fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<String, String> {
+/// How `${VAR}` is looked up: the process environment, or a caller's map.
+type Lookup<'a> = dyn Fn(&str) -> std::result::Result<String, VarError> + 'a;
+
+fn expand(s: &str, env: &Lookup<'_>) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -255,8 +274,13 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<
                 "`${{{name}}}` is not a valid environment variable name"
             ));
         }
-        let v = env(name).ok_or_else(|| {
-            format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)")
+        let v = env(name).map_err(|e| match e {
+            VarError::NotPresent => {
+                format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)")
+            }
+            VarError::NotUnicode(_) => format!(
+                "environment variable `{name}` (referenced as `${{{name}}}`) is set, but its value is not UTF-8 text"
+            ),
         })?;
         out.push_str(&v);
         rest = &after[end + 1..];
@@ -288,6 +312,41 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.contains("MISSING") && msg.contains("storage.config.key") && msg.contains("t.toml"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_env_var_that_is_set_but_not_utf8_is_not_called_unset() {
+        let err = StowageConfig::parse(
+            "[storage]\nprovider = \"fs\"\n[storage.config]\nroot = \"${DIR}/x\"\n",
+            "t.toml",
+            &|_| Err(VarError::NotUnicode(std::ffi::OsString::from("caf"))),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{msg}");
+        assert!(
+            msg.contains("`DIR`")
+                && msg.contains("not UTF-8")
+                && msg.contains("storage.config.root")
+                && !msg.contains("not set"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_utf8_is_invalid_config_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.toml");
+        std::fs::write(&path, b"[storage]\nprovider = \"sqlite\"\n# caf\xe9\n").unwrap();
+        let err = StowageConfig::from_file(&path).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{msg}");
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("line 3")
+                && msg.contains("UTF-8"),
             "{msg}"
         );
     }

@@ -50,15 +50,55 @@ impl Timestamp {
         }
     }
 
-    /// Parses RFC 3339 (`2025-01-02T03:04:05Z`, fractional seconds and offsets-free forms).
+    /// Parses RFC 3339: `2025-01-02T03:04:05Z`, with fractional seconds, an offset from UTC
+    /// (`+01:00`, `-05:30`), lower-case `t` and `z`, or a space for the `T`.
+    ///
+    /// ```
+    /// use stowage_core::Timestamp;
+    /// let utc = Timestamp::parse_rfc3339("2025-01-02T03:04:05Z").unwrap();
+    /// assert_eq!(Timestamp::parse_rfc3339("2025-01-02T04:04:05+01:00").unwrap(), utc);
+    /// assert_eq!(Timestamp::parse_rfc3339("2025-01-01t22:04:05-05:00").unwrap(), utc);
+    /// assert!(Timestamp::parse_rfc3339("2025-01-02T03:04:05+1").is_err());
+    /// ```
     pub fn parse_rfc3339(s: &str) -> Result<Self> {
-        humantime::parse_rfc3339_weak(s)
-            .map(Self::from_system_time)
-            .map_err(|e| {
-                Error::invalid_input(format!(
-                    "time {s:?} is not RFC 3339 (like 2025-01-02T03:04:05Z): {e}"
-                ))
-            })
+        let bad = |e: &dyn fmt::Display| {
+            Error::invalid_input(format!(
+                "time {s:?} is not RFC 3339 (like 2025-01-02T03:04:05Z or 2025-01-02T04:04:05+01:00): {e}"
+            ))
+        };
+        let upper = s.to_ascii_uppercase();
+        // An offset `±HH:MM` at the end: parse the time as UTC, then take the offset off.
+        let split = upper
+            .len()
+            .checked_sub(6)
+            .filter(|&at| upper.is_char_boundary(at))
+            .map(|at| upper.split_at(at));
+        let (utc, offset_minutes) = match split {
+            Some((time, offset))
+                if offset.is_ascii()
+                    && matches!(&offset[..1], "+" | "-")
+                    && &offset[3..4] == ":" =>
+            {
+                let number = |t: &str| {
+                    t.parse::<i64>()
+                        .ok()
+                        .filter(|_| t.bytes().all(|b| b.is_ascii_digit()))
+                };
+                let (Some(hours), Some(minutes)) = (number(&offset[1..3]), number(&offset[4..6]))
+                else {
+                    return Err(bad(&"the offset from UTC must be ±HH:MM"));
+                };
+                if hours > 23 || minutes > 59 {
+                    return Err(bad(&"the offset from UTC must be ±HH:MM, at most ±23:59"));
+                }
+                let sign = if offset.starts_with('-') { -1 } else { 1 };
+                (format!("{time}Z"), sign * (hours * 60 + minutes))
+            }
+            _ => (upper, 0),
+        };
+        let at = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e))?;
+        let micros = Self::from_system_time(at).0 - offset_minutes * 60_000_000;
+        Ok(Timestamp(micros))
     }
 }
 
@@ -597,4 +637,43 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn set_total(&self, _total: u64) {}
     fn inc(&self, _n: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_with_offsets_and_lower_case_read_as_the_same_instant() {
+        let utc = Timestamp::parse_rfc3339("2025-01-02T03:04:05.5Z").unwrap();
+        for same in [
+            "2025-01-02T03:04:05.5+00:00",
+            "2025-01-02T03:04:05.5-00:00",
+            "2025-01-02t03:04:05.5z",
+            "2025-01-02 03:04:05.5Z",
+            "2025-01-02T08:34:05.5+05:30",
+            "2025-01-01T23:04:05.5-04:00",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(same).unwrap(), utc, "{same}");
+        }
+    }
+
+    #[test]
+    fn malformed_times_and_offsets_are_refused_naming_the_input() {
+        for bad in [
+            "2025-01-02T03:04:05+1",
+            "2025-01-02T03:04:05+24:00",
+            "2025-01-02T03:04:05+01:60",
+            "2025-01-02T03:04:05+0a:00",
+            "2025-01-02T03:04:05+-1:00",
+            "2025-01-02T03:04:05é",
+            "2025-01-02T03:04:0é:00",
+            "yesterday",
+            "",
+        ] {
+            let err = Timestamp::parse_rfc3339(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
 }
