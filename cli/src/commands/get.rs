@@ -40,16 +40,28 @@ impl FromStr for RangeArg {
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         let expected =
             || format!("expected A-B (bytes A to B inclusive) or A- (A to the end), got {s:?}");
+        let too_large = || {
+            format!(
+                "range {s:?} names a byte past the largest offset a payload can have ({})",
+                u64::MAX - 1
+            )
+        };
+        let number = |t: &str| {
+            t.trim().parse::<u64>().map_err(|e| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => too_large(),
+                _ => expected(),
+            })
+        };
         let (a, b) = s.split_once('-').ok_or_else(expected)?;
-        let start: u64 = a.trim().parse().map_err(|_| expected())?;
+        let start = number(a)?;
         let end = if b.trim().is_empty() {
             None
         } else {
-            let last: u64 = b.trim().parse().map_err(|_| expected())?;
+            let last = number(b)?;
             if last < start {
                 return Err(format!("range {s:?} ends before it starts"));
             }
-            Some(last.checked_add(1).ok_or_else(expected)?)
+            Some(last.checked_add(1).ok_or_else(too_large)?)
         };
         Ok(RangeArg(ByteRange { start, end }))
     }
@@ -278,6 +290,15 @@ mod tests {
             "18446744073709551615-18446744073709551615",
         ] {
             assert!(bad.parse::<RangeArg>().is_err(), "{bad:?}");
+        }
+        // Numbers too large for any payload say so, not that the form is wrong.
+        for huge in [
+            "0-18446744073709551615",
+            "0-99999999999999999999",
+            "99999999999999999999-",
+        ] {
+            let err = huge.parse::<RangeArg>().unwrap_err();
+            assert!(err.contains("largest offset"), "{huge}: {err}");
         }
     }
 }
