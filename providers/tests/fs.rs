@@ -1109,6 +1109,18 @@ async fn config_is_checked_before_any_io() {
         .to_string()
         .contains("root"));
     assert!(stowage_core::Registry::global().contains("fs"));
+    // A root that is a file is the config's fault, named as such.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = FsBackend::open(config(&file)).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+    assert!(
+        err.to_string().contains("storage.config.root")
+            && err.to_string().contains("not a directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -369,6 +369,15 @@ fn read_inline(
 impl Core {
     fn open(config: &FsConfig) -> Result<Core> {
         let root = config.root.clone();
+        if root.exists() && !root.is_dir() {
+            return Err(Error::invalid_config(
+                "storage.config.root",
+                format!(
+                    "{} exists and is not a directory; name a directory (it is created if missing)",
+                    root.display()
+                ),
+            ));
+        }
         fs::create_dir_all(&root).map_err(|e| {
             Error::io(
                 format!("creating the store directory {}", root.display()),

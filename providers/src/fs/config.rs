@@ -44,7 +44,7 @@ fn default_inline_max() -> u64 {
 }
 
 /// Whether a write is on stable storage before it is acknowledged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncMode {
     /// Every acknowledged write survives a power cut: the index log record (with a small
@@ -57,6 +57,36 @@ pub enum FsyncMode {
     /// a power cut or kernel crash may lose the last seconds of acknowledged writes. For caches
     /// and scratch data.
     Never,
+}
+
+/// `"always"` or `"never"`; a boolean (what the other providers' `fsync` takes) is refused
+/// with the two words to write instead.
+impl<'de> Deserialize<'de> for FsyncMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Words;
+        impl serde::de::Visitor<'_> for Words {
+            type Value = FsyncMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"always\" or \"never\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<FsyncMode, E> {
+                match v {
+                    "always" => Ok(FsyncMode::Always),
+                    "never" => Ok(FsyncMode::Never),
+                    other => Err(E::custom(format!(
+                        "is {other:?}; write \"always\" or \"never\""
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<FsyncMode, E> {
+                let word = if v { "always" } else { "never" };
+                Err(E::custom(format!(
+                    "is the boolean {v}; the fs provider takes a word: write fsync = \"{word}\""
+                )))
+            }
+        }
+        d.deserialize_any(Words)
+    }
 }
 
 impl FsConfig {
@@ -139,6 +169,14 @@ mod tests {
         assert!(!cfg.fsync());
         let err = FsConfig::from_json(&json!({"root": "x", "fsync": "sometimes"})).unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
+        assert!(err.to_string().contains("\"always\" or \"never\""), "{err}");
+        let err = FsConfig::from_json(&json!({"root": "x", "fsync": true})).unwrap_err();
+        assert!(
+            err.to_string().contains("fsync") && err.to_string().contains("fsync = \"always\""),
+            "{err}"
+        );
+        let err = FsConfig::from_json(&json!({"root": "x", "fsync": 1})).unwrap_err();
+        assert!(err.to_string().contains("\"always\" or \"never\""), "{err}");
         let err = FsConfig::from_json(&json!({"rot": "x"})).unwrap_err();
         assert!(err.to_string().contains("rot"), "{err}");
         let err = FsConfig::from_json(&json!({"root": ""})).unwrap_err();
