@@ -588,6 +588,35 @@ async fn a_failing_body_aborts_the_put_and_writes_nothing() {
     assert_eq!(stowage_core::ContentHash::of(&bytes), info.hash);
 }
 
+/// In a `[plugins] dirs` folder, a library's name that holds no file (a link left behind when
+/// the library was removed) is refused by name, not skipped; a folder named like a library is
+/// not a library and is skipped.
+#[test]
+fn a_dangling_library_link_in_a_plugin_folder_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        plugin("libstowage_plugin_cmem"),
+        dir.path().join("libstowage_plugin_cmem.so"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("folder.so")).unwrap();
+    let config = stowage_core::PluginsConfig {
+        dirs: vec![dir.path().to_path_buf()],
+        ..Default::default()
+    };
+    let loaded = stowage_core::plugin::load_plugins(&Registry::new(), &config).unwrap();
+    assert_eq!(loaded.len(), 1);
+    let gone = dir.path().join("libgone.so");
+    std::os::unix::fs::symlink(dir.path().join("removed.so"), &gone).unwrap();
+    let err = stowage_core::plugin::load_plugins(&Registry::new(), &config).unwrap_err();
+    let m = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+    assert!(
+        m.contains(&gone.display().to_string()) && m.contains("link to nothing"),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_plugins_load_before_the_provider_is_chosen() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,8 +42,10 @@ pub use host::{PluginDescription, PluginLibrary, PluginProviderInfo};
 pub use stowage_plugin_abi as abi;
 
 /// Loads every plugin named by a `[plugins]` section into `registry`: the files of `paths`,
-/// then the shared libraries (`.so`, `.dylib`, `.dll`) of each of `dirs` in name order. A file
-/// named twice is loaded once. Returns the libraries loaded.
+/// then the shared libraries (`.so`, `.dylib`, `.dll`) of each of `dirs` in name order (a
+/// library's name there that holds no file, such as a link to nothing, is refused, not
+/// skipped; folders are skipped). A file named twice is loaded once. Returns the libraries
+/// loaded.
 ///
 /// ```
 /// use stowage_core::{plugin::load_plugins, PluginsConfig, Registry};
@@ -70,7 +72,9 @@ pub fn load_plugins(
             let path = entry
                 .map_err(|e| Error::io(format!("reading plugin folder {}", dir.display()), e))?
                 .path();
-            if path.is_file() && is_shared_library_name(&path) {
+            // A library's name that holds no file (a link to nothing, a pipe) is loaded, and so
+            // refused by name: skipping it would hide a plugin the operator meant to deploy.
+            if is_shared_library_name(&path) && !path.is_dir() {
                 found.push(path);
             }
         }
