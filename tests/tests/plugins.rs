@@ -212,6 +212,16 @@ fn names_with_control_characters_or_a_spaced_provider_name_are_refused() {
     );
 }
 
+/// Loads `path` (a good library) and registers it, which must be refused: the message.
+fn registration_refused(registry: &Registry, path: &std::path::Path) -> String {
+    let err = PluginLibrary::load(path)
+        .unwrap()
+        .register(registry)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Plugin, "{err}");
+    err.to_string()
+}
+
 #[test]
 fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
     let registry = Registry::new();
@@ -221,12 +231,7 @@ fn two_plugins_declaring_one_provider_name_is_an_error_naming_both_files() {
         .unwrap()
         .register(&registry)
         .unwrap();
-    let err = PluginLibrary::load(&twin)
-        .unwrap()
-        .register(&registry)
-        .unwrap_err();
-    let m = err.to_string();
-    assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+    let m = registration_refused(&registry, &twin);
     assert!(
         m.contains(&first.display().to_string()) && m.contains(&twin.display().to_string()),
         "{m}"
@@ -280,12 +285,7 @@ impl StorageProviderFactory for Squatter {
 fn a_plugin_cannot_take_the_name_of_a_provider_of_the_host() {
     let registry = Registry::new();
     registry.register(Arc::new(Squatter)).unwrap();
-    let err = PluginLibrary::load(plugin("libstowage_plugin_cmem"))
-        .unwrap()
-        .register(&registry)
-        .unwrap_err();
-    let m = err.to_string();
-    assert_eq!(err.kind(), ErrorKind::Plugin, "{m}");
+    let m = registration_refused(&registry, &plugin("libstowage_plugin_cmem"));
     assert!(
         m.contains("already registered by built-in")
             && m.contains("cannot replace a provider of the host")
