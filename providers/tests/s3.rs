@@ -661,6 +661,46 @@ async fn a_silent_server_times_out() {
     assert_backend_error(&err, &endpoint, &server.bucket, "timeout_ms = 300");
 }
 
+/// A server that answers every request with an S3 error (500, `Connection: keep-alive`): the
+/// message says the server answered with an error, not that it did not answer (the old hint
+/// matched "connect" in the response headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_500_is_not_reported_as_silent() {
+    let Some(server) = server() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let body = "<?xml version=\"1.0\"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(1..) = conn.read(&mut buf) {
+                    let answer = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/xml\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut cfg = config(&server, "erring");
+    cfg["endpoint"] = json!(endpoint);
+    cfg["retries"] = json!(1);
+    let store = store(cfg).await;
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .head("k", None)
+        .await
+        .unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "answered HTTP 500");
+    assert!(!err.to_string().contains("did not answer"), "{err}");
+}
+
 // ---- fault: the server killed in the middle of a large upload ----
 
 /// A moto server of this test's own, recording every request to a file so a restart can
@@ -1447,6 +1487,34 @@ async fn gc_running_beside_writers_loses_no_payload() {
 
 /// With a short grace period, gc removes an unreferenced payload older than it and keeps one
 /// written just now (which could belong to a put that has not claimed its version yet).
+/// Staging leftovers `gc` removes are counted with their bytes, as payloads removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_counts_the_staging_leftovers_it_removes() {
+    let Some(server) = server() else { return };
+    let cfg = with_grace(config(&server, &unique_root("gc-staging")), 0);
+    let store = store(cfg.clone()).await;
+    store
+        .namespace("g")
+        .unwrap()
+        .put("k", pattern(23, 1_000), Metadata::new())
+        .await
+        .unwrap();
+    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    op.write("staging/0123456789abcdef", vec![1u8; 5_000])
+        .await
+        .unwrap();
+    op.write("staging/fedcba9876543210", vec![2u8; 3_000])
+        .await
+        .unwrap();
+    let report = store.gc(&stowage_core::NoProgress).await.unwrap();
+    assert_eq!(
+        (report.blobs_removed, report.bytes_freed, report.blobs_kept),
+        (2, 8_000, 1),
+        "{report:?}"
+    );
+    assert!(objects(&cfg, "staging/").await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_spares_young_unreferenced_payloads() {
     let Some(server) = server() else { return };
@@ -1749,4 +1817,242 @@ async fn a_healthy_duplicate_stays_one_blob_untouched() {
     );
     assert_healed(&s, &h, &[("small/1", 1), ("small/3", 1)], &small, "healthy").await;
     assert_healed(&s, &h, &[("large/1", 1), ("large/2", 1)], &large, "healthy").await;
+}
+
+// ---- a version claim whose answer is lost ----
+
+/// A proxy in front of the server that passes every request on, but for the first `limit`
+/// requests whose first line `hits` swallows the answer: all of it, or (`headers_only`) all
+/// after the response's headers, a body that stalls. The request itself takes effect.
+fn faulty_proxy(
+    upstream: &str,
+    hits: fn(&str) -> bool,
+    limit: usize,
+    headers_only: bool,
+) -> String {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let left = Arc::new(AtomicUsize::new(limit));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let faulty = Arc::new(AtomicBool::new(false));
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (flag, left) = (faulty.clone(), left.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                    let head = String::from_utf8_lossy(&buf[..n.min(2048)]);
+                    if hits(head.lines().next().unwrap_or(""))
+                        && left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                            .is_ok()
+                    {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut sent_headers = false;
+                while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                    let mut pass = &buf[..n];
+                    if faulty.load(Ordering::SeqCst) {
+                        let end = buf[..n].windows(4).position(|w| w == b"\r\n\r\n");
+                        pass = match (headers_only && !sent_headers, end) {
+                            (true, Some(at)) => &buf[..at + 4],
+                            _ => &[],
+                        };
+                        sent_headers |= !pass.is_empty();
+                    }
+                    if c_out.write_all(pass).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+/// [`faulty_proxy`] swallowing the answers to the first `swallow` writes of a metadata object.
+fn answer_swallowing_proxy(upstream: &str, swallow: usize) -> String {
+    faulty_proxy(
+        upstream,
+        |line| line.starts_with("PUT ") && line.contains("/meta/"),
+        swallow,
+        false,
+    )
+}
+
+/// A payload whose body stalls after its headers fails `verify` in the form a failed `get`
+/// has: endpoint, bucket, retries and the timeout's hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_payload_fails_verify_naming_endpoint_and_timeout() {
+    let Some(server) = server() else { return };
+    let root = unique_root("stalled-verify");
+    let direct = store(config(&server, &root)).await;
+    direct
+        .namespace("n")
+        .unwrap()
+        .put("k", Body::from(vec![7u8; 100_000]), Metadata::new())
+        .await
+        .unwrap();
+    let mut cfg = config(&server, &root);
+    let endpoint = faulty_proxy(
+        &server.endpoint,
+        |line| line.starts_with("GET ") && line.contains("/blobs/"),
+        usize::MAX,
+        true,
+    );
+    cfg["endpoint"] = json!(endpoint);
+    cfg["timeout_ms"] = json!(500);
+    cfg["retries"] = json!(1);
+    let err = store(cfg)
+        .await
+        .verify(&stowage_core::NoProgress)
+        .await
+        .unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "timeout_ms = 500");
+}
+
+/// A claim that reached the server but whose answer was lost is sent again by the retry
+/// layer and refused (the object exists): that is the claim's own object, not a lost race. So
+/// the put succeeds once, with one version, and a conditional put does not report a conflict
+/// after it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_is_lost_counts_once_and_is_not_a_conflict() {
+    let Some(server) = server() else { return };
+    let root = unique_root("lost-claim-answer");
+    let direct = store(config(&server, &root)).await;
+    let d = direct.namespace("n").unwrap();
+    d.put("k", Body::from(&b"one"[..]), Metadata::new())
+        .await
+        .unwrap();
+    let lossy = |swallow: usize| {
+        let mut cfg = config(&server, &root);
+        cfg["endpoint"] = json!(answer_swallowing_proxy(&server.endpoint, swallow));
+        cfg["timeout_ms"] = json!(1000);
+        cfg["retries"] = json!(2);
+        cfg
+    };
+    let versions =
+        |n: Vec<stowage_core::RecordInfo>| n.iter().map(|r| r.version).collect::<Vec<_>>();
+
+    let s = store(lossy(1)).await;
+    let written = s
+        .namespace("n")
+        .unwrap()
+        .put_with(
+            "k",
+            Body::from(&b"two"[..]),
+            Metadata::new(),
+            PutMode::IfVersion(1),
+        )
+        .await
+        .expect("a conditional put whose claim answer was lost");
+    assert_eq!(written.version, 2);
+    assert_eq!(versions(d.versions("k").await.unwrap()), [1, 2]);
+
+    let s = store(lossy(1)).await;
+    let written = s
+        .namespace("n")
+        .unwrap()
+        .put("k", Body::from(&b"three"[..]), Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(written.version, 3);
+    assert_eq!(versions(d.versions("k").await.unwrap()), [1, 2, 3]);
+
+    // Every claim's answer lost in turn (each retry's answer too): the put still ends, after
+    // its retries, and leaves at most the one version it made.
+    let s = store(lossy(usize::MAX)).await;
+    let started = Instant::now();
+    let outcome = s
+        .namespace("n")
+        .unwrap()
+        .put_with(
+            "fresh",
+            Body::from(&b"new"[..]),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the put ran {:?}",
+        started.elapsed()
+    );
+    assert!(outcome.is_err(), "no answer ever came back: {outcome:?}");
+    let made = d.versions("fresh").await.map(versions).unwrap_or_default();
+    assert!(made.len() <= 1, "{made:?}");
+    assert_eq!(
+        d.get("k").await.unwrap().1.into_bytes().await.unwrap(),
+        &b"three"[..]
+    );
+}
+
+/// A key whose purge was interrupted keeps its newest versions and not version 1: a `Create`
+/// must still see the live version (and number after the latest), not take the key for new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_after_an_interrupted_purge_sees_the_versions_left() {
+    let Some(server) = server() else { return };
+    let cfg = config(&server, &unique_root("interrupted-purge"));
+    let s = store(cfg.clone()).await;
+    let h = s.namespace("n").unwrap();
+    for body in ["one", "two", "three"] {
+        h.put("k", Body::from(body.as_bytes().to_vec()), Metadata::new())
+            .await
+            .unwrap();
+    }
+    // What a purge killed after its first two deletes leaves (it deletes oldest first).
+    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    let metas = objects(&cfg, "meta/").await;
+    assert_eq!(metas.len(), 3, "{metas:?}");
+    for path in &metas[..2] {
+        op.delete(path).await.unwrap();
+    }
+    let fresh = store(cfg.clone()).await;
+    let f = fresh.namespace("n").unwrap();
+    let err = f
+        .put_with(
+            "k",
+            Body::from(&b"created"[..]),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("current version is 3"), "{err}");
+    assert_eq!(
+        f.get("k").await.unwrap().1.into_bytes().await.unwrap(),
+        &b"three"[..]
+    );
+    // Deleted, the key takes a create again: as version 5, after the tombstone.
+    f.delete("k", Default::default()).await.unwrap();
+    let fresh = store(cfg).await;
+    let written = fresh
+        .namespace("n")
+        .unwrap()
+        .put_with(
+            "k",
+            Body::from(&b"created"[..]),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.version, 5);
 }

@@ -25,7 +25,7 @@ use super::blob::BlobStore;
 use super::config::S3Config;
 use super::error::{is_not_found, is_precondition_failed, Target};
 use super::layout::{
-    after_key, encode_meta, hash_of_blob_path, key_prefix_prefix, namespace_prefix,
+    after_key, claim_token, encode_meta, hash_of_blob_path, key_prefix_prefix, namespace_prefix,
     parse_meta_path, staging_path, Layout, MetaName, BLOBS, HASHED_MARK, META, STAGING,
 };
 use super::PROVIDER;
@@ -390,18 +390,6 @@ impl S3Backend {
         })
     }
 
-    /// Whether version 1 of the key exists (one HEAD, no listing).
-    async fn has_first_version(&self, ns: &Namespace, key: &Key) -> Result<bool> {
-        let path = self.layout.meta_path(ns, key.as_str(), 1);
-        match self.op.stat(&path).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(self
-                .target
-                .error(format_args!("checking metadata {path}"), e)),
-        }
-    }
-
     /// The latest version this process last saw of the key (unchecked).
     fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
         let v = self
@@ -470,20 +458,47 @@ impl S3Backend {
         let path = self
             .layout
             .meta_path(&record.namespace, record.key.as_str(), record.version);
-        let bytes = encode_meta(record)?;
-        match self.op.write_with(&path, bytes).if_not_exists(true).await {
-            Ok(meta) => {
-                if let Some(etag) = meta.etag() {
-                    self.cache.put(path, etag.to_string(), record.clone());
+        let bytes = encode_meta(record, &claim_token())?;
+        let etag = match self
+            .op
+            .write_with(&path, bytes.clone())
+            .if_not_exists(true)
+            .await
+        {
+            Ok(meta) => meta.etag().map(str::to_string),
+            // Another writer's claim, or this one's: a request whose answer was lost (a
+            // timeout) and that the retry layer sent again finds the object it created. Only
+            // the bytes tell, and the claim token makes them this claim's alone.
+            // (Its ETag is not learnt here: the next read of the key lists it.)
+            Err(e) if is_precondition_failed(&e) => {
+                if !self.claimed_by(&path, &bytes).await? {
+                    return Ok(false);
                 }
-                let dir = self.layout.key_dir(&record.namespace, record.key.as_str());
-                self.cache.set_latest_hint(&dir, Some(record.version));
-                Ok(true)
+                None
             }
-            Err(e) if is_precondition_failed(&e) => Ok(false),
+            Err(e) => {
+                return Err(self
+                    .target
+                    .error(format_args!("writing metadata {path}"), e))
+            }
+        };
+        if let Some(etag) = etag {
+            self.cache.put(path, etag, record.clone());
+        }
+        let dir = self.layout.key_dir(&record.namespace, record.key.as_str());
+        self.cache.set_latest_hint(&dir, Some(record.version));
+        Ok(true)
+    }
+
+    /// After a claim was refused: whether the object at `path` holds exactly `bytes`, so the
+    /// claim itself created it (not another writer, and not since replaced).
+    async fn claimed_by(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+        match self.op.read(path).await {
+            Ok(found) => Ok(found.to_bytes() == bytes),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(self
                 .target
-                .error(format_args!("writing metadata {path}"), e)),
+                .error(format_args!("checking who claimed {path}"), e)),
         }
     }
 
@@ -936,29 +951,13 @@ impl StorageBackend for S3Backend {
         };
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
-        // uploads. A create of a key this process has not seen asks only whether version 1
-        // exists (one HEAD): versions are contiguous from 1, so if it does not, the key is new
-        // and version 1 is claimed after the upload (the claim fails by itself if another
-        // writer got there first, and only then is the key listed). Bulk loads and copies into
-        // a fresh bucket create keys by the thousand, and a LIST per key is the slowest request
-        // an object store answers.
+        // uploads. (A create of a key this process has not seen lists it: asking only whether
+        // version 1 exists would take a key whose purge was interrupted, or raced by a put,
+        // for a new one, since such a key keeps its newest versions and not version 1.)
         let (stored, latest) = if mode == PutMode::Overwrite {
             let (stored, latest) =
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
-        } else if mode == PutMode::Create
-            && self
-                .cache
-                .latest_hint(&self.layout.key_dir(ns, key.as_str()))
-                .is_none()
-            && !self.has_first_version(ns, key).await?
-        {
-            // No version 1: the key has no version at all (versions are contiguous from 1).
-            let absent = Latest {
-                record: None,
-                listed: true,
-            };
-            (self.blobs.put(body).await?, absent)
         } else {
             let mut latest = self.latest_for_write(ns, key).await?;
             if !latest.listed && check_put_mode(ns, key, mode, latest.record.as_ref()).is_err() {
@@ -1206,7 +1205,9 @@ impl StorageBackend for S3Backend {
             }
             progress.inc(1);
         }
-        // A staging object older than the grace period is a leftover of a crashed upload.
+        // A staging object older than the grace period is a leftover of a crashed upload:
+        // counted among the payloads removed, with its bytes (as the fs provider counts a
+        // killed writer's temporary file).
         for (path, size, modified) in staging {
             let abandoned = match cutoff {
                 None => true,
@@ -1217,6 +1218,7 @@ impl StorageBackend for S3Backend {
                     self.target
                         .error(format_args!("deleting leftover {path}"), e)
                 })?;
+                report.blobs_removed += 1;
                 report.bytes_freed += size;
             }
             progress.inc(1);

@@ -297,35 +297,8 @@ impl BlobStore {
             .map_err(|e| self.read_error(&path, size, e))?;
         let target = self.target.clone();
         let stream_path = path.clone();
-        let stream = stream.map(move |r| {
-            r.map_err(|e| {
-                // OpenDAL's stream errors are its own errors inside an `io::Error`.
-                let e = match e
-                    .into_inner()
-                    .map(|inner| inner.downcast::<opendal::Error>())
-                {
-                    Some(Ok(dal)) if is_short_read(&dal) => return truncated(&stream_path, size),
-                    // The request goes out when the stream is first polled.
-                    Some(Ok(dal)) if is_not_found(&dal) => {
-                        return missing(&stream_path, target.bucket())
-                    }
-                    Some(Ok(dal)) => {
-                        return target.error(format_args!("reading payload {stream_path}"), *dal)
-                    }
-                    Some(Err(other)) => std::io::Error::other(other),
-                    None => std::io::Error::other("the payload stream failed"),
-                };
-                Error::Backend {
-                    provider: PROVIDER.to_string(),
-                    message: format!(
-                        "reading payload {stream_path} from {} (bucket `{}`) failed: {e}",
-                        target.endpoint(),
-                        target.bucket()
-                    ),
-                    source: Some(Box::new(e)),
-                }
-            })
-        });
+        let stream =
+            stream.map(move |r| r.map_err(|e| stream_error(&target, &stream_path, size, e)));
         let body = Body::from_stream(stream, Some(len));
         if range.is_some() {
             return Ok(body);
@@ -365,17 +338,36 @@ impl BlobStore {
             match chunk {
                 Ok(chunk) => hasher.update(&chunk),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(Error::io(
-                        format!(
-                            "reading payload {path} from bucket `{}`",
-                            self.target.bucket()
-                        ),
-                        e,
-                    ))
-                }
+                Err(e) => return Err(stream_error(&self.target, path, u64::MAX, e)),
             }
         }
         Ok(Some(hasher.finish()))
+    }
+}
+
+/// An error of a payload's byte stream, in the same form as a failed request's (endpoint,
+/// bucket, retries, hint): OpenDAL's stream errors are its own errors inside an `io::Error`.
+/// `size` is what the payload should hold, for a read that ended short (`u64::MAX` when the
+/// caller reads a payload whole without knowing it).
+fn stream_error(target: &Target, path: &str, size: u64, e: std::io::Error) -> Error {
+    let e = match e
+        .into_inner()
+        .map(|inner| inner.downcast::<opendal::Error>())
+    {
+        Some(Ok(dal)) if is_short_read(&dal) && size != u64::MAX => return truncated(path, size),
+        // The request goes out when the stream is first polled.
+        Some(Ok(dal)) if is_not_found(&dal) => return missing(path, target.bucket()),
+        Some(Ok(dal)) => return target.error(format_args!("reading payload {path}"), *dal),
+        Some(Err(other)) => std::io::Error::other(other),
+        None => std::io::Error::other("the payload stream failed"),
+    };
+    Error::Backend {
+        provider: PROVIDER.to_string(),
+        message: format!(
+            "reading payload {path} from {} (bucket `{}`) failed: {e}",
+            target.endpoint(),
+            target.bucket()
+        ),
+        source: Some(Box::new(e)),
     }
 }

@@ -60,10 +60,18 @@ impl Target {
                 "no answer within timeout_ms = {} ms: raise timeout_ms or check the server's load",
                 self.timeout_ms
             )
-        } else if err.is_temporary()
-            || text.contains("error sending request")
-            || text.contains("connect")
-        {
+        } else if let Some(status) = response_status(&text) {
+            // An answer, however unwelcome: the server is there.
+            if status >= 500 {
+                format!("the server answered HTTP {status}, an error on its side: retry later, or check the server")
+            } else {
+                format!("the server answered HTTP {status}: see the cause")
+            }
+        } else if err.is_temporary() || {
+            // Only the summary: the full text holds response headers (`connection: …`).
+            let summary = summarize(&text);
+            summary.contains("error sending request") || summary.contains("connect")
+        } {
             "the server did not answer: is it running and reachable at that endpoint?".to_string()
         } else {
             "see the cause".to_string()
@@ -161,6 +169,17 @@ pub(crate) fn is_not_found(err: &opendal::Error) -> bool {
     err.kind() == DalKind::NotFound && !err.to_string().contains("NoSuchBucket")
 }
 
+/// The HTTP status of the response an OpenDAL error quotes (`response: Parts { status: 503, …`),
+/// if the server answered at all.
+fn response_status(text: &str) -> Option<u16> {
+    let at = text.find("response: Parts {")?;
+    let rest = &text[at..];
+    let digits = rest[rest.find("status: ")? + "status: ".len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?;
+    digits.parse().ok()
+}
+
 /// Whether a conditional request lost (`If-None-Match: *` on an existing object, `If-Match` on
 /// a changed one).
 pub(crate) fn is_precondition_failed(err: &opendal::Error) -> bool {
@@ -190,5 +209,14 @@ mod tests {
             "Unexpected (temporary) at read, source: deadline"
         );
         assert_eq!(summarize("plain"), "plain");
+    }
+
+    #[test]
+    fn the_status_of_an_answer_is_found_and_headers_are_not_taken_for_it() {
+        use super::response_status;
+        let answered = "Unexpected (temporary) at list, context: { uri: http://h/b?list-type=2, response: Parts { status: 503, version: HTTP/1.1, headers: {\"connection\": \"close\"} }, service: s3 } => S3Error { code: \"SlowDown\" }";
+        assert_eq!(response_status(answered), Some(503));
+        let unsent = "Unexpected (persistent) at list, context: { url: http://h/b } => send http request, source: error sending request for url (http://h/b): client error (Connect)";
+        assert_eq!(response_status(unsent), None);
     }
 }

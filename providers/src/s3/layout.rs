@@ -221,13 +221,31 @@ pub(crate) struct MetaObject {
     pub format: u32,
     /// The version's record info, as `head` returns it.
     pub record: RecordInfo,
+    /// Random, different for every claim: tells a claim that a retried request of its own
+    /// already made (its answer was lost) from one another writer made. Absent in objects
+    /// written before it existed; readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
-/// Serialises a version's metadata object.
-pub(crate) fn encode_meta(record: &RecordInfo) -> Result<Vec<u8>> {
+/// A fresh claim token: 128 random bits as hex (the standard library's per-process random
+/// hash keys, over a counter).
+pub(crate) fn claim_token() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = std::collections::hash_map::RandomState::new();
+    let (a, b) = (random.hash_one((n, 0u8)), random.hash_one((n, 1u8)));
+    format!("{a:016x}{b:016x}")
+}
+
+/// Serialises a version's metadata object for a claim made with `claim` ([`claim_token`]).
+pub(crate) fn encode_meta(record: &RecordInfo, claim: &str) -> Result<Vec<u8>> {
     let object = MetaObject {
         format: META_FORMAT,
         record: record.clone(),
+        claim: Some(claim.to_string()),
     };
     serde_json::to_vec(&object).map_err(|e| {
         Error::corrupt(
@@ -337,7 +355,7 @@ mod tests {
             metadata: stowage_core::Metadata::new(),
             conflicts: Vec::new(),
         };
-        let bytes = encode_meta(&record).unwrap();
+        let bytes = encode_meta(&record, &claim_token()).unwrap();
         let segment = l.key_segment(&ns, &long);
         assert!(l.decode_meta("p", &bytes, &ns, &segment, 3).is_ok());
         let other = l.key_segment(&ns, &"y".repeat(600));
