@@ -1977,23 +1977,20 @@ async fn a_claim_whose_answer_is_lost_counts_once_and_is_not_a_conflict() {
 
     // Every claim's answer lost in turn (each retry's answer too): the put still ends, after
     // its retries, and leaves at most the one version it made.
+    // (The timeout only keeps a put that loops, as it did, from hanging the test run.)
     let s = store(lossy(usize::MAX)).await;
-    let started = Instant::now();
-    let outcome = s
-        .namespace("n")
-        .unwrap()
-        .put_with(
+    let h = s.namespace("n").unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(300),
+        h.put_with(
             "fresh",
             Body::from(&b"new"[..]),
             Metadata::new(),
             PutMode::Create,
-        )
-        .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the put ran {:?}",
-        started.elapsed()
-    );
+        ),
+    )
+    .await
+    .expect("the put never ended");
     assert!(outcome.is_err(), "no answer ever came back: {outcome:?}");
     let made = d.versions("fresh").await.map(versions).unwrap_or_default();
     assert!(made.len() <= 1, "{made:?}");
