@@ -97,7 +97,13 @@ impl Body {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let len = file.metadata().await.ok().map(|m| m.len());
+        // A pipe or device reports length 0: only a regular file's length is its size.
+        let len = file
+            .metadata()
+            .await
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
         Ok(Body::from_reader(file, len))
     }
 
@@ -206,6 +212,62 @@ impl Body {
         Body::from_stream(checked, size_hint)
     }
 
+    /// The body held to the size it declared: a stream that yields more bytes than its
+    /// [`size_hint`](Self::size_hint), or ends before it, ends with an `InvalidInput` error
+    /// instead (a cut transfer, a file changed while being read), so a writer stores nothing
+    /// rather than a payload of another size. Bodies without a hint, and in-memory ones, are
+    /// returned as they are. [`NamespaceHandle::put`](crate::NamespaceHandle::put) applies it
+    /// to every body it writes.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use stowage_core::{Body, ErrorKind};
+    /// let chunks = || futures::stream::iter([Ok(Bytes::from_static(b"hello"))]);
+    /// let short = Body::from_stream(chunks(), Some(8)).exact();
+    /// assert_eq!(short.into_bytes().await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// let long = Body::from_stream(chunks(), Some(3)).exact();
+    /// assert_eq!(long.into_bytes().await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// let right = Body::from_stream(chunks(), Some(5)).exact();
+    /// assert_eq!(&right.into_bytes().await.unwrap()[..], b"hello");
+    /// # });
+    /// ```
+    pub fn exact(self) -> Body {
+        let declared = match &self.inner {
+            Inner::Stream {
+                size_hint: Some(n), ..
+            } => *n,
+            _ => return self,
+        };
+        let state = Some((self.into_stream(), 0u64));
+        let checked = stream::unfold(state, move |state| async move {
+            let (mut inner, seen) = state?;
+            match inner.next().await {
+                Some(Ok(chunk)) => {
+                    let seen = seen + chunk.len() as u64;
+                    if seen > declared {
+                        return Some((
+                            Err(Error::invalid_input(format!(
+                                "the payload yielded more than the {declared} bytes it declared; nothing was written"
+                            ))),
+                            None,
+                        ));
+                    }
+                    Some((Ok(chunk), Some((inner, seen))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None if seen < declared => Some((
+                    Err(Error::invalid_input(format!(
+                        "the payload ended after {seen} of the {declared} bytes it declared (cut short, or changed while being read); nothing was written"
+                    ))),
+                    None,
+                )),
+                None => None,
+            }
+        });
+        Body::from_stream(checked, Some(declared))
+    }
+
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
         match self.inner {
@@ -296,5 +358,32 @@ impl From<&'static str> for Body {
 impl From<String> for Body {
     fn from(value: String) -> Self {
         Body::from_bytes(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A named pipe reports length 0; its bytes must not be held to that.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_body_from_a_named_pipe_declares_no_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("running mkfifo");
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, b"hello through a pipe").unwrap())
+        };
+        let body = Body::from_file(&fifo).await.unwrap();
+        assert_eq!(body.size_hint(), None);
+        let bytes = body.exact().into_bytes().await.unwrap();
+        assert_eq!(&bytes[..], b"hello through a pipe");
+        writer.join().unwrap();
     }
 }

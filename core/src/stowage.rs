@@ -384,7 +384,7 @@ impl NamespaceHandle {
         let key = Key::new(key)?;
         metadata.validate()?;
         let k = &key;
-        let body = body.into();
+        let body = body.into().exact();
         let ns = &self.namespace;
         self.store
             .call("put", Some(ns), Some(&key), |b| async move {

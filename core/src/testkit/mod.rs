@@ -137,8 +137,9 @@ pub use keys::{hostile_keys_rejected, long_and_unicode_keys};
 pub use listing::{bad_cursors_rejected, list_pagination, list_prefix_and_start_after};
 pub use model::{random_operations, random_operations_shared};
 pub use roundtrip::{
-    byte_ranges, failed_body_writes_nothing, metadata_round_trip, round_trip_all_byte_values,
-    round_trip_empty, round_trip_large_streamed, round_trip_one_byte,
+    body_of_another_size_writes_nothing, byte_ranges, failed_body_writes_nothing,
+    metadata_round_trip, round_trip_all_byte_values, round_trip_empty, round_trip_large_streamed,
+    round_trip_one_byte,
 };
 pub use search::{search_filters, search_ordering, search_time_windows};
 pub use versions::{
@@ -179,6 +180,7 @@ macro_rules! __conformance_behaviours {
             round_trip_all_byte_values,
             round_trip_large_streamed,
             failed_body_writes_nothing,
+            body_of_another_size_writes_nothing,
             metadata_round_trip,
             byte_ranges,
             version_numbering,

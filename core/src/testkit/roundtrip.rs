@@ -266,6 +266,79 @@ pub async fn failed_body_writes_nothing(store: &Stowage) -> BehaviourResult {
     Ok(Outcome::Passed)
 }
 
+/// A payload stream that yields more or fewer bytes than the size it declared (a transfer cut
+/// short, a file changed while it was read) fails the put with `InvalidInput` and writes
+/// nothing, small or large, over a new key or an existing one.
+pub async fn body_of_another_size_writes_nothing(store: &Stowage) -> BehaviourResult {
+    let ns = fresh_namespace(store, "badsize")?;
+    let v1 = ns
+        .put("old", "kept", Metadata::new())
+        .await
+        .step("put old")?;
+    let cases: [(&str, Vec<usize>, u64); 5] = [
+        ("11 bytes declaring 8", vec![11], 8),
+        ("11 bytes declaring 14", vec![11], 14),
+        ("nothing declaring 5", vec![], 5),
+        (
+            "600 000 bytes declaring 599 999",
+            vec![300_000, 300_000],
+            599_999,
+        ),
+        (
+            "600 000 bytes declaring 600 001",
+            vec![300_000, 300_000],
+            600_001,
+        ),
+    ];
+    for (what, chunks, declared) in cases {
+        let body = || {
+            let chunks: Vec<crate::Result<bytes::Bytes>> = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Ok(bytes::Bytes::from(pattern(i as u64 + 7, n))))
+                .collect();
+            Body::from_stream(futures::stream::iter(chunks), Some(declared))
+        };
+        for key in ["new", "old"] {
+            let result = ns.put(key, body(), Metadata::new()).await;
+            match result {
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                other => {
+                    return Err(Failure::new(format!(
+                        "put of {key} with {what}: expected InvalidInput, got {other:?}"
+                    )))
+                }
+            }
+        }
+        expect_err(
+            ns.head("new", None).await,
+            ErrorKind::NotFound,
+            &format!("head of new after a put with {what}"),
+        )?;
+        let (info, body) = ns.get("old").await.step("get old")?;
+        ensure_eq!(
+            info,
+            v1,
+            "old after a put with {what} (nothing may be written)"
+        );
+        ensure_eq!(
+            read_body(body, "get old").await?,
+            b"kept".to_vec(),
+            "old's payload after a put with {what}"
+        );
+    }
+    let next = ns
+        .put("old", "next", Metadata::new())
+        .await
+        .step("put old after the refused puts")?;
+    ensure_eq!(
+        next.version,
+        2,
+        "the refused puts must not use up version numbers"
+    );
+    Ok(Outcome::Passed)
+}
+
 /// Content type, tags and attributes (including nested JSON, numbers, booleans, null, unicode)
 /// come back exactly, from every operation that returns metadata.
 pub async fn metadata_round_trip(store: &Stowage) -> BehaviourResult {
