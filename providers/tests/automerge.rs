@@ -683,6 +683,22 @@ async fn if_version_stays_atomic_and_base_of_missing_version_conflicts() {
     assert_eq!(err.kind(), stowage_core::ErrorKind::Conflict, "{err}");
 }
 
+/// `Base(0)`, "my writer read nothing", writes a key that has no version and conflicts with
+/// one that has, as `IfVersion(0)` does here and `Base(0)` does on every other provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_zero_writes_a_new_key_and_conflicts_with_an_existing_one() {
+    let store = backend(&fresh_root("base-zero"));
+    let (ns, key) = (ns(), Key::new("fresh.json").unwrap());
+    let put = |mode| store.put(&ns, &key, br#"{"a":1}"#.to_vec().into(), json_meta(), mode);
+    let written = put(PutMode::Base(0)).await.unwrap();
+    assert_eq!(written.version, 1);
+    let err = put(PutMode::Base(0)).await.unwrap_err();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("current version is 1"), "{err}");
+    let merged = put(PutMode::Base(1)).await.unwrap();
+    assert_eq!(merged.version, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_change_file_is_reported_never_served() {
     let root = fresh_root("damaged");

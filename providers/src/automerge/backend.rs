@@ -484,8 +484,14 @@ impl StorageBackend for AutomergeBackend {
                         mode.check(&ns, &key, (latest > 0).then_some((latest, deleted)))?;
                         None
                     }
+                    // "My writer read nothing": as on every provider, it writes a key that
+                    // has no version and conflicts with one that has.
+                    PutMode::Base(0) => {
+                        mode.check(&ns, &key, (latest > 0).then_some((latest, false)))?;
+                        None
+                    }
                     PutMode::Base(v) => {
-                        if v == 0 || v > latest {
+                        if v > latest {
                             return Err(conflict(
                                 &ns,
                                 &key,
