@@ -154,6 +154,35 @@ fn bad_arguments_exit_2_naming_the_problem() {
     assert!(run.stderr.contains("not both"), "{}", run.stderr);
     let run = sb.fails(&["bench", "--provider", "memory", "--size", "4XB"], 2);
     assert!(run.stderr.contains("4XB"), "{}", run.stderr);
+    // Too much to hold is refused up front, naming the flag, and no run is left behind.
+    for ops in ["18446744073709551615", "4294967296"] {
+        let run = sb.fails(
+            &["bench", "--provider", "memory", "--size", "1", "--ops", ops],
+            2,
+        );
+        assert!(
+            run.stderr.contains("--ops") && !run.stderr.contains("panicked"),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = sb.fails(
+        &[
+            "bench",
+            "--provider",
+            "memory",
+            "--size",
+            "1000000g",
+            "--ops",
+            "1",
+        ],
+        2,
+    );
+    assert!(
+        run.stderr.contains("smaller --size") && !run.stderr.contains("panicked"),
+        "{}",
+        run.stderr
+    );
     for flag in ["--ops", "--concurrency"] {
         let run = sb.fails(&["bench", "--provider", "memory", flag, "0"], 2);
         assert!(

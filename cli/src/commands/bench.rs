@@ -172,32 +172,67 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
         .unwrap_or_default()
         .as_secs();
     let handle = store.namespace(&format!("bench-{}-{since_epoch}", std::process::id()))?;
-    let report = measure(&handle, args).await?;
+    let measured = measure(&handle, args).await;
     if store.capabilities().purge {
-        for i in 0..args.ops.get() {
-            handle.purge(&key(i)).await?;
-        }
+        // Whatever the run wrote, also when a phase failed part-way: the namespace is this
+        // run's own, so its listing is exactly that.
+        let purged = purge_all(&handle).await;
+        let report = measured?;
+        let purged = purged?;
         if store.capabilities().gc {
             ctx.out.hint(&format!(
                 "bench: purged its {} from namespace {}; run `stowage gc` to reclaim their payload bytes",
-                counted(args.ops.get(), "record"),
+                counted(purged, "record"),
                 handle.namespace()
             ));
         }
-    } else {
-        ctx.out.hint(&format!(
-            "bench: provider `{}` cannot purge, so the {} benchmark records stay in namespace {}",
-            store.provider(),
-            args.ops,
-            handle.namespace()
-        ));
+        return Ok(report);
     }
+    let report = measured?;
+    ctx.out.hint(&format!(
+        "bench: provider `{}` cannot purge, so the {} benchmark records stay in namespace {}",
+        store.provider(),
+        args.ops,
+        handle.namespace()
+    ));
     Ok(report)
 }
 
+/// Purges every record of `handle`'s namespace (tombstones too); returns how many.
+async fn purge_all(handle: &NamespaceHandle) -> Result<u64> {
+    let mut purged = 0;
+    loop {
+        // Each page lists what is left: purged keys are gone from the next one.
+        let page = handle
+            .list(stowage_core::ListOptions {
+                include_deleted: true,
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await?;
+        if page.items.is_empty() {
+            return Ok(purged);
+        }
+        for record in page.items {
+            handle.purge(record.key.as_str()).await?;
+            purged += 1;
+        }
+    }
+}
+
+/// The most operations a run takes: each one's latency is kept (16 bytes) for the
+/// percentiles, so a billion would need 16 GiB before a single figure came out.
+const MAX_OPS: u64 = 100_000_000;
+
 /// Runs every phase against `handle` and reads the peak RSS at the end.
 async fn measure(handle: &NamespaceHandle, args: &Args) -> Result<BenchReport> {
-    let payload = Payload::new(args.size);
+    if args.ops.get() > MAX_OPS {
+        return Err(Error::invalid_input(format!(
+            "--ops {} is more than bench takes ({MAX_OPS}): every operation's latency is kept for the percentiles; run several smaller benches",
+            args.ops
+        )));
+    }
+    let payload = Payload::new(args.size)?;
     let ops = args.ops.get();
     let concurrency = args
         .concurrency
@@ -231,6 +266,15 @@ async fn run_phase(
     concurrency: usize,
     payload: &Payload,
 ) -> Result<PhaseResult> {
+    // Reserved before any task starts, so a failure here leaves nothing running.
+    let mut latencies: Vec<Duration> = Vec::new();
+    latencies
+        .try_reserve_exact(usize::try_from(ops).unwrap_or(usize::MAX))
+        .map_err(|e| {
+            Error::invalid_input(format!(
+                "cannot keep the latencies of {ops} operations in memory ({e}); use fewer --ops"
+            ))
+        })?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -249,7 +293,6 @@ async fn run_phase(
             }
         }));
     }
-    let mut latencies = Vec::with_capacity(usize::try_from(ops).unwrap_or(0));
     for task in tasks {
         let done = task
             .await
@@ -340,11 +383,19 @@ struct Payload {
 }
 
 impl Payload {
-    fn new(size: u64) -> Self {
+    /// The payloads of `size` bytes; an error, not an abort, when that much memory is not
+    /// to be had (the block is held whole, once, for the whole run).
+    fn new(size: u64) -> Result<Self> {
         let len = usize::try_from(size).unwrap_or(usize::MAX);
         // splitmix64: cheap and incompressible enough that no layer can shortcut it.
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut block = Vec::with_capacity(len);
+        let mut block = Vec::new();
+        block.try_reserve_exact(len).map_err(|e| {
+            Error::invalid_input(format!(
+                "cannot hold a benchmark payload of {} in memory ({e}); use a smaller --size",
+                human_size(size)
+            ))
+        })?;
         while block.len() < len {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = state;
@@ -354,10 +405,10 @@ impl Payload {
             let take = (len - block.len()).min(8);
             block.extend_from_slice(&z.to_le_bytes()[..take]);
         }
-        Payload {
+        Ok(Payload {
             size,
             block: Bytes::from(block),
-        }
+        })
     }
 
     /// The payload of operation `i`, streamed as two chunks.
@@ -496,7 +547,7 @@ mod tests {
     #[tokio::test]
     async fn payloads_have_the_size_asked_and_differ_per_operation() {
         for size in [0u64, 3, 8, 9, 4096] {
-            let p = Payload::new(size);
+            let p = Payload::new(size).unwrap();
             let a = p.body(1).into_bytes().await.unwrap();
             let b = p.body(2).into_bytes().await.unwrap();
             assert_eq!(a.len() as u64, size);
