@@ -313,7 +313,7 @@ pub async fn body_of_another_size_writes_nothing(store: &Stowage) -> BehaviourRe
         expect_err(
             ns.head("new", None).await,
             ErrorKind::NotFound,
-            &format!("head of new after a put with {what}"),
+            format!("head of new after a put with {what}"),
         )?;
         let (info, body) = ns.get("old").await.step("get old")?;
         ensure_eq!(
