@@ -271,8 +271,37 @@ impl StowageBuilder {
         self
     }
 
-    /// The config this builder will use, read from its file if one was named.
+    /// The config this builder will use, read from its file if one was named. Naming the
+    /// storage two ways (`with_storage`, `config`, `config_file`) is an error, not a silent
+    /// choice of one: the other's provider, namespace and plugins would be dropped.
     pub fn resolve_config(&self) -> Result<StowageConfig> {
+        let named: Vec<&str> = [
+            (self.storage.is_some(), "with_storage"),
+            (self.config.is_some(), "config"),
+            (self.config_file.is_some(), "config_file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if named.len() > 1 {
+            return Err(Error::invalid_input(format!(
+                "the builder was given the storage by both {}: call only one of them",
+                named.join(" and ")
+            )));
+        }
+        if let Some(path) = &self.config_file {
+            if !path.is_file() {
+                return Err(Error::InvalidConfig {
+                    source_name: Some(path.display().to_string()),
+                    field: String::new(),
+                    message: if path.exists() {
+                        "is not a file; name a TOML config file".into()
+                    } else {
+                        "does not exist; create it or name another".into()
+                    },
+                });
+            }
+        }
         if let Some((name, cfg)) = &self.storage {
             let mut c = StowageConfig::embedded_default();
             c.storage.provider = name.clone();

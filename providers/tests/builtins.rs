@@ -34,3 +34,46 @@ async fn the_builder_finds_memory_by_name() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown"), "{err}");
 }
+
+/// The storage named two ways is an error naming both, not a silent choice of one; a config
+/// file that is missing is invalid config naming it, as the CLI reports it.
+#[tokio::test]
+async fn the_builder_refuses_storage_named_twice_and_a_missing_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stowage.toml");
+    std::fs::write(
+        &file,
+        "[storage]\nprovider = \"memory\"\nnamespace = \"fromfile\"\n",
+    )
+    .unwrap();
+    let err = stowage_core::Stowage::builder()
+        .config_file(&file)
+        .with_storage("memory", serde_json::json!({}))
+        .build()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().contains("with_storage and config_file"),
+        "{err}"
+    );
+    let store = stowage_core::Stowage::builder()
+        .config_file(&file)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(store.default_namespace().namespace().as_str(), "fromfile");
+    let missing = dir.path().join("nowhere.toml");
+    let err = stowage_core::Stowage::builder()
+        .config_file(&missing)
+        .build()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), stowage_core::ErrorKind::InvalidConfig, "{err}");
+    assert!(
+        err.to_string().contains("nowhere.toml") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+}
