@@ -1821,15 +1821,21 @@ async fn a_healthy_duplicate_stays_one_blob_untouched() {
 
 // ---- a version claim whose answer is lost ----
 
-/// A proxy in front of the server that passes every request on, but for the first `limit`
-/// requests whose first line `hits` swallows the answer: all of it, or (`headers_only`) all
-/// after the response's headers, a body that stalls. The request itself takes effect.
-fn faulty_proxy(
-    upstream: &str,
-    hits: fn(&str) -> bool,
-    limit: usize,
-    headers_only: bool,
-) -> String {
+/// What [`faulty_proxy`] does to a request it picks.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Sends it on (it takes effect) and swallows the whole answer.
+    LoseAnswer,
+    /// Sends it on and passes the answer's headers only: a body that stalls.
+    StallBody,
+    /// Never sends it (it does not take effect), and never answers.
+    LoseRequest,
+}
+
+/// A proxy in front of the server that passes every request on, except the first `limit`
+/// requests whose first line `hits`, which get `fault`. Once a connection carried a picked
+/// request, nothing more passes on it.
+fn faulty_proxy(upstream: &str, hits: fn(&str) -> bool, limit: usize, fault: Fault) -> String {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     let upstream = upstream
         .trim_start_matches("http://")
@@ -1857,6 +1863,9 @@ fn faulty_proxy(
                     {
                         flag.store(true, Ordering::SeqCst);
                     }
+                    if fault == Fault::LoseRequest && flag.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     if s_out.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -1870,7 +1879,7 @@ fn faulty_proxy(
                     let mut pass = &buf[..n];
                     if faulty.load(Ordering::SeqCst) {
                         let end = buf[..n].windows(4).position(|w| w == b"\r\n\r\n");
-                        pass = match (headers_only && !sent_headers, end) {
+                        pass = match (fault == Fault::StallBody && !sent_headers, end) {
                             (true, Some(at)) => &buf[..at + 4],
                             _ => &[],
                         };
@@ -1892,7 +1901,7 @@ fn answer_swallowing_proxy(upstream: &str, swallow: usize) -> String {
         upstream,
         |line| line.starts_with("PUT ") && line.contains("/meta/"),
         swallow,
-        false,
+        Fault::LoseAnswer,
     )
 }
 
@@ -1914,7 +1923,7 @@ async fn a_stalled_payload_fails_verify_naming_endpoint_and_timeout() {
         &server.endpoint,
         |line| line.starts_with("GET ") && line.contains("/blobs/"),
         usize::MAX,
-        true,
+        Fault::StallBody,
     );
     cfg["endpoint"] = json!(endpoint);
     cfg["timeout_ms"] = json!(500);
@@ -1991,13 +2000,23 @@ async fn a_claim_whose_answer_is_lost_counts_once_and_is_not_a_conflict() {
     )
     .await
     .expect("the put never ended");
-    assert!(outcome.is_err(), "no answer ever came back: {outcome:?}");
+    let err = outcome.expect_err("no answer ever came back");
+    // It may have landed: the message says so, so a retry is not made blind.
+    assert!(err.to_string().contains("may have landed"), "{err}");
     let made = d.versions("fresh").await.map(versions).unwrap_or_default();
     assert!(made.len() <= 1, "{made:?}");
     assert_eq!(
         d.get("k").await.unwrap().1.into_bytes().await.unwrap(),
         &b"three"[..]
     );
+}
+
+/// The third and later deletes of metadata objects: a purge that stops after two.
+fn third_meta_delete_on(line: &str) -> bool {
+    static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    line.starts_with("DELETE ")
+        && line.contains("/meta/")
+        && SEEN.fetch_add(1, Ordering::SeqCst) >= 2
 }
 
 /// A key whose purge was interrupted keeps its newest versions and not version 1: a `Create`
@@ -2013,13 +2032,27 @@ async fn create_after_an_interrupted_purge_sees_the_versions_left() {
             .await
             .unwrap();
     }
-    // What a purge killed after its first two deletes leaves (it deletes oldest first).
-    let op = operator(&S3Config::parse(&cfg).unwrap()).unwrap();
+    // A purge whose third delete never gets an answer: versions 1 and 2 go, 3 stays.
+    let mut cut = cfg.clone();
+    cut["endpoint"] = json!(faulty_proxy(
+        &server.endpoint,
+        third_meta_delete_on,
+        usize::MAX,
+        Fault::LoseRequest
+    ));
+    cut["timeout_ms"] = json!(500);
+    cut["retries"] = json!(1);
+    let err = store(cut)
+        .await
+        .namespace("n")
+        .unwrap()
+        .purge("k")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
     let metas = objects(&cfg, "meta/").await;
-    assert_eq!(metas.len(), 3, "{metas:?}");
-    for path in &metas[..2] {
-        op.delete(path).await.unwrap();
-    }
+    assert_eq!(metas.len(), 1, "{metas:?}");
+    assert!(metas[0].ends_with("00000000000000000003.json"), "{metas:?}");
     let fresh = store(cfg.clone()).await;
     let f = fresh.namespace("n").unwrap();
     let err = f
@@ -2037,6 +2070,17 @@ async fn create_after_an_interrupted_purge_sees_the_versions_left() {
         f.get("k").await.unwrap().1.into_bytes().await.unwrap(),
         &b"three"[..]
     );
+    // A key never purged is created with version 1, as before.
+    let written = f
+        .put_with(
+            "other",
+            Body::from(&b"x"[..]),
+            Metadata::new(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.version, 1);
     // Deleted, the key takes a create again: as version 5, after the tombstone.
     f.delete("k", Default::default()).await.unwrap();
     let fresh = store(cfg).await;

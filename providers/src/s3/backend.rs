@@ -390,6 +390,27 @@ impl S3Backend {
         })
     }
 
+    /// Whether the key has no version 1 and was never purged, so has no version at all (see
+    /// [`Layout::purged_path`]): two HEADs, sent together.
+    async fn never_written(&self, ns: &Namespace, key: &Key) -> Result<bool> {
+        let first = self.layout.meta_path(ns, key.as_str(), 1);
+        let mark = self.layout.purged_path(ns, key.as_str());
+        let (first_found, mark_found) = futures::join!(
+            self.exists(&first, "metadata"),
+            self.exists(&mark, "purge mark")
+        );
+        Ok(!first_found? && !mark_found?)
+    }
+
+    /// Whether an object exists (one HEAD); `what` names it in errors.
+    async fn exists(&self, path: &str, what: &str) -> Result<bool> {
+        match self.op.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.target.error(format_args!("checking {what} {path}"), e)),
+        }
+    }
+
     /// The latest version this process last saw of the key (unchecked).
     fn cached_latest(&self, ns: &Namespace, key: &Key) -> Option<RecordInfo> {
         let v = self
@@ -476,10 +497,14 @@ impl S3Backend {
                 }
                 None
             }
+            // No answer at all (every retry's lost): the claim may have landed all the same.
             Err(e) => {
-                return Err(self
-                    .target
-                    .error(format_args!("writing metadata {path}"), e))
+                return Err(self.target.error(
+                    format_args!(
+                        "writing metadata {path} (the write may have landed even so: check with `stowage versions` before writing again)"
+                    ),
+                    e,
+                ))
             }
         };
         if let Some(etag) = etag {
@@ -951,13 +976,30 @@ impl StorageBackend for S3Backend {
         };
         // A conditional put checks its precondition before uploading anything, so a conflict
         // leaves no payload behind; an overwrite learns the latest version while the payload
-        // uploads. (A create of a key this process has not seen lists it: asking only whether
-        // version 1 exists would take a key whose purge was interrupted, or raced by a put,
-        // for a new one, since such a key keeps its newest versions and not version 1.)
+        // uploads. A create of a key this process has not seen asks whether version 1 exists
+        // and whether the key was ever purged (two HEADs at once): versions are claimed from 1
+        // up and only purge deletes them, after marking the key, so with neither the key is
+        // new and version 1 is claimed after the upload (the claim fails by itself if another
+        // writer got there first, and only then is the key listed). A key whose purge was
+        // interrupted, or raced by a put, keeps newer versions without version 1: it is
+        // listed. Bulk loads and copies into a fresh bucket create keys by the thousand, and a
+        // LIST per key is the slowest request an object store answers.
         let (stored, latest) = if mode == PutMode::Overwrite {
             let (stored, latest) =
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
+        } else if mode == PutMode::Create
+            && self
+                .cache
+                .latest_hint(&self.layout.key_dir(ns, key.as_str()))
+                .is_none()
+            && self.never_written(ns, key).await?
+        {
+            let absent = Latest {
+                record: None,
+                listed: true,
+            };
+            (self.blobs.put(body).await?, absent)
         } else {
             let mut latest = self.latest_for_write(ns, key).await?;
             if !latest.listed && check_put_mode(ns, key, mode, latest.record.as_ref()).is_err() {
@@ -1125,6 +1167,14 @@ impl StorageBackend for S3Backend {
         if names.is_empty() {
             return Err(Error::not_found(ns, key, None));
         }
+        // The mark first, and for good: from the first delete on, the key may lack version 1
+        // while newer versions remain (an interrupted purge, or a put claiming while this one
+        // deletes), and a create must then list it rather than take it for new.
+        let mark = self.layout.purged_path(ns, key.as_str());
+        self.op.write(&mark, Vec::<u8>::new()).await.map_err(|e| {
+            self.target
+                .error(format_args!("writing purge mark {mark}"), e)
+        })?;
         // Oldest first: an interrupted purge leaves the newest versions, never resurrects an
         // old one as the latest.
         for listed in &names {

@@ -28,6 +28,8 @@ pub(crate) const BLOBS: &str = "blobs/";
 pub(crate) const STAGING: &str = "staging/";
 /// Prefix of all metadata objects.
 pub(crate) const META: &str = "meta/";
+/// Prefix of the marks `purge` leaves on a key it purged (see [`Layout::purged_path`]).
+pub(crate) const PURGED: &str = "purged/";
 
 /// The object holding the payload of `hash`.
 pub(crate) fn blob_path(hash: &ContentHash) -> String {
@@ -131,6 +133,14 @@ impl Layout {
     }
 
     /// The prefix (a "folder") holding every version of one key.
+    /// The mark `purge` writes before deleting any version of the key, and leaves: a key
+    /// without version 1 and without this mark has no version at all (versions are claimed
+    /// from 1 up and only purge deletes them), so a create can tell a new key with one HEAD
+    /// of each instead of a listing.
+    pub(crate) fn purged_path(&self, ns: &Namespace, key: &str) -> String {
+        format!("{PURGED}{}/{}", ns.as_str(), self.key_segment(ns, key))
+    }
+
     pub(crate) fn key_dir(&self, ns: &Namespace, key: &str) -> String {
         format!("{}{}/", namespace_prefix(ns), self.key_segment(ns, key))
     }
