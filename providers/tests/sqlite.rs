@@ -1791,3 +1791,22 @@ async fn gc_removes_abandoned_staging_but_never_a_live_stream() {
     assert!(report.is_clean(), "{:?}", report.problems);
     a.close().await.unwrap();
 }
+
+/// After `close`, a read says the backend was closed, as a write does, not that reading failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_close_say_the_backend_was_closed() {
+    let path = fresh_dir().join("closed.db");
+    let store = stowage_core::Stowage::from_backend(backend_at(&path, serde_json::json!({})).await);
+    let h = store.namespace("n").unwrap();
+    h.put("c", "bytes", stowage_core::Metadata::new())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let err = h.get("c").await.map(|(info, _)| info).unwrap_err();
+    assert!(err.to_string().contains("backend was closed"), "{err}");
+    let err = h
+        .put("d", "more", stowage_core::Metadata::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("backend was closed"), "{err}");
+}

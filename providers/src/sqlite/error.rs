@@ -31,6 +31,13 @@ pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
 /// [`Error`] a user can act on.
 pub(crate) fn map_err(path: &Path, doing: &str, err: sqlx::Error) -> Error {
     let file = path.display();
+    if matches!(err, sqlx::Error::PoolClosed) {
+        return Error::backend(
+            PROVIDER,
+            format!("database {file}: the backend was closed; open a new one to read or write ({doing} failed)"),
+            err,
+        );
+    }
     match sqlite_code(&err) {
         Some(SQLITE_CORRUPT) => Error::corrupt(
             PROVIDER,
