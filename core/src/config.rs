@@ -95,8 +95,19 @@ impl StowageConfig {
     /// Reads and parses a TOML file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+        // A path that names no file is the config's fault, not an I/O failure.
+        let missing = |what: &str| Error::InvalidConfig {
+            source_name: Some(path.display().to_string()),
+            field: String::new(),
+            message: format!("{what}; name a TOML config file"),
+        };
+        if path.is_dir() {
+            return Err(missing("is a directory"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing("does not exist"),
+            _ => Error::io(format!("reading config file {}", path.display()), e),
+        })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;

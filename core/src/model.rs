@@ -424,6 +424,17 @@ impl PutMode {
         })
     }
 
+    /// [`check`](Self::check) against the key's latest record (`None` when it has none), as
+    /// a provider that holds the record has it.
+    pub fn check_latest(
+        self,
+        ns: &Namespace,
+        key: &Key,
+        latest: Option<&RecordInfo>,
+    ) -> Result<()> {
+        self.check(ns, key, latest.map(|r| (r.version, r.is_deleted())))
+    }
+
     /// What this mode expects of the key, as a [`Error::Conflict`] names it.
     pub fn expected(self) -> String {
         match self {

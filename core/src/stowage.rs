@@ -289,19 +289,6 @@ impl StowageBuilder {
                 named.join(" and ")
             )));
         }
-        if let Some(path) = &self.config_file {
-            if !path.is_file() {
-                return Err(Error::InvalidConfig {
-                    source_name: Some(path.display().to_string()),
-                    field: String::new(),
-                    message: if path.exists() {
-                        "is not a file; name a TOML config file".into()
-                    } else {
-                        "does not exist; create it or name another".into()
-                    },
-                });
-            }
-        }
         if let Some((name, cfg)) = &self.storage {
             let mut c = StowageConfig::embedded_default();
             c.storage.provider = name.clone();

@@ -437,7 +437,7 @@ impl StorageBackend for AutomergeBackend {
         {
             let dir = storage::doc_dir(&self.inner.root, ns, key);
             let latest = self.blocking(move |inner| inner.latest_info(dir)).await?;
-            mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+            mode.check_latest(ns, key, latest.as_ref())?;
         }
         let received = if is_json {
             Received::Inline(body.into_bytes().await?)

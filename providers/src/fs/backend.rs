@@ -1068,7 +1068,7 @@ fn decide(
             mode,
             ..
         } => {
-            mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+            mode.check_latest(ns, key, latest)?;
             RecordInfo {
                 namespace: ns.clone(),
                 key: key.clone(),
@@ -1224,7 +1224,7 @@ impl StorageBackend for FsBackend {
                 if mode != PutMode::Overwrite {
                     let state = core.fresh_state()?;
                     let latest = state.index.versions(ns, key).and_then(|v| v.last());
-                    mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+                    mode.check_latest(ns, key, latest)?;
                 }
                 let (pin, hash, size) = core.blobs.write_body(body, &core.pins).await?;
                 (pin, hash, size, None)

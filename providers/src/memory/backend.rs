@@ -179,7 +179,7 @@ impl StorageBackend for MemoryBackend {
         let mut state = self.write();
         let history = state.history(ns, key);
         let latest = history.and_then(|h| h.last());
-        mode.check(ns, key, latest.map(|l| (l.version, l.is_deleted())))?;
+        mode.check_latest(ns, key, latest)?;
         let updated_at = next_time(history);
         let info = RecordInfo {
             namespace: ns.clone(),

@@ -897,16 +897,6 @@ fn conflict(ns: &Namespace, key: &Key, expected: String, current: Option<&Record
     }
 }
 
-/// Checks a put's precondition against the latest version.
-fn check_put_mode(
-    ns: &Namespace,
-    key: &Key,
-    mode: PutMode,
-    latest: Option<&RecordInfo>,
-) -> Result<()> {
-    mode.check(ns, key, latest.map(|r| (r.version, r.is_deleted())))
-}
-
 fn new_record(
     ns: &Namespace,
     key: &Key,
@@ -1002,19 +992,19 @@ impl StorageBackend for S3Backend {
             (self.blobs.put(body).await?, absent)
         } else {
             let mut latest = self.latest_for_write(ns, key).await?;
-            if !latest.listed && check_put_mode(ns, key, mode, latest.record.as_ref()).is_err() {
+            if !latest.listed && mode.check_latest(ns, key, latest.record.as_ref()).is_err() {
                 // What this process cached may be stale: refuse only on the listing.
                 latest = Latest {
                     record: self.latest_listed(ns, key).await?,
                     listed: true,
                 };
             }
-            check_put_mode(ns, key, mode, latest.record.as_ref())?;
+            mode.check_latest(ns, key, latest.record.as_ref())?;
             (self.blobs.put(body).await?, latest)
         };
         let (hash, size) = stored;
         self.write_next(ns, key, Some(latest), |latest, version, now| {
-            check_put_mode(ns, key, mode, latest)?;
+            mode.check_latest(ns, key, latest)?;
             Ok(new_record(
                 ns,
                 key,

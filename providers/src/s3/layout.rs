@@ -132,7 +132,6 @@ impl Layout {
         }
     }
 
-    /// The prefix (a "folder") holding every version of one key.
     /// The mark `purge` writes before deleting any version of the key, and leaves: a key
     /// without version 1 and without this mark has no version at all (versions are claimed
     /// from 1 up and only purge deletes them), so a create can tell a new key with one HEAD
@@ -141,6 +140,7 @@ impl Layout {
         format!("{PURGED}{}/{}", ns.as_str(), self.key_segment(ns, key))
     }
 
+    /// The prefix (a "folder") holding every version of one key.
     pub(crate) fn key_dir(&self, ns: &Namespace, key: &str) -> String {
         format!("{}{}/", namespace_prefix(ns), self.key_segment(ns, key))
     }
