@@ -50,10 +50,13 @@ const OWN_WARNINGS: &str = "stowage_core=warn,stowage_providers=warn,stowage=war
 pub fn init_tracing(global: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if global.quiet {
+        // `-q` on the command line outranks a `$RUST_LOG` the environment happens to carry.
+        return;
+    }
     let filter = match global.verbose {
         0 => match std::env::var("RUST_LOG") {
             Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
-            _ if global.quiet => return,
             _ => {
                 // Only stowage's crates: a dependency's warnings (sqlx's slow statements, say)
                 // are not the user's to act on. Failures are not logged, so every failure stays
@@ -62,6 +65,7 @@ pub fn init_tracing(global: &GlobalArgs) {
                 let _ = tracing_subscriber::fmt()
                     .with_env_filter(filter)
                     .with_writer(std::io::stderr)
+                    .log_internal_errors(false)
                     .with_ansi(ansi)
                     .without_time()
                     .with_target(false)
@@ -74,9 +78,13 @@ pub fn init_tracing(global: &GlobalArgs) {
         _ => EnvFilter::new("stowage_core=trace,stowage_providers=debug,stowage=debug"),
     };
     // Fails only if a subscriber is already set, which cannot happen in this binary.
+    // A log line that cannot be written (stderr on a full disk or a closed pipe) is dropped:
+    // tracing's default reports it with `eprintln!`, which panics, and a panic on SQLite's
+    // worker thread would leave the command waiting for ever.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(ansi)
         .try_init();
 }

@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 use stowage_core::{Error, ErrorKind};
 
+use crate::output::stderr_line;
+
 /// Success.
 pub const OK: u8 = 0;
 /// Any failure not covered by a more specific code.
@@ -72,7 +74,7 @@ pub fn report_failure(failure: &Failure) -> ExitCode {
     match failure {
         Failure::Error(e) => report(e),
         Failure::Worded { message, code } => {
-            eprintln!("stowage: {}", one_line(message));
+            stderr_line(format_args!("stowage: {}", one_line(message)));
             ExitCode::from(*code)
         }
     }
@@ -86,7 +88,7 @@ pub fn report(error: &Error) -> ExitCode {
     if is_broken_pipe(error) {
         return ExitCode::from(OK);
     }
-    eprintln!("stowage: {}", one_line(&error.chain()));
+    stderr_line(format_args!("stowage: {}", one_line(&error.chain())));
     ExitCode::from(code_for(error.kind()))
 }
 
@@ -106,7 +108,7 @@ pub fn clap_error(error: clap::Error) -> ExitCode {
         }
         _ => {
             let message = one_line_usage_error(&error.render().to_string());
-            eprintln!("stowage: {message} (see --help)");
+            stderr_line(format_args!("stowage: {message} (see --help)"));
             ExitCode::from(INVALID_INPUT)
         }
     }

@@ -50,7 +50,7 @@ impl Output {
     /// Prints a hint on stderr (hidden with `-q`).
     pub fn hint(&self, line: &str) {
         if !self.quiet {
-            eprintln!("{line}");
+            stderr_line(format_args!("{line}"));
         }
     }
 
@@ -148,6 +148,13 @@ impl Output {
 
 fn stdout_error(e: std::io::Error) -> Error {
     Error::io("writing to stdout", e)
+}
+
+/// Writes one line to stderr. A stderr that cannot be written (a full disk, a closed pipe) loses
+/// the line and nothing else: the command still ends with its own exit code (`eprintln!` would
+/// panic instead).
+pub fn stderr_line(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// A count with its noun, singular for one: `1 byte`, `2 bytes`, `0 records`. Every count the

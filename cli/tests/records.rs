@@ -670,7 +670,44 @@ fn get_writes_through_links_pipes_and_devices() {
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("No space left"), "{stderr}");
+        assert!(stderr.contains("writing stdout"), "{stderr}");
+        let run = sb.fails(&["get", "k", "-o", "/dev/full"], 1);
+        assert!(run.stderr.contains("writing /dev/full"), "{}", run.stderr);
     }
+}
+
+/// A file `-o` replaces keeps its permission bits (a private file stays private), and one this
+/// user may not write to is refused, left as it was.
+#[cfg(unix)]
+#[test]
+fn get_keeps_the_mode_of_a_replaced_file_and_refuses_a_read_only_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "k"], b"new secret");
+    let private = sb.write("private.txt", b"old secret");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sb.ok(&["get", "k", "-o", "private.txt"]);
+    assert_eq!(std::fs::read(&private).unwrap(), b"new secret");
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+
+    let read_only = sb.write("read-only.txt", b"keep me");
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // Root may write any file, as `cp` would; then the file is replaced and stays read-only.
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&read_only)
+        .is_ok();
+    if writable {
+        sb.ok(&["get", "k", "-o", "read-only.txt"]);
+        assert_eq!(std::fs::read(&read_only).unwrap(), b"new secret");
+    } else {
+        let run = sb.fails(&["get", "k", "-o", "read-only.txt"], 2);
+        assert!(run.stderr.contains("not writable"), "{}", run.stderr);
+        assert_eq!(std::fs::read(&read_only).unwrap(), b"keep me");
+    }
+    let mode = std::fs::metadata(&read_only).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o444);
 }
 
 #[test]
@@ -767,6 +804,74 @@ fn a_reader_closing_stdout_early_is_not_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cmd` with stderr on `/dev/full` (every write fails with "no space left") and returns
+/// its exit code; a process still running after two minutes has hung and fails the test.
+#[cfg(target_os = "linux")]
+fn code_with_stderr_full(mut cmd: std::process::Command, stdin: &[u8]) -> Option<i32> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("stowage hung with an unwritable stderr");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unwritable_stderr_loses_only_the_messages() {
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "k"], b"first");
+    // The error line cannot be written: the exit code is still the error's (was a panic, 101).
+    assert_eq!(
+        code_with_stderr_full(sb.command(&["head", "absent"]), b""),
+        Some(3)
+    );
+    // Traced calls (-v) and a $RUST_LOG that also logs SQLite's worker thread (a panic there
+    // left the command waiting for ever) write nothing but do their work.
+    assert_eq!(
+        code_with_stderr_full(sb.command(&["-v", "put", "k"]), b"second"),
+        Some(0)
+    );
+    let mut cmd = sb.command(&["put", "k"]);
+    cmd.env("RUST_LOG", "trace");
+    assert_eq!(code_with_stderr_full(cmd, b"third"), Some(0));
+    let run = sb.ok(&["get", "k"]);
+    assert_eq!(run.stdout, b"third");
+    assert_eq!(sb.ok(&["--json", "head", "k"]).json()["version"], 3);
+}
+
+#[test]
+fn quiet_outranks_rust_log() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["-q", "ls"]);
+    cmd.env("RUST_LOG", "trace");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
     assert!(
         out.stderr.is_empty(),
         "{}",

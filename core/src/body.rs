@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,10 @@ use crate::hash::{ContentHash, ContentHasher};
 
 /// Size of the chunks [`Body::from_reader`] and [`Body::from_file`] read.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// How many bytes at the end of a body [`Body::write_to`] holds back until the body ended
+/// without an error (such as a hash mismatch found at its end).
+pub const WRITE_HOLDBACK: usize = 4 * 1024 * 1024;
 
 /// A payload: either bytes in memory or a stream of chunks, so no provider needs to hold a large
 /// payload whole.
@@ -71,13 +76,22 @@ impl Body {
         reader: impl AsyncRead + Send + Unpin + 'static,
         size_hint: Option<u64>,
     ) -> Self {
-        let stream = stream::try_unfold(reader, |mut reader| async move {
+        Body::reading(reader, size_hint, Arc::from("reading payload"))
+    }
+
+    /// [`Body::from_reader`], its read errors saying `doing` (which names the source).
+    fn reading(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        size_hint: Option<u64>,
+        doing: Arc<str>,
+    ) -> Self {
+        let stream = stream::try_unfold((reader, doing), |(mut reader, doing)| async move {
             let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
             while buf.len() < CHUNK_SIZE {
                 let n = reader
                     .read_buf(&mut buf)
                     .await
-                    .map_err(|e| Error::io("reading payload", e))?;
+                    .map_err(|e| Error::io(doing.to_string(), e))?;
                 if n == 0 {
                     break;
                 }
@@ -85,7 +99,7 @@ impl Body {
             if buf.is_empty() {
                 Ok(None)
             } else {
-                Ok(Some((buf.freeze(), reader)))
+                Ok(Some((buf.freeze(), (reader, doing))))
             }
         });
         Body::from_stream(stream, size_hint)
@@ -104,7 +118,8 @@ impl Body {
             .ok()
             .filter(|m| m.is_file())
             .map(|m| m.len());
-        Ok(Body::from_reader(file, len))
+        let doing = Arc::from(format!("reading {}", path.display()));
+        Ok(Body::reading(file, len, doing))
     }
 
     /// The exact size, when known without reading.
@@ -278,24 +293,52 @@ impl Body {
     }
 
     /// Copies the whole body into an async writer, returning the byte count.
+    ///
+    /// The last [`WRITE_HOLDBACK`] bytes are held back until the body has ended without an
+    /// error: a [`verified`](Self::verified) body reports a hash mismatch only at its end, so a
+    /// damaged payload of up to that size writes nothing at all, and a larger one never its
+    /// tail. A writer that cannot be replaced afterwards (stdout) gets no damaged small payload.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use stowage_core::{Body, ContentHash, Error};
+    /// let damaged = Body::from("hellO").verified(ContentHash::of(b"hello"), 5, |_, _| {
+    ///     Error::corrupt("demo", "hash mismatch")
+    /// });
+    /// let mut out = Vec::new();
+    /// assert!(damaged.write_to(&mut out).await.is_err());
+    /// assert!(out.is_empty());
+    /// # });
+    /// ```
     pub async fn write_to(
         mut self,
         writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64> {
         use tokio::io::AsyncWriteExt;
+        let failed = |e| Error::io("writing payload", e);
+        let mut held = std::collections::VecDeque::<Bytes>::new();
+        let mut held_len = 0usize;
         let mut n = 0u64;
         while let Some(chunk) = self.next_chunk().await {
             let chunk = chunk?;
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| Error::io("writing payload", e))?;
+            held_len += chunk.len();
+            held.push_back(chunk);
+            // Release the oldest chunks while what stays held still covers the hold-back.
+            while held
+                .front()
+                .is_some_and(|front| held_len - front.len() >= WRITE_HOLDBACK)
+            {
+                let front = held.pop_front().expect("checked");
+                held_len -= front.len();
+                writer.write_all(&front).await.map_err(failed)?;
+                n += front.len() as u64;
+            }
+        }
+        for chunk in held {
+            writer.write_all(&chunk).await.map_err(failed)?;
             n += chunk.len() as u64;
         }
-        writer
-            .flush()
-            .await
-            .map_err(|e| Error::io("writing payload", e))?;
+        writer.flush().await.map_err(failed)?;
         Ok(n)
     }
 }

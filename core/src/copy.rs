@@ -160,6 +160,7 @@ pub async fn copy(
     let skipped = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let counters = Counters {
+        count_skips: true,
         copied: &copied,
         skipped: &skipped,
         bytes: &bytes,
@@ -197,10 +198,27 @@ pub async fn copy(
                 let (pair, counters) = (&pair, &counters);
                 let held = held.get(latest.key.as_str());
                 async move {
-                    let copied = match versions {
-                        CopyVersions::All => copy_history(pair, latest, held, counters).await,
-                        CopyVersions::Latest => copy_latest(pair, latest, held, counters).await,
+                    let copy_key = |held, counters| async move {
+                        match versions {
+                            CopyVersions::All => copy_history(pair, latest, held, counters).await,
+                            CopyVersions::Latest => copy_latest(pair, latest, held, counters).await,
+                        }
                     };
+                    let mut copied = copy_key(held, counters).await;
+                    if matches!(&copied, Err(e) if e.kind() == ErrorKind::Conflict) {
+                        // The key changed in the target while it was copied (a copy running
+                        // beside this one, say): look at it again, once. A target that now
+                        // holds the source's state, or a prefix of its history, is finished;
+                        // a state the source never had still stops the copy. The versions
+                        // skipped this time were written by this copy (counted already) or
+                        // by the other writer (not this copy's to count).
+                        let now = target_versions(&pair.dst, latest.key.as_str()).await?;
+                        let again = Counters {
+                            count_skips: false,
+                            ..*counters
+                        };
+                        copied = copy_key(now.last(), &again).await;
+                    }
                     match copied {
                         Err(e) if is_refusal(&e) && pair.was_refused(latest) => Ok(()),
                         other => other,
@@ -215,13 +233,18 @@ pub async fn copy(
         };
         let refused_keys: HashSet<&str> = refused.iter().map(|r| r.key.as_str()).collect();
         let after = latest_by_key(&pair.dst, &scope).await?;
-        let finals: Vec<FinalState> = stream::iter(
-            listing
-                .iter()
-                .filter(|latest| !refused_keys.contains(latest.key.as_str())),
-        )
-        .map(|latest| compare_final(&pair, after.get(latest.key.as_str()), latest, versions))
-        .buffered(concurrency)
+        let checked: Vec<&RecordInfo> = listing
+            .iter()
+            .filter(|latest| !refused_keys.contains(latest.key.as_str()))
+            .collect();
+        // By index: a closure over `&RecordInfo` items would make the future of `copy` lose
+        // `Send` to a higher-ranked lifetime (it could not be spawned).
+        let finals: Vec<FinalState> = stream::iter(0..checked.len())
+            .map(|i| {
+                let latest = checked[i];
+                compare_final(&pair, after.get(latest.key.as_str()), latest, versions)
+            })
+            .buffered(concurrency)
         .try_collect()
         .await?;
         for state in finals {
@@ -268,7 +291,10 @@ fn is_refusal(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::InvalidKey)
 }
 
+#[derive(Clone, Copy)]
 struct Counters<'a> {
+    /// Whether versions found already in the target count as skipped.
+    count_skips: bool,
     copied: &'a AtomicU64,
     skipped: &'a AtomicU64,
     bytes: &'a AtomicU64,
@@ -284,6 +310,9 @@ impl Counters<'_> {
         self.observer.copied(info);
     }
     fn skipped(&self, info: &RecordInfo) {
+        if !self.count_skips {
+            return;
+        }
         self.skipped.fetch_add(1, Ordering::Relaxed);
         self.observer.skipped(info);
     }
@@ -603,10 +632,9 @@ async fn write_version(
     counters: &Counters<'_>,
 ) -> Result<()> {
     let key = s.key.as_str();
-    let mode = match last {
-        Some(v) => PutMode::IfVersion(v),
-        None => PutMode::Create,
-    };
+    // `IfVersion(0)`: no version at all. `Create` would also take a key whose latest version
+    // is a tombstone — one a concurrent copy just wrote — and write this version after it.
+    let mode = PutMode::IfVersion(last.unwrap_or(0));
     if s.is_deleted() {
         let last = match last {
             Some(v) => v,
@@ -681,7 +709,7 @@ async fn copy_latest(
             let live = history.iter().rev().find(|v| !v.is_deleted());
             write_version(pair, latest, None, live, counters).await?;
         } else {
-            put_from(pair, latest, PutMode::Create).await?;
+            put_from(pair, latest, PutMode::IfVersion(0)).await?;
             counters.copied(latest);
         }
         return Ok(());

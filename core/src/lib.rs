@@ -43,7 +43,7 @@ pub mod testkit;
 
 pub use backend::StorageBackend;
 pub use blocking::{run_blocking, run_on_pool};
-pub use body::{Body, CHUNK_SIZE};
+pub use body::{Body, CHUNK_SIZE, WRITE_HOLDBACK};
 pub use config::{PluginsConfig, StorageConfig, StowageConfig};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{parse_config, ProviderOrigin, StorageProviderFactory};

@@ -51,7 +51,9 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339: `2025-01-02T03:04:05Z`, with fractional seconds, an offset from UTC
-    /// (`+01:00`, `-05:30`), lower-case `t` and `z`, or a space for the `T`.
+    /// (`+01:00`, `-05:30`), lower-case `t` and `z`, or a space for the `T`. The `Z` or the
+    /// offset is required, and times before 1970 are refused by name (a [`Timestamp`] counts
+    /// from the Unix epoch).
     ///
     /// ```
     /// use stowage_core::Timestamp;
@@ -59,6 +61,11 @@ impl Timestamp {
     /// assert_eq!(Timestamp::parse_rfc3339("2025-01-02T04:04:05+01:00").unwrap(), utc);
     /// assert_eq!(Timestamp::parse_rfc3339("2025-01-01t22:04:05-05:00").unwrap(), utc);
     /// assert!(Timestamp::parse_rfc3339("2025-01-02T03:04:05+1").is_err());
+    /// // No offset says nothing of which clock: refused rather than guessed.
+    /// assert!(Timestamp::parse_rfc3339("2025-01-02T03:04:05").is_err());
+    /// // Valid RFC 3339, but before any time stowage keeps.
+    /// let early = Timestamp::parse_rfc3339("1969-12-31T23:59:59Z").unwrap_err();
+    /// assert!(early.to_string().contains("before 1970"));
     /// ```
     pub fn parse_rfc3339(s: &str) -> Result<Self> {
         let bad = |e: &dyn fmt::Display| {
@@ -94,10 +101,28 @@ impl Timestamp {
                 let sign = if offset.starts_with('-') { -1 } else { 1 };
                 (format!("{time}Z"), sign * (hours * 60 + minutes))
             }
-            _ => (upper, 0),
+            _ if upper.ends_with('Z') => (upper, 0),
+            _ => {
+                return Err(bad(
+                    &"it says no offset from UTC: end it with Z for UTC, or with an offset such as +01:00",
+                ))
+            }
         };
+        let before_1970 = || {
+            Error::invalid_input(format!(
+                "time {s:?} is before 1970-01-01T00:00:00Z, the earliest time stowage keeps"
+            ))
+        };
+        if utc.get(..4).and_then(|y| y.parse::<u32>().ok()) < Some(1970)
+            && utc.as_bytes().get(4) == Some(&b'-')
+        {
+            return Err(before_1970());
+        }
         let at = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e))?;
         let micros = Self::from_system_time(at).0 - offset_minutes * 60_000_000;
+        if micros < 0 {
+            return Err(before_1970());
+        }
         Ok(Timestamp(micros))
     }
 }

@@ -424,3 +424,135 @@ async fn latest_only_counts_both_versions_a_tombstone_takes() {
     assert_eq!(report.versions_copied, 2, "{report:?}");
     assert_eq!(report.bytes_copied, 5, "{report:?}");
 }
+
+/// A target that, on the first write this copy makes, lets another copy of the same source
+/// run to the end first: the race of two `stowage copy` runs at once, made deterministic.
+struct OvertakenOnce {
+    inner: Arc<dyn StorageBackend>,
+    source: Stowage,
+    options: CopyOptions,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl OvertakenOnce {
+    async fn let_the_other_copy_finish(&self) {
+        if self.first.swap(false, Ordering::SeqCst) {
+            let other = Stowage::from_backend(self.inner.clone());
+            copy(&self.source, &other, &self.options, &NoCopyObserver)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl StorageBackend for OvertakenOnce {
+    fn provider(&self) -> &str {
+        "overtaken"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(
+        &self,
+        ns: &Namespace,
+        key: &Key,
+        body: Body,
+        meta: Metadata,
+        mode: PutMode,
+    ) -> Result<RecordInfo> {
+        self.let_the_other_copy_finish().await;
+        self.inner.put(ns, key, body, meta, mode).await
+    }
+    async fn get(&self, ns: &Namespace, key: &Key, o: GetOptions) -> Result<(RecordInfo, Body)> {
+        self.inner.get(ns, key, o).await
+    }
+    async fn head(&self, ns: &Namespace, key: &Key, v: Option<Version>) -> Result<RecordInfo> {
+        self.inner.head(ns, key, v).await
+    }
+    async fn delete(&self, ns: &Namespace, key: &Key, o: DeleteOptions) -> Result<RecordInfo> {
+        self.let_the_other_copy_finish().await;
+        self.inner.delete(ns, key, o).await
+    }
+    async fn list(&self, ns: &Namespace, o: ListOptions) -> Result<Page<RecordInfo>> {
+        self.inner.list(ns, o).await
+    }
+    async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
+        self.inner.versions(ns, key).await
+    }
+    async fn verify(&self, p: &dyn stowage_core::Progress) -> Result<stowage_core::VerifyReport> {
+        self.inner.verify(p).await
+    }
+}
+
+/// Two copies of one source at once: the one overtaken finds the other's work and finishes,
+/// and a deleted record is never written again after its tombstone (a first version written
+/// as `Create` would land after the other copy's tombstone, as a live version the source
+/// never had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_overtaken_by_another_finishes_without_writing_twice() {
+    for versions in [CopyVersions::All, CopyVersions::Latest] {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let source = store("sqlite", &d1).await;
+        let s = source.default_namespace();
+        s.put("gone", "was here", Metadata::new()).await.unwrap();
+        s.delete("gone", DeleteOptions::default()).await.unwrap();
+        s.put("kept", "one", Metadata::new()).await.unwrap();
+        s.put("kept", "two", Metadata::new()).await.unwrap();
+        let options = CopyOptions {
+            versions,
+            concurrency: Some(1),
+            ..Default::default()
+        };
+        let memory = store("memory", &d2).await;
+        let target = Stowage::from_backend(Arc::new(OvertakenOnce {
+            inner: memory.backend().clone(),
+            source: source.clone(),
+            options: options.clone(),
+            first: true.into(),
+        }));
+        let report = copy(&source, &target, &options, &NoCopyObserver)
+            .await
+            .unwrap();
+        assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+        let t = memory.default_namespace();
+        let history = |v: Vec<RecordInfo>| {
+            v.iter()
+                .map(|i| (i.version, i.is_deleted()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            history(t.versions("gone").await.unwrap()),
+            [(1, false), (2, true)],
+            "{versions:?}"
+        );
+        let kept = history(t.versions("kept").await.unwrap());
+        match versions {
+            CopyVersions::All => assert_eq!(kept, [(1, false), (2, false)]),
+            CopyVersions::Latest => assert_eq!(kept, [(1, false)]),
+        }
+        assert_eq!(
+            &t.get("kept").await.unwrap().1.into_bytes().await.unwrap()[..],
+            b"two"
+        );
+    }
+}
+
+/// `copy` runs in a spawned task: its future is `Send`.
+#[tokio::test]
+async fn a_copy_can_run_in_a_spawned_task() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, target) = (store("sqlite", &d1).await, store("memory", &d2).await);
+    source
+        .default_namespace()
+        .put("k", "v", Metadata::new())
+        .await
+        .unwrap();
+    let report = tokio::spawn(async move {
+        copy(&source, &target, &CopyOptions::default(), &NoCopyObserver).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.versions_copied, 1);
+}

@@ -11,7 +11,7 @@ use stowage_core::Error;
 use super::at_least_one;
 use crate::context::Context;
 use crate::exit::{self, Failure};
-use crate::output::{counted, human_size};
+use crate::output::{counted, human_size, stderr_line};
 use crate::progress::CopyProgress;
 
 /// Arguments of `stowage copy`.
@@ -110,13 +110,16 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
             .note(&summary(&report, source.provider(), target.provider()))?;
     }
     for r in &report.refused {
-        eprintln!(
+        stderr_line(format_args!(
             "refused: {}/{} version {}: {}",
             r.namespace, r.key, r.version, r.reason
-        );
+        ));
     }
     for m in &report.mismatches {
-        eprintln!("mismatch: {}/{}: {}", m.namespace, m.key, m.detail);
+        stderr_line(format_args!(
+            "mismatch: {}/{}: {}",
+            m.namespace, m.key, m.detail
+        ));
     }
     if !report.refused.is_empty() {
         return Err(Failure::Worded {

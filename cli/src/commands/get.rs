@@ -22,7 +22,8 @@ pub struct Args {
     /// Read this version instead of the latest.
     #[arg(long, value_name = "N")]
     pub version: Option<Version>,
-    /// Only bytes A through B inclusive (`A-B`), or from A to the end (`A-`), as in HTTP.
+    /// Only bytes A through B inclusive (`A-B`), or from A to the end (`A-`). A range is not
+    /// hash-checked (only a whole payload can be); `stowage verify` checks stored payloads.
     #[arg(long, value_name = "A-B")]
     pub range: Option<RangeArg>,
     /// Write to FILE instead of stdout (`-` is stdout).
@@ -81,7 +82,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     match args.output.filter(|p| p.as_os_str() != "-") {
         None => {
             let mut stdout = tokio::io::stdout();
-            body.write_to(&mut stdout).await?;
+            body.write_to(&mut stdout)
+                .await
+                .map_err(|e| naming_output(e, Path::new("stdout")))?;
             Ok(())
         }
         Some(target) => {
@@ -143,17 +146,52 @@ async fn write_output(target: &Path, body: stowage_core::Body) -> Result<u64> {
             target.display()
         ))),
         Some(m) if !m.is_file() => write_in_place(target, body).await,
-        Some(_) if link => {
+        Some(m) if link => {
             let real = tokio::fs::canonicalize(target).await.map_err(inspecting)?;
-            write_file_atomically(&real, body).await
+            write_file_atomically(&real, Some(&m), body).await
         }
-        Some(_) => write_file_atomically(target, body).await,
+        Some(m) => write_file_atomically(target, Some(&m), body).await,
         None if link => Err(Error::invalid_input(format!(
             "output {} is a symbolic link to a missing file; name the file itself",
             target.display()
         ))),
-        None => write_file_atomically(target, body).await,
+        None => write_file_atomically(target, None, body).await,
     }
+}
+
+/// Refuses to replace an existing file this user may not write to (as `cp` would refuse to
+/// write into it): the check opens it for writing without changing it.
+async fn check_writable(target: &Path) -> Result<()> {
+    match tokio::fs::OpenOptions::new().write(true).open(target).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(Error::invalid_input(format!(
+                "output {} exists and is not writable by this user; stowage replaces only a \
+                 file it may write (change its permissions, or name another file)",
+                target.display()
+            )))
+        }
+        Err(e) => Err(Error::io(format!("opening output {}", target.display()), e)),
+    }
+}
+
+/// Gives the new file the replaced one's permission bits, and its owner and group where this
+/// user may set them (`chown` to another user needs privileges; then the new file is ours).
+async fn keep_mode_and_owner(
+    file: &tokio::fs::File,
+    replaced: &std::fs::Metadata,
+    path: &Path,
+) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // Best effort, before the mode: a change of owner may clear set-user-ID bits.
+        let _ = std::os::unix::fs::fchown(file, Some(replaced.uid()), Some(replaced.gid()));
+        let _ = std::os::unix::fs::fchown(file, None, Some(replaced.gid()));
+    }
+    file.set_permissions(replaced.permissions())
+        .await
+        .map_err(|e| Error::io(format!("setting the permissions of {}", path.display()), e))
 }
 
 /// Streams `body` into an existing target that is not a regular file.
@@ -164,11 +202,33 @@ async fn write_in_place(target: &Path, body: stowage_core::Body) -> Result<u64> 
         .await
         .map_err(|e| Error::io(format!("opening {}", target.display()), e))?;
     // Flushed by `write_to`; there is nothing to sync or rename.
-    body.write_to(&mut out).await
+    body.write_to(&mut out)
+        .await
+        .map_err(|e| naming_output(e, target))
 }
 
-/// Writes a regular file beside `target` and renames it into place once whole.
-async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Result<u64> {
+/// A failed write of the payload ([`Body::write_to`](stowage_core::Body::write_to) says
+/// "writing payload"), said with the output's name; an error reading the payload stays as it is.
+fn naming_output(error: Error, target: &Path) -> Error {
+    match error {
+        Error::Io { context, source } if context == "writing payload" => {
+            Error::io(format!("writing {}", target.display()), source)
+        }
+        other => other,
+    }
+}
+
+/// Writes a regular file beside `target` and renames it into place once whole. A file it
+/// replaces (`replaced`) must be writable by this user, and its mode (and owner, where
+/// possible) carries over to the new file; hard links to the old file keep the old content.
+async fn write_file_atomically(
+    target: &Path,
+    replaced: Option<&std::fs::Metadata>,
+    body: stowage_core::Body,
+) -> Result<u64> {
+    if replaced.is_some() {
+        check_writable(target).await?;
+    }
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -202,7 +262,13 @@ async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Resul
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
                 return Err(Error::io(
-                    format!("creating a temporary file in {}", dir.display()),
+                    format!(
+                        "creating a temporary file in {} for output {} (stowage writes the \
+                         payload beside its target and renames it into place once whole, so \
+                         the directory must be writable)",
+                        dir.display(),
+                        target.display()
+                    ),
                     e,
                 ))
             }
@@ -215,9 +281,12 @@ async fn write_file_atomically(target: &Path, body: stowage_core::Body) -> Resul
             name.to_string_lossy()
         ))
     })?;
+    if let Some(replaced) = replaced {
+        keep_mode_and_owner(&file, replaced, &guard.path).await?;
+    }
     // On Ctrl-C return an error instead of dying, so the guard removes the partial file.
     let written = tokio::select! {
-        result = body.write_to(&mut file) => result?,
+        result = body.write_to(&mut file) => result.map_err(|e| naming_output(e, target))?,
         _ = tokio::signal::ctrl_c() => {
             return Err(Error::io(
                 format!("writing {}", target.display()),
