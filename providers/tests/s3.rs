@@ -635,6 +635,82 @@ async fn wrong_bucket_is_named() {
     assert!(format!("{err:?}").contains("NoSuchBucket"), "{err:?}");
 }
 
+/// The provider speaks TLS (an `https://` endpoint is what AWS, R2 and most hosted stores
+/// take): against the plain-http test server the handshake is tried and fails, said so by name.
+/// Without a TLS client the request would not be sent at all ("scheme is not http").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_plain_http_server_fails_its_tls_handshake_by_name() {
+    let Some(server) = server() else { return };
+    let endpoint = server.endpoint.replacen("http://", "https://", 1);
+    let mut cfg = config(&server, "tls");
+    cfg["endpoint"] = json!(endpoint);
+    cfg["retries"] = json!(1);
+    let store = store(cfg).await;
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .head("k", None)
+        .await
+        .unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "TLS handshake failed");
+    assert!(err.to_string().contains("up to 1 retry)"), "{err}");
+    assert!(!err.to_string().contains("scheme is not http"), "{err}");
+}
+
+/// An endpoint with a path makes every bucket look missing: the hint says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_path_is_named_as_the_likely_mistake() {
+    let Some(server) = server() else { return };
+    let endpoint = format!("{}/some/path", server.endpoint);
+    let mut cfg = config(&server, "path");
+    cfg["endpoint"] = json!(endpoint);
+    let store = store(cfg).await;
+    let err = store
+        .namespace("n")
+        .unwrap()
+        .head("k", None)
+        .await
+        .unwrap_err();
+    assert_backend_error(&err, &endpoint, &server.bucket, "the endpoint has a path");
+}
+
+/// `root = "a//b"` is the store `root = "a/b"` names (OpenDAL collapses the empty segment):
+/// the longest keys, whose object names are cut to fit, land on the same objects in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_with_an_empty_segment_is_the_same_store() {
+    let Some(server) = server() else { return };
+    let unique = format!("doubled-{}", std::process::id());
+    // Two lengths of root: the cut-off length of a key moves by one for every second byte of
+    // root, so one of them would show a root measured with its extra `/`.
+    for leaf in ["r", "rr"] {
+        let mut single = config(&server, "x");
+        single["root"] = json!(format!("{unique}/{leaf}"));
+        let mut doubled = single.clone();
+        doubled["root"] = json!(format!("{unique}//{leaf}"));
+        let (a, b) = (store(single).await, store(doubled).await);
+        for len in [100, 480, 487, 488, 489, 490, 491, 492, 600, 1024] {
+            let key = "z".repeat(len);
+            a.namespace("n")
+                .unwrap()
+                .put(&key, format!("written through a/b, {len}"), Metadata::new())
+                .await
+                .unwrap();
+            let err = b
+                .namespace("n")
+                .unwrap()
+                .put_with(&key, "other", Metadata::new(), PutMode::Create)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Conflict, "key of {len} bytes: {err}");
+            let (_, body) = b.namespace("n").unwrap().get(&key).await.unwrap();
+            assert_eq!(
+                body.into_bytes().await.unwrap(),
+                format!("written through a/b, {len}").as_bytes()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_server_times_out() {
     let Some(server) = server() else { return };

@@ -172,7 +172,7 @@ impl S3Config {
                 format!("{:?} must be a plain prefix like `stores/prod` (no `.`/`..` segments, no `\\`)", self.root),
             ));
         }
-        let root_len = self.root.trim_matches('/').len();
+        let root_len = self.root_segments().len();
         if root_len >= MAX_ROOT_LEN {
             return Err(Error::invalid_config(
                 field("root"),
@@ -248,12 +248,23 @@ impl S3Config {
 
     /// The prefix inside the bucket, normalised to `/a/b/` form for OpenDAL.
     pub fn normalized_root(&self) -> String {
-        let trimmed = self.root.trim_matches('/');
-        if trimmed.is_empty() {
+        let segments = self.root_segments();
+        if segments.is_empty() {
             "/".to_string()
         } else {
-            format!("/{trimmed}/")
+            format!("/{segments}/")
         }
+    }
+
+    /// The root's segments joined by single slashes: `a//b/` is `a/b`, as OpenDAL names the
+    /// objects. The layout measures object names from this, so `a//b` and `a/b` are one store
+    /// (a long key's object name is cut to fit at the same length in both).
+    fn root_segments(&self) -> String {
+        self.root
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// JSON Schema of the config.
@@ -387,5 +398,7 @@ mod tests {
     fn root_is_normalised() {
         let cfg = S3Config::parse(&json!({"bucket": "ok-b", "root": "/stores/prod/"})).unwrap();
         assert_eq!(cfg.normalized_root(), "/stores/prod/");
+        let doubled = S3Config::parse(&json!({"bucket": "ok-b", "root": "stores//prod"})).unwrap();
+        assert_eq!(doubled.normalized_root(), "/stores/prod/");
     }
 }

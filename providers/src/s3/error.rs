@@ -51,11 +51,21 @@ impl Target {
         {
             "the server refused the credentials: check access_key_id and secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".to_string()
         } else if text.contains("NoSuchBucket") {
+            match endpoint_path(&self.endpoint) {
+                Some(path) => format!(
+                    "bucket `{}` does not exist there; the endpoint has a path (`{path}`), which S3 endpoints do not take: drop it, and put a prefix in `root` instead",
+                    self.bucket
+                ),
+                None => format!(
+                    "bucket `{}` does not exist there: create it or fix `bucket`",
+                    self.bucket
+                ),
+            }
+        } else if let Some(tls) = tls_failure(&err) {
             format!(
-                "bucket `{}` does not exist there: create it or fix `bucket`",
-                self.bucket
+                "the TLS handshake failed ({tls}): check that the endpoint speaks https (or use http://) and that its certificate is trusted"
             )
-        } else if text.contains("timeout reached") {
+        } else if text.contains("timeout reached") || text.contains(" timeout") {
             format!(
                 "no answer within timeout_ms = {} ms: raise timeout_ms or check the server's load",
                 self.timeout_ms
@@ -80,8 +90,13 @@ impl Target {
         Error::Backend {
             provider: PROVIDER.to_string(),
             message: format!(
-                "{what} failed at {} (bucket `{}`, root `{}`, up to {} retries): {hint}; cause: {}",
-                self.endpoint, self.bucket, self.root, self.retries, cause.summary
+                "{what} failed at {} (bucket `{}`, root `{}`, up to {} {}): {hint}; cause: {}",
+                self.endpoint,
+                self.bucket,
+                self.root,
+                self.retries,
+                if self.retries == 1 { "retry" } else { "retries" },
+                cause.summary
             ),
             source: Some(Box::new(cause)),
         }
@@ -163,6 +178,32 @@ fn quoted_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     Some(&text[start..start + len])
 }
 
+/// The path of an endpoint URL (`http://host:9000/some/path` → `/some/path`), if it has one.
+fn endpoint_path(endpoint: &str) -> Option<&str> {
+    let rest = endpoint.split_once("://")?.1;
+    let path = &rest[rest.find('/')?..];
+    (!path.trim_matches('/').is_empty()).then_some(path)
+}
+
+/// What in `err`'s chain of causes says a TLS handshake failed (https spoken to a plain-http
+/// server, an untrusted certificate), if anything: OpenDAL's own text keeps only the outermost
+/// cause ("error sending request"), so the chain is walked.
+fn tls_failure(err: &opendal::Error) -> Option<String> {
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        let lower = text.to_ascii_lowercase();
+        if ["tls", "certificate", "handshake", "corrupt message", "invalidcontenttype"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            return Some(text);
+        }
+        cause = c.source();
+    }
+    None
+}
+
 /// Whether OpenDAL says the object does not exist.
 pub(crate) fn is_not_found(err: &opendal::Error) -> bool {
     // A missing bucket is also a 404; it must not read as "no such record".
@@ -188,7 +229,15 @@ pub(crate) fn is_precondition_failed(err: &opendal::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::summarize;
+    use super::{endpoint_path, summarize};
+
+    #[test]
+    fn an_endpoint_path_is_found() {
+        assert_eq!(endpoint_path("http://h:9000/some/path"), Some("/some/path"));
+        assert_eq!(endpoint_path("http://h:9000/"), None);
+        assert_eq!(endpoint_path("http://h:9000"), None);
+        assert_eq!(endpoint_path("the AWS endpoint of region x"), None);
+    }
 
     #[test]
     fn summaries_drop_the_response_and_keep_the_s3_error() {
