@@ -245,8 +245,8 @@ pub async fn copy(
                 compare_final(&pair, after.get(latest.key.as_str()), latest, versions)
             })
             .buffered(concurrency)
-        .try_collect()
-        .await?;
+            .try_collect()
+            .await?;
         for state in finals {
             match state {
                 FinalState::Same => {}
