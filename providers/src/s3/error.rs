@@ -95,7 +95,11 @@ impl Target {
                 self.bucket,
                 self.root,
                 self.retries,
-                if self.retries == 1 { "retry" } else { "retries" },
+                if self.retries == 1 {
+                    "retry"
+                } else {
+                    "retries"
+                },
                 cause.summary
             ),
             source: Some(Box::new(cause)),
@@ -193,9 +197,15 @@ fn tls_failure(err: &opendal::Error) -> Option<String> {
     while let Some(c) = cause {
         let text = c.to_string();
         let lower = text.to_ascii_lowercase();
-        if ["tls", "certificate", "handshake", "corrupt message", "invalidcontenttype"]
-            .iter()
-            .any(|w| lower.contains(w))
+        if [
+            "tls",
+            "certificate",
+            "handshake",
+            "corrupt message",
+            "invalidcontenttype",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
         {
             return Some(text);
         }
