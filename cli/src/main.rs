@@ -80,9 +80,21 @@ impl Command {
         Ok(match self {
             Command::Providers(args) => commands::providers::run(ctx, args).await,
             Command::Put(args) => commands::put::run(ctx, args).await,
-            Command::Get(args) => commands::get::run(ctx, args).await,
-            Command::Head(args) => commands::head::run(ctx, args).await,
-            Command::Rm(args) => commands::rm::run(ctx, args).await,
+            Command::Get(args) => {
+                let (key, version) = (args.key.clone(), args.version);
+                let result = commands::get::run(ctx, args).await;
+                return commands::explain_not_found(ctx, &key, version, result).await;
+            }
+            Command::Head(args) => {
+                let (key, version) = (args.key.clone(), args.version);
+                let result = commands::head::run(ctx, args).await;
+                return commands::explain_not_found(ctx, &key, version, result).await;
+            }
+            Command::Rm(args) => {
+                let key = args.key.clone();
+                let result = commands::rm::run(ctx, args).await;
+                return commands::explain_not_found(ctx, &key, None, result).await;
+            }
             Command::Restore(args) => commands::restore::run(ctx, args).await,
             Command::Versions(args) => commands::versions::run(ctx, args).await,
             Command::Ls(args) => commands::ls::run(ctx, args).await,
@@ -91,7 +103,7 @@ impl Command {
             Command::Gc(args) => commands::gc::run(ctx, args).await,
             Command::Purge(args) => commands::purge::run(ctx, args).await,
             Command::Copy(args) => return commands::copy::run(ctx, args).await,
-            Command::Sync(args) => commands::sync::run(ctx, args).await,
+            Command::Sync(args) => return commands::sync::run(ctx, args).await,
             Command::Bench(args) => commands::bench::run(ctx, args).await,
             Command::Plugins(command) => commands::plugins::run(ctx, command).await,
         }?)

@@ -229,3 +229,91 @@ fn a_plugin_provider_is_benchmarked_through_its_config() {
     ]);
     assert_report_shape(&run.json(), "kv", 4096, 40, 4);
 }
+
+/// Ctrl-C stops a bench of a configured store cleanly: the operations in flight finish, the
+/// records written are removed, and the store's own records stay.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_bench_removes_what_it_wrote() {
+    use std::io::{BufRead, BufReader};
+    let sb = Sandbox::new();
+    sb.write(
+        "stowage.toml",
+        "[storage]\nprovider = \"fs\"\n[storage.config]\nroot = \"fsroot\"\n",
+    );
+    sb.run_with_stdin(&["put", "mine"], b"keep me");
+    let mut child = sb
+        .command(&["bench", "--ops", "10000000", "--size", "1KiB"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let namespace = line
+        .split_whitespace()
+        .find(|w| w.starts_with("bench-"))
+        .unwrap_or_else(|| panic!("no namespace named: {line}"))
+        .to_string();
+    // Wait until the run has written something, then interrupt it.
+    loop {
+        let written = sb.ok(&["--namespace", &namespace, "--json", "ls", "--limit", "5"]);
+        if !written.text().trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    let left = sb.ok(&["--namespace", &namespace, "--json", "ls", "--deleted"]);
+    assert_eq!(left.text().trim(), "", "records left behind");
+    assert_eq!(sb.ok(&["get", "mine"]).stdout, b"keep me");
+}
+
+/// `bench --clean-up` removes the namespaces of runs killed before they could (`bench-PID-T`)
+/// and nothing else.
+#[test]
+fn clean_up_removes_only_what_killed_runs_left() {
+    let sb = Sandbox::new();
+    sb.write(
+        "stowage.toml",
+        "[storage]\nprovider = \"fs\"\n[storage.config]\nroot = \"fsroot\"\n",
+    );
+    for ns in [
+        "bench-123-1700000000",
+        "bench-9-1",
+        "benchmarks",
+        "bench-x-1",
+        "default",
+    ] {
+        for key in ["a", "b"] {
+            let run = sb.run_with_stdin(&["--namespace", ns, "put", key], b"x");
+            assert_eq!(run.code, 0, "{}", run.stderr);
+        }
+    }
+    let run = sb.ok(&["--json", "bench", "--clean-up"]);
+    assert_eq!(run.json()["namespaces"], 2, "{}", run.text());
+    assert_eq!(run.json()["records"], 4, "{}", run.text());
+    for (ns, left) in [
+        ("bench-123-1700000000", 0),
+        ("bench-9-1", 0),
+        ("benchmarks", 2),
+        ("bench-x-1", 2),
+        ("default", 2),
+    ] {
+        let ls = sb.ok(&["--namespace", ns, "--json", "ls", "--deleted"]);
+        assert_eq!(ls.json_lines().len(), left, "{ns}");
+    }
+    let run = sb.fails(&["bench", "--clean-up", "--provider", "memory"], 2);
+    assert!(run.stderr.contains("configured store"), "{}", run.stderr);
+}

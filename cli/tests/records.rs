@@ -210,20 +210,23 @@ fn missing_records_exit_3() {
     // A tombstone is a version `versions` lists, so the message does not call it missing.
     sb.ok(&["rm", "k"]);
     assert!(sb.ok(&["versions", "k"]).text().contains("deleted"));
-    for args in [
-        vec!["get", "k", "--version", "2"],
-        vec!["restore", "k", "--version", "2"],
-    ] {
-        let run = sb.fails(&args, 3);
-        assert!(
-            run.stderr.contains(
-                "record default/k has no readable version 2: it was never written, was purged, \
-                 or is a deletion marker"
-            ),
-            "{args:?}: {}",
-            run.stderr
-        );
-    }
+    // `get` reads the key's history and says which it is.
+    let run = sb.fails(&["get", "k", "--version", "2"], 3);
+    assert!(
+        run.stderr
+            .contains("version 2 of record default/k is a deletion marker"),
+        "{}",
+        run.stderr
+    );
+    let run = sb.fails(&["restore", "k", "--version", "2"], 3);
+    assert!(
+        run.stderr.contains(
+            "record default/k has no readable version 2: it was never written, was purged, \
+             or is a deletion marker"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -1119,4 +1122,54 @@ fn attr_minus_zero_is_zero_and_big_integers_inside_values_are_refused() {
         run.stderr
     );
     sb.fails(&["head", "big"], 3);
+}
+
+/// A key that exists but reads as not found says why: deleted (and what brings it back), a
+/// version that is a deletion marker, one not written yet. The exit code stays 3.
+#[test]
+fn not_found_says_what_the_history_shows() {
+    let sb = Sandbox::new();
+    sb.run_with_stdin(&["put", "k"], b"one");
+    sb.ok(&["rm", "k"]);
+    for args in [&["head", "k"][..], &["get", "k"], &["rm", "k"]] {
+        let run = sb.fails(args, 3);
+        assert!(
+            run.stderr.contains("record default/k is deleted")
+                && run.stderr.contains("v2")
+                && run.stderr.contains("stowage restore"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    let run = sb.fails(&["get", "k", "--version", "2"], 3);
+    assert!(run.stderr.contains("deletion marker"), "{}", run.stderr);
+    let run = sb.fails(&["head", "k", "--version", "9"], 3);
+    assert!(
+        run.stderr.contains("no version 9: its latest is v2"),
+        "{}",
+        run.stderr
+    );
+    // A key with no history at all: the plain message.
+    let run = sb.fails(&["get", "never"], 3);
+    assert!(
+        run.stderr.contains("record default/never not found"),
+        "{}",
+        run.stderr
+    );
+    // Restored, it reads again.
+    sb.ok(&["restore", "k"]);
+    assert_eq!(sb.ok(&["get", "k"]).stdout, b"one");
+}
+
+/// Metadata the command line cannot mean: a name given twice, an empty tag or content type.
+/// Refused with exit 2, and nothing is written.
+#[test]
+fn ambiguous_or_empty_metadata_is_refused() {
+    let sb = Sandbox::new();
+    let run = sb.fails(&["put", "k", "-", "--attr", "n=1", "--attr", "n=2"], 2);
+    assert!(run.stderr.contains("given twice"), "{}", run.stderr);
+    sb.fails(&["put", "k", "-", "--tag", ""], 2);
+    sb.fails(&["put", "k", "-", "--content-type", ""], 2);
+    sb.fails(&["search", "--tag", ""], 2);
+    sb.fails(&["head", "k"], 3);
 }

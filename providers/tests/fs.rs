@@ -1737,3 +1737,219 @@ async fn payloads_of_killed_writers_are_removed_but_not_a_paused_one() {
     assert_eq!(read_in(&store, &ns, "slow").await.unwrap(), want);
     assert!(store.verify(&NoProgress).await.unwrap().is_clean());
 }
+
+/// Compacted logs left in the root itself by builds that wrote them there (a compaction killed
+/// mid-way): removed at open and by `gc`, counted by `gc`, under the same rule as `tmp/` — one
+/// a live process holds, or one written to a moment ago, stays. (A compaction killed now leaves
+/// its file in `tmp/`: `fs_crash.rs` kills real ones.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_logs_left_in_the_root_by_killed_compactions_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root).unwrap();
+    let leftover = |n: u32, len: usize, age: u64| {
+        let path = root.join(format!(".tmp-999999-{n}-0"));
+        std::fs::write(&path, patterned(4, len)).unwrap();
+        if age > 0 {
+            backdate(&path, age);
+        }
+        path
+    };
+    let dead = leftover(1, 70_000, 600);
+    // Held by a live process (a compaction still writing, however slowly).
+    let live = leftover(2, 1000, 7200);
+    let holder = std::fs::File::open(&live).unwrap();
+    holder.lock().unwrap();
+    // Nobody holds it, but written a moment ago: a writer may not have locked it yet.
+    let fresh = leftover(3, 10, 0);
+
+    let store = open(root).await;
+    assert!(
+        !dead.exists(),
+        "the killed compaction's log is removed at open"
+    );
+    assert!(live.exists() && fresh.exists());
+    put(&store, "a", "alive").await;
+
+    let dead = leftover(4, 50_000, 600);
+    let report = store.gc(&NoProgress).await.unwrap();
+    assert!(!dead.exists(), "gc removes it too");
+    assert_eq!((report.blobs_removed, report.bytes_freed), (1, 50_000));
+    assert!(
+        live.exists() && fresh.exists(),
+        "gc keeps what may be alive"
+    );
+    assert_eq!(read(&store, "a").await.unwrap(), b"alive");
+
+    // Once its holder is gone, a quiet file goes as well.
+    drop(holder);
+    let report = store.gc(&NoProgress).await.unwrap();
+    assert!(!live.exists());
+    assert_eq!((report.blobs_removed, report.bytes_freed), (1, 1000));
+    assert!(fresh.exists());
+    // A compaction leaves nothing in the root or in `tmp/`.
+    store.compact().await.unwrap();
+    assert!(tmp_files(root).is_empty());
+    let in_root: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert_eq!(in_root, vec![fresh.file_name().unwrap().to_string_lossy()]);
+}
+
+/// Warnings (and errors) logged by this test binary, as `field=value` text, for tests that
+/// check a warning was given. Installed once, process-wide: a lock waiter's warning comes from
+/// the provider's watcher thread, not from the test's.
+fn captured_warnings() -> &'static std::sync::Mutex<Vec<String>> {
+    use std::fmt::Write as _;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+
+    static WARNINGS: std::sync::OnceLock<std::sync::Mutex<Vec<String>>> =
+        std::sync::OnceLock::new();
+    struct Capture;
+    struct Text(String);
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={value:?} ", field.name());
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+            *metadata.level() <= tracing::Level::WARN
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            WARNINGS.get().unwrap().lock().unwrap().push(text.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    WARNINGS.get_or_init(|| {
+        let _ = tracing::subscriber::set_global_default(Capture);
+        std::sync::Mutex::new(Vec::new())
+    })
+}
+
+/// Waits until a captured warning names `lock` (a minute at most: a machine that busy is
+/// still far from it; the warning comes after about a second).
+async fn warning_naming(lock: &Path) -> String {
+    let name = lock.display().to_string();
+    for _ in 0..1200 {
+        if let Some(w) = captured_warnings()
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|w| w.contains(&name))
+        {
+            return w.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no warning named {name} within a minute of waiting for it");
+}
+
+/// A writer waiting for `lock` or `gc.lock`, held by another process (here: another open file
+/// of this one, which `flock` treats the same), says so once, naming the file, and goes on
+/// waiting; it finishes once the holder lets go: a put for `lock`, a put of a payload file
+/// while a `gc` holds `gc.lock`, and a `gc` while a write holds it shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_for_another_processes_lock_warns_once_and_goes_on() {
+    captured_warnings();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open_with(dir.path(), serde_json::json!({})).await);
+    let ns = Namespace::default();
+    let other_process = |name: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join(name))
+            .unwrap()
+    };
+
+    // A write transaction of another process.
+    let holder = other_process("lock");
+    holder.lock().unwrap();
+    let waiting = {
+        let (store, ns) = (store.clone(), ns.clone());
+        tokio::spawn(async move {
+            store
+                .put(
+                    &ns,
+                    &key("w"),
+                    Body::from("waited"),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
+                .await
+        })
+    };
+    let warning = warning_naming(&dir.path().join("lock")).await;
+    assert!(warning.contains("another process"), "{warning}");
+    assert!(
+        !waiting.is_finished(),
+        "the put cannot commit while the lock is held"
+    );
+    holder.unlock().unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().version, 1);
+    assert_eq!(read(&store, "w").await.unwrap(), b"waited");
+
+    // A gc of another process: a payload file's put waits to pin it.
+    let holder = other_process("gc.lock");
+    holder.lock().unwrap();
+    let big = patterned(5, 100_000);
+    let waiting = {
+        let (store, ns, big) = (store.clone(), ns.clone(), big.clone());
+        tokio::spawn(async move {
+            store
+                .put(
+                    &ns,
+                    &key("big"),
+                    Body::from(big),
+                    Metadata::new(),
+                    PutMode::Overwrite,
+                )
+                .await
+        })
+    };
+    let warning = warning_naming(&dir.path().join("gc.lock")).await;
+    assert!(warning.contains("gc"), "{warning}");
+    assert!(!waiting.is_finished());
+    holder.unlock().unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(read_in(&store, &ns, "big").await.unwrap(), big);
+
+    // A write of another process between storing a payload file and committing it: gc waits.
+    captured_warnings().lock().unwrap().clear();
+    let holder = other_process("gc.lock");
+    holder.lock_shared().unwrap();
+    let gc = {
+        let store = store.clone();
+        tokio::spawn(async move { store.gc(&NoProgress).await })
+    };
+    let warning = warning_naming(&dir.path().join("gc.lock")).await;
+    assert!(warning.contains("writes"), "{warning}");
+    assert!(
+        !gc.is_finished(),
+        "gc cannot start while a write holds the pin"
+    );
+    holder.unlock().unwrap();
+    let report = gc.await.unwrap().unwrap();
+    assert_eq!(report.blobs_removed, 0);
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+    // Once per wait: each wait above warned once.
+    let named = captured_warnings()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.contains(&dir.path().join("gc.lock").display().to_string()))
+        .count();
+    assert_eq!(named, 1, "one warning per wait");
+}

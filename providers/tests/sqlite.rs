@@ -1810,3 +1810,258 @@ async fn reads_after_close_say_the_backend_was_closed() {
         .unwrap_err();
     assert!(err.to_string().contains("backend was closed"), "{err}");
 }
+
+/// A connection of its own to the database at `path` (another process's, or a tool's).
+async fn connect(path: &Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    sqlx::SqliteConnection::connect_with(&opts).await.unwrap()
+}
+
+async fn pragma(conn: &mut sqlx::SqliteConnection, name: &str) -> i64 {
+    sqlx::query_scalar(&format!("PRAGMA {name}"))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// A `gc` killed after its deletes committed but before its vacuum leaves the freed pages in
+/// the file's freelist; the next `gc` finds nothing to delete and still hands them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_returns_free_pages_left_by_a_gc_killed_before_its_vacuum() {
+    use sqlx::{Connection, Executor};
+    let (path, backend) = fresh_backend().await;
+    let ns = ns("n");
+    // About 36 MB of payloads, purged: several vacuum steps' worth of pages.
+    for i in 0..60u32 {
+        let k = key(&format!("k{i}"));
+        put_plain(&*backend, &ns, &k, vec![i as u8; 600_000]).await;
+        backend.purge(&ns, &k).await.unwrap();
+    }
+    put_plain(&*backend, &ns, &key("kept"), vec![9u8; 300_000]).await;
+    // What the killed gc did: its deletes, committed.
+    let mut conn = connect(&path).await;
+    conn.execute(
+        "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = blobs.hash)",
+    )
+    .await
+    .unwrap();
+    let free = pragma(&mut conn, "freelist_count").await;
+    let pages = pragma(&mut conn, "page_count").await;
+    assert!(free > 4096 * 2, "the deletes freed {free} pages");
+    conn.close().await.unwrap();
+
+    let report = backend.gc(&NoProgress).await.unwrap();
+    assert_eq!(report.blobs_removed, 0, "nothing was left to delete");
+    let mut conn = connect(&path).await;
+    assert_eq!(pragma(&mut conn, "freelist_count").await, 0);
+    assert!(
+        pragma(&mut conn, "page_count").await <= pages - free,
+        "the free pages left the file"
+    );
+    conn.close().await.unwrap();
+    let (_, body) = backend
+        .get(&ns, &key("kept"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(body).await, vec![9u8; 300_000]);
+    assert!(backend.verify(&NoProgress).await.unwrap().is_clean());
+}
+
+/// The payload of garbage blob `i` of the gc tests: distinct, 1 KiB.
+fn garbage(i: u32) -> Vec<u8> {
+    let mut bytes = vec![(i % 251) as u8; 1024];
+    bytes[..4].copy_from_slice(&i.to_le_bytes());
+    bytes
+}
+
+/// Puts `count` small payloads ([`garbage`]) and `large` payloads of 17 MiB (more than one
+/// gc step holds, so each goes in pieces), then purges them all: garbage for `gc`. Returns the
+/// bytes of garbage.
+async fn make_garbage(backend: &dyn StorageBackend, ns: &Namespace, large: u32, count: u32) -> u64 {
+    let mut bytes = 0;
+    for i in 0..large {
+        let k = key(&format!("large/{i}"));
+        put_plain(backend, ns, &k, vec![i as u8 + 1; 17 << 20]).await;
+        backend.purge(ns, &k).await.unwrap();
+        bytes += 17 << 20;
+    }
+    for i in 0..count {
+        let k = key(&format!("small/{i}"));
+        put_plain(backend, ns, &k, garbage(i)).await;
+        backend.purge(ns, &k).await.unwrap();
+        bytes += 1024;
+    }
+    bytes
+}
+
+/// Between two steps, `gc` holds no lock: each time it reports progress (after a step), a put
+/// from another backend that gives up at once on a locked database (`busy_timeout_ms = 0`)
+/// succeeds. The first one puts again a garbage payload that a later step would remove, which
+/// that step then keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_holds_no_lock_between_its_steps_and_keeps_what_is_referenced_again() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{mpsc, Mutex};
+
+    let path = fresh_dir().join("stowage.db");
+    let backend = backend_at(&path, serde_json::json!({ "chunk_size": 65536 })).await;
+    let ns = ns("n");
+    let garbage_bytes = make_garbage(&*backend, &ns, 2, 600).await;
+    put_plain(&*backend, &ns, &key("kept"), "kept").await;
+
+    // Another process, as it were: its own backend, on a thread and runtime of its own, asked
+    // to put between gc's steps (the progress reports).
+    let (ask, asked) = mpsc::channel::<u64>();
+    let (answer, answers) = mpsc::channel::<std::result::Result<(), String>>();
+    let other = {
+        let (path, ns) = (path.clone(), ns.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let other = backend_at(&path, serde_json::json!({ "busy_timeout_ms": 0 })).await;
+                for n in asked {
+                    // The newest garbage payload: the last one a gc step reaches.
+                    let body = if n == 0 {
+                        garbage(599)
+                    } else {
+                        format!("between {n}").into_bytes()
+                    };
+                    let result = other
+                        .put(
+                            &ns,
+                            &key(&format!("between/{n}")),
+                            Body::from(body),
+                            Metadata::new(),
+                            PutMode::Overwrite,
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string());
+                    answer.send(result).unwrap();
+                }
+                other.close().await.unwrap();
+            });
+        })
+    };
+    struct PutBetweenSteps {
+        ask: Mutex<mpsc::Sender<u64>>,
+        answers: Mutex<mpsc::Receiver<std::result::Result<(), String>>>,
+        steps: AtomicU64,
+        failures: Mutex<Vec<String>>,
+    }
+    impl stowage_core::Progress for PutBetweenSteps {
+        fn set_total(&self, _: u64) {}
+        fn inc(&self, _: u64) {
+            let n = self.steps.fetch_add(1, Ordering::SeqCst);
+            self.ask.lock().unwrap().send(n).unwrap();
+            if let Err(e) = self.answers.lock().unwrap().recv().unwrap() {
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("put after step {n}: {e}"));
+            }
+        }
+    }
+    let progress = PutBetweenSteps {
+        ask: Mutex::new(ask),
+        answers: Mutex::new(answers),
+        steps: AtomicU64::new(0),
+        failures: Mutex::new(Vec::new()),
+    };
+    let report = backend.gc(&progress).await.unwrap();
+    let steps = progress.steps.load(Ordering::SeqCst);
+    assert!(
+        progress.failures.lock().unwrap().is_empty(),
+        "{:?}",
+        progress.failures.lock().unwrap()
+    );
+    drop(progress);
+    other.join().unwrap();
+    // Two large payloads one by one, 600 small ones in steps of at most 256, the kept rest.
+    assert!(steps >= 5, "gc reported progress {steps} times");
+    assert_eq!(report.blobs_removed, 2 + 600 - 1);
+    assert_eq!(report.bytes_freed, garbage_bytes - 1024);
+    let (_, body) = backend
+        .get(&ns, &key("between/0"), GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(read_all(body).await, garbage(599));
+    for n in 1..steps {
+        let (_, body) = backend
+            .get(&ns, &key(&format!("between/{n}")), GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(read_all(body).await, format!("between {n}").into_bytes());
+    }
+    assert!(backend.verify(&NoProgress).await.unwrap().is_clean());
+    let mut conn = connect(&path).await;
+    assert_eq!(pragma(&mut conn, "freelist_count").await, 0, "gc vacuumed");
+    let blobs: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        blobs as u64,
+        1 + steps,
+        "kept, and one per put between steps"
+    );
+}
+
+/// `gc` of much garbage while another backend (another process's, as it were) puts all along,
+/// some of them payloads being collected: every put succeeds, reads back, and `verify` is
+/// clean after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_during_a_long_gc_all_succeed() {
+    let path = fresh_dir().join("stowage.db");
+    let backend = backend_at(&path, serde_json::json!({ "chunk_size": 65536 })).await;
+    let ns = ns("n");
+    make_garbage(&*backend, &ns, 2, 1500).await;
+    let other = backend_at(&path, serde_json::json!({})).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (other, ns, done) = (other.clone(), ns.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut n = 0u32;
+            // At least a few, and on until gc is done.
+            while n < 20 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Every third one is a payload gc is collecting (or has collected).
+                let body = if n.is_multiple_of(3) {
+                    garbage(n * 7 % 1500)
+                } else {
+                    format!("during {n}").into_bytes()
+                };
+                let k = key(&format!("during/{n}"));
+                other
+                    .put(
+                        &ns,
+                        &k,
+                        Body::from(body.clone()),
+                        Metadata::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("put {n} during gc: {e}"));
+                written.push((k, body));
+                n += 1;
+            }
+            written
+        })
+    };
+    let report = backend.gc(&NoProgress).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(report.blobs_removed > 1000, "{report:?}");
+    for (k, body) in &written {
+        let (_, read) = backend.get(&ns, k, GetOptions::default()).await.unwrap();
+        assert_eq!(&read_all(read).await, body, "{k}");
+    }
+    assert!(backend.verify(&NoProgress).await.unwrap().is_clean());
+    // What gc left is what the puts reference.
+    let report = backend.gc(&NoProgress).await.unwrap();
+    assert_eq!(report.blobs_removed, 0);
+}

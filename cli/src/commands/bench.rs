@@ -38,6 +38,10 @@ pub struct Args {
     /// Operations in flight at once (each on its own task).
     #[arg(long, value_name = "N", default_value = "1", value_parser = at_least_one::<NonZeroUsize>)]
     pub concurrency: NonZeroUsize,
+    /// Instead of benchmarking, remove the records of earlier runs that were killed before
+    /// they could (every `bench-PID-SECONDS` namespace). Run it when no other bench runs.
+    #[arg(long)]
+    pub clean_up: bool,
 }
 
 /// One measured phase, as printed and as in the JSON.
@@ -98,6 +102,14 @@ impl Phase {
 
 /// Runs the benchmark and prints one report.
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    if args.clean_up {
+        if args.provider.is_some() {
+            return Err(Error::invalid_input(
+                "bench --clean-up works on the configured store (--config FILE); a --provider store is temporary and leaves nothing",
+            ));
+        }
+        return clean_up(ctx).await;
+    }
     let report = match &args.provider {
         Some(_) if ctx.has_config_flag() => {
             return Err(Error::invalid_input(
@@ -129,7 +141,7 @@ async fn bench_temporary(name: &str, args: &Args) -> Result<BenchReport> {
         .build()
         .await?;
     let result = match store.namespace("bench") {
-        Ok(handle) => measure(&handle, args).await,
+        Ok(handle) => measure(&handle, args, || {}).await,
         Err(e) => Err(e),
     };
     // Close before the directory goes, so nothing writes into a removed tree.
@@ -171,8 +183,19 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let handle = store.namespace(&format!("bench-{}-{since_epoch}", std::process::id()))?;
-    let measured = measure(&handle, args).await;
+    let handle = store.namespace(&format!(
+        "{LEFTOVER_PREFIX}{}-{since_epoch}",
+        std::process::id()
+    ))?;
+    let measured = measure(&handle, args, || {
+        // Said before the first write: a run killed outright (kill -9) cannot remove its
+        // records, and this line then names them (`stowage bench --clean-up` removes them).
+        ctx.out.hint(&format!(
+            "bench: writing in namespace {} (removed at the end)",
+            handle.namespace()
+        ))
+    })
+    .await;
     if store.capabilities().purge {
         // Whatever the run wrote, also when a phase failed part-way: the namespace is this
         // run's own, so its listing is exactly that.
@@ -196,6 +219,56 @@ async fn bench_configured(ctx: &Context, args: &Args) -> Result<BenchReport> {
         handle.namespace()
     ));
     Ok(report)
+}
+
+/// The start of the name of every namespace a `bench` run writes in (`bench-PID-SECONDS`).
+const LEFTOVER_PREFIX: &str = "bench-";
+
+/// Whether `ns` is the namespace of a bench run: `bench-<pid>-<seconds since the epoch>`.
+fn is_bench_namespace(ns: &str) -> bool {
+    ns.strip_prefix(LEFTOVER_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(pid, secs)| {
+            [pid, secs]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// `bench --clean-up`: purges every namespace a bench run left behind (one killed before it
+/// could remove its records) and says how many records went.
+async fn clean_up(ctx: &Context) -> Result<()> {
+    let store = ctx.store().await?;
+    let caps = store.capabilities();
+    if !caps.list_namespaces || !caps.purge {
+        return Err(Error::unsupported(
+            "bench --clean-up (it lists namespaces and purges)",
+            store.provider(),
+        ));
+    }
+    let (mut namespaces, mut records) = (0u64, 0u64);
+    for ns in store.namespaces().await? {
+        if is_bench_namespace(ns.as_str()) {
+            records += purge_all(&store.namespace(ns.as_str())?).await?;
+            namespaces += 1;
+        }
+    }
+    if ctx.out.is_json() {
+        return ctx.out.json_line(&serde_json::json!({
+            "namespaces": namespaces,
+            "records": records,
+        }));
+    }
+    ctx.out.note(&format!(
+        "bench: removed {} from {} left by earlier runs{}",
+        counted(records, "record"),
+        counted(namespaces, "namespace"),
+        if records > 0 && caps.gc {
+            "; run `stowage gc` to reclaim their payload bytes"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Purges every record of `handle`'s namespace (tombstones too); returns how many.
@@ -224,8 +297,13 @@ async fn purge_all(handle: &NamespaceHandle) -> Result<u64> {
 /// percentiles, so a billion would need 16 GiB before a single figure came out.
 const MAX_OPS: u64 = 100_000_000;
 
-/// Runs every phase against `handle` and reads the peak RSS at the end.
-async fn measure(handle: &NamespaceHandle, args: &Args) -> Result<BenchReport> {
+/// Runs every phase against `handle` and reads the peak RSS at the end; `starting` is called
+/// once the arguments are found workable, before the first write.
+async fn measure(
+    handle: &NamespaceHandle,
+    args: &Args,
+    starting: impl FnOnce(),
+) -> Result<BenchReport> {
     if args.ops.get() > MAX_OPS {
         return Err(Error::invalid_input(format!(
             "--ops {} is more than bench takes ({MAX_OPS}): every operation's latency is kept for the percentiles; run several smaller benches",
@@ -238,6 +316,7 @@ async fn measure(handle: &NamespaceHandle, args: &Args) -> Result<BenchReport> {
         .concurrency
         .get()
         .min(usize::try_from(ops).unwrap_or(usize::MAX));
+    starting();
     let mut phases = Vec::new();
     for phase in PHASES {
         phases.push(run_phase(handle, phase, ops, concurrency, &payload).await?);
@@ -293,11 +372,34 @@ async fn run_phase(
             }
         }));
     }
-    for task in tasks {
-        let done = task
-            .await
-            .map_err(|e| Error::io("a benchmark task failed", std::io::Error::other(e)))??;
+    // Ctrl-C stops the phase cleanly: no new operation starts, the ones in flight finish, and
+    // the run ends with an error, so the caller still removes what it wrote (a process killed
+    // by the signal would leave its records behind).
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    let mut interrupted = false;
+    for mut task in tasks {
+        let done = loop {
+            tokio::select! {
+                done = &mut task => break done,
+                _ = &mut interrupt, if !interrupted => {
+                    next.store(ops, Ordering::Relaxed);
+                    interrupted = true;
+                }
+            }
+        };
+        let done =
+            done.map_err(|e| Error::io("a benchmark task failed", std::io::Error::other(e)))??;
         latencies.extend(done);
+    }
+    if interrupted {
+        return Err(Error::io(
+            format!("benchmarking {}", phase.name()),
+            std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted (Ctrl-C); the records written were removed",
+            ),
+        ));
     }
     let wall = started.elapsed();
     let bytes = if phase.moves_payload() {

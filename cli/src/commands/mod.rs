@@ -35,6 +35,62 @@ where
     })
 }
 
+/// The outcome of a command that read or deleted `key` (at `version`), with a `NotFound` said
+/// more precisely where the key's history tells why: the record is deleted (its latest version
+/// is a deletion marker), or the version asked for is a deletion marker, was purged, or is not
+/// written yet. The exit code stays 3; any other outcome passes through.
+pub async fn explain_not_found(
+    ctx: &crate::context::Context,
+    key: &str,
+    version: Option<stowage_core::Version>,
+    result: stowage_core::Result<()>,
+) -> Result<(), crate::exit::Failure> {
+    let error = match result {
+        Err(e) if e.kind() == stowage_core::ErrorKind::NotFound => e,
+        other => return Ok(other?),
+    };
+    let worded = |message: String| crate::exit::Failure::Worded {
+        message,
+        code: crate::exit::NOT_FOUND,
+    };
+    // The history is only a better explanation: if it cannot be read, the error stands.
+    let Ok(handle) = ctx.handle().await else {
+        return Err(error.into());
+    };
+    let Ok(history) = handle.versions(key).await else {
+        return Err(error.into());
+    };
+    let Some(latest) = history.last() else {
+        return Err(error.into());
+    };
+    let record = format!("{}/{}", latest.namespace, latest.key);
+    let message = match version {
+        None if latest.is_deleted() => format!(
+            "record {record} is deleted: its latest version, v{}, is a deletion marker \
+             (`stowage restore` brings its last live version back; `stowage versions` lists its \
+             history)",
+            latest.version
+        ),
+        None => return Err(error.into()),
+        Some(v) => match history.iter().find(|i| i.version == v) {
+            Some(i) if i.is_deleted() => format!(
+                "version {v} of record {record} is a deletion marker: it has no payload \
+                 (`stowage versions` lists the key's history)"
+            ),
+            Some(_) => return Err(error.into()),
+            None if v > latest.version => format!(
+                "record {record} has no version {v}: its latest is v{}",
+                latest.version
+            ),
+            None => format!(
+                "version {v} of record {record} is gone: it was purged (`stowage versions` lists \
+                 the versions the key still has)"
+            ),
+        },
+    };
+    Err(worded(message))
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::{NonZeroU64, NonZeroUsize};

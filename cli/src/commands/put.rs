@@ -16,13 +16,13 @@ pub struct Args {
     /// File to store; `-` or nothing reads stdin.
     pub file: Option<PathBuf>,
     /// Add a tag (repeatable).
-    #[arg(long = "tag", value_name = "TAG")]
+    #[arg(long = "tag", value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub tags: Vec<String>,
     /// Set an attribute (repeatable); VALUE is JSON when it parses, else a string.
     #[arg(long = "attr", value_name = "NAME=VALUE")]
     pub attrs: Vec<AttrArg>,
     /// MIME type of the payload, e.g. `application/json`.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub content_type: Option<String>,
     /// Write only if the key has no live version (exit 4 otherwise).
     #[arg(long, group = "precondition")]
@@ -48,22 +48,31 @@ impl Args {
         }
     }
 
-    fn metadata(&self) -> Metadata {
+    fn metadata(&self) -> Result<Metadata> {
         let mut meta = Metadata::new();
         meta.content_type = self.content_type.clone();
         meta.tags.extend(self.tags.iter().cloned());
         for attr in &self.attrs {
-            meta.attributes
-                .insert(attr.name.clone(), attr.value.clone());
+            // One value is kept per name: a second `--attr` of the name is refused rather than
+            // silently winning, as a JSON object repeating a key is.
+            if let Some(first) = meta
+                .attributes
+                .insert(attr.name.clone(), attr.value.clone())
+            {
+                return Err(Error::invalid_input(format!(
+                    "attribute {:?} is given twice (--attr {}={first} and --attr {}={}); give each name once",
+                    attr.name, attr.name, attr.name, attr.value
+                )));
+            }
         }
-        meta
+        Ok(meta)
     }
 }
 
 /// Streams the payload into a new version and prints it.
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let key = Key::new(args.key.clone())?;
-    let metadata = args.metadata();
+    let metadata = args.metadata()?;
     metadata.validate()?;
     // Open the input before the store so a missing file creates no data directory.
     let body = match args.file.as_deref() {

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, value_name = "P")]
     pub prefix: Option<String>,
     /// Require a tag (repeatable: all must be present).
-    #[arg(long = "tag", value_name = "TAG")]
+    #[arg(long = "tag", value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub tags: Vec<String>,
     /// Require an attribute to equal VALUE (JSON when it parses, else a string; repeatable).
     #[arg(long = "attr", value_name = "NAME=VALUE")]

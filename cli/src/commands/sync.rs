@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use stowage_core::{Error, Result, StowageConfig};
 
 use crate::context::{read_config, Context};
+use crate::exit::{self, Failure};
 
 /// The one provider whose stores can be synced.
 const MERGING_PROVIDER: &str = "automerge";
@@ -20,26 +21,27 @@ pub struct Args {
 }
 
 /// Runs the sync; a store of another provider is exit 5 (unsupported) before anything is read.
-pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> {
     let source = ctx.load_config()?;
     let target = read_config(&args.to_config, "--to-config")?;
     for config in [&source, &target] {
         ensure_merging(config)?;
     }
-    exchange(ctx, &source, &target).await
+    Ok(exchange(ctx, &source, &target).await?)
 }
 
 /// Refuses a store whose provider does not merge: only its changes could be exchanged.
-fn ensure_merging(config: &StowageConfig) -> Result<()> {
+fn ensure_merging(config: &StowageConfig) -> std::result::Result<(), Failure> {
     if config.storage.provider == MERGING_PROVIDER {
         return Ok(());
     }
-    Err(Error::Unsupported {
-        operation: format!(
-            "sync of the store in {} (only {MERGING_PROVIDER} stores exchange changes; to move records between other providers use stowage copy)",
-            config.source
+    Err(Failure::Worded {
+        message: format!(
+            "the store in {} uses provider `{}`: sync exchanges changes between {MERGING_PROVIDER} \
+             stores only; to move records between other providers use `stowage copy`",
+            config.source, config.storage.provider
         ),
-        provider: config.storage.provider.clone(),
+        code: exit::UNSUPPORTED,
     })
 }
 
@@ -84,10 +86,12 @@ mod tests {
     #[test]
     fn only_merging_stores_are_accepted() {
         let mut config = StowageConfig::embedded_default();
-        let e = ensure_merging(&config).unwrap_err();
-        assert_eq!(e.kind(), stowage_core::ErrorKind::Unsupported);
-        assert!(e.to_string().contains("`sqlite`"), "{e}");
-        assert!(e.to_string().contains("stowage copy"), "{e}");
+        let Err(Failure::Worded { message, code }) = ensure_merging(&config) else {
+            panic!("a sqlite store is not refused in words");
+        };
+        assert_eq!(code, exit::UNSUPPORTED);
+        assert!(message.contains("provider `sqlite`"), "{message}");
+        assert!(message.contains("stowage copy"), "{message}");
         config.storage.provider = "automerge".into();
         assert!(ensure_merging(&config).is_ok());
     }

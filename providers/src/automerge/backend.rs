@@ -37,6 +37,9 @@ const FORMAT_V2: &str = "stowage-automerge 2\n";
 const ABANDONED_TMP_QUIET: Duration = Duration::from_secs(60);
 /// Where locks do not work, a temporary file untouched this long counts as abandoned.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// How many times a listing looks at a document again without its lock when a file vanishes
+/// under it, before it takes the lock.
+const UNLOCKED_LISTING_ATTEMPTS: usize = 3;
 
 /// A store of records as Automerge documents under one root directory.
 ///
@@ -292,10 +295,36 @@ impl Inner {
     ) -> Result<R> {
         let doc = self.doc(dir, name);
         let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut lock) = DocLock::acquire(rd.dir(), false, false)? {
-            rd.reload(&mut lock, &self.settings.actor)?;
+        match DocLock::acquire(rd.dir(), false, false)? {
+            Some(mut lock) => rd.reload(&mut lock, &self.settings.actor)?,
+            // No folder: never written, or purged (by any process) since this one read it,
+            // so what it remembers is gone too.
+            None => rd.forget(&self.settings.actor),
         }
         f(&mut rd)
+    }
+
+    /// Like [`Inner::read_dir`], but `f` runs while the shared lock is still held (when the
+    /// folder exists), so no write, compaction or purge happens meanwhile: for what must match
+    /// the files exactly, like rewriting `latest.json`.
+    fn read_dir_locked<R>(
+        &self,
+        dir: PathBuf,
+        name: Option<(Namespace, Key)>,
+        f: impl FnOnce(&mut RecordDoc) -> Result<R>,
+    ) -> Result<R> {
+        let doc = self.doc(dir, name);
+        let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
+        match DocLock::acquire(rd.dir(), false, false)? {
+            Some(mut lock) => {
+                rd.reload(&mut lock, &self.settings.actor)?;
+                f(&mut rd)
+            }
+            None => {
+                rd.forget(&self.settings.actor);
+                f(&mut rd)
+            }
+        }
     }
 
     /// Runs `f` on the document under its exclusive lock, after reading what other writers
@@ -375,26 +404,38 @@ impl Inner {
     /// The latest version's info of the document in `dir` (`None` when it has none): from its
     /// `latest.json` when that was computed from the data files now on disk, so the document
     /// is not loaded; else loaded, and `latest.json` rewritten.
+    ///
+    /// The first looks take no lock, so a compaction or purge by another process may remove a
+    /// file between the listing of the folder and the look at the file: the document changed,
+    /// so this looks again, and after [`UNLOCKED_LISTING_ATTEMPTS`] such changes in a row reads
+    /// it under its shared lock, where nothing changes. A folder gone is a record purged.
     fn latest_info(&self, dir: PathBuf) -> Result<Option<RecordInfo>> {
-        let on_disk = storage::list_files(&dir)?;
-        if on_disk.is_empty() {
-            return Ok(None);
+        for _ in 0..UNLOCKED_LISTING_ATTEMPTS {
+            match storage::list_files(&dir)? {
+                storage::Listed::Gone => return Ok(None),
+                storage::Listed::Changed => continue,
+                storage::Listed::Files(on_disk) if on_disk.is_empty() => return Ok(None),
+                storage::Listed::Files(on_disk) => {
+                    if let Some(cached) = listing::read(&dir, &on_disk) {
+                        return Ok(cached);
+                    }
+                    break;
+                }
+            }
         }
-        if let Some(cached) = listing::read(&dir, &on_disk) {
-            return Ok(cached);
-        }
-        self.read_dir(dir, None, |rd| {
+        // Computed and written under the shared lock: `latest.json` then names exactly the
+        // files the info came from, and a purge cannot move the folder away in between (a
+        // cache written into a purged record's folder, or a new record's, would keep the
+        // purged record's key, tags and attributes on disk).
+        self.read_dir_locked(dir, None, |rd| {
             let latest = rd.latest();
-            if rd.name().is_none() {
+            // No version: nothing to cache, and the folder may be gone (purged).
+            if rd.name().is_none() || latest == 0 {
                 return Ok(None);
             }
-            let info = if latest == 0 {
-                None
-            } else {
-                Some(rd.record_info(latest)?)
-            };
-            rd.refresh_listing(info.as_ref())?;
-            Ok(info)
+            let info = rd.record_info(latest)?;
+            rd.refresh_listing(Some(&info))?;
+            Ok(Some(info))
         })
     }
 }
@@ -686,15 +727,7 @@ impl StorageBackend for AutomergeBackend {
 
     async fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
         let (ns, key) = (ns.clone(), key.clone());
-        self.blocking(move |inner| {
-            inner.write(&ns, &key, |rd, lock| {
-                if rd.latest() == 0 {
-                    return Err(Error::not_found(&ns, &key, None));
-                }
-                rd.purge(lock, &inner.settings.actor)
-            })
-        })
-        .await
+        self.blocking(move |inner| inner.purge(&ns, &key)).await
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
@@ -783,9 +816,44 @@ impl StorageBackend for AutomergeBackend {
 }
 
 impl Inner {
+    /// Purges a record (see [`RecordDoc::purge`]), then removes what earlier purges in its
+    /// namespace left when they were interrupted, so running a purge again finishes one that
+    /// was killed (it then reports the record not found: it is gone already).
+    fn purge(&self, ns: &Namespace, key: &Key) -> Result<u64> {
+        let dir = storage::doc_dir(&self.root, ns, key);
+        let ns_dir = dir.parent().map(Path::to_path_buf);
+        let purged = {
+            let doc = self.doc(dir.clone(), Some((ns.clone(), key.clone())));
+            let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
+            // Not created when absent: purging a key that has no folder leaves none behind.
+            match DocLock::acquire(&dir, true, false)? {
+                None => {
+                    rd.forget(&self.settings.actor);
+                    Err(Error::not_found(ns, key, None))
+                }
+                Some(mut lock) => {
+                    rd.reload(&mut lock, &self.settings.actor)?;
+                    if rd.latest() == 0 {
+                        Err(Error::not_found(ns, key, None))
+                    } else {
+                        rd.purge(lock, &self.settings.actor, self.settings.durability)
+                    }
+                }
+            }
+        };
+        if let Some(ns_dir) = ns_dir {
+            storage::sweep_trash(&ns_dir)?;
+        }
+        purged
+    }
+
     /// Removes the temporary files of writers that died: under `tmp/`, in the root (`FORMAT`)
-    /// and in the document folders. A live writer's file is locked, so it stays.
+    /// and in the document folders; and the folders of purges that were interrupted. A live
+    /// writer's file is locked, so it stays.
     fn remove_abandoned_tmp_files(&self) -> Result<()> {
+        for ns in storage::namespace_dirs(&self.root)? {
+            storage::sweep_trash(&self.root.join("docs").join(ns.as_str()))?;
+        }
         let mut dirs = vec![self.blobs.tmp_dir().to_path_buf(), self.root.clone()];
         dirs.extend(storage::all_document_dirs(&self.root)?);
         for dir in dirs {
@@ -910,6 +978,10 @@ fn verify_document(inner: &Inner, dir: &Path, files: &FileChecks) -> Result<Veri
             .map(|v| rd.summary(v))
             .collect::<Result<Vec<_>>>()
     })?;
+    if served.is_empty() && !dir.exists() {
+        // Purged since it was loaded above: nothing left to check.
+        return Ok(VerifyReport::default());
+    }
     for v in 1..=latest {
         let on_disk = fresh.summary(v)?;
         report.records_checked += 1;

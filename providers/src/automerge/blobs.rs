@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::PROVIDER;
 use crate::atomic_file::{AtomicFile, Durability};
 use crate::cas_files::{copy_hashing, CasFiles};
-use crate::lock_file::{lock_error, open as open_lock_file};
+use crate::lock_file::open as open_lock_file;
 use crate::REPAIR_BY_REPUT;
 
 /// The Automerge scalar type code of a reference (an "unknown" type to Automerge, which keeps
@@ -117,7 +117,7 @@ impl BlobStore {
     pub(crate) fn pin(&self) -> Result<BlobPin> {
         let path = self.root.join("gc.lock");
         let file = open_lock_file(&path)?;
-        file.lock_shared().map_err(|e| lock_error(&path, e))?;
+        super::storage::lock_waiting(&file, &path, false)?;
         Ok(BlobPin { file })
     }
 
@@ -126,7 +126,7 @@ impl BlobStore {
     pub(crate) fn exclusive(&self) -> Result<BlobPin> {
         let path = self.root.join("gc.lock");
         let file = open_lock_file(&path)?;
-        file.lock().map_err(|e| lock_error(&path, e))?;
+        super::storage::lock_waiting(&file, &path, true)?;
         Ok(BlobPin { file })
     }
 

@@ -78,18 +78,3 @@ pub(crate) fn write<'a>(
         tracing::warn!(path = %path.display(), error = %e, "could not write latest.json");
     }
 }
-
-/// Removes the cache of the document in `dir` (after a purge: it names the purged record). A
-/// missing file is fine; another failure is returned, since a left-over cache would keep the
-/// purged key, tags and attributes on disk.
-pub(crate) fn remove(dir: &Path) -> stowage_core::Result<()> {
-    let path = dir.join(LISTING_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(stowage_core::Error::io(
-            format!("removing {}", path.display()),
-            e,
-        )),
-    }
-}

@@ -45,7 +45,10 @@
 //! content-addressed change files and a snapshot that replaces them once they outweigh it
 //! (`docs/formats.md`, section `automerge`). A write holds the document's lock file only while
 //! it reloads, commits one change and writes its file. Compaction removes covered change files
-//! as it goes. Each backend caches the documents it has opened in memory.
+//! as it goes. A purge first moves the record's whole folder out of the way in one rename, then
+//! deletes it, so a purge killed part-way leaves the record either as it was or gone, never
+//! an older version. Listings read folders without locks and look again (then under the
+//! lock) when a file vanishes under them. Each backend caches the documents it has opened in memory.
 //! Beside its data files each folder keeps `latest.json`, the latest version's `RecordInfo`
 //! keyed by the data file names it was computed from, so `list` and `search` read one small
 //! file per record instead of loading its document (a stale cache is detected and rebuilt).

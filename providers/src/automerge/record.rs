@@ -51,6 +51,9 @@ pub(crate) struct RecordDoc {
     summaries_epoch: u64,
 }
 
+/// How many times a reload under the lock starts over when a file vanishes.
+const RELOAD_ATTEMPTS: usize = 3;
+
 fn am_err(context: &str) -> impl Fn(automerge::AutomergeError) -> Error + '_ {
     move |e| Error::backend(PROVIDER, format!("{context}: {e}"), e)
 }
@@ -99,12 +102,39 @@ impl RecordDoc {
         if self.generation == Some(generation) {
             return Ok(());
         }
-        let on_disk = storage::list_files(&self.dir)?;
+        // Under the lock no file of this build's writers goes away; one that does anyway (a
+        // file removed by hand, a process of an older build) makes this look again from
+        // scratch, as a read without the lock would.
+        for _ in 0..RELOAD_ATTEMPTS {
+            if self.reload_files(actor)? {
+                self.generation = Some(generation);
+                self.learn_name()?;
+                self.refresh_history();
+                return Ok(());
+            }
+            self.forget(actor);
+        }
+        Err(Error::io(
+            format!(
+                "reading {}: its data files kept disappearing while its lock was held; is \
+                 another program (or an older stowage build) removing them? Try again",
+                self.dir.display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+    }
+
+    /// Loads the data files not loaded yet; `false` when one vanished meanwhile.
+    fn reload_files(&mut self, actor: &ActorId) -> Result<bool> {
+        let on_disk = match storage::list_files(&self.dir)? {
+            storage::Listed::Files(files) => files,
+            // Purged (by hand: a purge holds the lock): no record.
+            storage::Listed::Gone => BTreeMap::new(),
+            storage::Listed::Changed => return Ok(false),
+        };
         if self.files.keys().any(|f| !on_disk.contains_key(f)) {
             // Another process compacted or purged: rebuild from what is there now.
-            self.doc = Automerge::new().with_actor(actor.clone());
-            self.files.clear();
-            self.history.clear();
+            self.forget(actor);
         }
         let mut fresh: Vec<(&String, &u64)> = on_disk
             .iter()
@@ -112,7 +142,9 @@ impl RecordDoc {
             .collect();
         fresh.sort_by_key(|(n, _)| storage::file_kind(n));
         for (name, size) in fresh {
-            let bytes = storage::read_file(&self.dir, name)?;
+            let Some(bytes) = storage::read_file(&self.dir, name)? else {
+                return Ok(false);
+            };
             self.doc.load_incremental(&bytes).map_err(|e| {
                 Error::corrupt(
                     PROVIDER,
@@ -121,10 +153,17 @@ impl RecordDoc {
             })?;
             self.files.insert(name.clone(), *size);
         }
-        self.generation = Some(generation);
-        self.learn_name()?;
-        self.refresh_history();
-        Ok(())
+        Ok(true)
+    }
+
+    /// Forgets everything read from the folder (it was purged, or must be read again from
+    /// scratch); the next reload reads every file.
+    pub(crate) fn forget(&mut self, actor: &ActorId) {
+        self.doc = Automerge::new().with_actor(actor.clone());
+        self.files.clear();
+        self.history.clear();
+        self.summaries.clear();
+        self.generation = None;
     }
 
     fn learn_name(&mut self) -> Result<()> {
@@ -390,34 +429,29 @@ impl RecordDoc {
         Ok(())
     }
 
-    /// Removes every file of the document but its lock file, and forgets it in memory; returns
-    /// how many versions there were.
+    /// Purges the document: moves its folder away in one rename (durable with
+    /// `Durability::Sync`), then deletes it; returns how many versions there were. Call with
+    /// the exclusive lock held, which this consumes (its file goes with the folder).
     ///
-    /// The lock file (8 bytes: the write generation, nothing of the record) and so the folder
-    /// stay: another process may be waiting on that very file, and if it were unlinked a new
-    /// writer would lock a fresh file while the waiter holds the old one, two "exclusive"
-    /// holders at once; a recreated file would also restart the generation, letting a reader
-    /// that remembers an old generation skip a reload.
-    pub(crate) fn purge(&mut self, lock: &mut DocLock, actor: &ActorId) -> Result<u64> {
+    /// Deleting the files one by one where they are would let a crash part-way leave some of
+    /// them, which still load: an older version, or a deleted record live again. After the
+    /// rename no reader or writer finds any of them: a process killed before it keeps the
+    /// record as it was, killed after it leaves a folder under `.purged/` that nothing reads
+    /// and that the next purge in the namespace, or `gc`, removes. Processes waiting for the
+    /// lock find that the file they locked moved away and look again (see
+    /// [`DocLock::acquire`]); a new writer starts a new folder, with a new lock file.
+    pub(crate) fn purge(
+        &mut self,
+        lock: DocLock,
+        actor: &ActorId,
+        durability: Durability,
+    ) -> Result<u64> {
         let versions = self.latest();
-        let on_disk = storage::list_files(&self.dir)?;
-        for name in on_disk.keys() {
-            storage::remove_file(&self.dir, name)?;
-        }
-        super::listing::remove(&self.dir)?;
-        // A crashed write's temporary file may hold a change of the purged record. Only
-        // abandoned ones go: a lister rewriting `latest.json` keeps its file locked meanwhile.
-        crate::atomic_file::remove_abandoned_tmp_files(
-            &self.dir,
-            std::time::Duration::ZERO,
-            std::time::Duration::from_secs(3600),
-        )
-        .map_err(|e| Error::io(format!("cleaning {}", self.dir.display()), e))?;
-        self.doc = Automerge::new().with_actor(actor.clone());
-        self.files.clear();
-        self.history.clear();
-        self.summaries.clear();
-        self.generation = Some(lock.bump_generation()?);
+        let trash = storage::move_to_trash(&self.dir, durability)?;
+        self.forget(actor);
+        // The lock file moved with the folder: holding it longer excludes nobody.
+        drop(lock);
+        storage::remove_tree(&trash)?;
         Ok(versions)
     }
 

@@ -403,6 +403,8 @@ impl Core {
                 ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Written beside the log (16 bytes): a kill here leaves a tiny temporary file
+                // in the root, which open and `gc` remove like those in `tmp/`.
                 atomic_file::write_atomic(&log_path, &index_log::header(FORMAT_VERSION), durability)
                     .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
             }
@@ -438,14 +440,46 @@ impl Core {
             );
         }
         drop(guard);
-        if let Err(e) = atomic_file::remove_abandoned_tmp_files(
-            core.blobs.tmp_dir(),
-            ABANDONED_TMP_QUIET,
-            STALE_TMP_AGE,
-        ) {
-            tracing::warn!(dir = %core.blobs.tmp_dir().display(), error = %e, "could not clean stale temporary files");
+        if let Err(e) = core.remove_abandoned_tmp_files() {
+            tracing::warn!(root = %core.root.display(), error = %e, "could not clean stale temporary files");
         }
         Ok(core)
+    }
+
+    /// A temporary file in `tmp/` (made again if it was removed while the store was open), for
+    /// a file the root gets by rename: a compacted log, a saved damaged region.
+    fn create_tmp(&self, durability: Durability) -> std::io::Result<AtomicFile> {
+        let dir = self.blobs.tmp_dir();
+        match AtomicFile::create_in(dir, durability) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)?;
+                AtomicFile::create_in(dir, durability)
+            }
+            created => created,
+        }
+    }
+
+    /// Removes the temporary files of writers that were killed or crashed (see
+    /// [`atomic_file::remove_abandoned_tmp_files`]: never one a live writer holds): payloads
+    /// and compacted logs in `tmp/`, and those in the root itself: compacted logs of builds
+    /// before this one, which wrote them there (a compaction killed mid-way left a log-sized
+    /// file behind for good), and a new store's first log. Nothing else in the root is named
+    /// like a temporary file.
+    fn remove_abandoned_tmp_files(&self) -> Result<atomic_file::TmpCleanup> {
+        let mut cleaned = atomic_file::TmpCleanup::default();
+        for dir in [self.blobs.tmp_dir(), self.root.as_path()] {
+            let found =
+                atomic_file::remove_abandoned_tmp_files(dir, ABANDONED_TMP_QUIET, STALE_TMP_AGE)
+                    .map_err(|e| {
+                        Error::io(
+                            format!("removing abandoned temporary files in {}", dir.display()),
+                            e,
+                        )
+                    })?;
+            cleaned.files += found.files;
+            cleaned.bytes += found.bytes;
+        }
+        Ok(cleaned)
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, LogState> {
@@ -592,12 +626,16 @@ impl Core {
         let mut region = vec![0u8; damage.bytes as usize];
         index_log::read_at(log, &mut region, damage.offset)
             .map_err(|e| Error::io(format!("reading {}", self.log_path.display()), e))?;
-        atomic_file::write_atomic(&saved, &region, Durability::Sync).map_err(|e| {
-            Error::io(
-                format!("saving the damaged log bytes to {}", saved.display()),
-                e,
-            )
-        })?;
+        // Its temporary file in `tmp/`, like every other, so a kill here leaves nothing for good.
+        self.create_tmp(Durability::Sync)
+            .and_then(|mut file| file.write_all(&region).map(|()| file))
+            .and_then(|file| file.commit(&saved))
+            .map_err(|e| {
+                Error::io(
+                    format!("saving the damaged log bytes to {}", saved.display()),
+                    e,
+                )
+            })?;
         Ok(format!(
             "; the records in those bytes are lost from the index: they were saved to {} for inspection (delete it once inspected; `verify` reports it until then)",
             saved.display()
@@ -919,7 +957,11 @@ impl Core {
         let bytes_before = state.offset;
         let dead = state.index.dead_inline();
         let io_err = |e| Error::io(format!("compacting {}", self.log_path.display()), e);
-        let mut file = AtomicFile::create_in(&self.root, self.durability).map_err(io_err)?;
+        // In `tmp/`, not beside the log: a compaction killed mid-way (a `gc` or a put that
+        // compacts, killed with SIGKILL) leaves a file as large as the log, and `tmp/` is where
+        // open and `gc` remove such leftovers. Same file system as the log (`tmp/` is a real
+        // directory of the root), so the rename over it stays atomic.
+        let mut file = self.create_tmp(self.durability).map_err(io_err)?;
         // A version that does not follow the one before it (its predecessors were lost to a
         // damaged region) is marked as such, and only then does the log need format 3.
         let follows = |before: Option<&RecordInfo>, info: &RecordInfo| match before {
@@ -1423,26 +1465,15 @@ impl StorageBackend for FsBackend {
             progress.inc(chunk.len() as u64);
         }
         drop(exclusive);
-        // Payloads whose writer was killed mid-write: unreferenced payloads too, counted so.
-        let tmp_dir = core.blobs.tmp_dir().to_path_buf();
-        let cleaned = run_blocking(PROVIDER, move || {
-            atomic_file::remove_abandoned_tmp_files(&tmp_dir, ABANDONED_TMP_QUIET, STALE_TMP_AGE)
-                .map_err(|e| {
-                    Error::io(
-                        format!(
-                            "removing abandoned temporary files in {}",
-                            tmp_dir.display()
-                        ),
-                        e,
-                    )
-                })
-        })
-        .await?;
+        // Payloads (and compacted logs) whose writer was killed mid-write: garbage like
+        // unreferenced payloads, counted so.
+        let cleaner = core.clone();
+        let cleaned = run_blocking(PROVIDER, move || cleaner.remove_abandoned_tmp_files()).await?;
         if cleaned.files > 0 {
             tracing::info!(
                 files = cleaned.files,
                 bytes = cleaned.bytes,
-                "removed payloads left half-written by writers that were killed"
+                "removed temporary files (payloads, compacted logs) left half-written by writers that were killed"
             );
         }
         report.blobs_removed += cleaned.files;

@@ -11,7 +11,10 @@
 //! file would not wait), so the commit code serialises its own users with a mutex first.
 //!
 //! Both are `flock`-style locks (`std::fs::File::lock`): released by the OS when a process
-//! dies, so a crashed writer never leaves the store locked.
+//! dies, so a crashed writer never leaves the store locked. A process that holds one for long
+//! (a big `gc`, a stopped process) keeps the others waiting without limit; a wait that lasts
+//! over a second is logged once, naming the lock file, so a user sees why a command hangs
+//! ([`crate::lock_file::wait_logged`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -48,7 +51,15 @@ impl WriterLock {
 
     /// Blocks until this process holds the lock; it is released when the guard drops.
     pub(crate) fn lock(&self) -> Result<WriterGuard<'_>> {
-        self.file.lock().map_err(|e| lock_error(&self.path, e))?;
+        if let Some(guard) = self.try_lock()? {
+            return Ok(guard);
+        }
+        crate::lock_file::wait_logged(
+            &self.path,
+            "another process is writing to this store",
+            || self.file.lock(),
+        )
+        .map_err(|e| lock_error(&self.path, e))?;
         Ok(WriterGuard { lock: self })
     }
 }
@@ -119,10 +130,17 @@ impl BlobPins {
     pub(crate) fn pin(&self) -> Result<BlobPin> {
         let mut count = self.inner.count.lock().unwrap_or_else(|e| e.into_inner());
         if *count == 0 {
-            self.inner
-                .file
-                .lock_shared()
-                .map_err(|e| lock_error(&self.inner.path, e))?;
+            let (file, path) = (&self.inner.file, &self.inner.path);
+            match file.try_lock_shared() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    crate::lock_file::wait_logged(path, "a `gc` of this store is running", || {
+                        file.lock_shared()
+                    })
+                    .map_err(|e| lock_error(path, e))?;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(path, e)),
+            }
         }
         *count += 1;
         Ok(BlobPin { pins: self.clone() })
@@ -154,7 +172,12 @@ impl BlobPins {
         }
         let path = self.inner.path.clone();
         stowage_core::run_on_pool(super::PROVIDER, move || {
-            file.lock().map_err(|e| lock_error(&path, e))?;
+            crate::lock_file::wait_logged(
+                &path,
+                "writes to this store are in flight (they hold it shared until they commit)",
+                || file.lock(),
+            )
+            .map_err(|e| lock_error(&path, e))?;
             Ok(ExclusiveBlobs { file })
         })
         .await

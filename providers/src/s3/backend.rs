@@ -973,16 +973,19 @@ impl StorageBackend for S3Backend {
         // writer got there first, and only then is the key listed). A key whose purge was
         // interrupted, or raced by a put, keeps newer versions without version 1: it is
         // listed. Bulk loads and copies into a fresh bucket create keys by the thousand, and a
-        // LIST per key is the slowest request an object store answers.
+        // LIST per key is the slowest request an object store answers. `IfVersion(0)` (no
+        // version at all, as a copy writes a key's first version) holds on a new key the same.
         let (stored, latest) = if mode == PutMode::Overwrite {
             let (stored, latest) =
                 futures::join!(self.blobs.put(body), self.latest_for_write(ns, key));
             (stored?, latest?)
-        } else if mode == PutMode::Create
-            && self
-                .cache
-                .latest_hint(&self.layout.key_dir(ns, key.as_str()))
-                .is_none()
+        } else if matches!(
+            mode,
+            PutMode::Create | PutMode::IfVersion(0) | PutMode::Base(0)
+        ) && self
+            .cache
+            .latest_hint(&self.layout.key_dir(ns, key.as_str()))
+            .is_none()
             && self.never_written(ns, key).await?
         {
             let absent = Latest {

@@ -677,8 +677,9 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let mut turn = self.write_turn().await?;
-        blobs::gc(turn.conn().await?, &self.path, progress).await
+        // Takes a turn on the write connection per step, not for the whole run.
+        let pool = self.pool().await?;
+        blobs::gc(pool, &self.writer, &self.path, progress).await
     }
 
     async fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {

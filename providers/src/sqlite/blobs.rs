@@ -584,51 +584,261 @@ impl ChunkReader {
     }
 }
 
+/// Blobs one `gc` transaction deletes, at most.
+const GC_BATCH_BLOBS: usize = 256;
+/// Payload bytes one `gc` transaction deletes, about: SQLite reads every page it frees (an
+/// overflow page holds the link to the next), at a few hundred MB/s, so 16 MiB keeps each
+/// transaction, and the write lock other writers wait for, to tens of milliseconds. A larger
+/// payload goes in pieces ([`gc_large`]).
+const GC_BATCH_BYTES: i64 = 16 << 20;
+/// Pages one `PRAGMA incremental_vacuum(N)` step hands back to the file system (16 MiB at the
+/// default 4 KiB page), each step a write transaction of its own.
+const GC_VACUUM_STEP_PAGES: i64 = 4096;
+
+/// Whether the row of `blobs` is garbage: a payload no version references, or a staged one
+/// whose `staged_at` is older than `?1` (abandoned by a process killed mid-stream; a live
+/// stream refreshes it more often). Checked again in every transaction that deletes, so a put
+/// that references the payload again meanwhile keeps it.
+macro_rules! gc_doomed {
+    () => {
+        "CASE WHEN blobs.hash IS NULL THEN coalesce(blobs.staged_at, 0) < ?1
+              ELSE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = blobs.hash) END"
+    };
+}
+
 /// Removes every blob no version references (their chunks go with them) and every staged
 /// payload abandoned for longer than [`ABANDONED_STAGING_AGE`] (a live stream refreshes its
-/// `staged_at` more often), then hands the freed pages back to the file system.
+/// `staged_at` more often), then hands the free pages back to the file system.
+///
+/// In bounded steps, each a short write transaction on this process's turn at the write
+/// connection, so other writers, in this process and in others, get the lock between two
+/// steps instead of waiting (and failing after `busy_timeout_ms`) for the whole run. Candidates
+/// are found by reads that hold no lock; each step checks again, under the lock, that its
+/// blobs are still garbage. The vacuum runs whenever the file has free pages, not only after
+/// deleting: a `gc` killed between its deletes and its vacuum leaves them to the next one.
 pub(crate) async fn gc(
-    conn: &mut SqliteConnection,
+    pool: &SqlitePool,
+    writer: &Arc<Writer>,
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<GcReport> {
     let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| fail("locking the database for gc", e))?;
     let abandoned_before = abandoned_before();
     // Payloads gc looks at: a live stream's staging is none of its business.
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM blobs WHERE hash IS NOT NULL OR coalesce(staged_at, 0) < ?1",
     )
     .bind(abandoned_before)
-    .fetch_one(&mut *tx)
+    .fetch_one(pool)
     .await
     .map_err(|e| fail("counting payloads", e))?;
     progress.set_total(total as u64);
-    let removed: Vec<i64> = sqlx::query_scalar(
-        "DELETE FROM blobs WHERE CASE WHEN hash IS NULL THEN coalesce(staged_at, 0) < ?1
-             ELSE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = blobs.hash) END
-         RETURNING size",
-    )
+    let mut removed = Removed::default();
+    let mut looked_at = 0;
+    let mut after = i64::MIN;
+    loop {
+        // Ordered by id from where the last look stopped: one pass over the table in all.
+        let found: Vec<(i64, i64, i64)> = sqlx::query_as(concat!(
+            "SELECT id, size, chunk_size FROM blobs WHERE id > ?2 AND ",
+            gc_doomed!(),
+            " ORDER BY id LIMIT ?3"
+        ))
+        .bind(abandoned_before)
+        .bind(after)
+        .bind(GC_BATCH_BLOBS as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| fail("finding unreferenced payloads", e))?;
+        let Some(&(last, _, _)) = found.last() else {
+            break;
+        };
+        after = last;
+        looked_at += found.len() as u64;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for (id, size, chunk_size) in found {
+            if size > GC_BATCH_BYTES {
+                gc_large(writer, path, abandoned_before, id, chunk_size, &mut removed).await?;
+                progress.inc(1);
+                continue;
+            }
+            if batch_bytes + size > GC_BATCH_BYTES {
+                gc_batch(writer, path, abandoned_before, &batch, &mut removed).await?;
+                progress.inc(batch.len() as u64);
+                batch.clear();
+                batch_bytes = 0;
+            }
+            batch.push(id);
+            batch_bytes += size;
+        }
+        gc_batch(writer, path, abandoned_before, &batch, &mut removed).await?;
+        progress.inc(batch.len() as u64);
+    }
+    // The candidates were counted as they went; the kept payloads all at once.
+    progress.inc((total as u64).saturating_sub(looked_at));
+    vacuum(writer, path).await?;
+    Ok(GcReport {
+        blobs_removed: removed.blobs,
+        bytes_freed: removed.bytes,
+        blobs_kept: (total as u64).saturating_sub(removed.blobs),
+    })
+}
+
+/// What `gc` removed so far.
+#[derive(Default)]
+struct Removed {
+    blobs: u64,
+    bytes: u64,
+}
+
+/// Deletes the blobs `ids` that are still garbage, with their chunks (at most
+/// [`GC_BATCH_BYTES`] of payload in all), in one write transaction.
+async fn gc_batch(
+    writer: &Arc<Writer>,
+    path: &Path,
+    abandoned_before: i64,
+    ids: &[i64],
+    removed: &mut Removed,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
+    // The ids as a JSON array: one bound parameter however many there are.
+    let ids = serde_json::to_string(ids).expect("integers serialise");
+    let mut turn = writer.turn().await;
+    let mut tx = turn
+        .conn()
+        .await?
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| fail("locking the database for gc", e))?;
+    let sizes: Vec<i64> = sqlx::query_scalar(concat!(
+        "DELETE FROM blobs WHERE id IN (SELECT value FROM json_each(?2)) AND ",
+        gc_doomed!(),
+        " RETURNING size"
+    ))
     .bind(abandoned_before)
+    .bind(ids)
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| fail("removing unreferenced payloads", e))?;
     tx.commit().await.map_err(|e| fail("committing gc", e))?;
-    progress.inc(total as u64);
-    if !removed.is_empty() {
-        sqlx::query("PRAGMA incremental_vacuum")
-            .execute(&mut *conn)
+    removed.blobs += sizes.len() as u64;
+    removed.bytes += sizes.iter().map(|s| *s as u64).sum::<u64>();
+    Ok(())
+}
+
+/// Deletes one blob larger than [`GC_BATCH_BYTES`], if it is still garbage, in pieces: first it
+/// is turned, in one short transaction that checks it is garbage, into a staged row abandoned
+/// long ago (`hash` NULL, `staged_at` 0), which no put dedups against, no stream writes into
+/// (a stream checks its own `staged_at`) and any later `gc` removes, should this one be killed
+/// midway; then its chunks go [`GC_BATCH_BYTES`] at a time, each piece a transaction; then the
+/// row. The row stays until its chunks are gone, so its id is not reused meanwhile.
+async fn gc_large(
+    writer: &Arc<Writer>,
+    path: &Path,
+    abandoned_before: i64,
+    id: i64,
+    chunk_size: i64,
+    removed: &mut Removed,
+) -> Result<()> {
+    let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
+    {
+        let mut turn = writer.turn().await;
+        let mut tx = turn
+            .conn()
+            .await?
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| fail("returning freed pages to the file system", e))?;
+            .map_err(|e| fail("locking the database for gc", e))?;
+        let taken = sqlx::query(concat!(
+            "UPDATE blobs SET hash = NULL, staged_at = 0 WHERE id = ?2 AND ",
+            gc_doomed!()
+        ))
+        .bind(abandoned_before)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| fail("marking an unreferenced payload for removal", e))?
+        .rows_affected();
+        tx.commit().await.map_err(|e| fail("committing gc", e))?;
+        if taken == 0 {
+            return Ok(()); // referenced again meanwhile, or removed by another gc
+        }
     }
-    Ok(GcReport {
-        blobs_removed: removed.len() as u64,
-        bytes_freed: removed.iter().map(|s| *s as u64).sum(),
-        blobs_kept: (total as u64).saturating_sub(removed.len() as u64),
-    })
+    let per_step = (GC_BATCH_BYTES / chunk_size.max(1)).max(1);
+    loop {
+        let mut turn = writer.turn().await;
+        // One statement: autocommit makes it a transaction of its own. Only while the row is
+        // still the one marked above (another `gc` may have finished it, and a new row may have
+        // its id since).
+        let gone = sqlx::query(
+            "DELETE FROM chunks WHERE blob_id = ?1 AND idx IN (
+                 SELECT idx FROM chunks WHERE blob_id = ?1 ORDER BY idx DESC LIMIT ?2)
+             AND EXISTS (SELECT 1 FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = 0)",
+        )
+        .bind(id)
+        .bind(per_step)
+        .execute(turn.conn().await?)
+        .await
+        .map_err(|e| fail("removing the chunks of an unreferenced payload", e))?
+        .rows_affected();
+        if gone == 0 {
+            break;
+        }
+    }
+    let mut turn = writer.turn().await;
+    let size: Option<i64> = sqlx::query_scalar(
+        "DELETE FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = 0 RETURNING size",
+    )
+    .bind(id)
+    .fetch_optional(turn.conn().await?)
+    .await
+    .map_err(|e| fail("removing an unreferenced payload", e))?;
+    if let Some(size) = size {
+        removed.blobs += 1;
+        removed.bytes += size as u64;
+    }
+    Ok(())
+}
+
+/// Hands the file's free pages back to the file system, [`GC_VACUUM_STEP_PAGES`] per write
+/// transaction, for as long as there are any and each step makes their number shrink (other
+/// writers free pages too; what they free meanwhile is left to the next `gc`). Nothing to do
+/// in a file created without `auto_vacuum = INCREMENTAL`.
+async fn vacuum(writer: &Arc<Writer>, path: &Path) -> Result<()> {
+    let fail = |doing: &str, e: sqlx::Error| map_err(path, doing, e);
+    let mut before = i64::MAX;
+    loop {
+        let mut turn = writer.turn().await;
+        let conn = turn.conn().await?;
+        if before == i64::MAX {
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| fail("reading the auto_vacuum mode", e))?;
+            // 2 = incremental; 0 (none) and 1 (full) have nothing for incremental_vacuum.
+            if mode != 2 {
+                return Ok(());
+            }
+        }
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| fail("counting free pages", e))?;
+        if free == 0 || free >= before {
+            return Ok(());
+        }
+        before = free;
+        // PRAGMA arguments cannot be bound; this one is a compile-time integer.
+        sqlx::query(&format!(
+            "PRAGMA incremental_vacuum({GC_VACUUM_STEP_PAGES})"
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| fail("returning freed pages to the file system", e))?;
+    }
 }
 
 /// The `staged_at` before which a staged payload counts as abandoned.

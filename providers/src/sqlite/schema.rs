@@ -3,6 +3,7 @@
 //! with an error naming it, before anything is written into it.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -254,13 +255,29 @@ pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
         })?;
     }
     let options = connect_options(config);
-    let mut conn = SqliteConnection::connect_with(&options)
-        .await
-        .map_err(|e| map_err(path, "opening the database", e))?;
-    let result = set_up(&mut conn, path).await;
-    // Closing flushes nothing we need; a failure here cannot lose data.
-    let _ = conn.close().await;
-    result?;
+    // Processes opening a new file at once race to switch it to WAL mode and create the
+    // schema. SQLite answers some of those races with SQLITE_BUSY at once, without waiting
+    // the busy timeout (a connection that read the file and then wants to write it could
+    // deadlock with another doing the same), so the whole set-up, which is safe to repeat (it
+    // looks at the file again first), is retried on a new connection for as long as the busy
+    // timeout allows.
+    let deadline = Instant::now() + config.busy_timeout();
+    let mut pause = SET_UP_FIRST_PAUSE;
+    loop {
+        match connect_and_set_up(&options, path).await {
+            Err(e) if is_busy_error(&e) && Instant::now() < deadline => {
+                tracing::debug!(path = %path.display(), error = %e, "another process is setting the database up; trying again");
+                // Jittered, so openers that collided do not collide again in step.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos()) as u64
+                    % (pause.as_micros() as u64 + 1);
+                tokio::time::sleep(pause + Duration::from_micros(jitter)).await;
+                pause = (pause * 2).min(SET_UP_MAX_PAUSE);
+            }
+            result => break result?,
+        }
+    }
     // One connection of `max_connections` is the write connection (`writer.rs`); the pool holds
     // the others, for reading (at least one).
     Ok(SqlitePoolOptions::new()
@@ -273,10 +290,42 @@ pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
         .connect_lazy_with(options))
 }
 
-async fn set_up(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
-    let state = inspect(conn)
+/// The first pause before the set-up is tried again after SQLITE_BUSY; it doubles up to
+/// [`SET_UP_MAX_PAUSE`].
+const SET_UP_FIRST_PAUSE: Duration = Duration::from_millis(2);
+const SET_UP_MAX_PAUSE: Duration = Duration::from_millis(100);
+
+/// One attempt at [`set_up`] on a connection of its own.
+async fn connect_and_set_up(options: &SqliteConnectOptions, path: &Path) -> Result<()> {
+    let mut conn = SqliteConnection::connect_with(options)
         .await
-        .map_err(|e| map_err(path, "reading the schema", e))?;
+        .map_err(|e| map_err(path, "opening the database", e))?;
+    let result = set_up(&mut conn, path).await;
+    // Closing flushes nothing we need; a failure here cannot lose data. (A set-up that failed
+    // mid-migration has its transaction rolled back by the close.)
+    let _ = conn.close().await;
+    result
+}
+
+/// Whether `err` is SQLite's SQLITE_BUSY (or SQLITE_LOCKED), mapped by [`map_err`].
+fn is_busy_error(err: &Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<sqlx::Error>())
+        .is_some_and(is_busy)
+}
+
+async fn set_up(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    // One read transaction: the id, the version and the tables from one snapshot. Read one by
+    // one, they could straddle another opener's migration (no id yet, then its tables) and a
+    // new stowage file would look like another application's.
+    let state = async {
+        let mut tx = conn.begin().await?;
+        let state = inspect(&mut tx).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+    .await
+    .map_err(|e| map_err(path, "reading the schema", e))?;
     if let Some(err) = refuse(path, &state) {
         return Err(err);
     }
