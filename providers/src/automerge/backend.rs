@@ -293,15 +293,7 @@ impl Inner {
         name: Option<(Namespace, Key)>,
         f: impl FnOnce(&mut RecordDoc) -> Result<R>,
     ) -> Result<R> {
-        let doc = self.doc(dir, name);
-        let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
-        match DocLock::acquire(rd.dir(), false, false)? {
-            Some(mut lock) => rd.reload(&mut lock, &self.settings.actor)?,
-            // No folder: never written, or purged (by any process) since this one read it,
-            // so what it remembers is gone too.
-            None => rd.forget(&self.settings.actor),
-        }
-        f(&mut rd)
+        self.read_dir_holding(dir, name, false, f)
     }
 
     /// Like [`Inner::read_dir`], but `f` runs while the shared lock is still held (when the
@@ -313,18 +305,38 @@ impl Inner {
         name: Option<(Namespace, Key)>,
         f: impl FnOnce(&mut RecordDoc) -> Result<R>,
     ) -> Result<R> {
+        self.read_dir_holding(dir, name, true, f)
+    }
+
+    /// The two above: `hold` keeps the shared lock until `f` returns.
+    fn read_dir_holding<R>(
+        &self,
+        dir: PathBuf,
+        name: Option<(Namespace, Key)>,
+        hold: bool,
+        f: impl FnOnce(&mut RecordDoc) -> Result<R>,
+    ) -> Result<R> {
         let doc = self.doc(dir, name);
         let mut rd = doc.lock().unwrap_or_else(|e| e.into_inner());
-        match DocLock::acquire(rd.dir(), false, false)? {
+        let lock = match DocLock::acquire(rd.dir(), false, false)? {
             Some(mut lock) => {
                 rd.reload(&mut lock, &self.settings.actor)?;
-                f(&mut rd)
+                Some(lock)
             }
+            // No folder: never written, or purged (by any process) since this one read it,
+            // so what it remembers is gone too.
             None => {
                 rd.forget(&self.settings.actor);
-                f(&mut rd)
+                None
             }
-        }
+        };
+        let _held = if hold {
+            lock
+        } else {
+            drop(lock);
+            None
+        };
+        f(&mut rd)
     }
 
     /// Runs `f` on the document under its exclusive lock, after reading what other writers
