@@ -816,19 +816,46 @@ async fn compare_final(
         })
     };
     let Some(t) = held else {
-        return Ok(mismatch("missing in the target".into()));
+        return Ok(mismatch(
+            "missing in the target".to_string() + &source_moved(pair, latest).await,
+        ));
     };
     let verdict = compare(pair, latest, t).await?;
     Ok(match verdict {
         Verdict::Differs(d) => mismatch(format!(
-            "latest versions differ: {}",
-            contrast(&d, latest, t)
+            "latest versions differ (source v{}, target v{}): {}{}",
+            latest.version,
+            t.version,
+            contrast(&d, latest, t),
+            source_moved(pair, latest).await
         )),
         _ if versions == CopyVersions::All && t.version != latest.version => mismatch(format!(
-            "target is at version {}, source at {}",
-            t.version, latest.version
+            "target is at version {}, source at {}{}",
+            t.version,
+            latest.version,
+            source_moved(pair, latest).await
         )),
         Verdict::ReRendered => FinalState::ReRendered,
         Verdict::Same => FinalState::Same,
     })
+}
+
+/// For a mismatch the final check found: whether the source itself moved on since the copy
+/// listed it (written to during the copy), said as a clause to append; empty otherwise.
+async fn source_moved(pair: &Pair, listed: &RecordInfo) -> String {
+    match pair.src.versions(listed.key.as_str()).await {
+        Ok(history) => match history.last() {
+            Some(now) if now.version != listed.version || now.hash != listed.hash => format!(
+                "; the source was written meanwhile (v{} when the copy listed it, v{} now): a \
+                 re-run copies what changed",
+                listed.version, now.version
+            ),
+            None => "; the source's record was purged meanwhile".to_string(),
+            Some(_) => String::new(),
+        },
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            "; the source's record was purged meanwhile".to_string()
+        }
+        Err(_) => String::new(),
+    }
 }

@@ -432,11 +432,23 @@ struct OvertakenOnce {
     source: Stowage,
     options: CopyOptions,
     first: std::sync::atomic::AtomicBool,
+    /// Instead of another copy, this write to the source happens first: `(key, payload)`.
+    source_write: Option<(&'static str, &'static str)>,
 }
 
 impl OvertakenOnce {
+    /// On the copy's first listing of the target (after it listed the source).
+    async fn write_the_source(&self) {
+        if let Some((key, payload)) = self.source_write {
+            if self.first.swap(false, Ordering::SeqCst) {
+                let s = self.source.default_namespace();
+                s.put(key, payload, Metadata::new()).await.unwrap();
+            }
+        }
+    }
+
     async fn let_the_other_copy_finish(&self) {
-        if self.first.swap(false, Ordering::SeqCst) {
+        if self.source_write.is_none() && self.first.swap(false, Ordering::SeqCst) {
             let other = Stowage::from_backend(self.inner.clone());
             copy(&self.source, &other, &self.options, &NoCopyObserver)
                 .await
@@ -475,6 +487,7 @@ impl StorageBackend for OvertakenOnce {
         self.inner.delete(ns, key, o).await
     }
     async fn list(&self, ns: &Namespace, o: ListOptions) -> Result<Page<RecordInfo>> {
+        self.write_the_source().await;
         self.inner.list(ns, o).await
     }
     async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
@@ -510,6 +523,7 @@ async fn a_copy_overtaken_by_another_finishes_without_writing_twice() {
             source: source.clone(),
             options: options.clone(),
             first: true.into(),
+            source_write: None,
         }));
         let report = copy(&source, &target, &options, &NoCopyObserver)
             .await
@@ -555,4 +569,52 @@ async fn a_copy_can_run_in_a_spawned_task() {
     .unwrap()
     .unwrap();
     assert_eq!(report.versions_copied, 1);
+}
+
+/// The source written to while the copy runs: the final check's mismatch says so, with the
+/// versions, and that a re-run copies what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_written_during_the_copy_is_named_in_the_final_check() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = store("sqlite", &d1).await;
+    source
+        .default_namespace()
+        .put("moving", "one", Metadata::new())
+        .await
+        .unwrap();
+    let memory = store("memory", &d2).await;
+    let options = CopyOptions {
+        concurrency: Some(1),
+        ..Default::default()
+    };
+    let target = Stowage::from_backend(Arc::new(OvertakenOnce {
+        inner: memory.backend().clone(),
+        source: source.clone(),
+        options: options.clone(),
+        first: true.into(),
+        source_write: Some(("moving", "two")),
+    }));
+    let report = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    let [m] = &report.mismatches[..] else {
+        panic!("one mismatch expected: {:?}", report.mismatches);
+    };
+    assert_eq!(m.key, "moving");
+    assert!(
+        m.detail
+            .contains("latest versions differ (source v1, target v2)")
+            && m.detail
+                .contains("written meanwhile (v1 when the copy listed it, v2 now)"),
+        "{}",
+        m.detail
+    );
+    let again = copy(&source, &target, &options, &NoCopyObserver)
+        .await
+        .unwrap();
+    assert!(again.mismatches.is_empty(), "{:?}", again.mismatches);
+    assert_eq!(
+        again.versions_copied, 0,
+        "the first run copied the history it read"
+    );
 }
