@@ -371,3 +371,31 @@ fn unsupported_operations_exit_5_when_a_provider_lacks_one() {
         eprintln!("note: memory and sqlite support every CLI operation; exit 5 not exercised");
     }
 }
+
+/// A store path that cannot be a directory (it, or a folder on the way to it, is a file) is a
+/// config error naming the field, for every local provider: exit 2, nothing written.
+#[test]
+fn a_store_directory_that_is_a_file_is_a_config_error() {
+    let sb = Sandbox::new();
+    sb.write("afile", b"not a directory");
+    for (provider, field, value) in [
+        ("fs", "root", "afile"),
+        ("fs", "root", "afile/below"),
+        ("automerge", "root", "afile"),
+        ("sqlite", "path", "afile/stowage.db"),
+    ] {
+        sb.write(
+            "c.toml",
+            format!(
+                "[storage]\nprovider = \"{provider}\"\n[storage.config]\n{field} = \"{value}\"\n"
+            ),
+        );
+        let run = sb.fails(&["--config", "c.toml", "ls"], 2);
+        assert!(
+            run.stderr.contains(&format!("storage.config.{field}")) && run.stderr.contains("afile"),
+            "{provider}: {}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read(sb.join("afile")).unwrap(), b"not a directory");
+    }
+}

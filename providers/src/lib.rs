@@ -26,6 +26,8 @@ mod atomic_file;
 mod cas_files;
 #[cfg(any(feature = "fs", feature = "automerge"))]
 mod lock_file;
+#[cfg(any(feature = "fs", feature = "automerge", feature = "sqlite"))]
+mod store_dir;
 
 /// How a damaged or missing stored payload is repaired wherever payloads are content-addressed:
 /// a put of the same bytes rewrites the stored copy (`verify` and failed reads say so).

@@ -199,6 +199,7 @@ fn conflict(ns: &Namespace, key: &Key, expected: String, latest: Version) -> Err
 
 impl Inner {
     pub(crate) fn ensure_root(&self) -> Result<()> {
+        crate::store_dir::create(&self.root, "storage.config.root")?;
         let docs = self.root.join("docs");
         fs::create_dir_all(&docs)
             .map_err(|e| Error::io(format!("creating {}", docs.display()), e))?;

@@ -369,21 +369,7 @@ fn read_inline(
 impl Core {
     fn open(config: &FsConfig) -> Result<Core> {
         let root = config.root.clone();
-        if root.exists() && !root.is_dir() {
-            return Err(Error::invalid_config(
-                "storage.config.root",
-                format!(
-                    "{} exists and is not a directory; name a directory (it is created if missing)",
-                    root.display()
-                ),
-            ));
-        }
-        fs::create_dir_all(&root).map_err(|e| {
-            Error::io(
-                format!("creating the store directory {}", root.display()),
-                e,
-            )
-        })?;
+        crate::store_dir::create(&root, "storage.config.root")?;
         let durability = Durability::from_fsync(config.fsync());
         let inline_max = config.inline_max.min(super::config::MAX_INLINE);
         let blobs = BlobStore::new(&root, durability);

@@ -247,12 +247,17 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 4096;
 pub(crate) async fn open(config: &SqliteConfig) -> Result<SqlitePool> {
     let path = config.path.as_path();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| {
+        let parent = parent.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            crate::store_dir::create(&parent, "storage.config.path")
+        })
+        .await
+        .map_err(|e| {
             Error::io(
-                format!("creating directory {} for the database", parent.display()),
-                e,
+                "creating the database's directory",
+                std::io::Error::other(e),
             )
-        })?;
+        })??;
     }
     let options = connect_options(config);
     // Processes opening a new file at once race to switch it to WAL mode and create the
