@@ -973,7 +973,7 @@ async fn server_killed_mid_upload_keeps_the_earlier_version() {
                 .await
                 .unwrap()
                 .expect_err("the upload must fail when the server dies");
-            assert_backend_error(&err, &endpoint, "fault-bucket", "retries");
+            assert_backend_error(&err, &endpoint, "fault-bucket", "up to 1 retry)");
         }
 
         if own.restart() {
