@@ -160,7 +160,8 @@ pub async fn copy(
     let skipped = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let counters = Counters {
-        count_skips: true,
+        mine: None,
+        skips_written_here: None,
         copied: &copied,
         skipped: &skipped,
         bytes: &bytes,
@@ -204,17 +205,24 @@ pub async fn copy(
                             CopyVersions::Latest => copy_latest(pair, latest, held, counters).await,
                         }
                     };
-                    let mut copied = copy_key(held, counters).await;
+                    // The versions of this key this run writes, counted apart too.
+                    let mine = AtomicU64::new(0);
+                    let first = Counters {
+                        mine: Some(&mine),
+                        ..*counters
+                    };
+                    let mut copied = copy_key(held, &first).await;
                     if matches!(&copied, Err(e) if e.kind() == ErrorKind::Conflict) {
                         // The key changed in the target while it was copied (a copy running
                         // beside this one, say): look at it again, once. A target that now
                         // holds the source's state, or a prefix of its history, is finished;
-                        // a state the source never had still stops the copy. The versions
-                        // skipped this time were written by this copy (counted already) or
-                        // by the other writer (not this copy's to count).
+                        // a state the source never had still stops the copy. Of the versions
+                        // found in the target this time, as many as this run wrote are counted
+                        // already (as copied); the rest were written by the other writer and
+                        // count as skipped, so copied + skipped stays the source's total.
                         let now = target_versions(&pair.dst, latest.key.as_str()).await?;
                         let again = Counters {
-                            count_skips: false,
+                            skips_written_here: Some(&mine),
                             ..*counters
                         };
                         copied = copy_key(now.last(), &again).await;
@@ -293,8 +301,11 @@ fn is_refusal(e: &Error) -> bool {
 
 #[derive(Clone, Copy)]
 struct Counters<'a> {
-    /// Whether versions found already in the target count as skipped.
-    count_skips: bool,
+    /// Also counts the versions copied, for one key's first attempt.
+    mine: Option<&'a AtomicU64>,
+    /// On a key's second attempt: how many of the versions found in the target were written
+    /// by the first attempt (counted as copied); that many skips are not counted again.
+    skips_written_here: Option<&'a AtomicU64>,
     copied: &'a AtomicU64,
     skipped: &'a AtomicU64,
     bytes: &'a AtomicU64,
@@ -304,13 +315,20 @@ struct Counters<'a> {
 impl Counters<'_> {
     fn copied(&self, info: &RecordInfo) {
         self.copied.fetch_add(1, Ordering::Relaxed);
+        if let Some(mine) = self.mine {
+            mine.fetch_add(1, Ordering::Relaxed);
+        }
         if !info.is_deleted() {
             self.bytes.fetch_add(info.size, Ordering::Relaxed);
         }
         self.observer.copied(info);
     }
     fn skipped(&self, info: &RecordInfo) {
-        if !self.count_skips {
+        let counted_already = self.skips_written_here.is_some_and(|left| {
+            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        });
+        if counted_already {
             return;
         }
         self.skipped.fetch_add(1, Ordering::Relaxed);
@@ -808,6 +826,52 @@ async fn compare_final(
     latest: &RecordInfo,
     versions: CopyVersions,
 ) -> Result<FinalState> {
+    let state = compare_final_with(pair, held, latest, versions).await?;
+    if !matches!(state, FinalState::Differs(_)) {
+        return Ok(state);
+    }
+    // The source may have been written since it was listed: compare with what it holds now,
+    // so a target another writer (or copy) brought up to date is not called different, and a
+    // real difference says the source moved.
+    let mut state = state;
+    let moved = match pair.src.versions(latest.key.as_str()).await {
+        Ok(history) => match history.last() {
+            Some(now) if now.version != latest.version || now.hash != latest.hash => {
+                // Against what the source holds now: the difference worth naming.
+                state = compare_final_with(pair, held, now, versions).await?;
+                if !matches!(state, FinalState::Differs(_)) {
+                    return Ok(state);
+                }
+                format!(
+                    "; the source was written meanwhile (v{} when the copy listed it, v{} now): \
+                     a re-run copies what changed",
+                    latest.version, now.version
+                )
+            }
+            None => "; the source's record was purged meanwhile".to_string(),
+            Some(_) => String::new(),
+        },
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            "; the source's record was purged meanwhile".to_string()
+        }
+        Err(_) => String::new(),
+    };
+    Ok(match state {
+        FinalState::Differs(mut m) => {
+            m.detail.push_str(&moved);
+            FinalState::Differs(m)
+        }
+        other => other,
+    })
+}
+
+/// The final check of one key against the source's `latest`.
+async fn compare_final_with(
+    pair: &Pair,
+    held: Option<&RecordInfo>,
+    latest: &RecordInfo,
+    versions: CopyVersions,
+) -> Result<FinalState> {
     let mismatch = |detail: String| {
         FinalState::Differs(CopyMismatch {
             namespace: latest.namespace.to_string(),
@@ -816,46 +880,21 @@ async fn compare_final(
         })
     };
     let Some(t) = held else {
-        return Ok(mismatch(
-            "missing in the target".to_string() + &source_moved(pair, latest).await,
-        ));
+        return Ok(mismatch("missing in the target".into()));
     };
     let verdict = compare(pair, latest, t).await?;
     Ok(match verdict {
         Verdict::Differs(d) => mismatch(format!(
-            "latest versions differ (source v{}, target v{}): {}{}",
+            "latest versions differ (source v{}, target v{}): {}",
             latest.version,
             t.version,
-            contrast(&d, latest, t),
-            source_moved(pair, latest).await
+            contrast(&d, latest, t)
         )),
         _ if versions == CopyVersions::All && t.version != latest.version => mismatch(format!(
-            "target is at version {}, source at {}{}",
-            t.version,
-            latest.version,
-            source_moved(pair, latest).await
+            "target is at version {}, source at {}",
+            t.version, latest.version
         )),
         Verdict::ReRendered => FinalState::ReRendered,
         Verdict::Same => FinalState::Same,
     })
-}
-
-/// For a mismatch the final check found: whether the source itself moved on since the copy
-/// listed it (written to during the copy), said as a clause to append; empty otherwise.
-async fn source_moved(pair: &Pair, listed: &RecordInfo) -> String {
-    match pair.src.versions(listed.key.as_str()).await {
-        Ok(history) => match history.last() {
-            Some(now) if now.version != listed.version || now.hash != listed.hash => format!(
-                "; the source was written meanwhile (v{} when the copy listed it, v{} now): a \
-                 re-run copies what changed",
-                listed.version, now.version
-            ),
-            None => "; the source's record was purged meanwhile".to_string(),
-            Some(_) => String::new(),
-        },
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            "; the source's record was purged meanwhile".to_string()
-        }
-        Err(_) => String::new(),
-    }
 }

@@ -457,36 +457,131 @@ impl NamespaceHandle {
     }
 
     /// One page of the listing.
+    ///
+    /// The page is checked before it is returned: records of this namespace only, keys in
+    /// strictly ascending order, under the prefix and after `start_after`, no more than the
+    /// limit, and a `next` cursor other than the one given. A provider breaking that (a buggy
+    /// or hostile plugin) is a `Backend` error, not a listing that loops for ever or shows
+    /// another tenant's records.
     pub async fn list(&self, options: ListOptions) -> Result<Page<RecordInfo>> {
         let ns = &self.namespace;
-        self.store
+        let asked = options.clone();
+        let page = self
+            .store
             .call("list", Some(ns), None, |b| async move {
                 b.list(ns, options).await
             })
-            .await
+            .await?;
+        self.check_page("list", &page, asked.limit, asked.cursor.as_deref())?;
+        let mut after = asked.start_after.as_deref();
+        for item in &page.items {
+            let key = item.key.as_str();
+            let out_of_place = if asked.prefix.as_deref().is_some_and(|p| !key.starts_with(p)) {
+                Some("outside the prefix asked for")
+            } else if after.is_some_and(|a| key <= a) {
+                Some("out of key order (or not after start_after)")
+            } else {
+                None
+            };
+            if let Some(why) = out_of_place {
+                return Err(self.malformed("list", format!("its page holds key {key:?} {why}")));
+            }
+            after = Some(key);
+        }
+        Ok(page)
     }
 
-    /// Every record of the listing, following cursors.
+    /// What every page must hold to: records of this namespace, at most `limit` of them, and
+    /// a `next` cursor that is not the one given (a paging loop would never end).
+    fn check_page(
+        &self,
+        operation: &str,
+        page: &Page<RecordInfo>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<()> {
+        if let Some(other) = page.items.iter().find(|i| i.namespace != self.namespace) {
+            return Err(self.malformed(
+                operation,
+                format!(
+                    "its page holds a record of namespace {}, not {}",
+                    other.namespace, self.namespace
+                ),
+            ));
+        }
+        if let Some(limit) = limit.filter(|&l| page.items.len() > l) {
+            return Err(self.malformed(
+                operation,
+                format!(
+                    "its page holds {} records, over the limit of {limit}",
+                    page.items.len()
+                ),
+            ));
+        }
+        if page.next.is_some() && page.next.as_deref() == cursor {
+            return Err(self.malformed(
+                operation,
+                "its page's next cursor is the one it was given: following it would never end"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, operation: &str, what: String) -> Error {
+        Error::Backend {
+            provider: self.store.provider().to_string(),
+            message: format!("{operation} in namespace {} failed: {what}", self.namespace),
+            source: None,
+        }
+    }
+
+    /// Every record of the listing, following cursors. A cursor met twice, or a page whose
+    /// keys do not come after the previous page's, is a `Backend` error (the walk would never
+    /// end, or repeat records).
     pub async fn list_all(&self, mut options: ListOptions) -> Result<Vec<RecordInfo>> {
-        let mut all = Vec::new();
+        let mut all: Vec<RecordInfo> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         loop {
             let page = self.list(options.clone()).await?;
+            if let (Some(last), Some(first)) = (all.last(), page.items.first()) {
+                if first.key <= last.key {
+                    return Err(self.malformed(
+                        "list",
+                        format!(
+                            "a page starts at key {:?}, not after the previous page's last key {:?}",
+                            first.key.as_str(),
+                            last.key.as_str()
+                        ),
+                    ));
+                }
+            }
             all.extend(page.items);
             match page.next {
+                Some(next) if !seen.insert(next.clone()) => {
+                    return Err(self.malformed(
+                        "list",
+                        format!("its cursor {next:?} came back: following it would never end"),
+                    ))
+                }
                 Some(next) => options.cursor = Some(next),
                 None => return Ok(all),
             }
         }
     }
 
-    /// One page of search results.
+    /// One page of search results, checked as [`Self::list`] checks its pages (namespace,
+    /// limit, a cursor that moves on).
     pub async fn search(&self, query: &Query) -> Result<Page<RecordInfo>> {
         let ns = &self.namespace;
-        self.store
+        let page = self
+            .store
             .call("search", Some(ns), None, |b| async move {
                 b.search(ns, query).await
             })
-            .await
+            .await?;
+        self.check_page("search", &page, query.limit, query.cursor.as_deref())?;
+        Ok(page)
     }
 
     /// Every version of a key, oldest first.

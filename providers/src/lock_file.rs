@@ -57,9 +57,10 @@ pub(crate) fn wait_logged<T>(
                     tracing::dispatcher::with_default(&dispatch, || {
                         tracing::warn!(
                             lock = %path.display(),
-                            "waiting for the lock {} for over {} s: {holder}; another process \
-                             holds it (or another store opened on the same root). Still waiting: \
-                             it goes on by itself once that process finishes or is stopped",
+                            "waiting for the lock {} for over {} s: another process holds it \
+                             ({holder}; or another store opened on the same root). Still \
+                             waiting: it goes on by itself once that process finishes or is \
+                             stopped",
                             path.display(),
                             WAIT_WARNING_AFTER.as_secs(),
                         );

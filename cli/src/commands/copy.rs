@@ -132,16 +132,19 @@ pub async fn run(ctx: &Context, args: Args) -> std::result::Result<(), Failure> 
     }
     let n = report.mismatches.len();
     let first = &report.mismatches[0];
-    Err(Failure::from(Error::Backend {
-        provider: target.provider().to_string(),
+    // Not a failure of either provider: the stores differ (often because the source was
+    // written during the copy, which each mismatch line says).
+    Err(Failure::Worded {
         message: format!(
-            "the copy's final check found {} differing between source and target (listed above; the first is {}/{}); re-run the copy to retry, or compare with `stowage versions`",
+            "the copy's final check found {} differing between the source ({}) and the target ({}) (listed above; the first is {}/{}); re-run the copy to retry, or compare with `stowage versions`",
             counted(n as u64, "record"),
+            source.provider(),
+            target.provider(),
             first.namespace,
             first.key
         ),
-        source: None,
-    }))
+        code: exit::FAILURE,
+    })
 }
 
 /// The one line for a copy that left out records the target refused (listed above it, each

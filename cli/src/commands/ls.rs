@@ -38,6 +38,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         include_deleted: args.deleted,
         cursor: None,
     };
+    let mut seen = std::collections::HashSet::new();
     loop {
         let page = handle.list(options.clone()).await?;
         ctx.out.record_lines(&page.items)?;
@@ -59,7 +60,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 }
                 return Ok(());
             }
-            (Some(next), None) => options.cursor = Some(next),
+            (Some(next), None) => {
+                options.cursor = Some(super::cursor_once(
+                    &mut seen,
+                    next,
+                    handle.store().provider(),
+                )?)
+            }
         }
     }
 }

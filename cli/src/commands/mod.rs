@@ -72,10 +72,11 @@ pub async fn explain_not_found(
             latest.version
         ),
         None => return Err(error.into()),
+        Some(0) => format!("record {record} has no version 0: versions start at 1"),
         Some(v) => match history.iter().find(|i| i.version == v) {
             Some(i) if i.is_deleted() => format!(
-                "version {v} of record {record} is a deletion marker: it has no payload \
-                 (`stowage versions` lists the key's history)"
+                "version {v} of record {record} is a deletion marker (`stowage versions` lists \
+                 the key's history)"
             ),
             Some(_) => return Err(error.into()),
             None if v > latest.version => format!(
@@ -89,6 +90,26 @@ pub async fn explain_not_found(
         },
     };
     Err(worded(message))
+}
+
+/// `next`, the cursor of the page after one a walk (`ls`, `search`) just printed, if the walk
+/// has not met it before: a provider whose cursors come back round would have it print the
+/// same pages for ever.
+pub fn cursor_once(
+    seen: &mut std::collections::HashSet<String>,
+    next: String,
+    provider: &str,
+) -> stowage_core::Result<String> {
+    if seen.insert(next.clone()) {
+        return Ok(next);
+    }
+    Err(stowage_core::Error::Backend {
+        provider: provider.into(),
+        message: format!(
+            "its paging cursor {next:?} came back: following it would print the same records for ever"
+        ),
+        source: None,
+    })
 }
 
 #[cfg(test)]

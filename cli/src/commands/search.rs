@@ -124,6 +124,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut query = args.query()?;
     query.limit = Some(args.limit.map_or(WALK_PAGE, NonZeroUsize::get));
     let handle = ctx.handle().await?;
+    let mut seen = std::collections::HashSet::new();
     loop {
         let page = handle.search(&query).await?;
         ctx.out.record_lines(&page.items)?;
@@ -136,7 +137,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 ));
                 return Ok(());
             }
-            (Some(next), None) => query.cursor = Some(next),
+            (Some(next), None) => {
+                query.cursor = Some(super::cursor_once(
+                    &mut seen,
+                    next,
+                    handle.store().provider(),
+                )?);
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::backend::StorageBackend;
 use crate::body::Body;
 use crate::error::{Error, Result};
 use crate::factory::{ProviderOrigin, StorageProviderFactory};
+use crate::hash::ContentHash;
 use crate::key::{Key, Namespace};
 use crate::model::{
     Capabilities, DeleteOptions, GcReport, GetOptions, ListOptions, Metadata, Page, Progress,
@@ -41,6 +42,10 @@ use crate::model::{
 };
 use crate::query::Query;
 use crate::registry::Registry;
+
+/// The most providers one plugin may declare; a larger `provider_count` is a broken descriptor
+/// (and must never size an allocation).
+const MAX_PROVIDERS: usize = 64;
 
 /// Reads an optional backend function, absent when the plugin's vtable predates it.
 macro_rules! optional {
@@ -84,6 +89,33 @@ struct ProviderEntry {
     vtable: *const StowageProviderVTable,
     backend: *const StowageBackendVTable,
     backend_size: u32,
+    /// The factory's `capabilities`, asked at load.
+    capabilities: Capabilities,
+    /// The factory's `config_schema`, asked at load.
+    config_schema: serde_json::Value,
+}
+
+/// Calls a factory function that writes JSON, and parses it; the error as text.
+fn factory_json_of<T: DeserializeOwned>(
+    vtable: &StowageProviderVTable,
+    provider: &str,
+    f: stowage_plugin_abi::StowageFactoryJsonFn,
+) -> std::result::Result<T, String> {
+    let mut out = StowageOwned::EMPTY;
+    // SAFETY: a required function of a checked vtable, with its own factory pointer and a
+    // valid out-parameter.
+    let status = unsafe { f(vtable.factory, &mut out) };
+    let out = Owned(out);
+    let message = Owned(status.message);
+    if status.code != status::OK {
+        let cx = CallContext {
+            provider,
+            namespace: None,
+            key: None,
+        };
+        return Err(decode_error(status.code, message.as_slice(), &cx).to_string());
+    }
+    serde_json::from_slice(out.as_slice()).map_err(|e| e.to_string())
 }
 
 // SAFETY: the raw pointers point into the plugin's descriptor, which the ABI makes immutable
@@ -280,10 +312,16 @@ impl PluginLibrary {
                 "plugin `{plugin_name}` declares no providers"
             )));
         }
+        if d.provider_count > MAX_PROVIDERS {
+            return Err(refuse(format!(
+                "plugin `{plugin_name}` declares {} providers, more than the {MAX_PROVIDERS} a plugin may offer; its descriptor's provider_count is broken",
+                d.provider_count
+            )));
+        }
         // SAFETY: `providers` points to `provider_count` vtables (non-null, checked above); the
         // first one's `struct_size` gives the array's stride as the plugin knows it.
         let stride = unsafe { std::ptr::addr_of!((*d.providers).struct_size).read() } as usize;
-        let mut providers: Vec<ProviderEntry> = Vec::with_capacity(d.provider_count);
+        let mut providers: Vec<ProviderEntry> = Vec::new();
         for index in 0..d.provider_count {
             if stride < size_v1_0::<StowageProviderVTable>() as usize {
                 return Err(refuse(format!(
@@ -347,12 +385,27 @@ impl PluginLibrary {
                     "backend of provider `{name}` lacks the required `{field}`"
                 )));
             }
+            // Asked once here, so a malformed answer refuses the library by name (rather than
+            // being printed as "(none)" by `plugins check`, or defaulted later).
+            let bad = |function: &str, e: String| {
+                refuse(format!(
+                    "provider `{name}`'s factory function `{function}` failed or answered malformed JSON: {e}"
+                ))
+            };
+            let capabilities: Capabilities =
+                factory_json_of(vtable, &name, vtable.capabilities.expect("checked above"))
+                    .map_err(|e| bad("capabilities", e))?;
+            let config_schema: serde_json::Value =
+                factory_json_of(vtable, &name, vtable.config_schema.expect("checked above"))
+                    .map_err(|e| bad("config_schema", e))?;
             providers.push(ProviderEntry {
                 description: text(vtable.description, "provider description")?,
                 name,
                 vtable,
                 backend: vtable.backend,
                 backend_size,
+                capabilities,
+                config_schema,
             });
         }
         Ok(Arc::new(PluginLibrary {
@@ -475,10 +528,8 @@ impl PluginLibrary {
                 .map(|i| PluginProviderInfo {
                     name: self.providers[i].name.clone(),
                     description: self.providers[i].description.clone(),
-                    capabilities: self.factory_json(i, |v| v.capabilities).unwrap_or_default(),
-                    config_schema: self
-                        .factory_json(i, |v| v.config_schema)
-                        .unwrap_or(serde_json::Value::Null),
+                    capabilities: self.providers[i].capabilities,
+                    config_schema: self.providers[i].config_schema.clone(),
                 })
                 .collect(),
         }
@@ -489,28 +540,15 @@ impl PluginLibrary {
         unsafe { &*self.providers[index].vtable }
     }
 
-    fn context(&self, index: usize) -> CallContext<'_> {
-        CallContext {
-            provider: &self.providers[index].name,
-            namespace: None,
-            key: None,
+    fn context(&self, index: usize) -> Cx<'_> {
+        Cx {
+            call: CallContext {
+                provider: &self.providers[index].name,
+                namespace: None,
+                key: None,
+            },
+            file: &self.path,
         }
-    }
-
-    /// Calls a factory function that writes JSON, and parses it.
-    fn factory_json<T: DeserializeOwned>(
-        &self,
-        index: usize,
-        pick: impl Fn(&StowageProviderVTable) -> Option<stowage_plugin_abi::StowageFactoryJsonFn>,
-    ) -> Result<T> {
-        let vtable = self.vtable(index);
-        let f = pick(vtable).expect("required factory functions are checked at load");
-        let mut out = StowageOwned::EMPTY;
-        // SAFETY: a required function of a checked vtable, with its own factory pointer and a
-        // valid out-parameter.
-        let status = unsafe { f(vtable.factory, &mut out) };
-        check(status, &self.context(index))?;
-        parse(Owned(out), &self.providers[index].name, "factory JSON")
     }
 }
 
@@ -561,20 +599,143 @@ impl Drop for Owned {
     }
 }
 
+/// What the host knows about a call: the [`CallContext`] and the plugin file.
+struct Cx<'a> {
+    call: CallContext<'a>,
+    file: &'a Path,
+}
+
 /// Turns a status into `Ok` or the error it carries (releasing its message).
-fn check(status: StowageStatus, cx: &CallContext<'_>) -> Result<()> {
+fn check(status: StowageStatus, cx: &Cx<'_>) -> Result<()> {
     let message = Owned(status.message);
     if status.code == status::OK {
         Ok(())
     } else {
-        Err(decode_error(status.code, message.as_slice(), cx))
+        Err(host_error(
+            decode_error(status.code, message.as_slice(), &cx.call),
+            cx,
+        ))
     }
 }
 
-fn parse<T: DeserializeOwned>(buf: Owned, provider: &str, what: &str) -> Result<T> {
-    serde_json::from_slice(buf.as_slice()).map_err(|e| Error::Backend {
+/// An error a plugin returned from a call, with what the host knows put in place of what the
+/// plugin claimed: load-time kinds (`ProviderExists`, `Plugin`) cannot come from a call and
+/// become a `Backend` error of the provider, and the provider named is always the host's.
+fn host_error(error: Error, cx: &Cx<'_>) -> Error {
+    let provider = cx.call.provider.to_string();
+    match error {
+        Error::ProviderExists { .. } | Error::Plugin { .. } => Error::Backend {
+            message: format!(
+                "plugin {} answered a call with an error only loading can raise ({:?})",
+                cx.file.display(),
+                error.to_string()
+            ),
+            provider,
+            source: None,
+        },
+        Error::Corrupt { message, .. } => Error::Corrupt {
+            provider,
+            message: format!("{message} (plugin {})", cx.file.display()),
+        },
+        Error::Backend {
+            message, source, ..
+        } => Error::Backend {
+            provider,
+            message,
+            source,
+        },
+        Error::Panicked { message, .. } => Error::Panicked { provider, message },
+        Error::Unsupported { operation, .. } => Error::Unsupported {
+            operation,
+            provider,
+        },
+        // The store's path is the plugin's to know; but a path the host would print with
+        // control characters in it, or none, is replaced by the plugin file.
+        Error::Locked { path, message } => {
+            let shown = path.to_string_lossy();
+            let path = if shown.is_empty() || shown.chars().any(char::is_control) {
+                cx.file.to_path_buf()
+            } else {
+                path
+            };
+            Error::Locked {
+                path,
+                message: format!(
+                    "{message} (reported by provider `{provider}` of plugin {})",
+                    cx.file.display()
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
+/// A `Backend` error of `provider` for output of its `what` that breaks the ABI's contract.
+fn malformed(provider: &str, file: &Path, what: &str, problem: impl std::fmt::Display) -> Error {
+    Error::Backend {
         provider: provider.to_string(),
-        message: format!("the plugin returned malformed {what}: {e}"),
+        message: format!(
+            "plugin {}: its {what} returned malformed output: {problem}",
+            file.display()
+        ),
+        source: None,
+    }
+}
+
+/// The last time a record may carry, 9999-12-31T23:59:59.999999Z, in microseconds.
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
+/// What is wrong with a record a plugin answered for `ns` (and `key`), if anything.
+fn record_problem(ns: &str, key: Option<&str>, info: &RecordInfo) -> Option<String> {
+    if info.namespace.as_str() != ns {
+        return Some(format!(
+            "a record of namespace {:?} for a call on namespace {ns:?}",
+            info.namespace.as_str()
+        ));
+    }
+    if let Some(key) = key {
+        if info.key.as_str() != key {
+            return Some(format!(
+                "a record of key {:?} for a call on key {key:?}",
+                info.key.as_str()
+            ));
+        }
+    }
+    if info.version == 0 {
+        return Some(format!(
+            "record {ns}/{:?} has version 0 (versions start at 1)",
+            info.key.as_str()
+        ));
+    }
+    let times = [
+        ("created_at", Some(info.created_at)),
+        ("updated_at", Some(info.updated_at)),
+        ("deleted_at", info.deleted_at),
+    ];
+    for (name, time) in times {
+        if let Some(t) = time {
+            if !(0..=MAX_MICROS).contains(&t.as_micros()) {
+                return Some(format!(
+                    "record {ns}/{:?} has {name} {} µs since 1970, outside 1970-01-01..9999-12-31",
+                    info.key.as_str(),
+                    t.as_micros()
+                ));
+            }
+        }
+    }
+    if let Err(e) = info.metadata.validate() {
+        return Some(format!("record {ns}/{:?}: {e}", info.key.as_str()));
+    }
+    None
+}
+
+fn parse<T: DeserializeOwned>(buf: Owned, i: &Instance, what: &str) -> Result<T> {
+    serde_json::from_slice(buf.as_slice()).map_err(|e| Error::Backend {
+        provider: i.provider.clone(),
+        message: format!(
+            "plugin {}: the plugin returned malformed {what}: {e}",
+            i.file().display()
+        ),
         source: None,
     })
 }
@@ -601,21 +762,11 @@ impl StorageProviderFactory for PluginFactory {
     }
 
     fn config_schema(&self) -> serde_json::Value {
-        self.library
-            .factory_json(self.index, |v| v.config_schema)
-            .unwrap_or_else(|e| {
-                tracing::warn!(provider = self.name(), error = %e, "plugin config_schema failed");
-                serde_json::Value::Null
-            })
+        self.library.providers[self.index].config_schema.clone()
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.library
-            .factory_json(self.index, |v| v.capabilities)
-            .unwrap_or_else(|e| {
-                tracing::warn!(provider = self.name(), error = %e, "plugin capabilities failed");
-                Capabilities::default()
-            })
+        self.library.providers[self.index].capabilities
     }
 
     fn validate(&self, config: &serde_json::Value) -> Result<()> {
@@ -705,12 +856,74 @@ impl Instance {
         unsafe { &*self.backend }
     }
 
-    fn cx<'a>(&'a self, ns: Option<&'a str>, key: Option<&'a str>) -> CallContext<'a> {
-        CallContext {
-            provider: &self.provider,
-            namespace: ns,
-            key,
+    fn cx<'a>(&'a self, ns: Option<&'a str>, key: Option<&'a str>) -> Cx<'a> {
+        Cx {
+            call: CallContext {
+                provider: &self.provider,
+                namespace: ns,
+                key,
+            },
+            file: self.file(),
         }
+    }
+
+    /// The library file this instance comes from.
+    fn file(&self) -> &Path {
+        &self._library.path
+    }
+
+    /// The error for output of the plugin's `what` that breaks the ABI's contract.
+    fn malformed(&self, what: &str, problem: impl std::fmt::Display) -> Error {
+        malformed(&self.provider, self.file(), what, problem)
+    }
+
+    /// Checks a record the plugin's `what` answered for `ns` (and `key`, when the call named
+    /// one): its identity, version, times and metadata.
+    fn check_record(
+        &self,
+        what: &str,
+        ns: &str,
+        key: Option<&str>,
+        info: &RecordInfo,
+    ) -> Result<()> {
+        match record_problem(ns, key, info) {
+            None => Ok(()),
+            Some(problem) => Err(self.malformed(what, problem)),
+        }
+    }
+
+    /// A key operation answering one record of `ns`/`key`, checked.
+    fn record_op(
+        &self,
+        f: Option<stowage_plugin_abi::StowageKeyOpFn>,
+        what: &str,
+        ns: &str,
+        key: &str,
+        options: &[u8],
+    ) -> Result<RecordInfo> {
+        let info: RecordInfo = self.key_op(f, what, ns, key, options)?;
+        self.check_record(what, ns, Some(key), &info)?;
+        Ok(info)
+    }
+
+    /// `versions` of `ns`/`key`, checked: every record of that key, in ascending version order.
+    fn versions_op(&self, ns: &str, key: &str) -> Result<Vec<RecordInfo>> {
+        let all: Vec<RecordInfo> =
+            self.key_op(optional!(self, versions), "versions", ns, key, b"{}")?;
+        for (n, info) in all.iter().enumerate() {
+            self.check_record("versions", ns, Some(key), info)?;
+            if n > 0 && all[n - 1].version >= info.version {
+                return Err(self.malformed(
+                    "versions",
+                    format!(
+                        "versions are not in ascending order: version {} follows version {}",
+                        info.version,
+                        all[n - 1].version
+                    ),
+                ));
+            }
+        }
+        Ok(all)
     }
 
     fn instance_json<T: DeserializeOwned>(
@@ -723,7 +936,7 @@ impl Instance {
         // SAFETY: a function of this instance's vtable, the live instance, a valid out-param.
         let status = unsafe { f(self.handle, &mut out) };
         check(status, &self.cx(None, None))?;
-        parse(Owned(out), &self.provider, what)
+        parse(Owned(out), self, what)
     }
 
     fn key_op<T: DeserializeOwned>(
@@ -748,7 +961,7 @@ impl Instance {
             )
         };
         check(status, &self.cx(Some(ns), Some(key)))?;
-        parse(Owned(out), &self.provider, what)
+        parse(Owned(out), self, what)
     }
 
     fn scan(
@@ -757,6 +970,7 @@ impl Instance {
         what: &str,
         ns: &str,
         options: &[u8],
+        rules: &ScanRules,
     ) -> Result<Page<RecordInfo>> {
         let f = f.ok_or_else(|| Error::unsupported(what, &self.provider))?;
         let mut out = StowageOwned::EMPTY;
@@ -771,11 +985,71 @@ impl Instance {
             )
         };
         check(status, &self.cx(Some(ns), None))?;
-        let page: WirePage = parse(Owned(out), &self.provider, what)?;
+        let page: WirePage = parse(Owned(out), self, what)?;
+        self.check_page(what, ns, &page, rules)?;
         Ok(Page {
             items: page.items,
             next: page.next,
         })
+    }
+}
+
+/// What a `list`/`search` page must respect, from the call's options.
+struct ScanRules {
+    prefix: Option<String>,
+    start_after: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// Items in strictly ascending key order (`list`).
+    by_key: bool,
+}
+
+impl Instance {
+    /// Checks a page: its records, their namespace, prefix, order and count, and a `next`
+    /// cursor that moves on (one that does not would make a caller loop forever).
+    fn check_page(&self, what: &str, ns: &str, page: &WirePage, rules: &ScanRules) -> Result<()> {
+        let bad = |problem: String| Err(self.malformed(what, problem));
+        if let Some(limit) = rules.limit {
+            if page.items.len() > limit {
+                return bad(format!(
+                    "a page of {} items for a limit of {limit}",
+                    page.items.len()
+                ));
+            }
+        }
+        if page.items.is_empty() && page.next.is_some() {
+            return bad("a page with no items but a next cursor".into());
+        }
+        if page.next.is_some() && page.next == rules.cursor {
+            return bad(format!(
+                "a next cursor equal to the cursor it was given ({:?})",
+                page.next.as_deref().unwrap_or_default()
+            ));
+        }
+        for (n, info) in page.items.iter().enumerate() {
+            self.check_record(what, ns, None, info)?;
+            let k = info.key.as_str();
+            if let Some(prefix) = &rules.prefix {
+                if !k.starts_with(prefix.as_str()) {
+                    return bad(format!("key {k:?} outside the requested prefix {prefix:?}"));
+                }
+            }
+            if !rules.by_key {
+                continue;
+            }
+            if let Some(after) = &rules.start_after {
+                if k <= after.as_str() {
+                    return bad(format!("key {k:?} not after start_after {after:?}"));
+                }
+            }
+            if n > 0 && page.items[n - 1].key.as_str() >= k {
+                return bad(format!(
+                    "keys not in strictly ascending order: {k:?} follows {:?}",
+                    page.items[n - 1].key.as_str()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -854,7 +1128,10 @@ impl PutWriter {
         // is nulled so `Drop` does not abort it too).
         let status = unsafe { finish(handle, &mut out) };
         check(status, &self.instance.cx(Some(&self.ns), Some(&self.key)))?;
-        parse(Owned(out), &self.instance.provider, "RecordInfo")
+        let info: RecordInfo = parse(Owned(out), &self.instance, "RecordInfo")?;
+        self.instance
+            .check_record("put_finish", &self.ns, Some(&self.key), &info)?;
+        Ok(info)
     }
 }
 
@@ -886,6 +1163,16 @@ impl GetReader {
         // SAFETY: a required function on this live reader with a valid out-parameter.
         let status = unsafe { read(self.handle, &mut out) };
         check(status, &self.instance.cx(None, None))?;
+        if out.ptr.is_null() && out.len > 0 {
+            let out = Owned(out);
+            return Err(self.instance.malformed(
+                "get_read",
+                format!(
+                    "a chunk with a null pointer and length {} (the end is an empty chunk)",
+                    out.0.len
+                ),
+            ));
+        }
         Ok(Owned(out))
     }
 }
@@ -898,11 +1185,86 @@ impl Drop for GetReader {
     }
 }
 
+/// What a get's payload must be: `expected` bytes (the size, or the resolved range's length)
+/// and, for a whole read, the record's hash.
+struct PayloadCheck {
+    provider: String,
+    file: PathBuf,
+    record: String,
+    expected: u64,
+    whole: Option<(ContentHash, u64)>,
+}
+
+impl PayloadCheck {
+    /// The check for a get of `info` with `options`; a plugin answering a range the record's
+    /// size cannot hold is malformed output.
+    fn new(i: &Instance, what: &str, info: &RecordInfo, options: &GetOptions) -> Result<Self> {
+        let expected = expected_len(info, options).ok_or_else(|| {
+            i.malformed(
+                what,
+                format!(
+                    "it served range {:?} of {}/{:?} version {}, which its size of {} bytes cannot hold",
+                    options.range,
+                    info.namespace,
+                    info.key.as_str(),
+                    info.version,
+                    info.size
+                ),
+            )
+        })?;
+        Ok(PayloadCheck {
+            provider: i.provider.clone(),
+            file: i.file().to_path_buf(),
+            record: format!(
+                "{}/{:?} version {}",
+                info.namespace,
+                info.key.as_str(),
+                info.version
+            ),
+            expected,
+            whole: options.range.is_none().then_some((info.hash, info.size)),
+        })
+    }
+
+    fn corrupt(&self, problem: impl std::fmt::Display) -> Error {
+        Error::corrupt(
+            &self.provider,
+            format!(
+                "plugin {} served {} {problem}",
+                self.file.display(),
+                self.record
+            ),
+        )
+    }
+
+    fn wrong_length(&self, got: &str) -> Error {
+        self.corrupt(format!(
+            "with {got} payload bytes where {} were expected",
+            self.expected
+        ))
+    }
+
+    fn wrong_hash(&self, got: ContentHash) -> Error {
+        let hash = self.whole.map(|(h, _)| h.to_string()).unwrap_or_default();
+        self.corrupt(format!("with a payload hashing to {got}, not {hash}"))
+    }
+}
+
 /// A get's payload: the chunk the opening call returned, then (with a reader) the rest, read
-/// from the plugin on a blocking thread chunk by chunk.
-fn body_of(first: Bytes, reader: Option<GetReader>, size_hint: Option<u64>) -> Body {
+/// from the plugin on a blocking thread chunk by chunk; held to `check`'s length (a stream
+/// that goes past it is cut off with an error) and, for a whole read, its hash.
+fn body_of(first: Bytes, reader: Option<GetReader>, check: PayloadCheck) -> Result<Body> {
     let Some(reader) = reader else {
-        return Body::from_bytes(first);
+        if first.len() as u64 != check.expected {
+            return Err(check.wrong_length(&first.len().to_string()));
+        }
+        if let Some((hash, _)) = check.whole {
+            let got = ContentHash::of(&first);
+            if got != hash {
+                return Err(check.wrong_hash(got));
+            }
+        }
+        return Ok(Body::from_bytes(first));
     };
     let rest = futures::stream::try_unfold(Some(reader), |reader| async move {
         let Some(mut reader) = reader else {
@@ -922,7 +1284,41 @@ fn body_of(first: Bytes, reader: Option<GetReader>, size_hint: Option<u64>) -> B
         }
     });
     let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
-    Body::from_stream(futures::StreamExt::chain(first, rest), size_hint)
+    let chunks = futures::StreamExt::boxed(futures::StreamExt::chain(first, rest));
+    let expected = check.expected;
+    let whole = check.whole;
+    let check = Arc::new(check);
+    let on_mismatch = check.clone();
+    let counted = futures::stream::unfold(Some((chunks, 0u64, check)), |state| async move {
+        let (mut chunks, seen, check) = state?;
+        let stop = |chunks| async move {
+            // Closing the reader calls into the plugin: not on this async worker.
+            let _ = tokio::task::spawn_blocking(move || drop(chunks)).await;
+        };
+        match futures::StreamExt::next(&mut chunks).await {
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > check.expected {
+                    stop(chunks).await;
+                    return Some((Err(check.wrong_length(&format!("more than {seen}"))), None));
+                }
+                Some((Ok(chunk), Some((chunks, seen, check))))
+            }
+            Some(Err(e)) => {
+                stop(chunks).await;
+                Some((Err(e), None))
+            }
+            None if seen < check.expected => {
+                Some((Err(check.wrong_length(&seen.to_string())), None))
+            }
+            None => None,
+        }
+    });
+    let body = Body::from_stream(counted, Some(expected));
+    Ok(match whole {
+        Some((hash, size)) => body.verified(hash, size, move |got, _| on_mismatch.wrong_hash(got)),
+        None => body,
+    })
 }
 
 /// One `get_first` call: the record and its payload, whole or as the first chunk and a reader
@@ -966,9 +1362,16 @@ fn get_first_call(
         &mut out_info.rest_json,
         StowageOwned::EMPTY,
     ));
+    let null_first = out_first.ptr.is_null() && out_first.len > 0;
     let first = Bytes::from_owner(Owned(out_first));
     // A reader exists only on success (the ABI: a failed call writes no outputs).
     check(status, &i.cx(Some(ns.as_str()), Some(key.as_str())))?;
+    if null_first {
+        return Err(i.malformed(
+            "get_first",
+            "a first chunk with a null pointer and a non-zero length",
+        ));
+    }
     let reader = (!handle.is_null()).then(|| GetReader {
         instance: i.clone(),
         handle,
@@ -977,26 +1380,32 @@ fn get_first_call(
         info_from_wire(ns.clone(), key.clone(), &out_info, rest.as_slice()).map_err(|e| {
             Error::Backend {
                 provider: i.provider.clone(),
-                message: format!("the plugin's get_first returned a bad record: {e}"),
+                message: format!(
+                    "plugin {}: its get_first returned a bad record: {e}",
+                    i.file().display()
+                ),
                 source: None,
             }
         })?;
-    let size_hint = expected_len(&info, options);
-    if reader.is_none() && size_hint != Some(first.len() as u64) {
+    i.check_record("get_first", ns.as_str(), Some(key.as_str()), &info)?;
+    let check = PayloadCheck::new(i, "get_first", &info, options)?;
+    if reader.is_none() && check.expected != first.len() as u64 {
         return Err(Error::Backend {
             provider: i.provider.clone(),
             message: format!(
-                "the plugin's get_first returned {} payload bytes and no reader for {}/{} version {} of {} bytes",
+                "plugin {}: its get_first returned {} payload bytes and no reader for {}/{:?} version {} of {} bytes ({} expected)",
+                i.file().display(),
                 first.len(),
                 info.namespace,
-                info.key,
+                info.key.as_str(),
                 info.version,
-                info.size
+                info.size,
+                check.expected
             ),
             source: None,
         });
     }
-    Ok((info, body_of(first, reader, size_hint)))
+    Ok((info, body_of(first, reader, check)?))
 }
 
 /// The [`StorageBackend`] over one plugin instance.
@@ -1050,7 +1459,7 @@ impl PluginBackend {
             version: options.version,
             range: options.range,
         });
-        let (info, first, reader) = self
+        let (info, body) = self
             .run(move |i| {
                 let open = i.vtable().get_open.expect("checked at load");
                 let mut out_info = StowageOwned::EMPTY;
@@ -1080,15 +1489,16 @@ impl PluginBackend {
                     instance: i.clone(),
                     handle,
                 };
-                let info: RecordInfo = parse(out_info, &i.provider, "RecordInfo")?;
+                let info: RecordInfo = parse(out_info, i, "RecordInfo")?;
+                i.check_record("get_open", &ns_s, Some(&key_s), &info)?;
+                let check = PayloadCheck::new(i, "get_open", &info, &options)?;
                 let first = Bytes::from_owner(reader.read()?);
-                let whole =
-                    first.is_empty() || expected_len(&info, &options) == Some(first.len() as u64);
-                Ok((info, first, if whole { None } else { Some(reader) }))
+                let whole = first.is_empty() || check.expected == first.len() as u64;
+                let body = body_of(first, if whole { None } else { Some(reader) }, check)?;
+                Ok((info, body))
             })
             .await?;
-        let size_hint = expected_len(&info, &options);
-        Ok((info, body_of(first, reader, size_hint)))
+        Ok((info, body))
     }
 
     async fn run<T: Send + 'static>(
@@ -1122,7 +1532,7 @@ impl PluginBackend {
             let status = unsafe { f(shared.handle, &progress, &mut out) };
             drop(sink);
             check(status, &shared.cx(None, None))?;
-            parse::<T>(Owned(out), &shared.provider, what)
+            parse::<T>(Owned(out), &shared, what)
         });
         // Forward progress to the caller's sink (not 'static, so it stays on this side).
         let result = loop {
@@ -1264,7 +1674,7 @@ impl StorageBackend for PluginBackend {
     ) -> Result<RecordInfo> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let options = to_json(&WireVersion { version });
-        self.run(move |i| i.key_op(optional!(i, head), "head", &ns, &key, &options))
+        self.run(move |i| i.record_op(optional!(i, head), "head", &ns, &key, &options))
             .await
     }
 
@@ -1278,12 +1688,19 @@ impl StorageBackend for PluginBackend {
         let options = to_json(&WireDelete {
             if_version: options.if_version,
         });
-        self.run(move |i| i.key_op(optional!(i, delete), "delete", &ns, &key, &options))
+        self.run(move |i| i.record_op(optional!(i, delete), "delete", &ns, &key, &options))
             .await
     }
 
     async fn list(&self, ns: &Namespace, options: ListOptions) -> Result<Page<RecordInfo>> {
         let ns = ns.to_string();
+        let rules = ScanRules {
+            prefix: options.prefix.clone(),
+            start_after: options.start_after.clone(),
+            limit: options.limit,
+            cursor: options.cursor.clone(),
+            by_key: true,
+        };
         let options = to_json(&WireList {
             prefix: options.prefix,
             start_after: options.start_after,
@@ -1291,21 +1708,27 @@ impl StorageBackend for PluginBackend {
             include_deleted: options.include_deleted,
             cursor: options.cursor,
         });
-        self.run(move |i| i.scan(optional!(i, list), "list", &ns, &options))
+        self.run(move |i| i.scan(optional!(i, list), "list", &ns, &options, &rules))
             .await
     }
 
     async fn search(&self, ns: &Namespace, query: &Query) -> Result<Page<RecordInfo>> {
         let ns = ns.to_string();
+        let rules = ScanRules {
+            prefix: None,
+            start_after: None,
+            limit: query.limit,
+            cursor: query.cursor.clone(),
+            by_key: false,
+        };
         let query = to_json(query);
-        self.run(move |i| i.scan(optional!(i, search), "search", &ns, &query))
+        self.run(move |i| i.scan(optional!(i, search), "search", &ns, &query, &rules))
             .await
     }
 
     async fn versions(&self, ns: &Namespace, key: &Key) -> Result<Vec<RecordInfo>> {
         let (ns, key) = (ns.to_string(), key.to_string());
-        self.run(move |i| i.key_op(optional!(i, versions), "versions", &ns, &key, b"{}"))
-            .await
+        self.run(move |i| i.versions_op(&ns, &key)).await
     }
 
     async fn restore(
@@ -1316,7 +1739,7 @@ impl StorageBackend for PluginBackend {
     ) -> Result<RecordInfo> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let options = to_json(&WireVersion { version });
-        self.run(move |i| i.key_op(optional!(i, restore), "restore", &ns, &key, &options))
+        self.run(move |i| i.record_op(optional!(i, restore), "restore", &ns, &key, &options))
             .await
     }
 

@@ -54,12 +54,8 @@ impl WriterLock {
         if let Some(guard) = self.try_lock()? {
             return Ok(guard);
         }
-        crate::lock_file::wait_logged(
-            &self.path,
-            "another process is writing to this store",
-            || self.file.lock(),
-        )
-        .map_err(|e| lock_error(&self.path, e))?;
+        crate::lock_file::wait_logged(&self.path, "a write to this store", || self.file.lock())
+            .map_err(|e| lock_error(&self.path, e))?;
         Ok(WriterGuard { lock: self })
     }
 }
@@ -134,7 +130,7 @@ impl BlobPins {
             match file.try_lock_shared() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    crate::lock_file::wait_logged(path, "a `gc` of this store is running", || {
+                    crate::lock_file::wait_logged(path, "a `gc` of this store", || {
                         file.lock_shared()
                     })
                     .map_err(|e| lock_error(path, e))?;
@@ -174,7 +170,7 @@ impl BlobPins {
         stowage_core::run_on_pool(super::PROVIDER, move || {
             crate::lock_file::wait_logged(
                 &path,
-                "writes to this store are in flight (they hold it shared until they commit)",
+                "writes in flight, which hold it until they commit",
                 || file.lock(),
             )
             .map_err(|e| lock_error(&path, e))?;
