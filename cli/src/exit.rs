@@ -141,12 +141,25 @@ fn one_line_usage_error(rendered: &str) -> String {
 }
 
 /// Folds a multi-line message into one line.
+/// `text` as one line for a terminal: its lines joined, and any other control character (a
+/// carriage return that would overwrite the line, an escape sequence from a plugin's message)
+/// shown escaped (`\u{1b}`), never sent to the terminal as it is.
 fn one_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+        .chars()
+        .flat_map(|c| {
+            let shown: Vec<char> = if c.is_control() {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect()
 }
 
 fn is_broken_pipe(error: &Error) -> bool {
@@ -156,6 +169,16 @@ fn is_broken_pipe(error: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let line = one_line("boom\u{1b}]0;pwned\u{7}\u{1b}[2K\rstowage: all good\r\nsecond");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("\\u{1b}") && line.ends_with("second"),
+            "{line:?}"
+        );
+    }
 
     #[test]
     fn kinds_map_to_the_documented_codes() {
