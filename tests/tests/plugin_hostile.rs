@@ -136,13 +136,10 @@ async fn record_times_out_of_range_are_malformed_output() {
 // ---- 3: bodies ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_are_held_to_the_records_hash_and_length() {
-    // The right length, the wrong bytes.
-    let err = get_all(&backend("sane").await, GetOptions::default())
-        .await
-        .unwrap_err();
-    assert_refused(&err, ErrorKind::Corrupt, "hashing to");
-    assert!(err.to_string().contains("provider `hostile`"), "{err}");
+async fn bodies_are_held_to_their_length() {
+    // The host holds a payload to its length, not its hash: hashing every get would cost a
+    // third of a small get through a plugin (see `PayloadCheck`); a provider checks its own
+    // payloads on read, as the built-ins do, and `verify` checks what is stored.
     // Fewer bytes than the size.
     let err = get_all(&backend("body_short").await, GetOptions::default())
         .await
