@@ -89,7 +89,7 @@ pub enum Error {
         origin: Option<String>,
     },
     /// No provider of that name is registered.
-    #[error("unknown provider `{name}`; known providers: {}", if known.is_empty() { "(none)".to_string() } else { known.join(", ") })]
+    #[error("unknown provider `{name}`; {}", known_providers(known))]
     UnknownProvider {
         /// The name asked for.
         name: String,
@@ -158,6 +158,18 @@ fn not_found_message(namespace: &str, key: &str, version: Option<u64>) -> String
              purged, or is a deletion marker (list the key's versions to see which)"
         ),
         None => format!("record {namespace}/{key} not found"),
+    }
+}
+
+/// The providers a registry knows, for an unknown name's message; none at all usually means
+/// the built-ins were not linked in.
+pub(crate) fn known_providers(known: &[String]) -> String {
+    if known.is_empty() {
+        "no provider is registered: link the built-ins in with `use stowage_providers as _;`, or \
+         call `stowage_providers::register_all(&registry)`, or register your own"
+            .to_string()
+    } else {
+        format!("known providers: {}", known.join(", "))
     }
 }
 
@@ -326,6 +338,26 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_empty_registry_says_how_to_fill_it() {
+        let none = Error::UnknownProvider {
+            name: "memory".into(),
+            known: vec![],
+        };
+        assert!(
+            none.to_string().contains("use stowage_providers as _;"),
+            "{none}"
+        );
+        let some = Error::UnknownProvider {
+            name: "x".into(),
+            known: vec!["fs".into(), "sqlite".into()],
+        };
+        assert!(
+            some.to_string().ends_with("known providers: fs, sqlite"),
+            "{some}"
+        );
+    }
     use super::*;
 
     #[test]

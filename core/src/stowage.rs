@@ -324,8 +324,8 @@ impl StowageBuilder {
                     source_name: Some(config.source.clone()),
                     field: "storage.provider".into(),
                     message: format!(
-                        "unknown provider `{name}`; known providers: {}",
-                        known.join(", ")
+                        "unknown provider `{name}`; {}",
+                        crate::error::known_providers(&known)
                     ),
                 },
                 other => other,

@@ -1953,3 +1953,58 @@ async fn a_writer_waiting_for_another_processes_lock_warns_once_and_goes_on() {
         .count();
     assert_eq!(named, 1, "one warning per wait");
 }
+
+/// A put whose caller stops waiting (its task aborted) while the commit thread has its record,
+/// beside a `gc` running over and over: the payload file stays pinned until the record is in
+/// the log, so every version the store ends up with reads (was: versions whose payload file
+/// gc had deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_put_beside_gc_never_leaves_a_version_without_its_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Stowage::from_backend(std::sync::Arc::new(open(dir.path()).await));
+    let h = store.namespace("acme").unwrap();
+    let collecting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gc = {
+        let (store, collecting) = (store.clone(), collecting.clone());
+        tokio::spawn(async move {
+            while collecting.load(std::sync::atomic::Ordering::Relaxed) {
+                store.gc(&NoProgress).await.unwrap();
+            }
+        })
+    };
+    for i in 0..300u32 {
+        let h2 = h.clone();
+        // Over inline_max (16 KiB): each payload is a file gc could take.
+        let task = tokio::spawn(async move {
+            h2.put(
+                &format!("k{}", i % 10),
+                vec![i as u8; 30_000 + i as usize],
+                Metadata::new(),
+            )
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_micros((i as u64 * 37) % 5000)).await;
+        task.abort();
+        let _ = task.await;
+    }
+    collecting.store(false, std::sync::atomic::Ordering::Relaxed);
+    gc.await.unwrap();
+    let report = store.verify(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    for i in 0..10 {
+        let key = format!("k{i}");
+        for v in h.versions(&key).await.unwrap_or_default() {
+            let (_, body) = h
+                .get_with(
+                    &key,
+                    GetOptions {
+                        version: Some(v.version),
+                        range: None,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(body.into_bytes().await.unwrap().len() as u64, v.size);
+        }
+    }
+}

@@ -2065,3 +2065,48 @@ async fn puts_during_a_long_gc_all_succeed() {
     let report = backend.gc(&NoProgress).await.unwrap();
     assert_eq!(report.blobs_removed, 0);
 }
+
+/// A reader part-way through a chunked payload whose record is purged, collected by `gc`, and
+/// whose freed row id goes to another namespace's new payload: the read stops with an error
+/// saying the payload was removed, and never yields the other record's bytes.
+#[tokio::test]
+async fn a_read_whose_payload_is_collected_midway_never_yields_another_records_bytes() {
+    let dir = fresh_dir();
+    let store = backend_at(
+        &dir.join("reuse.db"),
+        serde_json::json!({ "chunk_size": 65536 }),
+    )
+    .await;
+    let (acme, other) = (ns("acme"), ns("other"));
+    let mine: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let theirs: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    put_plain(&*store, &acme, &key("x"), Body::from(mine.clone())).await;
+    let (_, mut body) = store
+        .get(&acme, &key("x"), GetOptions::default())
+        .await
+        .unwrap();
+    let mut got = body.next_chunk().await.unwrap().unwrap().to_vec();
+    assert!(
+        got.len() < mine.len(),
+        "the payload must span several chunks"
+    );
+    store.purge(&acme, &key("x")).await.unwrap();
+    store.gc(&NoProgress).await.unwrap();
+    put_plain(&*store, &other, &key("secret"), Body::from(theirs.clone())).await;
+    let mut failed = None;
+    while let Some(chunk) = body.next_chunk().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failed.expect("the read must fail once its payload is gone");
+    assert!(err.to_string().contains("removed"), "{err}");
+    assert!(
+        got.iter().zip(&mine).all(|(a, b)| a == b),
+        "bytes other than the record's were read"
+    );
+}

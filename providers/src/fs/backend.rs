@@ -39,7 +39,7 @@ use super::index::Index;
 use super::index_log::{
     self, Damage, DamageKind, InlineAt, LogRecord, FORMAT_VERSION, FORMAT_WITH_GAPS, HEADER_LEN,
 };
-use super::lock::{BlobPins, WriterLock};
+use super::lock::{BlobPin, BlobPins, WriterLock};
 use super::PROVIDER;
 use crate::atomic_file::{self, AtomicFile, Durability};
 
@@ -134,6 +134,11 @@ enum Op {
         /// The payload itself, to keep in the log, when it is small; `None`: it is in
         /// `blobs/` already.
         inline: Option<Bytes>,
+        /// The gc pin the put took before storing or reusing the payload: it travels with the
+        /// request and is released only once the batch is in the log, so a put whose caller
+        /// stops waiting (a cancelled future) cannot let a `gc` delete the payload file of a
+        /// record the commit thread is still to write.
+        pin: Option<BlobPin>,
     },
     Delete {
         if_version: Option<Version>,
@@ -724,6 +729,15 @@ impl Core {
         requests: Vec<(Namespace, Option<Key>, Op)>,
         append: &mut Option<(u64, File)>,
     ) -> Result<Vec<Result<Outcome>>> {
+        let mut requests = requests;
+        // Held until this batch is written (the end of this function), whatever the callers do.
+        let _pins: Vec<BlobPin> = requests
+            .iter_mut()
+            .filter_map(|(_, _, op)| match op {
+                Op::Put { pin, .. } => pin.take(),
+                _ => None,
+            })
+            .collect();
         self.catch_up(&mut self.write_state(), true)?;
         let now = Timestamp::now();
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -1235,7 +1249,7 @@ impl StorageBackend for FsBackend {
         // The pin keeps a concurrent `gc` (in any process) from deleting a payload this write
         // stores or reuses, from then until the record referencing it is committed. It is
         // taken once the body is read, so a producer that pauses holds up no `gc`.
-        let (_pin, hash, size, inline) = match small_payload(body, core.inline_max).await? {
+        let (pin, hash, size, inline) = match small_payload(body, core.inline_max).await? {
             Ok(bytes) => {
                 let pin = core.pins.pin_async().await?;
                 let hash = if bytes.len() as u64 <= SMALL_READ {
@@ -1267,6 +1281,7 @@ impl StorageBackend for FsBackend {
                 metadata,
                 mode,
                 inline,
+                pin: Some(pin),
             },
         )
         .await

@@ -564,13 +564,31 @@ impl ChunkReader {
     }
 
     async fn fetch(&self, idx: u64) -> Result<Bytes> {
-        let data: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM chunks WHERE blob_id = ?1 AND idx = ?2")
-                .bind(self.blob.id)
-                .bind(idx as i64)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_err(&self.path, "reading a payload chunk", e))?;
+        // Each chunk is read in a statement of its own, so the blob row must still be the one
+        // the read started on: a row id freed by a purge and `gc` is given to the next blob
+        // written, and its chunks are another record's bytes (of any namespace).
+        let row: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+            "SELECT (SELECT data FROM chunks WHERE blob_id = b.id AND idx = ?2)
+             FROM blobs b WHERE b.id = ?1 AND b.hash = ?3",
+        )
+        .bind(self.blob.id)
+        .bind(idx as i64)
+        .bind(&self.blob.hash.as_bytes()[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_err(&self.path, "reading a payload chunk", e))?;
+        let Some((data,)) = row else {
+            return Err(Error::backend(
+                PROVIDER,
+                format!(
+                    "the payload of {} was removed from {} while it was being read (its record \
+                     was purged and `gc` collected the bytes); nothing more of it can be read",
+                    self.label,
+                    self.path.display()
+                ),
+                "payload removed mid-read",
+            ));
+        };
         data.map(Bytes::from).ok_or_else(|| {
             Error::corrupt(
                 PROVIDER,
