@@ -2110,3 +2110,45 @@ async fn a_read_whose_payload_is_collected_midway_never_yields_another_records_b
         "bytes other than the record's were read"
     );
 }
+
+/// Streamed puts cancelled at every moment (their futures dropped by a timeout), including
+/// while a chunk's commit is on SQLite's thread: each removes its staged rows as it goes, so
+/// none is left for `gc` to find an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_streamed_puts_leave_no_staged_rows() {
+    use sqlx::Connection;
+    let dir = fresh_dir();
+    let path = dir.join("cancel.db");
+    let store = backend_at(&path, serde_json::json!({ "chunk_size": 65536 })).await;
+    let n = ns("n");
+    let big = key("big");
+    for i in 0..30u64 {
+        let chunks = futures::stream::iter(
+            (0..128u32).map(move |c| Ok(Bytes::from(vec![(c as u64 + i) as u8; 65536]))),
+        );
+        let body = Body::from_stream(chunks, Some(128 * 65536));
+        let put = store.put(&n, &big, body, Metadata::new(), PutMode::Overwrite);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1 + (i * 7) % 90), put).await;
+    }
+    // The clean-ups run on tasks of their own once each put is dropped: wait for them (no
+    // time is asserted; a minute only bounds a failure).
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+    )
+    .await
+    .unwrap();
+    let mut staged: i64 = -1;
+    for _ in 0..600 {
+        staged = sqlx::query_scalar("SELECT count(*) FROM blobs WHERE hash IS NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if staged == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(staged, 0, "staged rows of cancelled puts were left behind");
+    conn.close().await.unwrap();
+    assert!(store.verify(&NoProgress).await.unwrap().is_clean());
+}

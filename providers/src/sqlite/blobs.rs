@@ -101,6 +101,10 @@ pub(crate) struct StagedBlob {
     /// The `staged_at` this writer last wrote: every later statement on the row checks it, so a
     /// row removed by `gc` (and its id reused) is never mistaken for this one.
     staged_at: i64,
+    /// The row and stamp of a chunk whose commit was sent but not seen to finish: a put
+    /// cancelled right then leaves the commit to run on SQLite's thread, so the clean-up on
+    /// drop must find the row by either stamp (and know its id from the first chunk's insert).
+    pending: Option<(i64, i64)>,
     chunks: i64,
     size: u64,
     /// Set once written whole.
@@ -201,9 +205,11 @@ impl StagedBlob {
             .execute(&mut *tx)
             .await
             .map_err(|e| fail("writing a payload chunk", e))?;
+        self.pending = Some((id, now));
         tx.commit()
             .await
             .map_err(|e| fail("committing a payload chunk", e))?;
+        self.pending = None;
         self.id = Some(id);
         self.staged_at = now;
         self.chunks += 1;
@@ -330,8 +336,13 @@ impl StagedBlob {
 
 impl Drop for StagedBlob {
     fn drop(&mut self) {
-        let Some(id) = self.id.filter(|_| !self.settled) else {
+        if self.settled {
             return;
+        }
+        let (id, pending_stamp) = match (self.id, self.pending) {
+            (_, Some((id, stamp))) => (id, stamp),
+            (Some(id), None) => (id, self.staged_at),
+            (None, None) => return,
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -345,10 +356,11 @@ impl Drop for StagedBlob {
             let mut turn = writer.turn().await;
             let Ok(conn) = turn.conn().await else { return };
             let removed = sqlx::query(
-                "DELETE FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at = ?2",
+                "DELETE FROM blobs WHERE id = ?1 AND hash IS NULL AND staged_at IN (?2, ?3)",
             )
             .bind(id)
             .bind(staged_at)
+            .bind(pending_stamp)
             .execute(conn)
             .await;
             if let Err(e) = removed {
@@ -398,6 +410,7 @@ pub(crate) async fn stage_streamed(
         ctx,
         id: None,
         staged_at: 0,
+        pending: None,
         chunks: 0,
         size: 0,
         hash: None,
