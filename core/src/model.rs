@@ -563,6 +563,75 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// What a page of records answering a `list` or `search` must hold to, as
+/// [`page_problem`] checks it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PageRules<'a> {
+    /// Only keys under this prefix.
+    pub prefix: Option<&'a str>,
+    /// Only keys after this one (`list`).
+    pub start_after: Option<&'a str>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// The cursor the call was given: the page's `next` must be another.
+    pub cursor: Option<&'a str>,
+    /// Keys in strictly ascending order (`list`).
+    pub by_key: bool,
+}
+
+/// What is wrong with a page of `items` (and `next` cursor) answering a call on namespace `ns`
+/// under `rules`, if anything: a record of another namespace, more than the limit, a `next`
+/// cursor equal to the one given (following it would never end), a key outside the prefix, not
+/// after `start_after`, or out of order. One rule set for every place that checks a page (each
+/// namespace handle, and the plugin host at the trust boundary).
+pub(crate) fn page_problem(
+    ns: &str,
+    items: &[RecordInfo],
+    next: Option<&str>,
+    rules: &PageRules<'_>,
+) -> Option<String> {
+    if let Some(other) = items.iter().find(|i| i.namespace.as_str() != ns) {
+        return Some(format!(
+            "a record of namespace {:?} in a page for namespace {ns:?}",
+            other.namespace.as_str()
+        ));
+    }
+    if let Some(limit) = rules.limit.filter(|&l| items.len() > l) {
+        return Some(format!(
+            "a page of {} items for a limit of {limit}",
+            items.len()
+        ));
+    }
+    if next.is_some() && next == rules.cursor {
+        return Some(format!(
+            "a next cursor equal to the cursor it was given ({:?}): following it would never end",
+            next.unwrap_or_default()
+        ));
+    }
+    for (n, item) in items.iter().enumerate() {
+        let key = item.key.as_str();
+        if let Some(prefix) = rules.prefix.filter(|p| !key.starts_with(p)) {
+            return Some(format!(
+                "key {key:?} outside the requested prefix {prefix:?}"
+            ));
+        }
+        if !rules.by_key {
+            continue;
+        }
+        if let Some(after) = rules.start_after.filter(|a| key <= *a) {
+            return Some(format!("key {key:?} not after start_after {after:?}"));
+        }
+        if let Some(previous) = n.checked_sub(1).map(|p| items[p].key.as_str()) {
+            if previous >= key {
+                return Some(format!(
+                    "keys not in strictly ascending order: {key:?} follows {previous:?}"
+                ));
+            }
+        }
+    }
+    None
+}
+
 impl<T> Default for Page<T> {
     fn default() -> Self {
         Page {

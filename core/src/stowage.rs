@@ -472,60 +472,36 @@ impl NamespaceHandle {
                 b.list(ns, options).await
             })
             .await?;
-        self.check_page("list", &page, asked.limit, asked.cursor.as_deref())?;
-        let mut after = asked.start_after.as_deref();
-        for item in &page.items {
-            let key = item.key.as_str();
-            let out_of_place = if asked.prefix.as_deref().is_some_and(|p| !key.starts_with(p)) {
-                Some("outside the prefix asked for")
-            } else if after.is_some_and(|a| key <= a) {
-                Some("out of key order (or not after start_after)")
-            } else {
-                None
-            };
-            if let Some(why) = out_of_place {
-                return Err(self.malformed("list", format!("its page holds key {key:?} {why}")));
-            }
-            after = Some(key);
-        }
+        self.check_page(
+            "list",
+            &page,
+            &crate::model::PageRules {
+                prefix: asked.prefix.as_deref(),
+                start_after: asked.start_after.as_deref(),
+                limit: asked.limit,
+                cursor: asked.cursor.as_deref(),
+                by_key: true,
+            },
+        )?;
         Ok(page)
     }
 
-    /// What every page must hold to: records of this namespace, at most `limit` of them, and
-    /// a `next` cursor that is not the one given (a paging loop would never end).
+    /// A page breaking [`crate::model::page_problem`]'s rules is a `Backend` error.
     fn check_page(
         &self,
         operation: &str,
         page: &Page<RecordInfo>,
-        limit: Option<usize>,
-        cursor: Option<&str>,
+        rules: &crate::model::PageRules<'_>,
     ) -> Result<()> {
-        if let Some(other) = page.items.iter().find(|i| i.namespace != self.namespace) {
-            return Err(self.malformed(
-                operation,
-                format!(
-                    "its page holds a record of namespace {}, not {}",
-                    other.namespace, self.namespace
-                ),
-            ));
+        match crate::model::page_problem(
+            self.namespace.as_str(),
+            &page.items,
+            page.next.as_deref(),
+            rules,
+        ) {
+            Some(problem) => Err(self.malformed(operation, problem)),
+            None => Ok(()),
         }
-        if let Some(limit) = limit.filter(|&l| page.items.len() > l) {
-            return Err(self.malformed(
-                operation,
-                format!(
-                    "its page holds {} records, over the limit of {limit}",
-                    page.items.len()
-                ),
-            ));
-        }
-        if page.next.is_some() && page.next.as_deref() == cursor {
-            return Err(self.malformed(
-                operation,
-                "its page's next cursor is the one it was given: following it would never end"
-                    .to_string(),
-            ));
-        }
-        Ok(())
     }
 
     fn malformed(&self, operation: &str, what: String) -> Error {
@@ -580,7 +556,16 @@ impl NamespaceHandle {
                 b.search(ns, query).await
             })
             .await?;
-        self.check_page("search", &page, query.limit, query.cursor.as_deref())?;
+        self.check_page(
+            "search",
+            &page,
+            &crate::model::PageRules {
+                prefix: query.prefix.as_deref(),
+                limit: query.limit,
+                cursor: query.cursor.as_deref(),
+                ..Default::default()
+            },
+        )?;
         Ok(page)
     }
 

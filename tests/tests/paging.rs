@@ -140,7 +140,7 @@ async fn pages_that_would_loop_or_leak_are_refused() {
             cursor: Some("c1".into()),
             ..Default::default()
         },
-        "the one it was given",
+        "equal to the cursor it was given",
     )
     .await;
     list_fails(
@@ -157,14 +157,14 @@ async fn pages_that_would_loop_or_leak_are_refused() {
     list_fails(
         vec![(vec![("other", "z")], None)],
         ListOptions::default(),
-        "namespace other",
+        "namespace \"other\"",
     )
     .await;
     // Out of order within a page, and across pages.
     list_fails(
         vec![(vec![("default", "b"), ("default", "a")], None)],
         ListOptions::default(),
-        "out of key order",
+        "strictly ascending",
     )
     .await;
     list_fails(
@@ -183,7 +183,7 @@ async fn pages_that_would_loop_or_leak_are_refused() {
             prefix: Some("p/".into()),
             ..Default::default()
         },
-        "outside the prefix",
+        "outside the requested prefix",
     )
     .await;
     list_fails(
@@ -201,7 +201,7 @@ async fn pages_that_would_loop_or_leak_are_refused() {
             limit: Some(1),
             ..Default::default()
         },
-        "over the limit of 1",
+        "2 items for a limit of 1",
     )
     .await;
     // Search pages: another namespace, a cursor that does not move.
@@ -211,7 +211,7 @@ async fn pages_that_would_loop_or_leak_are_refused() {
         .search(&Query::default())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("namespace other"), "{err}");
+    assert!(err.to_string().contains("namespace \"other\""), "{err}");
     let store = scripted(vec![(vec![], Some("same"))]).await;
     let err = store
         .default_namespace()
@@ -221,5 +221,8 @@ async fn pages_that_would_loop_or_leak_are_refused() {
         })
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("the one it was given"), "{err}");
+    assert!(
+        err.to_string().contains("equal to the cursor it was given"),
+        "{err}"
+    );
 }
